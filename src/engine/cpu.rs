@@ -1,0 +1,1 @@
+//! The CPU engine: register-blocked product and vectorized epilogue, multithreaded.

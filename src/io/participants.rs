@@ -1,0 +1,1 @@
+//! BIDS participants.tsv: participant_id plus a group column the user names.

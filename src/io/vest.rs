@@ -1,0 +1,1 @@
+//! FSL VEST text matrices: design.mat, design.con, design.fts, design.grp.

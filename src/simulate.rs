@@ -1,0 +1,1 @@
+//! `voxflip simulate`: a realistic two-group, two-time dataset with known effects.

@@ -1,0 +1,2 @@
+//! Spatial statistics on statistic maps: connected components, cluster extent and mass,
+//! TFCE, and the cluster table.
