@@ -7,6 +7,7 @@
 pub mod error;
 pub mod io;
 pub mod perm;
+pub mod glm;
 pub mod engine;
 pub mod spatial;
 pub mod simulate;

@@ -81,7 +81,7 @@ impl PermSet {
     }
     /// Whether row m is negated in permutation j.
     pub fn negated(&self, j: usize, m: usize) -> bool {
-        (self.flip_words(j)[m / 32] >> (m % 32)) & 1 == 1
+        self.words_per_perm > 0 && (self.flip_words(j)[m / 32] >> (m % 32)) & 1 == 1
     }
     /// The sign (+1/-1) applied to row m in permutation j.
     pub fn sign(&self, j: usize, m: usize) -> f32 {
