@@ -111,3 +111,8 @@ pub fn statistic(kind: StatKind, u: &[f32], s: usize, ss: f32, dof: f32) -> f32 
         }
     }
 }
+
+/// `voxflip devices`: the adapters wgpu sees.
+pub fn describe_devices() -> String {
+    "no GPU engine in this build\n".to_string()
+}

@@ -6,4 +6,4 @@ pub mod participants;
 pub mod outputs;
 
 pub use nifti_io::{read_image, write_map, Image};
-// pub use outputs::OutputSet; (added with the implementation)
+pub use outputs::OutputSet;

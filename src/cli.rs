@@ -1,0 +1,433 @@
+//! The command line: randomise's flags for the general GLM (so a randomise script switches
+//! by changing the program name), plus subcommands for the group-by-time study, the
+//! simulator, the built-in example, the device list and the benchmark.
+use crate::analysis::{self, AnalysisOptions, Backend};
+use crate::data::{self, Dataset};
+use crate::design::Design;
+use crate::error::{Error, Result};
+use crate::inference::PScale;
+use crate::io::{self, participants};
+use crate::perm::PermKind;
+use crate::simulate;
+use clap::{Args, Parser, Subcommand};
+use std::path::{Path, PathBuf};
+
+#[derive(Parser, Debug)]
+#[command(
+    name = "voxflip",
+    version,
+    about = "Whole-brain permutation inference (max-T, cluster, TFCE) on the GPU and CPU; randomise-compatible",
+    args_conflicts_with_subcommands = true,
+    after_help = "Examples:\n  voxflip example                      simulate the two-group, two-time study and analyse it\n  voxflip -i all.nii.gz -o out -d design.mat -t design.con -m mask.nii.gz -n 5000 -x\n  voxflip -i diffs.nii.gz -o out -1 -m mask.nii.gz -x          (one-sample, sign flips)\n  voxflip interaction --pre pre.nii.gz --post post.nii.gz --participants participants.tsv --group-column group -o out"
+)]
+pub struct Cli {
+    #[command(subcommand)]
+    pub command: Option<Command>,
+    #[command(flatten)]
+    pub glm: GlmArgs,
+}
+
+#[derive(Subcommand, Debug)]
+pub enum Command {
+    /// Group-by-time interaction: post - pre per subject, two groups, sign flips.
+    Interaction(InteractionArgs),
+    /// Write a simulated two-group, two-time dataset with known effects.
+    Simulate(SimulateArgs),
+    /// Simulate the driving study and analyse it end to end (the README's first command).
+    Example(ExampleArgs),
+    /// List the GPU adapters wgpu sees.
+    Devices,
+}
+
+/// Options shared by every analysis.
+#[derive(Args, Debug, Clone)]
+pub struct CommonArgs {
+    /// Output prefix: maps are written as {prefix}_tstat1.nii.gz etc.
+    #[arg(short = 'o', value_name = "PREFIX")]
+    pub out: Option<String>,
+    /// Mask image (voxels > 0 are analysed); default: every voxel that varies across images.
+    #[arg(short = 'm', value_name = "MASK")]
+    pub mask: Option<PathBuf>,
+    /// Number of permutations (0 = all); exhaustive when there are at most this many.
+    #[arg(short = 'n', default_value_t = 5000)]
+    pub n_perm: usize,
+    /// Write voxelwise FWE-corrected p maps (_vox_corrp_).
+    #[arg(short = 'x')]
+    pub vox_corrp: bool,
+    /// Write uncorrected p maps (_vox_p_).
+    #[arg(long = "uncorrp")]
+    pub uncorrp: bool,
+    /// Seed of the permutation stream.
+    #[arg(long, default_value_t = 0)]
+    pub seed: u64,
+    /// Write -log10(p) instead of randomise's 1-p.
+    #[arg(long)]
+    pub logp: bool,
+    /// Write each contrast's maximum-statistic null distribution as text.
+    #[arg(long = "save-null")]
+    pub save_null: bool,
+    /// No progress bar or messages (errors are still printed).
+    #[arg(short = 'q', long = "quiet")]
+    pub quiet: bool,
+    /// Engine: auto (hardware GPU if present, else CPU), gpu, or cpu.
+    #[arg(long, value_enum, default_value_t = Backend::Auto)]
+    pub backend: Backend,
+    /// Pick the GPU adapter whose name contains this (see `voxflip devices`).
+    #[arg(long)]
+    pub adapter: Option<String>,
+}
+
+/// randomise-style general GLM.
+#[derive(Args, Debug, Clone)]
+pub struct GlmArgs {
+    /// 4D input image (one volume per subject/image).
+    #[arg(short = 'i', value_name = "4D")]
+    pub input: Option<PathBuf>,
+    /// Design matrix (FSL VEST design.mat).
+    #[arg(short = 'd', value_name = "design.mat")]
+    pub design: Option<PathBuf>,
+    /// t contrasts (FSL VEST design.con).
+    #[arg(short = 't', value_name = "design.con")]
+    pub contrasts: Option<PathBuf>,
+    /// F tests (FSL VEST design.fts).
+    #[arg(short = 'f', value_name = "design.fts")]
+    pub fts: Option<PathBuf>,
+    /// One-sample test by sign flipping (randomise -1); without -d the design is a column of ones.
+    #[arg(short = '1')]
+    pub one_sample: bool,
+    /// Demean data and design (adds the mean as nuisance; constant columns are removed).
+    #[arg(short = 'D')]
+    pub demean: bool,
+    /// Override what is exchanged: flip (sign flips), permute (rows), both.
+    #[arg(long = "perm-kind", value_enum)]
+    pub perm_kind: Option<PermKindArg>,
+    #[command(flatten)]
+    pub common: CommonArgs,
+}
+
+#[derive(Clone, Copy, Debug, clap::ValueEnum)]
+pub enum PermKindArg {
+    Flip,
+    Permute,
+    Both,
+}
+
+impl From<PermKindArg> for PermKind {
+    fn from(p: PermKindArg) -> PermKind {
+        match p {
+            PermKindArg::Flip => PermKind::SignFlip,
+            PermKindArg::Permute => PermKind::Permute,
+            PermKindArg::Both => PermKind::Both,
+        }
+    }
+}
+
+#[derive(Args, Debug, Clone)]
+pub struct InteractionArgs {
+    /// Pre-training maps: a 4D file (volumes in participants.tsv order) or a pattern with
+    /// {participant_id}, e.g. 'maps/{participant_id}_ses-pre.nii.gz'.
+    #[arg(long)]
+    pub pre: String,
+    /// Post-training maps, same form and subject order as --pre.
+    #[arg(long)]
+    pub post: String,
+    /// BIDS participants.tsv with participant_id and the group column.
+    #[arg(long)]
+    pub participants: PathBuf,
+    /// Name of the group column in participants.tsv.
+    #[arg(long = "group-column", default_value = "group")]
+    pub group_column: String,
+    /// The two groups, first = "A" in A > B (default: order of first appearance).
+    #[arg(long, value_delimiter = ',')]
+    pub groups: Option<Vec<String>>,
+    /// Exchange group labels instead of flipping signs.
+    #[arg(long)]
+    pub permute: bool,
+    #[command(flatten)]
+    pub common: CommonArgs,
+}
+
+#[derive(Args, Debug, Clone)]
+pub struct SimulateArgs {
+    /// Output folder.
+    #[arg(long)]
+    pub out: PathBuf,
+    /// 2mm (91x109x91 MNI grid, ~228,000 voxels) or small (4 mm, for quick runs).
+    #[arg(long, default_value = "2mm")]
+    pub grid: String,
+    #[arg(long, default_value_t = 1)]
+    pub seed: u64,
+    /// Subjects in the training group.
+    #[arg(long = "n-a", default_value_t = 28)]
+    pub n_a: usize,
+    /// Subjects in the control group.
+    #[arg(long = "n-b", default_value_t = 30)]
+    pub n_b: usize,
+}
+
+#[derive(Args, Debug, Clone)]
+pub struct ExampleArgs {
+    /// Folder for the simulated data and the results.
+    #[arg(long, default_value = "voxflip-example")]
+    pub dir: PathBuf,
+    /// 2mm or small.
+    #[arg(long, default_value = "2mm")]
+    pub grid: String,
+    /// Permutations.
+    #[arg(short = 'n', default_value_t = 1000)]
+    pub n_perm: usize,
+    #[arg(long, value_enum, default_value_t = Backend::Auto)]
+    pub backend: Backend,
+    #[arg(short = 'q', long = "quiet")]
+    pub quiet: bool,
+}
+
+/// Parse and run; errors come back for `main` to print.
+pub fn run(args: Vec<String>) -> Result<()> {
+    let cli = match Cli::try_parse_from(&args) {
+        Ok(c) => c,
+        Err(e) => {
+            // --help and --version are not errors.
+            let code = e.exit_code();
+            let _ = e.print();
+            std::process::exit(code);
+        }
+    };
+    match cli.command {
+        Some(Command::Interaction(a)) => run_interaction(&a, &args),
+        Some(Command::Simulate(a)) => run_simulate(&a),
+        Some(Command::Example(a)) => run_example(&a, &args),
+        Some(Command::Devices) => {
+            print!("{}", crate::engine::describe_devices());
+            Ok(())
+        }
+        None => run_glm(&cli.glm, &args),
+    }
+}
+
+fn analysis_options(c: &CommonArgs, kind: PermKind, reason: String, args: &[String]) -> AnalysisOptions {
+    AnalysisOptions {
+        n_perm: c.n_perm,
+        seed: c.seed,
+        perm_kind: kind,
+        perm_reason: reason,
+        vox_corrp: c.vox_corrp,
+        uncorrp: c.uncorrp,
+        scale: if c.logp { PScale::NegLog10 } else { PScale::OneMinusP },
+        save_null: c.save_null,
+        quiet: c.quiet,
+        backend: c.backend,
+        adapter: c.adapter.clone(),
+        command_line: args.to_vec(),
+    }
+}
+
+fn require_out(c: &CommonArgs) -> Result<String> {
+    c.out.clone().ok_or_else(|| Error::usage("no output prefix: give -o PREFIX"))
+}
+
+fn read_mask(path: &Option<PathBuf>) -> Result<Option<io::Image>> {
+    path.as_ref().map(|p| io::read_image(p)).transpose()
+}
+
+fn run_glm(g: &GlmArgs, args: &[String]) -> Result<()> {
+    let input = g.input.as_ref().ok_or_else(|| Error::usage("no input: give -i 4D.nii.gz (or a subcommand; see --help)"))?;
+    let prefix = require_out(&g.common)?;
+    let img = io::read_image(input)?;
+    let mask = read_mask(&g.common.mask)?;
+    let ds = Dataset::from_image(&img, input, mask.as_ref().zip(g.common.mask.as_deref()))?;
+    drop(img);
+    let mut design = match (&g.design, &g.contrasts) {
+        (Some(d), Some(t)) => Design::from_vest(d, t, g.fts.as_deref(), ds.n)?,
+        (None, None) if g.one_sample => Design::one_sample(ds.n),
+        (None, None) => return Err(Error::usage("no design: give -d design.mat -t design.con, or -1 for a one-sample test")),
+        _ => return Err(Error::usage("-d and -t go together")),
+    };
+    if g.demean {
+        design = design.demeaned(g.design.as_deref().unwrap_or(Path::new("design")))?;
+    }
+    let (kind, reason) = if let Some(k) = g.perm_kind {
+        (k.into(), "chosen with --perm-kind".to_string())
+    } else if g.one_sample {
+        (PermKind::SignFlip, "sign flips (-1)".to_string())
+    } else if design.m.ncols() == 1 && design.m.column(0).iter().all(|&x| x == design.m[(0, 0)]) {
+        (PermKind::SignFlip, "sign flips: the design is a single constant column (one-sample test)".to_string())
+    } else {
+        (PermKind::Permute, "permutations of rows (exchangeable errors)".to_string())
+    };
+    let opts = analysis_options(&g.common, kind, reason, args);
+    let report = analysis::run(&ds, &design, &opts, &prefix)?;
+    print_summary(&report, opts.quiet);
+    Ok(())
+}
+
+/// Load --pre/--post as 4D files or per-subject patterns, in participants.tsv order.
+fn load_session(spec: &str, ids: &[String]) -> Result<(io::Image, PathBuf)> {
+    if spec.contains("{participant_id}") {
+        let mut imgs = Vec::with_capacity(ids.len());
+        for id in ids {
+            let p = PathBuf::from(spec.replace("{participant_id}", id));
+            if !p.exists() {
+                return Err(Error::input(&p, format!("no such file for participant {id}")));
+            }
+            imgs.push((io::read_image(&p)?, p));
+        }
+        Ok((data::stack(imgs)?, PathBuf::from(spec)))
+    } else {
+        let p = PathBuf::from(spec);
+        let img = io::read_image(&p)?;
+        if img.nvol != ids.len() {
+            return Err(Error::input(
+                &p,
+                format!("has {} volumes but participants.tsv lists {} participants (one volume per participant, in that order)", img.nvol, ids.len()),
+            ));
+        }
+        Ok((img, p))
+    }
+}
+
+fn run_interaction(a: &InteractionArgs, args: &[String]) -> Result<()> {
+    let prefix = require_out(&a.common)?;
+    let parts = participants::read_participants(&a.participants, &a.group_column)?;
+    let levels = parts.group_levels();
+    let names: Vec<String> = match &a.groups {
+        Some(g) => {
+            if g.len() != 2 {
+                return Err(Error::usage(format!("--groups takes two names, got {}", g.len())));
+            }
+            g.clone()
+        }
+        None => levels.clone(),
+    };
+    if names.len() != 2 {
+        return Err(Error::input(
+            &a.participants,
+            format!("column '{}' has {} groups ({}); the interaction needs exactly two (or name them with --groups)", a.group_column, levels.len(), levels.join(", ")),
+        ));
+    }
+    let mut groups = Vec::with_capacity(parts.ids.len());
+    for (id, g) in parts.ids.iter().zip(&parts.groups) {
+        match names.iter().position(|n| n == g) {
+            Some(k) => groups.push(k),
+            None => {
+                return Err(Error::input(&a.participants, format!("participant {id} is in group '{g}', which is not one of {}", names.join(", "))))
+            }
+        }
+    }
+    for (k, name) in names.iter().enumerate() {
+        let c = groups.iter().filter(|&&g| g == k).count();
+        if c < 2 {
+            return Err(Error::input(&a.participants, format!("group '{name}' has {c} participant(s); at least 2 are needed")));
+        }
+    }
+    let (pre, pre_path) = load_session(&a.pre, &parts.ids)?;
+    let (post, post_path) = load_session(&a.post, &parts.ids)?;
+    let diff = data::difference(&pre, &pre_path, &post, &post_path)?;
+    drop((pre, post));
+    let mask = read_mask(&a.common.mask)?;
+    let ds = Dataset::from_image(&diff, &post_path, mask.as_ref().zip(a.common.mask.as_deref()))?;
+    drop(diff);
+    let design = Design::group_by_time(&groups, &[names[0].clone(), names[1].clone()]);
+    let (kind, reason) = if a.permute {
+        (PermKind::Permute, "group labels exchanged (--permute)".to_string())
+    } else {
+        (PermKind::SignFlip, "sign flips of post - pre (Freedman-Lane, group means as nuisance)".to_string())
+    };
+    let mut opts = analysis_options(&a.common, kind, reason, args);
+    opts.vox_corrp = true;
+    let report = analysis::run(&ds, &design, &opts, &prefix)?;
+    print_summary(&report, opts.quiet);
+    Ok(())
+}
+
+fn parse_grid(s: &str) -> Result<simulate::SimGrid> {
+    match s {
+        "2mm" | "mni2mm" => Ok(simulate::SimGrid::Mni2mm),
+        "small" | "4mm" => Ok(simulate::SimGrid::Small),
+        other => Err(Error::usage(format!("--grid {other}: expected 2mm or small"))),
+    }
+}
+
+fn run_simulate(a: &SimulateArgs) -> Result<()> {
+    let cfg = simulate::SimConfig { grid: parse_grid(&a.grid)?, n_a: a.n_a, n_b: a.n_b, seed: a.seed, ..Default::default() };
+    let data = simulate::simulate(&cfg);
+    let files = simulate::write_dataset(&data, &a.out)?;
+    eprintln!("voxflip: wrote {} files to {}", files.len(), a.out.display());
+    Ok(())
+}
+
+fn run_example(a: &ExampleArgs, args: &[String]) -> Result<()> {
+    let cfg = simulate::SimConfig { grid: parse_grid(&a.grid)?, ..Default::default() };
+    let data_dir = a.dir.join("data");
+    if !a.quiet {
+        eprintln!("voxflip: simulating the study ({} and {} subjects, pre and post) into {}", cfg.n_a, cfg.n_b, data_dir.display());
+    }
+    let sim = simulate::simulate(&cfg);
+    simulate::write_dataset(&sim, &data_dir)?;
+    let results = a.dir.join("results");
+    std::fs::create_dir_all(&results).map_err(|e| Error::output(&results, e.to_string()))?;
+    let prefix = results.join("interaction").display().to_string();
+    let ia = InteractionArgs {
+        pre: data_dir.join("pre.nii.gz").display().to_string(),
+        post: data_dir.join("post.nii.gz").display().to_string(),
+        participants: data_dir.join("participants.tsv"),
+        group_column: "group".into(),
+        groups: None,
+        permute: false,
+        common: CommonArgs {
+            out: Some(prefix.clone()),
+            mask: Some(data_dir.join("mask.nii.gz")),
+            n_perm: a.n_perm,
+            vox_corrp: true,
+            uncorrp: false,
+            seed: 0,
+            logp: false,
+            save_null: false,
+            quiet: a.quiet,
+            backend: a.backend,
+            adapter: None,
+        },
+    };
+    run_interaction(&ia, args)?;
+    // What the outputs show, against the truth the simulator planted.
+    let corrp = io::read_image(Path::new(&format!("{prefix}_vox_corrp_tstat1.nii.gz")))?;
+    let truth = io::read_image(&data_dir.join("truth_interaction.nii.gz"))?;
+    let sig: Vec<bool> = corrp.data.iter().map(|&x| x >= 0.95).collect();
+    let hits = sig.iter().zip(&truth.data).filter(|(&s, &t)| s && t > 0.0).count();
+    let false_pos = sig.iter().zip(&truth.data).filter(|(&s, &t)| s && t <= 0.0).count();
+    let true_n = truth.data.iter().filter(|&&t| t > 0.0).count();
+    println!("\nResults in {}:", results.display());
+    println!("  interaction_tstat1.nii.gz          t map, {} > {} in post - pre", sim.groups[0], sim.groups.iter().find(|g| **g != sim.groups[0]).cloned().unwrap_or_default());
+    println!("  interaction_vox_corrp_tstat1.nii.gz  1 - FWE-corrected p (>= 0.95 is significant at 0.05)");
+    println!("  tstat2: the other direction; tstat3: time effect across all subjects; interaction_voxflip.json: provenance");
+    println!("Against the simulated truth (data/truth_interaction.nii.gz):");
+    println!("  {hits} of {true_n} true-effect voxels significant (FWE 0.05), {false_pos} significant voxels outside the true effect");
+    Ok(())
+}
+
+fn print_summary(r: &analysis::RunReport, quiet: bool) {
+    if quiet {
+        return;
+    }
+    eprintln!(
+        "voxflip: {} images, {} voxels, {} {} ({}), {:.1} s on {}",
+        r.n_images,
+        r.n_voxels,
+        r.permutations,
+        match r.permutation_kind {
+            PermKind::SignFlip => "sign flips",
+            PermKind::Permute => "permutations",
+            PermKind::Both => "permutations+flips",
+        },
+        if r.exhaustive { "exhaustive" } else { "random" },
+        r.seconds_total,
+        r.backend
+    );
+    for c in &r.contrasts {
+        eprintln!(
+            "  {:8} {:45} max {:7.3}  FWE 0.05 threshold {:7.3}  {:7} voxels significant",
+            c.name, c.label, c.max_stat, c.fwe05_threshold, c.voxels_fwe05
+        );
+    }
+    eprintln!("  outputs: {} files, e.g. {}", r.outputs.len(), r.outputs.first().map(|p| p.display().to_string()).unwrap_or_default());
+}
