@@ -189,8 +189,28 @@ pub fn run(ds: &Dataset, design: &Design, opts: &AnalysisOptions, prefix: &str) 
     Ok(report)
 }
 
+/// One contrast's permutation results.
+#[derive(Clone, Debug)]
+pub struct ContrastResult {
+    /// The observed statistic map (permutation 0), in-mask voxels.
+    pub observed: Vec<f32>,
+    /// Maximum statistic of every permutation, in permutation order (index 0 = observed).
+    pub null: Vec<f32>,
+    /// Per voxel, #{j : T_jv >= observed_v} over all permutations (identity included).
+    pub counts: Vec<u32>,
+}
+
+/// Run every permutation of `perms` for one prepared problem on a fresh CPU engine (the
+/// library entry point tests and benches use; `run` adds engines, outputs and provenance).
+pub fn permutation_test(problem: &ContrastProblem, perms: &PermSet) -> Result<ContrastResult> {
+    let mut engine: Box<dyn Engine> = Box::new(CpuEngine::new());
+    engine.prepare(problem)?;
+    let (observed, null, counts) = permute_contrast(&mut engine, problem, perms, &indicatif::ProgressBar::hidden())?;
+    Ok(ContrastResult { observed, null, counts })
+}
+
 /// The observed map, the max-statistic null and the exceedance counts of one contrast.
-fn permute_contrast(
+pub fn permute_contrast(
     engine: &mut Box<dyn Engine>,
     problem: &ContrastProblem,
     perms: &PermSet,
