@@ -1,0 +1,231 @@
+//! The command line as a user meets it: bad input gets one line naming the file and the
+//! problem, exit code 2, no panic and no output files; good input gets randomise's files.
+use std::path::{Path, PathBuf};
+use std::process::Command;
+use voxflip::io::nifti_io::{header_from_affine, write_image};
+
+const DIMS: [usize; 3] = [6, 5, 4];
+
+fn affine() -> [[f64; 4]; 3] {
+    [[-2.0, 0.0, 0.0, 10.0], [0.0, 2.0, 0.0, -8.0], [0.0, 0.0, 2.0, -4.0]]
+}
+
+fn write(path: &Path, dims: [usize; 3], nvol: usize, data: &[f32]) {
+    let h = header_from_affine(dims, [2.0, 2.0, 2.0], affine(), 4);
+    write_image(path, &h, dims, nvol, data).unwrap();
+}
+
+/// Noise with a positive shift so a one-sample test finds something.
+fn data(n: usize, seed: u32) -> Vec<f32> {
+    let nvox = DIMS.iter().product::<usize>();
+    (0..n * nvox)
+        .map(|k| {
+            let h = (k as u32).wrapping_mul(2654435761).wrapping_add(seed.wrapping_mul(40503));
+            ((h >> 8) % 1000) as f32 / 1000.0 - 0.4
+        })
+        .collect()
+}
+
+struct Case {
+    dir: tempfile::TempDir,
+}
+
+impl Case {
+    fn new() -> Case {
+        let c = Case { dir: tempfile::tempdir().unwrap() };
+        write(&c.p("in.nii.gz"), DIMS, 10, &data(10, 1));
+        write(&c.p("mask.nii.gz"), DIMS, 1, &vec![1.0; DIMS.iter().product()]);
+        c.text("design.mat", "/NumWaves 2\n/NumPoints 10\n/Matrix\n1 0\n1 0\n1 0\n1 0\n1 0\n0 1\n0 1\n0 1\n0 1\n0 1\n");
+        c.text("design.con", "/NumWaves 2\n/NumContrasts 1\n/Matrix\n1 -1\n");
+        std::fs::create_dir(c.p("out")).unwrap();
+        c
+    }
+    fn p(&self, name: &str) -> PathBuf {
+        self.dir.path().join(name)
+    }
+    fn text(&self, name: &str, s: &str) {
+        std::fs::write(self.p(name), s).unwrap();
+    }
+    fn run(&self, args: &[&str]) -> (i32, String) {
+        let out = Command::new(env!("CARGO_BIN_EXE_voxflip"))
+            .args(args)
+            .current_dir(self.dir.path())
+            .env("XDG_RUNTIME_DIR", "/tmp")
+            .output()
+            .unwrap();
+        (out.status.code().unwrap_or(-1), String::from_utf8_lossy(&out.stderr).to_string())
+    }
+    fn outputs(&self) -> Vec<String> {
+        let mut v: Vec<String> = std::fs::read_dir(self.p("out")).unwrap().map(|e| e.unwrap().file_name().to_string_lossy().to_string()).collect();
+        v.sort();
+        v
+    }
+    /// Expect a clean failure mentioning `file` and `words`.
+    fn fails(&self, args: &[&str], file: &str, words: &str) {
+        let (code, err) = self.run(args);
+        assert_eq!(code, 2, "exit code for {args:?}: {err}");
+        let lines: Vec<&str> = err.lines().filter(|l| !l.trim().is_empty()).collect();
+        assert_eq!(lines.len(), 1, "one line expected: {err}");
+        assert!(lines[0].contains(file), "message should name {file}: {err}");
+        assert!(lines[0].contains(words), "message should say '{words}': {err}");
+        assert!(!err.contains("panicked"), "{err}");
+        assert!(self.outputs().is_empty(), "no outputs expected, found {:?}", self.outputs());
+    }
+}
+
+const GLM: [&str; 10] = ["-i", "in.nii.gz", "-o", "out/r", "-d", "design.mat", "-t", "design.con", "-n", "50"];
+
+fn glm_with(extra: &[&'static str]) -> Vec<&'static str> {
+    let mut v = GLM.to_vec();
+    v.extend_from_slice(extra);
+    v
+}
+
+#[test]
+fn good_run_writes_randomise_outputs_and_provenance() {
+    let c = Case::new();
+    let (code, err) = c.run(&glm_with(&["-m", "mask.nii.gz", "-x", "--uncorrp", "--save-null", "--backend", "cpu"]));
+    assert_eq!(code, 0, "{err}");
+    assert_eq!(
+        c.outputs(),
+        vec!["r_null_tstat1.txt", "r_tstat1.nii.gz", "r_vox_corrp_tstat1.nii.gz", "r_vox_p_tstat1.nii.gz", "r_voxflip.json"]
+    );
+    let json: serde_json::Value = serde_json::from_str(&std::fs::read_to_string(c.p("out/r_voxflip.json")).unwrap()).unwrap();
+    assert_eq!(json["permutations"], 50);
+    assert_eq!(json["seed"], 0);
+    assert!(json["command_line"].as_array().unwrap().iter().any(|a| a == "design.mat"));
+    let null = std::fs::read_to_string(c.p("out/r_null_tstat1.txt")).unwrap();
+    assert_eq!(null.lines().count(), 50);
+    // The map keeps the input's grid and affine.
+    let t = voxflip::io::read_image(&c.p("out/r_tstat1.nii.gz")).unwrap();
+    assert_eq!(t.dims, DIMS);
+    assert_eq!(t.affine, affine());
+    // 1 - p convention: corrected 1-p values in [0, 1 - 1/P].
+    let cp = voxflip::io::read_image(&c.p("out/r_vox_corrp_tstat1.nii.gz")).unwrap();
+    assert!(cp.data.iter().all(|&x| (0.0..=1.0 - 1.0 / 50.0 + 1e-6).contains(&x)));
+}
+
+#[test]
+fn exhaustive_enumeration_is_announced() {
+    let c = Case::new();
+    // C(10,5) = 252 relabelings <= 500 asked for.
+    let mut args = glm_with(&["-q"]);
+    args[9] = "500";
+    let (code, err) = c.run(&args);
+    assert_eq!(code, 0, "{err}");
+    let json: serde_json::Value = serde_json::from_str(&std::fs::read_to_string(c.p("out/r_voxflip.json")).unwrap()).unwrap();
+    assert_eq!(json["permutations"], 252);
+    assert_eq!(json["exhaustive"], true);
+    let (_, err) = c.run(&args[..args.len() - 1]);
+    assert!(err.contains("exhaustive: all 252"), "{err}");
+}
+
+#[test]
+fn mask_on_another_grid() {
+    let c = Case::new();
+    write(&c.p("mask2.nii.gz"), [6, 5, 3], 1, &vec![1.0; 90]);
+    c.fails(&glm_with(&["-m", "mask2.nii.gz"]), "mask2.nii.gz", "does not match");
+}
+
+#[test]
+fn design_rows_differ_from_volumes() {
+    let c = Case::new();
+    c.text("d9.mat", "/NumWaves 1\n/NumPoints 9\n/Matrix\n1\n1\n1\n1\n1\n1\n1\n1\n1\n");
+    c.text("c1.con", "/NumWaves 1\n/NumContrasts 1\n/Matrix\n1\n");
+    c.fails(&["-i", "in.nii.gz", "-o", "out/r", "-d", "d9.mat", "-t", "c1.con"], "d9.mat", "10 volumes");
+}
+
+#[test]
+fn rank_deficient_design() {
+    let c = Case::new();
+    c.text("rd.mat", "/NumWaves 3\n/NumPoints 10\n/Matrix\n1 1 0\n1 1 0\n1 1 0\n1 1 0\n1 1 0\n1 0 1\n1 0 1\n1 0 1\n1 0 1\n1 0 1\n");
+    c.text("c3.con", "/NumWaves 3\n/NumContrasts 1\n/Matrix\n0 1 -1\n");
+    c.fails(&["-i", "in.nii.gz", "-o", "out/r", "-d", "rd.mat", "-t", "c3.con"], "rd.mat", "rank deficient");
+}
+
+#[test]
+fn contrast_not_estimable_and_wrong_columns() {
+    let c = Case::new();
+    c.text("zero.con", "/NumWaves 2\n/NumContrasts 1\n/Matrix\n0 0\n");
+    c.fails(&["-i", "in.nii.gz", "-o", "out/r", "-d", "design.mat", "-t", "zero.con"], "zero.con", "all zeros");
+    c.text("three.con", "/NumWaves 3\n/NumContrasts 1\n/Matrix\n1 0 0\n");
+    c.fails(&["-i", "in.nii.gz", "-o", "out/r", "-d", "design.mat", "-t", "three.con"], "three.con", "columns");
+}
+
+#[test]
+fn nan_and_constant_voxels_inside_the_mask() {
+    let c = Case::new();
+    let mut d = data(10, 1);
+    d[7] = f32::NAN;
+    write(&c.p("nan.nii.gz"), DIMS, 10, &d);
+    c.fails(&["-i", "nan.nii.gz", "-o", "out/r", "-1", "-m", "mask.nii.gz"], "nan.nii.gz", "NaN");
+    let nvox: usize = DIMS.iter().product();
+    let mut d = data(10, 1);
+    for t in 0..10 {
+        d[t * nvox + 3] = 5.0;
+    }
+    write(&c.p("const.nii.gz"), DIMS, 10, &d);
+    c.fails(&["-i", "const.nii.gz", "-o", "out/r", "-1", "-m", "mask.nii.gz"], "const.nii.gz", "constant");
+}
+
+#[test]
+fn empty_mask() {
+    let c = Case::new();
+    write(&c.p("empty.nii.gz"), DIMS, 1, &vec![0.0; DIMS.iter().product()]);
+    c.fails(&glm_with(&["-m", "empty.nii.gz"]), "empty.nii.gz", "empty");
+}
+
+#[test]
+fn unreadable_truncated_and_5d_inputs() {
+    let c = Case::new();
+    c.fails(&["-i", "missing.nii.gz", "-o", "out/r", "-1"], "missing.nii.gz", "");
+    let bytes = std::fs::read(c.p("in.nii.gz")).unwrap();
+    std::fs::write(c.p("trunc.nii.gz"), &bytes[..bytes.len() / 2]).unwrap();
+    c.fails(&["-i", "trunc.nii.gz", "-o", "out/r", "-1"], "trunc.nii.gz", "");
+    c.text("text.nii", "this is not an image");
+    c.fails(&["-i", "text.nii", "-o", "out/r", "-1"], "text.nii", "");
+    // A 5D file: patch dim[0] = 5, dim[5] = 2 in an uncompressed NIfTI-1 header.
+    write(&c.p("five.nii"), DIMS, 10, &data(10, 1));
+    let mut b = std::fs::read(c.p("five.nii")).unwrap();
+    b[40..42].copy_from_slice(&5i16.to_le_bytes());
+    b[48..50].copy_from_slice(&5i16.to_le_bytes()); // dim[4] = 5
+    b[50..52].copy_from_slice(&2i16.to_le_bytes()); // dim[5] = 2
+    std::fs::write(c.p("five.nii"), &b).unwrap();
+    c.fails(&["-i", "five.nii", "-o", "out/r", "-1"], "five.nii", "5D");
+}
+
+#[test]
+fn unknown_participants_and_missing_subject_files() {
+    let c = Case::new();
+    c.text("participants.tsv", "participant_id\tgroup\nsub-01\tA\nsub-02\tA\nsub-03\tB\nsub-04\tC\n");
+    write(&c.p("pre4.nii.gz"), DIMS, 4, &data(4, 2));
+    write(&c.p("post4.nii.gz"), DIMS, 4, &data(4, 3));
+    let base = ["interaction", "--pre", "pre4.nii.gz", "--post", "post4.nii.gz", "--participants", "participants.tsv", "-o", "out/r"];
+    let mut a = base.to_vec();
+    a.extend(["--groups", "A,B"]);
+    c.fails(&a, "participants.tsv", "sub-04");
+    c.text("p2.tsv", "participant_id\tgroup\nsub-01\tA\nsub-02\tA\nsub-03\tB\nsub-04\tB\n");
+    write(&c.p("sub-01_pre.nii.gz"), DIMS, 1, &data(1, 4));
+    let a = ["interaction", "--pre", "{participant_id}_pre.nii.gz", "--post", "post4.nii.gz", "--participants", "p2.tsv", "-o", "out/r"];
+    c.fails(&a, "sub-02_pre.nii.gz", "sub-02");
+}
+
+#[test]
+fn interaction_from_per_subject_files_runs() {
+    let c = Case::new();
+    c.text("p.tsv", "participant_id\tgroup\nsub-01\tA\nsub-02\tA\nsub-03\tA\nsub-04\tB\nsub-05\tB\nsub-06\tB\n");
+    for (i, id) in ["sub-01", "sub-02", "sub-03", "sub-04", "sub-05", "sub-06"].iter().enumerate() {
+        write(&c.p(&format!("{id}_pre.nii.gz")), DIMS, 1, &data(1, 10 + i as u32));
+        write(&c.p(&format!("{id}_post.nii.gz")), DIMS, 1, &data(1, 20 + i as u32));
+    }
+    let a = ["interaction", "--pre", "{participant_id}_pre.nii.gz", "--post", "{participant_id}_post.nii.gz", "--participants", "p.tsv", "-o", "out/r", "-q"];
+    let (code, err) = c.run(&a);
+    assert_eq!(code, 0, "{err}");
+    let outs = c.outputs();
+    for k in 1..=3 {
+        assert!(outs.contains(&format!("r_tstat{k}.nii.gz")) && outs.contains(&format!("r_vox_corrp_tstat{k}.nii.gz")), "{outs:?}");
+    }
+    // 2^6 = 64 sign flips <= 5000: exhaustive.
+    let json: serde_json::Value = serde_json::from_str(&std::fs::read_to_string(c.p("out/r_voxflip.json")).unwrap()).unwrap();
+    assert_eq!(json["permutations"], 64);
+}
