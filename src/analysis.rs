@@ -9,6 +9,8 @@ use crate::glm::{identical_row_labels, ContrastModel};
 use crate::inference::{corrected_p, uncorrected_p, MaxStatNull, PScale};
 use crate::io::OutputSet;
 use crate::perm::{PermKind, PermSet};
+use crate::spatial::{Connectivity, MaskGraph};
+use crate::spatial_inference::{observed_cluster_values, SpatialJob, SpatialNull, SpatialOptions};
 use serde::Serialize;
 use std::path::{Path, PathBuf};
 use std::time::Instant;
@@ -47,6 +49,8 @@ pub struct AnalysisOptions {
     pub adapter: Option<String>,
     /// The command line, recorded in the sidecar.
     pub command_line: Vec<String>,
+    /// TFCE and cluster inference.
+    pub spatial: SpatialOptions,
 }
 
 /// What a run found, for the user's summary on stderr.
@@ -62,6 +66,99 @@ pub struct ContrastSummary {
     pub null_quantiles: Vec<(f64, f32)>,
     pub seconds: f64,
     pub gflops: f64,
+    /// TFCE / cluster nulls: statistic, quantiles, FWE 0.05 threshold, voxels significant.
+    pub spatial: Vec<SpatialSummary>,
+}
+
+#[derive(Clone, Debug, Serialize)]
+pub struct SpatialSummary {
+    pub statistic: &'static str,
+    pub null_quantiles: Vec<(f64, f32)>,
+    pub fwe05_threshold: f32,
+    pub voxels_fwe05: usize,
+}
+
+fn spatial_entry(statistic: &'static str, null: &MaxStatNull, pc: &[f64]) -> SpatialSummary {
+    SpatialSummary {
+        statistic,
+        null_quantiles: [0.5, 0.9, 0.95, 0.99, 1.0].iter().map(|&q| (q, null.quantile(q))).collect(),
+        fwe05_threshold: null.threshold(0.05),
+        voxels_fwe05: pc.iter().filter(|&&p| p <= 0.05).count(),
+    }
+}
+
+fn null_text(values: &[f32]) -> String {
+    values.iter().map(|x| format!("{x}\n")).collect()
+}
+
+/// (correction, contrast name, stat map, corrected p per voxel, cluster-forming threshold)
+type ClusterTableJob = (&'static str, String, Vec<f32>, Vec<f64>, f32);
+
+/// The index of the mask graph with connectivity `conn`, built on first use.
+fn graph_for(graphs: &mut Vec<(Connectivity, MaskGraph)>, ds: &Dataset, conn: Connectivity) -> usize {
+    if let Some(i) = graphs.iter().position(|(c, _)| *c == conn) {
+        return i;
+    }
+    graphs.push((conn, MaskGraph::new(ds.dims, ds.voxels.clone(), conn)));
+    graphs.len() - 1
+}
+
+/// `{out}_clusters_{contrast}.tsv` (clusters of each corrected map) and
+/// `{out}_lmax_{contrast}.tsv` (local maxima within them), like FSL's `cluster` tool.
+/// Voxelwise and TFCE maps: clusters of voxels with corrected p <= 0.05 (26-connected);
+/// cluster-extent/mass maps: the clusters formed at the user's threshold.
+fn write_cluster_tables(outputs: &mut OutputSet, ds: &Dataset, prefix: &str, jobs: &[ClusterTableJob], graphs: &[(Connectivity, MaskGraph)]) -> Result<()> {
+    let g26;
+    let g = match graphs.iter().find(|(c, _)| *c == Connectivity::C26) {
+        Some((_, g)) => g,
+        None => {
+            g26 = MaskGraph::new(ds.dims, ds.voxels.clone(), Connectivity::C26);
+            &g26
+        }
+    };
+    let mut by_contrast: Vec<(String, String, String)> = Vec::new();
+    for (what, name, stat, pc, thr) in jobs {
+        let (map, t): (Vec<f32>, f32) = if thr.is_finite() {
+            (stat.clone(), *thr)
+        } else {
+            (stat.iter().zip(pc).map(|(&x, &p)| if p <= 0.05 { x } else { f32::NEG_INFINITY }).collect(), f32::MIN)
+        };
+        let pcf: Vec<f32> = pc.iter().map(|&p| p as f32).collect();
+        let table = crate::spatial::cluster_table(g, &map, t, &pcf, &ds.affine, ds.voxel_volume());
+        let lmax = crate::spatial::local_maxima_table(g, &map, t, &pcf, &ds.affine, 3, 8.0);
+        let entry = match by_contrast.iter_mut().find(|e| &e.0 == name) {
+            Some(e) => e,
+            None => {
+                by_contrast.push((name.clone(), String::new(), String::new()));
+                by_contrast.last_mut().unwrap()
+            }
+        };
+        prefix_rows(&mut entry.1, what, &table);
+        prefix_rows(&mut entry.2, what, &lmax);
+    }
+    for (name, table, lmax) in by_contrast {
+        outputs.write_text(&out_path(prefix, &format!("clusters_{name}"), ".tsv"), &table)?;
+        outputs.write_text(&out_path(prefix, &format!("lmax_{name}"), ".tsv"), &lmax)?;
+    }
+    Ok(())
+}
+
+/// Append a TSV produced by the table functions with a leading `correction` column
+/// (the header once).
+fn prefix_rows(out: &mut String, what: &str, tsv: &str) {
+    let mut lines = tsv.lines();
+    let header = lines.next().unwrap_or("");
+    if out.is_empty() {
+        out.push_str("correction\t");
+        out.push_str(header);
+        out.push('\n');
+    }
+    for l in lines {
+        out.push_str(what);
+        out.push('\t');
+        out.push_str(l);
+        out.push('\n');
+    }
 }
 
 #[derive(Clone, Debug, Serialize)]
@@ -120,6 +217,8 @@ pub fn run(ds: &Dataset, design: &Design, opts: &AnalysisOptions, prefix: &str) 
         }
     }
     let mut engine = make_engine(opts.backend, opts.adapter.as_deref(), opts.quiet)?;
+    let mut graphs: Vec<(Connectivity, MaskGraph)> = Vec::new();
+    let mut tables: Vec<ClusterTableJob> = Vec::new();
     let progress = crate::progress::bar((nperm * design.contrasts.len()) as u64, opts.quiet);
     let mut summaries = Vec::new();
     for (ci, contrast) in design.contrasts.iter().enumerate() {
@@ -127,10 +226,73 @@ pub fn run(ds: &Dataset, design: &Design, opts: &AnalysisOptions, prefix: &str) 
         let model = ContrastModel::new(&design.m, contrast).map_err(Error::usage)?;
         let problem = model.problem(&ds.y, ds.v);
         engine.prepare(&problem)?;
-        let (observed, null, counts) = permute_contrast(&mut engine, &problem, &perms, &progress)?;
+        let observed = observed_map(&mut engine, &problem)?;
+        let name = &contrast.name;
+        // Spatial statistics for this contrast, if asked for.
+        let sp = &opts.spatial;
+        let (extent_thr, mass_thr) = match contrast.kind {
+            StatKind::T => (sp.t_extent, sp.t_mass),
+            StatKind::F => (sp.f_extent, sp.f_mass),
+        };
+        let tfce_setup = sp.tfce.map(|o| {
+            let g = graph_for(&mut graphs, ds, o.params.conn);
+            let obs_max = observed.iter().copied().fold(0f32, f32::max);
+            // randomise: dh = max(observed) / 100, fixed for every permutation.
+            let dh = o.step.unwrap_or(obs_max / 100.0);
+            (g, o, dh)
+        });
+        let cluster_graph = if extent_thr.is_some() || mass_thr.is_some() {
+            Some(graph_for(&mut graphs, ds, sp.cluster_conn.unwrap_or(Connectivity::C26)))
+        } else {
+            None
+        };
+        let mut job = SpatialJob { tfce: None, tfce_observed: None, cluster_graph: None, extent_thr, mass_thr };
+        if let Some((g, o, dh)) = tfce_setup {
+            job.tfce = Some((&graphs[g].1, o, dh));
+        }
+        if let Some(g) = cluster_graph {
+            job.cluster_graph = Some(&graphs[g].1);
+        }
+        let mut tfce_obs = vec![0f32; ds.v];
+        if job.tfce.is_some() {
+            job.tfce_map(&observed, &mut crate::spatial::Workspace::new(), &mut tfce_obs);
+            job.tfce_observed = Some(&tfce_obs);
+        }
+        let spatial_job = if sp.tfce.is_some() || extent_thr.is_some() || mass_thr.is_some() { Some(&job) } else { None };
+        let (null, counts, snull) = permute_contrast(&mut engine, &problem, &perms, &observed, spatial_job, &progress)?;
         let seconds = t0.elapsed().as_secs_f64();
         let null = MaxStatNull::new(null);
-        let name = &contrast.name;
+        let mut spatial_summary = Vec::new();
+        if job.tfce.is_some() {
+            let tnull = MaxStatNull::new(snull.tfce_max.clone());
+            outputs.write_map(&out_path(prefix, &format!("tfce_{name}"), ".nii.gz"), &ds.reference, ds.dims, &ds.expand(&tfce_obs))?;
+            let pc: Vec<f64> = corrected_p(&tfce_obs, &tnull);
+            let m: Vec<f32> = pc.iter().map(|&p| opts.scale.apply(p)).collect();
+            outputs.write_map(&out_path(prefix, &format!("tfce_corrp_{name}"), ".nii.gz"), &ds.reference, ds.dims, &ds.expand(&m))?;
+            if opts.uncorrp {
+                let m: Vec<f32> = uncorrected_p(&snull.tfce_counts, nperm).iter().map(|&p| opts.scale.apply(p)).collect();
+                outputs.write_map(&out_path(prefix, &format!("tfce_p_{name}"), ".nii.gz"), &ds.reference, ds.dims, &ds.expand(&m))?;
+            }
+            if opts.save_null {
+                outputs.write_text(&out_path(prefix, &format!("null_tfce_{name}"), ".txt"), &null_text(&tnull.values))?;
+            }
+            tables.push(("tfce", name.clone(), observed.clone(), pc.clone(), f32::NEG_INFINITY));
+            spatial_summary.push(spatial_entry("tfce", &tnull, &pc));
+        }
+        for (what, thr, is_mass, values) in [("clustere", extent_thr, false, &snull.extent_max), ("clusterm", mass_thr, true, &snull.mass_max)] {
+            let (Some(thr), Some(g)) = (thr, job.cluster_graph) else { continue };
+            let cnull = MaxStatNull::new(values.clone());
+            let obs_vals = observed_cluster_values(g, &observed, thr, is_mass);
+            let pc: Vec<f64> = obs_vals.iter().map(|&x| if x.is_nan() { 1.0 } else { cnull.corrected_p(x) }).collect();
+            // randomise writes 0 outside clusters (1 - p) ; -log10 p is 0 there too.
+            let m: Vec<f32> = pc.iter().zip(&obs_vals).map(|(&p, &x)| if x.is_nan() { 0.0 } else { opts.scale.apply(p) }).collect();
+            outputs.write_map(&out_path(prefix, &format!("{what}_corrp_{name}"), ".nii.gz"), &ds.reference, ds.dims, &ds.expand(&m))?;
+            if opts.save_null {
+                outputs.write_text(&out_path(prefix, &format!("null_{what}_{name}"), ".txt"), &null_text(&cnull.values))?;
+            }
+            tables.push((what, name.clone(), observed.clone(), pc.clone(), thr));
+            spatial_summary.push(spatial_entry(what, &cnull, &pc));
+        }
         outputs.write_map(&out_path(prefix, name, ".nii.gz"), &ds.reference, ds.dims, &ds.expand(&observed))?;
         let pcorr = corrected_p(&observed, &null);
         if opts.vox_corrp {
@@ -142,8 +304,10 @@ pub fn run(ds: &Dataset, design: &Design, opts: &AnalysisOptions, prefix: &str) 
             outputs.write_map(&out_path(prefix, &format!("vox_p_{name}"), ".nii.gz"), &ds.reference, ds.dims, &ds.expand(&m))?;
         }
         if opts.save_null {
-            let text: String = null.values.iter().map(|x| format!("{x}\n")).collect();
-            outputs.write_text(&out_path(prefix, &format!("null_{name}"), ".txt"), &text)?;
+            outputs.write_text(&out_path(prefix, &format!("null_{name}"), ".txt"), &null_text(&null.values))?;
+        }
+        if opts.vox_corrp && !opts.spatial.any() {
+            tables.push(("vox", name.clone(), observed.clone(), pcorr.clone(), f32::NEG_INFINITY));
         }
         let th = null.threshold(0.05);
         summaries.push(ContrastSummary {
@@ -157,8 +321,10 @@ pub fn run(ds: &Dataset, design: &Design, opts: &AnalysisOptions, prefix: &str) 
             null_quantiles: [0.5, 0.9, 0.95, 0.99, 1.0].iter().map(|&q| (q, null.quantile(q))).collect(),
             seconds,
             gflops: problem.flops_per_perm() * nperm as f64 / seconds / 1e9,
+            spatial: spatial_summary,
         });
     }
+    write_cluster_tables(&mut outputs, ds, prefix, &tables, &graphs)?;
     progress.finish_and_clear();
     let mut report = RunReport {
         version: env!("CARGO_PKG_VERSION"),
@@ -200,40 +366,65 @@ pub struct ContrastResult {
     pub counts: Vec<u32>,
 }
 
-/// Run every permutation of `perms` for one prepared problem on a fresh CPU engine (the
-/// library entry point tests and benches use; `run` adds engines, outputs and provenance).
+/// Run every permutation of `perms` for one problem on a fresh CPU engine (the library
+/// entry point tests and benches use; `run` adds engines, spatial statistics, outputs).
 pub fn permutation_test(problem: &ContrastProblem, perms: &PermSet) -> Result<ContrastResult> {
     let mut engine: Box<dyn Engine> = Box::new(CpuEngine::new());
     engine.prepare(problem)?;
-    let (observed, null, counts) = permute_contrast(&mut engine, problem, perms, &indicatif::ProgressBar::hidden())?;
+    let observed = observed_map(&mut engine, problem)?;
+    let (null, counts, _) = permute_contrast(&mut engine, problem, perms, &observed, None, &indicatif::ProgressBar::hidden())?;
     Ok(ContrastResult { observed, null, counts })
 }
 
-/// The observed map, the max-statistic null and the exceedance counts of one contrast.
+/// The observed statistic map (the identity permutation, always index 0).
+pub fn observed_map(engine: &mut Box<dyn Engine>, problem: &ContrastProblem) -> Result<Vec<f32>> {
+    let identity = PermSet::generate(problem.n, PermKind::SignFlip, &vec![0; problem.n], 1, 0).map_err(Error::usage)?;
+    let mut observed = vec![0f32; problem.v];
+    run_with_fallback(engine, problem, |e| e.run_batch(&identity, 0..1, None, Some(&mut observed)).map(|_| ()))?;
+    Ok(observed)
+}
+
+/// Largest batch whose maps are held for spatial statistics (batch x V x 4 bytes).
+const SPATIAL_BATCH: usize = 64;
+
+/// The max-statistic null, the exceedance counts and (with `spatial`) the spatial nulls of
+/// one contrast, over all permutations of `perms`.
 pub fn permute_contrast(
     engine: &mut Box<dyn Engine>,
     problem: &ContrastProblem,
     perms: &PermSet,
+    observed: &[f32],
+    spatial: Option<&SpatialJob>,
     progress: &indicatif::ProgressBar,
-) -> Result<(Vec<f32>, Vec<f32>, Vec<u32>)> {
+) -> Result<(Vec<f32>, Vec<u32>, SpatialNull)> {
     let v = problem.v;
-    let mut observed = vec![0f32; v];
-    run_with_fallback(engine, problem, |e| e.run_batch(perms, 0..1, None, Some(&mut observed)).map(|_| ()))?;
     let nperm = perms.len();
     let mut null = Vec::with_capacity(nperm);
     let mut counts = vec![0u32; v];
+    let mut snull = SpatialNull::default();
+    let mut maps = Vec::new();
     let mut done = 0;
     while done < nperm {
-        let b = engine.preferred_batch().min(nperm - done);
-        let res = run_with_fallback(engine, problem, |e| e.run_batch(perms, done..done + b, Some(&observed), None))?;
+        let mut b = engine.preferred_batch().min(nperm - done);
+        if spatial.is_some() {
+            b = b.min(SPATIAL_BATCH);
+            maps.resize(b * v, 0f32);
+        }
+        let res = run_with_fallback(engine, problem, |e| {
+            let m = if spatial.is_some() { Some(&mut maps[..b * v]) } else { None };
+            e.run_batch(perms, done..done + b, Some(observed), m)
+        })?;
         null.extend_from_slice(&res.max_stat);
         for (c, x) in counts.iter_mut().zip(&res.exceed) {
             *c += x;
         }
+        if let Some(job) = spatial {
+            job.reduce(&maps[..b * v], v, &mut snull);
+        }
         done += b;
         progress.inc(b as u64);
     }
-    Ok((observed, null, counts))
+    Ok((null, counts, snull))
 }
 
 /// Run `f` on the engine; if the GPU fails (device lost, out of memory), say so, switch to

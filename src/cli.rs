@@ -9,6 +9,8 @@ use crate::inference::PScale;
 use crate::io::{self, participants};
 use crate::perm::PermKind;
 use crate::simulate;
+use crate::spatial::{Connectivity, TfceParams};
+use crate::spatial_inference::{SpatialOptions, TfceOptions};
 use clap::{Args, Parser, Subcommand};
 use std::path::{Path, PathBuf};
 
@@ -75,6 +77,88 @@ pub struct CommonArgs {
     /// Pick the GPU adapter whose name contains this (see `voxflip devices`).
     #[arg(long)]
     pub adapter: Option<String>,
+    #[command(flatten)]
+    pub spatial: SpatialArgs,
+}
+
+/// randomise's spatial inference flags.
+#[derive(Args, Debug, Clone, Default)]
+pub struct SpatialArgs {
+    /// TFCE (H=2, E=0.5, 6-connectivity by default): _tfce_tstat, _tfce_corrp_tstat.
+    #[arg(short = 'T')]
+    pub tfce: bool,
+    /// TFCE for 2D/surface-like data: H=2, E=1, 26-connectivity.
+    #[arg(long = "T2")]
+    pub tfce2: bool,
+    /// TFCE height exponent H.
+    #[arg(long = "tfce_H")]
+    pub tfce_h: Option<f32>,
+    /// TFCE extent exponent E.
+    #[arg(long = "tfce_E")]
+    pub tfce_e: Option<f32>,
+    /// TFCE connectivity: 6, 18 or 26.
+    #[arg(long = "tfce_C")]
+    pub tfce_c: Option<u32>,
+    /// TFCE step dh (default: max of the observed map / 100, as randomise).
+    #[arg(long = "tfce_D")]
+    pub tfce_d: Option<f32>,
+    /// Exact TFCE integral (component tree) instead of randomise's stepwise sum.
+    #[arg(long = "tfce-exact")]
+    pub tfce_exact: bool,
+    /// Cluster-extent inference for t maps at this cluster-forming threshold (_clustere_corrp_).
+    #[arg(short = 'c', value_name = "THR")]
+    pub t_extent: Option<f32>,
+    /// Cluster-mass inference for t maps at this threshold (_clusterm_corrp_).
+    #[arg(short = 'C', value_name = "THR")]
+    pub t_mass: Option<f32>,
+    /// Cluster-extent inference for F maps at this threshold.
+    #[arg(short = 'F', value_name = "THR")]
+    pub f_extent: Option<f32>,
+    /// Cluster-mass inference for F maps at this threshold.
+    #[arg(short = 'S', value_name = "THR")]
+    pub f_mass: Option<f32>,
+    /// Connectivity of the cluster-forming step: 6, 18 or 26 (default 26, as randomise).
+    #[arg(long = "cluster-connectivity")]
+    pub cluster_conn: Option<u32>,
+}
+
+impl SpatialArgs {
+    pub fn options(&self) -> Result<SpatialOptions> {
+        let conn = |c: u32, flag: &str| {
+            Connectivity::from_count(c).ok_or_else(|| Error::usage(format!("{flag} {c}: connectivity must be 6, 18 or 26")))
+        };
+        let tfce = if self.tfce || self.tfce2 || self.tfce_exact {
+            let mut params = if self.tfce2 { TfceParams::t2() } else { TfceParams::default() };
+            if let Some(h) = self.tfce_h {
+                params.h = h;
+            }
+            if let Some(e) = self.tfce_e {
+                params.e = e;
+            }
+            if let Some(c) = self.tfce_c {
+                params.conn = conn(c, "--tfce_C")?;
+            }
+            if let Some(d) = self.tfce_d {
+                if !(d > 0.0 && d.is_finite()) {
+                    return Err(Error::usage(format!("--tfce_D {d}: the step must be positive")));
+                }
+            }
+            if !(params.h >= 0.0 && params.e >= 0.0) {
+                return Err(Error::usage("--tfce_H and --tfce_E must be >= 0"));
+            }
+            Some(TfceOptions { params, exact: self.tfce_exact, step: self.tfce_d })
+        } else {
+            None
+        };
+        Ok(SpatialOptions {
+            tfce,
+            t_extent: self.t_extent,
+            t_mass: self.t_mass,
+            f_extent: self.f_extent,
+            f_mass: self.f_mass,
+            cluster_conn: self.cluster_conn.map(|c| conn(c, "--cluster-connectivity")).transpose()?,
+        })
+    }
 }
 
 /// randomise-style general GLM.
@@ -180,6 +264,9 @@ pub struct ExampleArgs {
     pub backend: Backend,
     #[arg(short = 'q', long = "quiet")]
     pub quiet: bool,
+    /// Also run TFCE (randomise -T).
+    #[arg(short = 'T')]
+    pub tfce: bool,
 }
 
 /// Parse and run; errors come back for `main` to print.
@@ -205,8 +292,9 @@ pub fn run(args: Vec<String>) -> Result<()> {
     }
 }
 
-fn analysis_options(c: &CommonArgs, kind: PermKind, reason: String, args: &[String]) -> AnalysisOptions {
-    AnalysisOptions {
+fn analysis_options(c: &CommonArgs, kind: PermKind, reason: String, args: &[String]) -> Result<AnalysisOptions> {
+    Ok(AnalysisOptions {
+        spatial: c.spatial.options()?,
         n_perm: c.n_perm,
         seed: c.seed,
         perm_kind: kind,
@@ -219,7 +307,7 @@ fn analysis_options(c: &CommonArgs, kind: PermKind, reason: String, args: &[Stri
         backend: c.backend,
         adapter: c.adapter.clone(),
         command_line: args.to_vec(),
-    }
+    })
 }
 
 fn require_out(c: &CommonArgs) -> Result<String> {
@@ -255,7 +343,7 @@ fn run_glm(g: &GlmArgs, args: &[String]) -> Result<()> {
     } else {
         (PermKind::Permute, "permutations of rows (exchangeable errors)".to_string())
     };
-    let opts = analysis_options(&g.common, kind, reason, args);
+    let opts = analysis_options(&g.common, kind, reason, args)?;
     let report = analysis::run(&ds, &design, &opts, &prefix)?;
     print_summary(&report, opts.quiet);
     Ok(())
@@ -333,7 +421,7 @@ fn run_interaction(a: &InteractionArgs, args: &[String]) -> Result<()> {
     } else {
         (PermKind::SignFlip, "sign flips of post - pre (Freedman-Lane, group means as nuisance)".to_string())
     };
-    let mut opts = analysis_options(&a.common, kind, reason, args);
+    let mut opts = analysis_options(&a.common, kind, reason, args)?;
     opts.vox_corrp = true;
     let report = analysis::run(&ds, &design, &opts, &prefix)?;
     print_summary(&report, opts.quiet);
@@ -386,6 +474,7 @@ fn run_example(a: &ExampleArgs, args: &[String]) -> Result<()> {
             quiet: a.quiet,
             backend: a.backend,
             adapter: None,
+            spatial: SpatialArgs { tfce: a.tfce, ..Default::default() },
         },
     };
     run_interaction(&ia, args)?;

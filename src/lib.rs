@@ -14,6 +14,7 @@ pub mod inference;
 pub mod analysis;
 pub mod progress;
 pub mod cli;
+pub mod spatial_inference;
 pub mod engine;
 pub mod spatial;
 pub mod simulate;
