@@ -1,1 +1,0 @@
-//! `voxflip simulate`: a realistic two-group, two-time dataset with known effects.
