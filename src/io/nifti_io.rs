@@ -51,15 +51,17 @@ pub fn write_map(path: &Path, reference: &nifti::NiftiHeader, dims: [usize; 3], 
 ///
 /// Interim implementation on the `sim` branch (the io branch owns the final one).
 pub fn header_from_affine(dims: [usize; 3], pixdim: [f32; 3], affine: [[f64; 4]; 3], xform_code: i16) -> nifti::NiftiHeader {
-    let mut h = nifti::NiftiHeader::default();
-    h.dim = [3, dims[0] as u16, dims[1] as u16, dims[2] as u16, 1, 1, 1, 1];
-    h.pixdim = [1.0, pixdim[0], pixdim[1], pixdim[2], 1.0, 1.0, 1.0, 1.0];
-    h.datatype = nifti::NiftiType::Float32 as i16;
-    h.bitpix = 32;
-    h.xyzt_units = 2 | 8; // mm, seconds
-    h.srow_x = affine[0].map(|v| v as f32);
-    h.srow_y = affine[1].map(|v| v as f32);
-    h.srow_z = affine[2].map(|v| v as f32);
+    let mut h = nifti::NiftiHeader {
+        dim: [3, dims[0] as u16, dims[1] as u16, dims[2] as u16, 1, 1, 1, 1],
+        pixdim: [1.0, pixdim[0], pixdim[1], pixdim[2], 1.0, 1.0, 1.0, 1.0],
+        datatype: nifti::NiftiType::Float32 as i16,
+        bitpix: 32,
+        xyzt_units: 2 | 8, // mm, seconds
+        srow_x: affine[0].map(|v| v as f32),
+        srow_y: affine[1].map(|v| v as f32),
+        srow_z: affine[2].map(|v| v as f32),
+        ..Default::default()
+    };
     // qform: rotation of the unit columns as a quaternion (nifti1_io's mat44_to_quatern);
     // a left-handed affine (e.g. the x flip of MNI templates) flips the third column, qfac = -1.
     let mut r = [[0.0f64; 3]; 3];

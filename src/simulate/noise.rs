@@ -87,6 +87,7 @@ impl Smoother {
         }
     }
 
+    #[cfg(test)]
     pub fn nvox(&self) -> usize {
         self.dims.iter().product()
     }
@@ -106,11 +107,11 @@ impl Smoother {
         let k = &self.axes[0];
         let n = self.dims[0];
         for (s, d) in src.chunks_exact(n).zip(dst.chunks_exact_mut(n)) {
-            for i in 0..n {
+            for (i, (out, scale)) in d.iter_mut().zip(&k.inv_norm).enumerate() {
                 let (lo, hi) = tap_range(i, n, k.radius);
                 let taps = &k.taps[lo + k.radius - i..=hi + k.radius - i];
                 let acc: f32 = taps.iter().zip(&s[lo..=hi]).map(|(w, v)| w * v).sum();
-                d[i] = acc * k.inv_norm[i];
+                *out = acc * scale;
             }
         }
     }
