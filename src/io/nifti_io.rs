@@ -156,7 +156,11 @@ pub fn read_image(path: &Path) -> Result<Image> {
 fn read_all(path: &Path) -> Result<Vec<u8>> {
     let raw = std::fs::read(path).map_err(|e| Error::input(path, format!("cannot read: {}", io_msg(&e))))?;
     if raw.len() >= 2 && raw[0] == 0x1f && raw[1] == 0x8b {
-        let mut out = Vec::with_capacity(raw.len().saturating_mul(3));
+        // The gzip trailer holds the uncompressed size mod 2^32: a good capacity hint for
+        // images under 4 GiB, which avoids repeated reallocation of large 4D files.
+        let isize = u32::from_le_bytes(raw[raw.len().saturating_sub(4)..].try_into().unwrap_or([0; 4])) as usize;
+        let hint = if isize >= raw.len() && isize / 1100 <= raw.len() { isize } else { raw.len().saturating_mul(3) };
+        let mut out = Vec::with_capacity(hint);
         MultiGzDecoder::new(&raw[..])
             .read_to_end(&mut out)
             .map_err(|e| Error::input(path, format!("corrupt or truncated gzip data ({})", io_msg(&e))))?;
@@ -538,7 +542,8 @@ fn affine_to_quatern(m: [[f64; 4]; 3], pixdim: [f32; 3]) -> Option<(f32, [f64; 3
         }
         let len = cj.iter().map(|v| v * v).sum::<f64>().sqrt();
         let want = pixdim[j] as f64;
-        if !(len > 0.0) || !(want > 0.0) || (len - want).abs() > 1e-4 * want.max(1.0) {
+        let matches = len > 0.0 && want > 0.0 && (len - want).abs() <= 1e-4 * want.max(1.0);
+        if !matches {
             return None;
         }
         cj.iter_mut().for_each(|v| *v /= len);
@@ -726,6 +731,36 @@ mod tests {
         let (p, raw) = int16_file(dir.path(), 0.0, 5.0);
         let img = read_image(&p).unwrap();
         assert_eq!(img.data, raw.iter().map(|&v| v as f32).collect::<Vec<_>>());
+    }
+
+    #[test]
+    fn every_supported_nifti1_datatype_in_both_byte_orders() {
+        let dir = tmp();
+        let vals = [0.0f64, 1.0, 2.0, 3.0, 4.0, 5.0, 126.0, 127.0];
+        for endianness in [Endianness::Little, Endianness::Big] {
+            let mut h = header_from_affine([2, 2, 2], [1.0; 3], oblique_affine([1.0; 3], 0.0), 2);
+            h.endianness = endianness;
+            macro_rules! check {
+                ($t:ty) => {{
+                    let arr = ndarray::Array::from_shape_vec((2, 2, 2), vals.iter().map(|&v| v as $t).collect()).unwrap();
+                    let p = dir.path().join(format!("{}_{:?}.nii", stringify!($t), endianness));
+                    nifti::writer::WriterOptions::new(&p).reference_header(&h).write_nifti(&arr).unwrap();
+                    let img = read_image(&p).unwrap();
+                    let want: Vec<f32> = arr.t().iter().map(|&v| v as f32).collect();
+                    assert_eq!(img.data, want, "{} {:?}", stringify!($t), endianness);
+                }};
+            }
+            check!(u8);
+            check!(i8);
+            check!(i16);
+            check!(u16);
+            check!(i32);
+            check!(u32);
+            check!(i64);
+            check!(u64);
+            check!(f32);
+            check!(f64);
+        }
     }
 
     /// A hand-written NIfTI-2 file: float64 data, sform and qform, in either byte order.
