@@ -36,10 +36,11 @@ pub struct Image {
 }
 
 impl Image {
+    /// Voxels per volume (nx * ny * nz).
     pub fn nvox(&self) -> usize {
         self.dims[0] * self.dims[1] * self.dims[2]
     }
-    /// The t-th volume.
+    /// The t-th volume (panics if `t >= nvol`, like slice indexing).
     pub fn volume(&self, t: usize) -> &[f32] {
         let n = self.nvox();
         &self.data[t * n..(t + 1) * n]
