@@ -5,5 +5,7 @@ pub mod vest;
 pub mod participants;
 pub mod outputs;
 
-pub use nifti_io::{read_image, write_map, Image};
-pub use outputs::OutputSet;
+pub use nifti_io::{header_from_affine, read_image, write_image, write_map, Image};
+pub use outputs::{check_dir, OutputSet};
+pub use participants::{read_participants, Participants};
+pub use vest::{read_contrasts, read_design, read_fts, read_grp, read_vest, Vest};
