@@ -200,7 +200,7 @@ fn out_path(prefix: &str, what: &str, ext: &str) -> PathBuf {
 pub fn run(ds: &Dataset, design: &Design, opts: &AnalysisOptions, prefix: &str) -> Result<RunReport> {
     let start = Instant::now();
     let mut outputs = OutputSet::new();
-    outputs.check_dir(Path::new(prefix))?;
+    OutputSet::check_dir(Path::new(prefix))?;
     let labels = if opts.perm_kind.permutes() { identical_row_labels(&design.m) } else { vec![0; ds.n] };
     let perms = PermSet::generate(ds.n, opts.perm_kind, &labels, opts.n_perm, opts.seed).map_err(Error::usage)?;
     let nperm = perms.len();

@@ -27,6 +27,11 @@ impl OutputSet {
         check_dir(prefix_path)
     }
 
+    /// Final paths of everything written so far (for the provenance record).
+    pub fn planned(&self) -> Vec<PathBuf> {
+        self.pending.iter().map(|(_, f)| f.clone()).collect()
+    }
+
     /// The temporary path for `final_path`, registering it for `commit`/cleanup. Asking
     /// twice for the same final path returns the same temporary.
     pub fn temp_for(&mut self, final_path: &Path) -> PathBuf {
