@@ -88,7 +88,15 @@ fn good_run_writes_randomise_outputs_and_provenance() {
     assert_eq!(code, 0, "{err}");
     assert_eq!(
         c.outputs(),
-        vec!["r_null_tstat1.txt", "r_tstat1.nii.gz", "r_vox_corrp_tstat1.nii.gz", "r_vox_p_tstat1.nii.gz", "r_voxflip.json"]
+        vec![
+            "r_clusters_tstat1.tsv",
+            "r_lmax_tstat1.tsv",
+            "r_null_tstat1.txt",
+            "r_tstat1.nii.gz",
+            "r_vox_corrp_tstat1.nii.gz",
+            "r_vox_p_tstat1.nii.gz",
+            "r_voxflip.json"
+        ]
     );
     let json: serde_json::Value = serde_json::from_str(&std::fs::read_to_string(c.p("out/r_voxflip.json")).unwrap()).unwrap();
     assert_eq!(json["permutations"], 50);
