@@ -306,7 +306,7 @@ pub fn run(ds: &Dataset, design: &Design, opts: &AnalysisOptions, prefix: &str) 
         if opts.save_null {
             outputs.write_text(&out_path(prefix, &format!("null_{name}"), ".txt"), &null_text(&null.values))?;
         }
-        if opts.vox_corrp && !opts.spatial.any() {
+        if opts.vox_corrp {
             tables.push(("vox", name.clone(), observed.clone(), pcorr.clone(), f32::NEG_INFINITY));
         }
         let th = null.threshold(0.05);
