@@ -479,18 +479,28 @@ fn run_example(a: &ExampleArgs, args: &[String]) -> Result<()> {
     };
     run_interaction(&ia, args)?;
     // What the outputs show, against the truth the simulator planted.
-    let corrp = io::read_image(Path::new(&format!("{prefix}_vox_corrp_tstat1.nii.gz")))?;
     let truth = io::read_image(&data_dir.join("truth_interaction.nii.gz"))?;
-    let sig: Vec<bool> = corrp.data.iter().map(|&x| x >= 0.95).collect();
-    let hits = sig.iter().zip(&truth.data).filter(|(&s, &t)| s && t > 0.0).count();
-    let false_pos = sig.iter().zip(&truth.data).filter(|(&s, &t)| s && t <= 0.0).count();
     let true_n = truth.data.iter().filter(|&&t| t > 0.0).count();
+    let against_truth = |map: &str| -> Result<(usize, usize)> {
+        let corrp = io::read_image(Path::new(&format!("{prefix}_{map}_tstat1.nii.gz")))?;
+        let sig: Vec<bool> = corrp.data.iter().map(|&x| x >= 0.95).collect();
+        let hits = sig.iter().zip(&truth.data).filter(|(&s, &t)| s && t > 0.0).count();
+        let false_pos = sig.iter().zip(&truth.data).filter(|(&s, &t)| s && t <= 0.0).count();
+        Ok((hits, false_pos))
+    };
+    let (hits, false_pos) = against_truth("vox_corrp")?;
     println!("\nResults in {}:", results.display());
     println!("  interaction_tstat1.nii.gz          t map, {} > {} in post - pre", sim.groups[0], sim.groups.iter().find(|g| **g != sim.groups[0]).cloned().unwrap_or_default());
     println!("  interaction_vox_corrp_tstat1.nii.gz  1 - FWE-corrected p (>= 0.95 is significant at 0.05)");
     println!("  tstat2: the other direction; tstat3: time effect across all subjects; interaction_voxflip.json: provenance");
     println!("Against the simulated truth (data/truth_interaction.nii.gz):");
-    println!("  {hits} of {true_n} true-effect voxels significant (FWE 0.05), {false_pos} significant voxels outside the true effect");
+    println!("  voxelwise max-T: {hits} of {true_n} true-effect voxels significant (FWE 0.05), {false_pos} significant voxels outside the true effect");
+    if a.tfce {
+        let (hits, false_pos) = against_truth("tfce_corrp")?;
+        println!("  TFCE:            {hits} of {true_n} true-effect voxels significant (FWE 0.05), {false_pos} significant voxels outside the true effect");
+        println!("  (TFCE spreads support to the effect's tapered edges; its FWE control is per image, so voxels just outside a true blob can be significant.)");
+    }
+    println!("  interaction_clusters_tstat1.tsv / _lmax_tstat1.tsv: the clusters and local maxima in MNI mm, for a results table");
     Ok(())
 }
 
@@ -517,6 +527,9 @@ fn print_summary(r: &analysis::RunReport, quiet: bool) {
             "  {:8} {:45} max {:7.3}  FWE 0.05 threshold {:7.3}  {:7} voxels significant",
             c.name, c.label, c.max_stat, c.fwe05_threshold, c.voxels_fwe05
         );
+        for s in &c.spatial {
+            eprintln!("  {:8} {:>45} {:>36}  {:7} voxels significant", "", s.statistic, "", s.voxels_fwe05);
+        }
     }
     eprintln!("  outputs: {} files, e.g. {}", r.outputs.len(), r.outputs.first().map(|p| p.display().to_string()).unwrap_or_default());
 }

@@ -82,7 +82,7 @@ fn tfce_and_cluster_extent_fwe_rates_are_calibrated() {
         }
     }
     eprintln!("TFCE {rej_tfce}/{datasets}, cluster extent {rej_ext}/{datasets} rejections at FWE 0.05");
-    // Binomial(300, 0.05): mean 15; P(X <= 7) = 1.4%, P(X >= 24) = 1.7%, so [8, 23] is
+    // Binomial(300, 0.05): mean 15; P(X <= 7) = 1.6%, P(X >= 24) = 1.7%, so [8, 23] is
     // the central 95% interval (rounded outwards to whole counts). With P = 100 permutations, p <= 0.05 happens with probability exactly 0.05
     // under exchangeability (5 of 100 ranks).
     assert!((8..=23).contains(&rej_tfce), "TFCE: {rej_tfce} of {datasets}");
