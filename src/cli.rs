@@ -528,7 +528,7 @@ fn print_summary(r: &analysis::RunReport, quiet: bool) {
             c.name, c.label, c.max_stat, c.fwe05_threshold, c.voxels_fwe05
         );
         for s in &c.spatial {
-            eprintln!("  {:8} {:>45} {:>36}  {:7} voxels significant", "", s.statistic, "", s.voxels_fwe05);
+            eprintln!("  {:8} {:>45} {:>36}  {:7} voxels significant", "", format!("{} (FWE from its own null)", s.statistic), "", s.voxels_fwe05);
         }
     }
     eprintln!("  outputs: {} files, e.g. {}", r.outputs.len(), r.outputs.first().map(|p| p.display().to_string()).unwrap_or_default());
