@@ -87,6 +87,16 @@ pub fn tfce_stepwise(g: &MaskGraph, map: &[f32], p: &TfceParams, dh: f32, ws: &m
 pub fn tfce_stepwise_into(g: &MaskGraph, map: &[f32], p: &TfceParams, dh: f32, ws: &mut Workspace, out: &mut [f32]) {
     if prepare_stepwise(g, map, p, dh, ws) {
         settle_values(ws, 1.0, out);
+        if p.h > 0.0 {
+            // Voxels at level 0 only (0 < T <= dh) sum 0^H = 0 exactly; the offsets would
+            // leave f64 residue of a cancellation there. They sit at the end of the order.
+            for &v in ws.order.iter().rev() {
+                if ws.level[v as usize] != 0 {
+                    break;
+                }
+                out[v as usize] = 0.0;
+            }
+        }
     } else {
         out.fill(0.0);
     }
