@@ -662,7 +662,7 @@ fn timing() {
     let dh = max / 100.0;
     let mut ws = Workspace::new();
     let mut out = vec![0.0f32; g6.len()];
-    let reps = 20;
+    let reps = 50;
     // The minimum over repetitions: the machine is shared, and the minimum is the least
     // disturbed estimate of the single-threaded cost.
     let time = |name: &str, f: &mut dyn FnMut()| {

@@ -69,10 +69,11 @@ impl Workspace {
         }
     }
 
-    /// Sizes the TFCE buffers for `n` voxels and marks every voxel not yet added.
+    /// Sizes the TFCE buffers for `n` voxels and marks every voxel not yet added. `added`
+    /// has one more entry, for the neighbour-row padding index n, which is never added.
     pub(crate) fn reset_tfce(&mut self, n: usize) {
         self.added.clear();
-        self.added.resize(n, false);
+        self.added.resize(n + 1, false);
         if self.nodes.len() < n {
             self.nodes.resize(n, Node::default());
             self.level.resize(n, 0);
