@@ -700,3 +700,13 @@ fn timing() {
         std::hint::black_box(label_components(&g26, &map, 2.3, &mut ws));
     });
 }
+
+#[test]
+fn cluster_threshold_is_inclusive() {
+    // randomise binarises with `>= thr`; a voxel exactly at the threshold is in.
+    let img = Image { dims: [3, 1, 1], mask: vec![true; 3], values: vec![2.0, 1.0, 2.0] };
+    let g = img.graph(Connectivity::C6);
+    let mut ws = Workspace::new();
+    assert_eq!(label_components(&g, &img.map(), 2.0, &mut ws), (vec![1, 0, 2], 2));
+    assert_eq!(cluster_sizes_masses(&g, &img.map(), 1.0, &mut ws), (3, 5.0));
+}
