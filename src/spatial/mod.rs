@@ -19,6 +19,6 @@ pub use labels::{above_cluster_threshold, cluster_sizes_masses, label_components
 pub use table::{cluster_table, local_maxima_table};
 pub use tfce::{
     tfce_exact, tfce_exact_into, tfce_exact_max, tfce_stepwise, tfce_stepwise_into, tfce_stepwise_max,
-    TfceParams,
+    tfce_step_from_observed, TfceParams,
 };
 pub use workspace::Workspace;

@@ -71,6 +71,14 @@ fn enhanced(x: f32) -> bool {
 /// caller error (f32 thresholds would stop increasing around 2^24 steps anyway).
 const MAX_LEVELS: usize = 1 << 24;
 
+/// randomise's TFCE step for a contrast: the maximum of the observed map / 100, used for
+/// every permutation of that contrast. 0 when the map has no positive finite value (then
+/// there is nothing to enhance, and the TFCE functions return zeros for any map).
+pub fn tfce_step_from_observed(observed: &[f32]) -> f32 {
+    let max = observed.iter().copied().filter(|&x| enhanced(x)).fold(0.0f32, f32::max);
+    max / 100.0
+}
+
 /// Stepwise TFCE (randomise's discretization) of `map` with level step `dh`.
 ///
 /// `dh` is fixed by the caller for all permutations (randomise: max of the observed map /
@@ -286,7 +294,11 @@ fn grow_components(g: &MaskGraph, ws: &mut Workspace, weight: impl Fn(u32) -> f6
         // The visiting order jumps around the volume; fetch a later voxel's neighbour row
         // and node while this one is being merged.
         if let Some(&ahead) = order.get(i + PREFETCH_ROW_AHEAD) {
-            prefetch(&rows[ahead as usize * width]);
+            let row = &rows[ahead as usize * width..(ahead as usize + 1) * width];
+            prefetch(&row[0]);
+            if width > 16 {
+                prefetch(&row[width - 1]); // 18 and 26 entries span two cache lines
+            }
             prefetch(&nodes[ahead as usize]);
         }
         let w = weight(v);
