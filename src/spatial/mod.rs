@@ -4,6 +4,14 @@
 //! All functions take maps indexed by in-mask voxel (length V, the order of
 //! [`MaskGraph::voxels`]) and are single-threaded: the pipeline parallelises over
 //! permutations, one [`Workspace`] per worker, reused across calls.
+//!
+//! Conventions, chosen to match FSL randomise:
+//! - cluster-forming threshold is inclusive, `T >= thr` (FSL `binarise`); cluster mass is
+//!   the sum of T over the cluster (randomise `-C`), extent the voxel count (`-c`);
+//! - stepwise TFCE reproduces FSL's `tfce()` (newimagefns.h), which randomise calls:
+//!   levels 0, dh, 2dh, ... accumulated in f32, strict `T > h`, the sum not multiplied by
+//!   dh, dh = observed max / 100 ([`tfce_step_from_observed`]);
+//! - only positive finite values are enhanced by TFCE.
 
 pub mod graph;
 pub mod labels;

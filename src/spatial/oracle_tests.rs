@@ -451,6 +451,8 @@ fn tfce_without_positive_voxels_or_step_is_zero() {
     assert_eq!(tfce_stepwise_max(&g, &img.map(), &p, 0.1, &mut ws), 0.0);
     let pos = vec![1.0f32; 27];
     assert!(tfce_stepwise(&g, &pos, &p, 0.0, &mut ws).iter().all(|&x| x == 0.0));
+    assert_eq!(tfce_step_from_observed(&img.map()), 0.0);
+    assert_eq!(tfce_step_from_observed(&[-3.0, 2.0, f32::INFINITY, f32::NAN]), 0.02);
 }
 
 #[test]
