@@ -13,6 +13,9 @@
 //!   dh, dh = observed max / 100 ([`tfce_step_from_observed`]);
 //! - only positive finite values are enhanced by TFCE.
 
+// Voxel loops index several parallel arrays by voxel; iterator chains would hide that.
+#![allow(clippy::needless_range_loop)]
+
 pub mod graph;
 pub mod labels;
 pub mod table;

@@ -12,6 +12,7 @@
 //!     voxels sitting on a level (e.g. the observed maximum, at level 100) fall on the
 //!     same side as in randomise;
 //!   * level 0 (h = 0) contributes 0^H, i.e. nothing for H > 0.
+//!
 //!   Not reproduced: FSL skips the outermost layer of the grid, which never holds brain.
 //! - **exact**: the integral itself, piecewise in closed form.
 //!
