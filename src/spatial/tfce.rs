@@ -151,6 +151,7 @@ pub fn tfce_exact_max(g: &MaskGraph, map: &[f32], p: &TfceParams, ws: &mut Works
 /// Returns false when nothing can be enhanced.
 fn prepare_stepwise(g: &MaskGraph, map: &[f32], p: &TfceParams, dh: f32, ws: &mut Workspace) -> bool {
     assert_eq!(map.len(), g.len(), "map length must equal the number of in-mask voxels");
+    assert_eq!(g.connectivity(), p.conn, "TFCE connectivity differs from the mask graph's");
     let n = g.len();
     ws.reset_tfce(n);
     if !(dh > 0.0 && dh.is_finite()) {
@@ -238,6 +239,7 @@ fn prepare_stepwise(g: &MaskGraph, map: &[f32], p: &TfceParams, dh: f32, ws: &mu
 /// Orders the positive voxels by decreasing value and runs the engine with W(h) = h^{H+1}.
 fn prepare_exact(g: &MaskGraph, map: &[f32], p: &TfceParams, ws: &mut Workspace) {
     assert_eq!(map.len(), g.len(), "map length must equal the number of in-mask voxels");
+    assert_eq!(g.connectivity(), p.conn, "TFCE connectivity differs from the mask graph's");
     let n = g.len();
     ws.reset_tfce(n);
     // Positive finite f32 values order like their bit patterns, so the keys sort by value.
