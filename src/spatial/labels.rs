@@ -32,7 +32,7 @@ fn find(parent: &mut [u32], mut x: u32) -> u32 {
 /// `ws.off` (sum of the map over the component).
 fn build_components(g: &MaskGraph, map: &[f32], thr: f32, ws: &mut Workspace) {
     assert_eq!(map.len(), g.len(), "map length must equal the number of in-mask voxels");
-    ws.reset(g.len());
+    ws.reset_labels(g.len());
     let Workspace { parent, size, off, .. } = ws;
     for v in 0..g.len() {
         if !above_cluster_threshold(map[v], thr) {

@@ -11,11 +11,13 @@ pub struct Workspace {
     pub(crate) parent: Vec<u32>,
     /// Component size, meaningful at roots.
     pub(crate) size: Vec<u32>,
-    /// TFCE: weighted union-find offsets (a voxel's value is the sum along its path to the
-    /// root). Clusters: the component mass at roots.
+    /// The component mass, at roots.
     pub(crate) off: Vec<f64>,
-    /// TFCE: per root, the height weight down to which its contribution has been added.
-    pub(crate) top: Vec<f64>,
+    /// TFCE union-find nodes (one record per voxel so a find touches one cache line), and
+    /// which voxels have been added (a byte per voxel stays in cache for the neighbour
+    /// checks; nodes are only initialised when their voxel is added).
+    pub(crate) nodes: Vec<Node>,
+    pub(crate) added: Vec<bool>,
     /// Stepwise TFCE: the highest level each voxel reaches.
     pub(crate) level: Vec<u32>,
     /// Voxels in processing order.
@@ -39,19 +41,41 @@ pub struct Workspace {
 
 pub(crate) const UNSEEN: u32 = u32::MAX;
 
+/// A TFCE union-find node.
+#[derive(Default, Debug, Clone, Copy)]
+pub(crate) struct Node {
+    pub parent: u32,
+    /// Component size, meaningful at roots.
+    pub size: u32,
+    /// Weighted union-find offset: a voxel's value is the sum of `off` along its path to
+    /// the root, root included.
+    pub off: f64,
+    /// At roots: the height weight down to which the component's contribution is added.
+    pub top: f64,
+}
+
 impl Workspace {
     pub fn new() -> Self {
         Self::default()
     }
 
-    /// Sizes the per-voxel buffers for `n` voxels and marks every voxel unseen.
-    pub(crate) fn reset(&mut self, n: usize) {
+    /// Sizes the labelling buffers for `n` voxels and marks every voxel unseen.
+    pub(crate) fn reset_labels(&mut self, n: usize) {
         self.parent.clear();
         self.parent.resize(n, UNSEEN);
         if self.size.len() < n {
             self.size.resize(n, 0);
             self.off.resize(n, 0.0);
-            self.top.resize(n, 0.0);
+        }
+    }
+
+    /// Sizes the TFCE buffers for `n` voxels and marks every voxel not yet added. `added`
+    /// has one more entry, for the neighbour-row padding index n, which is never added.
+    pub(crate) fn reset_tfce(&mut self, n: usize) {
+        self.added.clear();
+        self.added.resize(n + 1, false);
+        if self.nodes.len() < n {
+            self.nodes.resize(n, Node::default());
             self.level.resize(n, 0);
         }
         self.order.clear();
