@@ -1,0 +1,234 @@
+// glm_stat: permutation GLM product + statistic epilogue + reductions, one dispatch per
+// (permutation sub-batch, voxel chunk). See DESIGN.md, "The GLM and Freedman–Lane".
+//
+// For permutation p and voxel v of the chunk:
+//   u_k = sum_m A_p[k][m] * E[m][v],  A_p[k][m] = sign_p(m) * Q[src_p(m)][k]
+//   T   = statistic(kind, u, s, ss[v], dof)        (same formula as engine::statistic)
+// then: per-permutation max over voxels (atomicMax on an order-preserving u32 key),
+// per-voxel exceedance counts #{p : T >= observed[v]} (atomicAdd), optional maps.
+//
+// CPU twin: src/engine/gpu/cpu/glm_stat.rs (same buffers, same accumulation order).
+//
+// The host prepends the tiling constants (WG_V, WG_P, RV, RP, KT, TP, TV, WG_SIZE, RB,
+// A_TILE, E_TILE, A_LOADS, E_LOADS) from src/engine/gpu/glm_stat.rs, so Rust and WGSL can
+// never disagree on them.
+//
+// Tiling: a workgroup of WG_V x WG_P invocations owns a tile of TP = WG_P*RP permutations by
+// TV = WG_V*RV voxels. Each invocation keeps an RP x RV register block; its permutations are
+// ty + i*WG_P and its voxels tx + j*WG_V (interleaved, so neighbouring invocations read
+// neighbouring workgroup-memory words and write neighbouring map entries). N is walked in
+// slices of KT rows: the slice of coefficient rows (generated here from the sign bits, the
+// row sources and Q) and of E go through workgroup memory. The columns k of Q are the outer
+// loop, so the register block holds one u_k at a time and the epilogue folds it into
+// |u|^2, |u_1..s|^2 and u_1 in the order engine::statistic uses (k = 0, 1, ...).
+
+struct Params {
+    n: u32,            // rows of E (images)
+    q: u32,            // columns of Q
+    s: u32,            // rank of the contrast (F numerator)
+    kind: u32,         // 0 = t, 1 = F
+    vc: u32,           // voxels in this chunk (row stride of e_chunk)
+    n_perm: u32,       // permutations in this dispatch
+    perm_offset: u32,  // index of this dispatch's first permutation in perm_words / max_bits
+    wpp: u32,          // sign words per permutation (0 = no sign flips)
+    src_base: u32,     // start of the row sources in perm_words
+    flags: u32,        // bit 0: row sources present, bit 1: observed present, bit 2: write maps
+    maps_base: u32,    // permutation index stored in row 0 of `maps`
+    dof: f32,          // residual degrees of freedom
+    pad0: u32,
+    pad1: u32,
+    pad2: u32,
+    pad3: u32,
+}
+
+@group(0) @binding(0) var<uniform> P: Params;
+// [sign words: perms x wpp | row sources: perms x n] for the whole batch.
+@group(0) @binding(1) var<storage, read> perm_words: array<u32>;
+// Q: n x q, row-major.
+@group(0) @binding(2) var<storage, read> qbasis: array<f32>;
+// E restricted to the chunk: n x vc, row-major.
+@group(0) @binding(3) var<storage, read> e_chunk: array<f32>;
+// [ss: vc | observed: vc] for the chunk.
+@group(0) @binding(4) var<storage, read> vox: array<f32>;
+// One order-preserving key per permutation of the batch.
+@group(0) @binding(5) var<storage, read_write> max_bits: array<atomic<u32>>;
+// One exceedance count per voxel of the chunk.
+@group(0) @binding(6) var<storage, read_write> counts: array<atomic<u32>>;
+// Statistic maps, (perm - maps_base) x vc; a 1-element dummy when not written.
+@group(0) @binding(7) var<storage, read_write> maps: array<f32>;
+
+var<workgroup> a_sh: array<f32, A_TILE>;   // [kk][pp]: KT x TP coefficient values
+var<workgroup> e_sh: array<f32, E_TILE>;   // [kk][vv]: KT x TV residuals
+var<workgroup> wg_max: array<atomic<u32>, TP>;
+
+// Order-preserving map f32 -> u32: negative floats have all bits flipped, positive ones get
+// the sign bit set, so unsigned comparison of keys is float comparison of values.
+fn key_of(t: f32) -> u32 {
+    let b = bitcast<u32>(t);
+    if ((b & 0x80000000u) != 0u) {
+        return ~b;
+    }
+    return b | 0x80000000u;
+}
+
+// engine::statistic, given |u|^2, |u_1..s|^2 and u_1 already folded.
+fn statistic(unorm: f32, num: f32, u0: f32, ss: f32) -> f32 {
+    if (!(ss > 0.0)) {
+        return 0.0;
+    }
+    let rss = max(ss - unorm, ss * 1e-6);
+    let sigma2 = rss / P.dof;
+    if (P.kind == 0u) {
+        return u0 / sqrt(sigma2);
+    }
+    return (num / f32(P.s)) / sigma2;
+}
+
+@compute @workgroup_size(WG_V, WG_P, 1)
+fn main(
+    @builtin(local_invocation_id) lid: vec3<u32>,
+    @builtin(local_invocation_index) lidx: u32,
+    @builtin(workgroup_id) wid: vec3<u32>,
+) {
+    let tx = lid.x;
+    let ty = lid.y;
+    let v0 = wid.x * TV;
+    let p0 = wid.y * TP;
+    let n = P.n;
+    let q = P.q;
+    let vc = P.vc;
+    let n_perm = P.n_perm;
+    let has_src = (P.flags & 1u) != 0u;
+
+    if (lidx < TP) {
+        atomicStore(&wg_max[lidx], 0u);
+    }
+    // Not implied by the barriers below when n or q is 0.
+    workgroupBarrier();
+
+    var unorm: array<f32, RB>;
+    var num: array<f32, RB>;
+    var u0: array<f32, RB>;
+    for (var b = 0u; b < RB; b++) {
+        unorm[b] = 0.0;
+        num[b] = 0.0;
+        u0[b] = 0.0;
+    }
+
+    for (var k = 0u; k < q; k++) {
+        var acc: array<f32, RB>;
+        for (var b = 0u; b < RB; b++) {
+            acc[b] = 0.0;
+        }
+        for (var m0 = 0u; m0 < n; m0 += KT) {
+            // Coefficient slice: A_p[k][m] for the tile's permutations, rows m0..m0+KT.
+            for (var r = 0u; r < A_LOADS; r++) {
+                let idx = lidx + r * WG_SIZE;
+                let kk = idx / TP;
+                let pp = idx % TP;
+                let m = m0 + kk;
+                let p = p0 + pp;
+                var val = 0.0;
+                if (m < n && p < n_perm) {
+                    let gp = P.perm_offset + p;
+                    var row = m;
+                    if (has_src) {
+                        row = perm_words[P.src_base + gp * n + m];
+                    }
+                    val = qbasis[row * q + k];
+                    if (P.wpp > 0u) {
+                        let w = perm_words[gp * P.wpp + m / 32u];
+                        if (((w >> (m % 32u)) & 1u) != 0u) {
+                            val = -val;
+                        }
+                    }
+                }
+                a_sh[idx] = val;
+            }
+            // Residual slice: E[m][v] for rows m0..m0+KT and the tile's voxels.
+            for (var r = 0u; r < E_LOADS; r++) {
+                let idx = lidx + r * WG_SIZE;
+                let kk = idx / TV;
+                let vv = idx % TV;
+                let m = m0 + kk;
+                let v = v0 + vv;
+                var val = 0.0;
+                if (m < n && v < vc) {
+                    val = e_chunk[m * vc + v];
+                }
+                e_sh[idx] = val;
+            }
+            workgroupBarrier();
+            // Only the rows that exist, so the sum over m has exactly the twin's terms.
+            let kmax = min(KT, n - m0);
+            for (var kk = 0u; kk < kmax; kk++) {
+                var a: array<f32, RP>;
+                var ev: array<f32, RV>;
+                for (var i = 0u; i < RP; i++) {
+                    a[i] = a_sh[kk * TP + ty + i * WG_P];
+                }
+                for (var j = 0u; j < RV; j++) {
+                    ev[j] = e_sh[kk * TV + tx + j * WG_V];
+                }
+                for (var i = 0u; i < RP; i++) {
+                    for (var j = 0u; j < RV; j++) {
+                        acc[i * RV + j] = fma(a[i], ev[j], acc[i * RV + j]);
+                    }
+                }
+            }
+            workgroupBarrier();
+        }
+        for (var b = 0u; b < RB; b++) {
+            let u = acc[b];
+            unorm[b] += u * u;
+            if (k < P.s) {
+                num[b] += u * u;
+            }
+            if (k == 0u) {
+                u0[b] = u;
+            }
+        }
+    }
+
+    let has_obs = (P.flags & 2u) != 0u;
+    let write_maps = (P.flags & 4u) != 0u;
+    var cnt: array<u32, RV>;
+    for (var j = 0u; j < RV; j++) {
+        cnt[j] = 0u;
+    }
+    for (var i = 0u; i < RP; i++) {
+        let p = p0 + ty + i * WG_P;
+        if (p >= n_perm) {
+            continue;
+        }
+        var best = 0u;
+        for (var j = 0u; j < RV; j++) {
+            let v = v0 + tx + j * WG_V;
+            if (v >= vc) {
+                continue;
+            }
+            let b = i * RV + j;
+            let t = statistic(unorm[b], num[b], u0[b], vox[v]);
+            if (write_maps) {
+                maps[(P.perm_offset + p - P.maps_base) * vc + v] = t;
+            }
+            best = max(best, key_of(t));
+            if (has_obs && t >= vox[vc + v]) {
+                cnt[j] += 1u;
+            }
+        }
+        atomicMax(&wg_max[ty + i * WG_P], best);
+    }
+    for (var j = 0u; j < RV; j++) {
+        if (cnt[j] > 0u) {
+            atomicAdd(&counts[v0 + tx + j * WG_V], cnt[j]);
+        }
+    }
+    workgroupBarrier();
+    if (lidx < TP) {
+        let p = p0 + lidx;
+        if (p < n_perm) {
+            atomicMax(&max_bits[P.perm_offset + p], atomicLoad(&wg_max[lidx]));
+        }
+    }
+}
