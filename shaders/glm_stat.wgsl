@@ -72,11 +72,11 @@ fn key_of(t: f32) -> u32 {
 }
 
 // engine::statistic, given |u|^2, |u_1..s|^2 and u_1 already folded.
-fn statistic(unorm: f32, num: f32, u0: f32, ss: f32) -> f32 {
+fn statistic(usq: f32, num: f32, u0: f32, ss: f32) -> f32 {
     if (!(ss > 0.0)) {
         return 0.0;
     }
-    let rss = max(ss - unorm, ss * 1e-6);
+    let rss = max(ss - usq, ss * 1e-6);
     let sigma2 = rss / P.dof;
     if (P.kind == 0u) {
         return u0 / sqrt(sigma2);
@@ -106,11 +106,11 @@ fn main(
     // Not implied by the barriers below when n or q is 0.
     workgroupBarrier();
 
-    var unorm: array<f32, RB>;
+    var usq: array<f32, RB>;
     var num: array<f32, RB>;
     var u0: array<f32, RB>;
     for (var b = 0u; b < RB; b++) {
-        unorm[b] = 0.0;
+        usq[b] = 0.0;
         num[b] = 0.0;
         u0[b] = 0.0;
     }
@@ -180,7 +180,7 @@ fn main(
         }
         for (var b = 0u; b < RB; b++) {
             let u = acc[b];
-            unorm[b] += u * u;
+            usq[b] += u * u;
             if (k < P.s) {
                 num[b] += u * u;
             }
@@ -208,7 +208,7 @@ fn main(
                 continue;
             }
             let b = i * RV + j;
-            let t = statistic(unorm[b], num[b], u0[b], vox[v]);
+            let t = statistic(usq[b], num[b], u0[b], vox[v]);
             if (write_maps) {
                 maps[(P.perm_offset + p - P.maps_base) * vc + v] = t;
             }
