@@ -106,20 +106,28 @@ fn main(
     // Not implied by the barriers below when n or q is 0.
     workgroupBarrier();
 
-    var usq: array<f32, RB>;
-    var num: array<f32, RB>;
-    var u0: array<f32, RB>;
-    for (var b = 0u; b < RB; b++) {
-        usq[b] = 0.0;
-        num[b] = 0.0;
-        u0[b] = 0.0;
-    }
+    // The register block lives in vec4s, not arrays: CPU implementations (lavapipe) keep
+    // dynamically indexed arrays in memory, which made the inner loop ~10x slower. acc_i holds
+    // permutation ty + i*WG_P, component j voxel tx + j*WG_V (RP = RV = 4, asserted on the
+    // host side).
+    var usq0 = vec4<f32>(0.0);
+    var usq1 = vec4<f32>(0.0);
+    var usq2 = vec4<f32>(0.0);
+    var usq3 = vec4<f32>(0.0);
+    var num0 = vec4<f32>(0.0);
+    var num1 = vec4<f32>(0.0);
+    var num2 = vec4<f32>(0.0);
+    var num3 = vec4<f32>(0.0);
+    var u00 = vec4<f32>(0.0);
+    var u01 = vec4<f32>(0.0);
+    var u02 = vec4<f32>(0.0);
+    var u03 = vec4<f32>(0.0);
 
     for (var k = 0u; k < q; k++) {
-        var acc: array<f32, RB>;
-        for (var b = 0u; b < RB; b++) {
-            acc[b] = 0.0;
-        }
+        var acc0 = vec4<f32>(0.0);
+        var acc1 = vec4<f32>(0.0);
+        var acc2 = vec4<f32>(0.0);
+        var acc3 = vec4<f32>(0.0);
         for (var m0 = 0u; m0 < n; m0 += KT) {
             // Coefficient slice: A_p[k][m] for the tile's permutations, rows m0..m0+KT.
             for (var r = 0u; r < A_LOADS; r++) {
@@ -162,33 +170,38 @@ fn main(
             // Only the rows that exist, so the sum over m has exactly the twin's terms.
             let kmax = min(KT, n - m0);
             for (var kk = 0u; kk < kmax; kk++) {
-                var a: array<f32, RP>;
-                var ev: array<f32, RV>;
-                for (var i = 0u; i < RP; i++) {
-                    a[i] = a_sh[kk * TP + ty + i * WG_P];
-                }
-                for (var j = 0u; j < RV; j++) {
-                    ev[j] = e_sh[kk * TV + tx + j * WG_V];
-                }
-                for (var i = 0u; i < RP; i++) {
-                    for (var j = 0u; j < RV; j++) {
-                        acc[i * RV + j] = fma(a[i], ev[j], acc[i * RV + j]);
-                    }
-                }
+                let eb = kk * TV + tx;
+                let ev = vec4<f32>(e_sh[eb], e_sh[eb + WG_V], e_sh[eb + 2u * WG_V], e_sh[eb + 3u * WG_V]);
+                let ab = kk * TP + ty;
+                acc0 = fma(vec4<f32>(a_sh[ab]), ev, acc0);
+                acc1 = fma(vec4<f32>(a_sh[ab + WG_P]), ev, acc1);
+                acc2 = fma(vec4<f32>(a_sh[ab + 2u * WG_P]), ev, acc2);
+                acc3 = fma(vec4<f32>(a_sh[ab + 3u * WG_P]), ev, acc3);
             }
             workgroupBarrier();
         }
-        for (var b = 0u; b < RB; b++) {
-            let u = acc[b];
-            usq[b] += u * u;
-            if (k < P.s) {
-                num[b] += u * u;
-            }
-            if (k == 0u) {
-                u0[b] = u;
-            }
+        // Fold u_k as engine::statistic does: |u|^2 over all k, |u_1..s|^2, u_1.
+        usq0 += acc0 * acc0;
+        usq1 += acc1 * acc1;
+        usq2 += acc2 * acc2;
+        usq3 += acc3 * acc3;
+        if (k < P.s) {
+            num0 += acc0 * acc0;
+            num1 += acc1 * acc1;
+            num2 += acc2 * acc2;
+            num3 += acc3 * acc3;
+        }
+        if (k == 0u) {
+            u00 = acc0;
+            u01 = acc1;
+            u02 = acc2;
+            u03 = acc3;
         }
     }
+    // Once per invocation, so arrays are fine here.
+    var usq = array<vec4<f32>, 4>(usq0, usq1, usq2, usq3);
+    var num = array<vec4<f32>, 4>(num0, num1, num2, num3);
+    var u0 = array<vec4<f32>, 4>(u00, u01, u02, u03);
 
     let has_obs = (P.flags & 2u) != 0u;
     let write_maps = (P.flags & 4u) != 0u;
@@ -207,8 +220,7 @@ fn main(
             if (v >= vc) {
                 continue;
             }
-            let b = i * RV + j;
-            let t = statistic(usq[b], num[b], u0[b], vox[v]);
+            let t = statistic(usq[i][j], num[i][j], u0[i][j], vox[v]);
             if (write_maps) {
                 maps[(P.perm_offset + p - P.maps_base) * vc + v] = t;
             }

@@ -358,7 +358,9 @@ fn time_1000_sign_flips_n58_q2_v228k() {
     let mut rng = ChaCha8Rng::seed_from_u64(1);
     let (n, v, q) = (58, 228_000, 2);
     let pb = problem(&mut rng, n, v, q, 1, StatKind::T);
-    let ps = perm_set(n, PermKind::SignFlip, 1000, 2);
+    // VOXFLIP_TIME_PERMS overrides the count for quicker looks.
+    let count = std::env::var("VOXFLIP_TIME_PERMS").ok().and_then(|s| s.parse().ok()).unwrap_or(1000);
+    let ps = perm_set(n, PermKind::SignFlip, count, 2);
     let t0 = std::time::Instant::now();
     g.prepare(&pb).unwrap();
     let t_prep = t0.elapsed();
@@ -374,7 +376,7 @@ fn time_1000_sign_flips_n58_q2_v228k() {
     let secs = t1.elapsed().as_secs_f64();
     let flops = pb.flops_per_perm() * ps.len() as f64;
     println!(
-        "{}: prepare {:.2?}, 1000 perms in {secs:.2} s ({:.1} GFLOP/s), batch {batch}, chunk {} voxels x {} chunks",
+        "{}: prepare {:.2?}, {count} perms in {secs:.2} s ({:.1} GFLOP/s), batch {batch}, chunk {} voxels x {} chunks",
         g.describe(),
         t_prep,
         flops / secs / 1e9,

@@ -21,6 +21,8 @@ pub const WG_SIZE: u32 = WG_V * WG_P;
 
 const A_TILE: u32 = KT * TP;
 const E_TILE: u32 = KT * TV;
+// The shader spells the 4 x 4 register block out in vec4s.
+const _: () = assert!(RP == 4 && RV == 4);
 const _: () = assert!(A_TILE % WG_SIZE == 0 && E_TILE % WG_SIZE == 0 && TP <= WG_SIZE);
 
 /// Workgroup memory the kernel declares: the two slices and the per-permutation maxima.
