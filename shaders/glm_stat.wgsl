@@ -57,6 +57,13 @@ struct Params {
 // Statistic maps, (perm - maps_base) x vc; a 1-element dummy when not written.
 @group(0) @binding(7) var<storage, read_write> maps: array<f32>;
 
+// true: slices of A and E staged in workgroup memory (GPUs). false: every invocation reads
+// E and generates its coefficients straight from the storage buffers. lavapipe lowers each
+// workgroup-memory load to a scalar loop over the SIMD lanes (measured: ~0.9 GFLOP/s per core
+// with tiles), while its storage-buffer loads are vector gathers, so the host picks false for
+// software adapters. Both paths sum the same terms in the same order.
+override SHARED_TILES: bool = true;
+
 var<workgroup> a_sh: array<f32, A_TILE>;   // [kk][pp]: KT x TP coefficient values
 var<workgroup> e_sh: array<f32, E_TILE>;   // [kk][vv]: KT x TV residuals
 var<workgroup> wg_max: array<atomic<u32>, TP>;
@@ -84,6 +91,27 @@ fn statistic(usq: f32, num: f32, u0: f32, ss: f32) -> f32 {
     return (num / f32(P.s)) / sigma2;
 }
 
+// A_p[k][m] = sign_p(m) * Q[src_p(m)][k] for permutation p of the dispatch (0 outside it).
+// Branch-free on purpose: every load is made with an index that is valid either way and the
+// unwanted value is dropped with select(). lavapipe turns a load under a condition it cannot
+// prove uniform into a scalar loop over the lanes, several times slower than a plain load.
+fn coef(p: u32, m: u32, k: u32) -> f32 {
+    let inside = p < P.n_perm;
+    let gp = P.perm_offset + min(p, P.n_perm - 1u);
+    let has_src = (P.flags & 1u) != 0u;
+    let row = select(m, perm_words[select(0u, P.src_base + gp * P.n + m, has_src)], has_src);
+    let val = qbasis[row * P.q + k];
+    let w = perm_words[select(0u, gp * P.wpp + m / 32u, P.wpp > 0u)];
+    let neg = P.wpp > 0u && ((w >> (m % 32u)) & 1u) != 0u;
+    return select(0.0, select(val, -val, neg), inside);
+}
+
+// E[m][v] of the chunk, 0 past its last voxel; branch-free like coef.
+fn e_at(m: u32, v: u32) -> f32 {
+    let inside = v < P.vc;
+    return select(0.0, e_chunk[m * P.vc + min(v, P.vc - 1u)], inside);
+}
+
 @compute @workgroup_size(WG_V, WG_P, 1)
 fn main(
     @builtin(local_invocation_id) lid: vec3<u32>,
@@ -98,7 +126,6 @@ fn main(
     let q = P.q;
     let vc = P.vc;
     let n_perm = P.n_perm;
-    let has_src = (P.flags & 1u) != 0u;
 
     if (lidx < TP) {
         atomicStore(&wg_max[lidx], 0u);
@@ -128,7 +155,18 @@ fn main(
         var acc1 = vec4<f32>(0.0);
         var acc2 = vec4<f32>(0.0);
         var acc3 = vec4<f32>(0.0);
-        for (var m0 = 0u; m0 < n; m0 += KT) {
+        if (!SHARED_TILES) {
+            let vb = v0 + tx;
+            for (var m = 0u; m < n; m++) {
+                let ev = vec4<f32>(e_at(m, vb), e_at(m, vb + WG_V), e_at(m, vb + 2u * WG_V), e_at(m, vb + 3u * WG_V));
+                let pb = p0 + ty;
+                acc0 = fma(vec4<f32>(coef(pb, m, k)), ev, acc0);
+                acc1 = fma(vec4<f32>(coef(pb + WG_P, m, k)), ev, acc1);
+                acc2 = fma(vec4<f32>(coef(pb + 2u * WG_P, m, k)), ev, acc2);
+                acc3 = fma(vec4<f32>(coef(pb + 3u * WG_P, m, k)), ev, acc3);
+            }
+        }
+        for (var m0 = 0u; SHARED_TILES && m0 < n; m0 += KT) {
             // Coefficient slice: A_p[k][m] for the tile's permutations, rows m0..m0+KT.
             for (var r = 0u; r < A_LOADS; r++) {
                 let idx = lidx + r * WG_SIZE;
@@ -136,22 +174,7 @@ fn main(
                 let pp = idx % TP;
                 let m = m0 + kk;
                 let p = p0 + pp;
-                var val = 0.0;
-                if (m < n && p < n_perm) {
-                    let gp = P.perm_offset + p;
-                    var row = m;
-                    if (has_src) {
-                        row = perm_words[P.src_base + gp * n + m];
-                    }
-                    val = qbasis[row * q + k];
-                    if (P.wpp > 0u) {
-                        let w = perm_words[gp * P.wpp + m / 32u];
-                        if (((w >> (m % 32u)) & 1u) != 0u) {
-                            val = -val;
-                        }
-                    }
-                }
-                a_sh[idx] = val;
+                a_sh[idx] = select(0.0, coef(p, min(m, n - 1u), k), m < n);
             }
             // Residual slice: E[m][v] for rows m0..m0+KT and the tile's voxels.
             for (var r = 0u; r < E_LOADS; r++) {
@@ -160,11 +183,7 @@ fn main(
                 let vv = idx % TV;
                 let m = m0 + kk;
                 let v = v0 + vv;
-                var val = 0.0;
-                if (m < n && v < vc) {
-                    val = e_chunk[m * vc + v];
-                }
-                e_sh[idx] = val;
+                e_sh[idx] = select(0.0, e_at(min(m, n - 1u), v), m < n);
             }
             workgroupBarrier();
             // Only the rows that exist, so the sum over m has exactly the twin's terms.

@@ -160,6 +160,14 @@ fn glm_stat_matches_twin() {
         Case { n: 33, vc: 129, perms: 33, q: 2, s: 2, kind: StatKind::F, pk: PermKind::SignFlip },
         Case { n: 40, vc: 200, perms: 65, q: 3, s: 1, kind: StatKind::T, pk: PermKind::Permute },
     ];
+    for shared in [true, false] {
+        g.set_shared_tiles(shared).unwrap();
+        println!("shared tiles: {shared}");
+        twin_cases(&mut g, &cases);
+    }
+}
+
+fn twin_cases(g: &mut GpuEngine, cases: &[Case]) {
     let mut rng = ChaCha8Rng::seed_from_u64(11);
     for (ci, c) in cases.iter().enumerate() {
         let pb = problem(&mut rng, c.n, c.vc, c.q, c.s, c.kind);
@@ -286,6 +294,14 @@ fn reference(pb: &ContrastProblem, ps: &PermSet) -> Vec<f32> {
 #[test]
 fn engine_matches_reference_with_small_chunks() {
     let Some(mut g) = gpu() else { return };
+    for shared in [true, false] {
+        g.set_shared_tiles(shared).unwrap();
+        println!("shared tiles: {shared}");
+        engine_setups(&mut g);
+    }
+}
+
+fn engine_setups(g: &mut GpuEngine) {
     let mut rng = ChaCha8Rng::seed_from_u64(3);
     let setups = [
         (58, 1000, 2, 1, StatKind::T, PermKind::SignFlip, 150, 97usize, 64usize),

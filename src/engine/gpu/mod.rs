@@ -161,6 +161,29 @@ fn rank(info: &wgpu::AdapterInfo) -> (u32, u32) {
     (t, b)
 }
 
+/// The glm_stat pipeline with its data path fixed (see `SHARED_TILES` in the shader).
+fn build_pipeline(device: &wgpu::Device, shared_tiles: bool) -> (wgpu::ComputePipeline, wgpu::BindGroupLayout) {
+    let module = device.create_shader_module(wgpu::ShaderModuleDescriptor {
+        label: Some("glm_stat"),
+        source: wgpu::ShaderSource::Wgsl(glm_stat::wgsl_source().into()),
+    });
+    let constants = [("SHARED_TILES", if shared_tiles { 1.0 } else { 0.0 })];
+    let pipeline = device.create_compute_pipeline(&wgpu::ComputePipelineDescriptor {
+        label: Some("glm_stat"),
+        layout: None,
+        module: &module,
+        entry_point: Some("main"),
+        compilation_options: wgpu::PipelineCompilationOptions {
+            constants: &constants,
+            // The shader initialises the workgroup memory it reads.
+            zero_initialize_workgroup_memory: false,
+        },
+        cache: None,
+    });
+    let layout = pipeline.get_bind_group_layout(0);
+    (pipeline, layout)
+}
+
 /// Resident data of one chunk of voxels.
 struct Chunk {
     v0: usize,
@@ -192,6 +215,8 @@ pub struct GpuEngine {
     queue: wgpu::Queue,
     pipeline: wgpu::ComputePipeline,
     layout: wgpu::BindGroupLayout,
+    /// Which data path of glm_stat runs (its `SHARED_TILES` override).
+    shared_tiles: bool,
     info: wgpu::AdapterInfo,
     limits: wgpu::Limits,
     /// Errors reported by wgpu (uncaptured errors, device loss), drained after every poll.
@@ -256,28 +281,14 @@ impl GpuEngine {
             sink.lock().unwrap().push(format!("device lost ({reason:?}): {msg}"));
         });
 
-        let module = device.create_shader_module(wgpu::ShaderModuleDescriptor {
-            label: Some("glm_stat"),
-            source: wgpu::ShaderSource::Wgsl(glm_stat::wgsl_source().into()),
-        });
-        let pipeline = device.create_compute_pipeline(&wgpu::ComputePipelineDescriptor {
-            label: Some("glm_stat"),
-            layout: None,
-            module: &module,
-            entry_point: Some("main"),
-            compilation_options: wgpu::PipelineCompilationOptions {
-                // The shader initialises the workgroup memory it reads.
-                zero_initialize_workgroup_memory: false,
-                ..Default::default()
-            },
-            cache: None,
-        });
-        let layout = pipeline.get_bind_group_layout(0);
+        let shared_tiles = info.device_type != wgpu::DeviceType::Cpu;
+        let (pipeline, layout) = build_pipeline(&device, shared_tiles);
         let engine = GpuEngine {
             device,
             queue,
             pipeline,
             layout,
+            shared_tiles,
             info,
             limits,
             errors,
@@ -288,6 +299,21 @@ impl GpuEngine {
         };
         engine.poll_checked("compiling glm_stat")?;
         Ok(engine)
+    }
+
+    /// Whether glm_stat stages A and E through workgroup memory (the default on hardware
+    /// adapters) or reads them straight from storage (the default on software adapters).
+    pub fn shared_tiles(&self) -> bool {
+        self.shared_tiles
+    }
+
+    /// Choose glm_stat's data path (tests run both; results agree within rounding).
+    pub fn set_shared_tiles(&mut self, on: bool) -> Result<()> {
+        let (pipeline, layout) = build_pipeline(&self.device, on);
+        self.pipeline = pipeline;
+        self.layout = layout;
+        self.shared_tiles = on;
+        self.poll_checked("compiling glm_stat").map_err(|e| self.fail(e))
     }
 
     /// The adapter in use.
@@ -700,12 +726,13 @@ impl GpuEngine {
 impl Engine for GpuEngine {
     fn describe(&self) -> String {
         format!(
-            "gpu: {} ({:?}, {:?}, driver {} {}), E chunk {} voxels, batch {}",
+            "gpu: {} ({:?}, {:?}, driver {} {}), glm_stat {}, E chunk {} voxels, batch {}",
             self.info.name,
             self.info.backend,
             self.info.device_type,
             self.info.driver,
             self.info.driver_info,
+            if self.shared_tiles { "workgroup tiles" } else { "direct loads" },
             self.chunk_voxels(),
             self.preferred_batch()
         )
