@@ -68,29 +68,6 @@ var<workgroup> a_sh: array<f32, A_TILE>;   // [kk][pp]: KT x TP coefficient valu
 var<workgroup> e_sh: array<f32, E_TILE>;   // [kk][vv]: KT x TV residuals
 var<workgroup> wg_max: array<atomic<u32>, TP>;
 
-// Order-preserving map f32 -> u32: negative floats have all bits flipped, positive ones get
-// the sign bit set, so unsigned comparison of keys is float comparison of values.
-fn key_of(t: f32) -> u32 {
-    let b = bitcast<u32>(t);
-    if ((b & 0x80000000u) != 0u) {
-        return ~b;
-    }
-    return b | 0x80000000u;
-}
-
-// engine::statistic, given |u|^2, |u_1..s|^2 and u_1 already folded.
-fn statistic(usq: f32, num: f32, u0: f32, ss: f32) -> f32 {
-    if (!(ss > 0.0)) {
-        return 0.0;
-    }
-    let rss = max(ss - usq, ss * 1e-6);
-    let sigma2 = rss / P.dof;
-    if (P.kind == 0u) {
-        return u0 / sqrt(sigma2);
-    }
-    return (num / f32(P.s)) / sigma2;
-}
-
 // A_p[k][m] = sign_p(m) * Q[src_p(m)][k] for permutation p of the dispatch (0 outside it).
 // Branch-free on purpose: every load is made with an index that is valid either way and the
 // unwanted value is dropped with select(). lavapipe turns a load under a condition it cannot
@@ -112,6 +89,41 @@ fn e_at(m: u32, v: u32) -> f32 {
     return select(0.0, e_chunk[m * P.vc + min(v, P.vc - 1u)], inside);
 }
 
+// engine::statistic for four voxels at once, given |u|^2, |u_1..s|^2 and u_1 folded, without branches: the ss <= 0 case is selected
+// away afterwards (its division by zero is computed and discarded).
+fn statistic4(usq: vec4<f32>, num: vec4<f32>, u0: vec4<f32>, ss: vec4<f32>) -> vec4<f32> {
+    let rss = max(ss - usq, ss * 1e-6);
+    let sigma2 = rss / P.dof;
+    let t = select((num / f32(P.s)) / sigma2, u0 / sqrt(sigma2), P.kind == 0u);
+    return select(vec4<f32>(0.0), t, ss > vec4<f32>(0.0));
+}
+
+// Order-preserving map f32 -> u32: negative floats have all bits flipped, positive ones get
+// the sign bit set, so unsigned comparison of keys is float comparison of values.
+fn key_of4(t: vec4<f32>) -> vec4<u32> {
+    let b = bitcast<vec4<u32>>(t);
+    return select(b | vec4<u32>(0x80000000u), ~b, (b & vec4<u32>(0x80000000u)) != vec4<u32>(0u));
+}
+
+// One permutation's row of the register block: maps, the workgroup maximum, and the
+// exceedance increments it contributes (returned, per voxel).
+fn finish_perm(p: u32, p0: u32, t: vec4<f32>, vin: vec4<bool>, obsv: vec4<f32>, vj: vec4<u32>) -> vec4<u32> {
+    let pin = p < P.n_perm;
+    let valid = vin & vec4<bool>(pin);
+    if ((P.flags & 4u) != 0u) {
+        let row = (P.perm_offset + p - P.maps_base) * P.vc;
+        if (valid.x) { maps[row + vj.x] = t.x; }
+        if (valid.y) { maps[row + vj.y] = t.y; }
+        if (valid.z) { maps[row + vj.z] = t.z; }
+        if (valid.w) { maps[row + vj.w] = t.w; }
+    }
+    let k = select(vec4<u32>(0u), key_of4(t), valid);
+    // p - p0 < TP always (p = p0 + ty + i*WG_P, or p0 + i): a slot of this tile.
+    atomicMax(&wg_max[p - p0], max(max(k.x, k.y), max(k.z, k.w)));
+    let hit = valid & (t >= obsv) & vec4<bool>((P.flags & 2u) != 0u);
+    return select(vec4<u32>(0u), vec4<u32>(1u), hit);
+}
+
 @compute @workgroup_size(WG_V, WG_P, 1)
 fn main(
     @builtin(local_invocation_id) lid: vec3<u32>,
@@ -120,8 +132,27 @@ fn main(
 ) {
     let tx = lid.x;
     let ty = lid.y;
-    let v0 = wid.x * TV;
-    let p0 = wid.y * TP;
+    // Where this invocation's register block sits. Workgroup tiles: permutations
+    // p0 + ty + i*WG_P, voxels v0 + tx + j*WG_V (interleaved so neighbouring invocations read
+    // neighbouring workgroup-memory words). Direct loads: the whole workgroup shares the RP
+    // permutations p0 + i (so their coefficients are workgroup-uniform: lavapipe then loads
+    // them once, not per lane) and spreads over RV*WG_SIZE voxels, lidx + j*WG_SIZE.
+    var v0 = wid.x * TV;
+    var p0 = wid.y * TP;
+    var pbase = p0 + ty;
+    var pstride = WG_P;
+    var vbase = v0 + tx;
+    var vstride = WG_V;
+    var tile_perms = TP;
+    if (!SHARED_TILES) {
+        v0 = wid.x * (RV * WG_SIZE);
+        p0 = wid.y * RP;
+        pbase = p0;
+        pstride = 1u;
+        vbase = v0 + lidx;
+        vstride = WG_SIZE;
+        tile_perms = RP;
+    }
     let n = P.n;
     let q = P.q;
     let vc = P.vc;
@@ -156,14 +187,12 @@ fn main(
         var acc2 = vec4<f32>(0.0);
         var acc3 = vec4<f32>(0.0);
         if (!SHARED_TILES) {
-            let vb = v0 + tx;
             for (var m = 0u; m < n; m++) {
-                let ev = vec4<f32>(e_at(m, vb), e_at(m, vb + WG_V), e_at(m, vb + 2u * WG_V), e_at(m, vb + 3u * WG_V));
-                let pb = p0 + ty;
-                acc0 = fma(vec4<f32>(coef(pb, m, k)), ev, acc0);
-                acc1 = fma(vec4<f32>(coef(pb + WG_P, m, k)), ev, acc1);
-                acc2 = fma(vec4<f32>(coef(pb + 2u * WG_P, m, k)), ev, acc2);
-                acc3 = fma(vec4<f32>(coef(pb + 3u * WG_P, m, k)), ev, acc3);
+                let ev = vec4<f32>(e_at(m, vbase), e_at(m, vbase + vstride), e_at(m, vbase + 2u * vstride), e_at(m, vbase + 3u * vstride));
+                acc0 = fma(vec4<f32>(coef(pbase, m, k)), ev, acc0);
+                acc1 = fma(vec4<f32>(coef(pbase + pstride, m, k)), ev, acc1);
+                acc2 = fma(vec4<f32>(coef(pbase + 2u * pstride, m, k)), ev, acc2);
+                acc3 = fma(vec4<f32>(coef(pbase + 3u * pstride, m, k)), ev, acc3);
             }
         }
         for (var m0 = 0u; SHARED_TILES && m0 < n; m0 += KT) {
@@ -217,46 +246,28 @@ fn main(
             u03 = acc3;
         }
     }
-    // Once per invocation, so arrays are fine here.
-    var usq = array<vec4<f32>, 4>(usq0, usq1, usq2, usq3);
-    var num = array<vec4<f32>, 4>(num0, num1, num2, num3);
-    var u0 = array<vec4<f32>, 4>(u00, u01, u02, u03);
-
-    let has_obs = (P.flags & 2u) != 0u;
-    let write_maps = (P.flags & 4u) != 0u;
-    var cnt: array<u32, RV>;
-    for (var j = 0u; j < RV; j++) {
-        cnt[j] = 0u;
-    }
-    for (var i = 0u; i < RP; i++) {
-        let p = p0 + ty + i * WG_P;
-        if (p >= n_perm) {
-            continue;
-        }
-        var best = 0u;
-        for (var j = 0u; j < RV; j++) {
-            let v = v0 + tx + j * WG_V;
-            if (v >= vc) {
-                continue;
-            }
-            let t = statistic(usq[i][j], num[i][j], u0[i][j], vox[v]);
-            if (write_maps) {
-                maps[(P.perm_offset + p - P.maps_base) * vc + v] = t;
-            }
-            best = max(best, key_of(t));
-            if (has_obs && t >= vox[vc + v]) {
-                cnt[j] += 1u;
-            }
-        }
-        atomicMax(&wg_max[ty + i * WG_P], best);
-    }
-    for (var j = 0u; j < RV; j++) {
-        if (cnt[j] > 0u) {
-            atomicAdd(&counts[v0 + tx + j * WG_V], cnt[j]);
-        }
+    // Epilogue, vectorised over the RV = 4 voxels and branch-free like coef (lavapipe turns
+    // divergent loads into per-lane loops; for small N this epilogue costs as much as the
+    // product otherwise).
+    let vj = vec4<u32>(vbase) + vec4<u32>(0u, 1u, 2u, 3u) * vstride;
+    let vin = vj < vec4<u32>(vc);
+    let vcl = min(vj, vec4<u32>(vc - 1u));
+    let ssv = vec4<f32>(vox[vcl.x], vox[vcl.y], vox[vcl.z], vox[vcl.w]);
+    let obsv = vec4<f32>(vox[vc + vcl.x], vox[vc + vcl.y], vox[vc + vcl.z], vox[vc + vcl.w]);
+    var cnt = vec4<u32>(0u);
+    cnt += finish_perm(pbase, p0, statistic4(usq0, num0, u00, ssv), vin, obsv, vj);
+    cnt += finish_perm(pbase + pstride, p0, statistic4(usq1, num1, u01, ssv), vin, obsv, vj);
+    cnt += finish_perm(pbase + 2u * pstride, p0, statistic4(usq2, num2, u02, ssv), vin, obsv, vj);
+    cnt += finish_perm(pbase + 3u * pstride, p0, statistic4(usq3, num3, u03, ssv), vin, obsv, vj);
+    if ((P.flags & 2u) != 0u) {
+        // Zero increments (voxels past the chunk) land on a valid index and change nothing.
+        atomicAdd(&counts[vcl.x], cnt.x);
+        atomicAdd(&counts[vcl.y], cnt.y);
+        atomicAdd(&counts[vcl.z], cnt.z);
+        atomicAdd(&counts[vcl.w], cnt.w);
     }
     workgroupBarrier();
-    if (lidx < TP) {
+    if (lidx < tile_perms) {
         let p = p0 + lidx;
         if (p < n_perm) {
             atomicMax(&max_bits[P.perm_offset + p], atomicLoad(&wg_max[lidx]));

@@ -60,9 +60,18 @@ pub struct GlmParams {
 }
 const _: () = assert!(std::mem::size_of::<GlmParams>() == 64);
 
+/// Voxels per workgroup on the direct-load path (`SHARED_TILES = false`).
+pub const TV_DIRECT: u32 = RV * WG_SIZE;
+/// Permutations per workgroup on the direct-load path.
+pub const TP_DIRECT: u32 = RP;
+
 /// Number of workgroups for a dispatch of `params`: (voxel tiles, permutation tiles).
-pub fn workgroups(params: &GlmParams) -> (u32, u32) {
-    (params.vc.div_ceil(TV), params.n_perm.div_ceil(TP))
+pub fn workgroups(params: &GlmParams, shared_tiles: bool) -> (u32, u32) {
+    if shared_tiles {
+        (params.vc.div_ceil(TV), params.n_perm.div_ceil(TP))
+    } else {
+        (params.vc.div_ceil(TV_DIRECT), params.n_perm.div_ceil(TP_DIRECT))
+    }
 }
 
 /// The shader source with the tiling constants prepended.

@@ -453,7 +453,7 @@ impl GpuEngine {
     }
 
     fn encode_dispatch(&self, enc: &mut wgpu::CommandEncoder, bg: &wgpu::BindGroup, params: &GlmParams) {
-        let (wx, wy) = glm_stat::workgroups(params);
+        let (wx, wy) = glm_stat::workgroups(params, self.shared_tiles);
         if wx == 0 || wy == 0 {
             return;
         }
@@ -479,7 +479,7 @@ impl GpuEngine {
         counts: &mut [u32],
         maps: &mut [f32],
     ) -> Result<()> {
-        let (wx, wy) = glm_stat::workgroups(params);
+        let (wx, wy) = glm_stat::workgroups(params, self.shared_tiles);
         let maxd = self.limits.max_compute_workgroups_per_dimension;
         if wx > maxd || wy > maxd {
             return Err(Error::Gpu(format!("dispatch {wx}x{wy} exceeds {maxd} workgroups per dimension")));
@@ -525,6 +525,10 @@ impl GpuEngine {
             chunk_v -= chunk_v % TV as usize;
         }
         chunk_v = chunk_v.min(self.limits.max_compute_workgroups_per_dimension as usize * TV as usize);
+        // One row of permutation tiles (TP permutations) over the whole chunk must fit the
+        // per-dispatch work bound, or a dispatch could not be made small enough.
+        let tile_row = (self.max_macs_per_dispatch / (n as u64 * q as u64 * TP as u64)) as usize;
+        chunk_v = chunk_v.min(tile_row.max(TV as usize));
         if let Some(c) = self.chunk_override {
             chunk_v = chunk_v.min(c.max(1));
         }
@@ -658,7 +662,8 @@ impl GpuEngine {
                 if pd >= TP as usize {
                     pd -= pd % TP as usize;
                 }
-                pd = pd.min(maxd * TP as usize);
+                let tile_perms = if self.shared_tiles { TP } else { glm_stat::TP_DIRECT };
+                pd = pd.min(maxd * tile_perms as usize);
                 let mut pa = g0;
                 while pa < g1 {
                     let pz = (pa + pd).min(g1);
