@@ -187,12 +187,34 @@ fn main(
         var acc2 = vec4<f32>(0.0);
         var acc3 = vec4<f32>(0.0);
         if (!SHARED_TILES) {
+            // The coefficients of the workgroup's RP permutations, built incrementally: the
+            // sign word is reloaded every 32 rows only, and without row sources the Q value
+            // is the same for all RP permutations (one load, not RP). coef() did 3 loads
+            // per permutation and row, which was 2/3 of the time on lavapipe.
+            let pv = vec4<u32>(pbase) + vec4<u32>(0u, 1u, 2u, 3u) * pstride;
+            let pin = pv < vec4<u32>(n_perm);
+            let gp = vec4<u32>(P.perm_offset) + min(pv, vec4<u32>(n_perm - 1u));
+            let has_src = (P.flags & 1u) != 0u;
+            var w = vec4<u32>(0u);
             for (var m = 0u; m < n; m++) {
                 let ev = vec4<f32>(e_at(m, vbase), e_at(m, vbase + vstride), e_at(m, vbase + 2u * vstride), e_at(m, vbase + 3u * vstride));
-                acc0 = fma(vec4<f32>(coef(pbase, m, k)), ev, acc0);
-                acc1 = fma(vec4<f32>(coef(pbase + pstride, m, k)), ev, acc1);
-                acc2 = fma(vec4<f32>(coef(pbase + 2u * pstride, m, k)), ev, acc2);
-                acc3 = fma(vec4<f32>(coef(pbase + 3u * pstride, m, k)), ev, acc3);
+                if (P.wpp > 0u && (m % 32u) == 0u) {
+                    let wi = gp * P.wpp + vec4<u32>(m / 32u);
+                    w = vec4<u32>(perm_words[wi.x], perm_words[wi.y], perm_words[wi.z], perm_words[wi.w]);
+                }
+                var qv = vec4<f32>(qbasis[m * q + k]);
+                if (has_src) {
+                    let si = vec4<u32>(P.src_base + m) + gp * n;
+                    let rows = vec4<u32>(perm_words[si.x], perm_words[si.y], perm_words[si.z], perm_words[si.w]);
+                    qv = vec4<f32>(qbasis[rows.x * q + k], qbasis[rows.y * q + k], qbasis[rows.z * q + k], qbasis[rows.w * q + k]);
+                }
+                // w stays 0 without sign flips, so nothing is negated.
+                let neg = ((w >> vec4<u32>(m % 32u)) & vec4<u32>(1u)) != vec4<u32>(0u);
+                let c = select(vec4<f32>(0.0), select(qv, -qv, neg), pin);
+                acc0 = fma(vec4<f32>(c.x), ev, acc0);
+                acc1 = fma(vec4<f32>(c.y), ev, acc1);
+                acc2 = fma(vec4<f32>(c.z), ev, acc2);
+                acc3 = fma(vec4<f32>(c.w), ev, acc3);
             }
         }
         for (var m0 = 0u; SHARED_TILES && m0 < n; m0 += KT) {
