@@ -9,18 +9,22 @@
 //
 // CPU twin: src/engine/gpu/cpu/glm_stat.rs (same buffers, same accumulation order).
 //
-// The host prepends the tiling constants (WG_V, WG_P, RV, RP, KT, TP, TV, WG_SIZE, RB,
+// The host prepends the tiling constants (WG_V, WG_P, RV, RP, KT, TP, TV, WG_SIZE,
 // A_TILE, E_TILE, A_LOADS, E_LOADS) from src/engine/gpu/glm_stat.rs, so Rust and WGSL can
 // never disagree on them.
 //
-// Tiling: a workgroup of WG_V x WG_P invocations owns a tile of TP = WG_P*RP permutations by
-// TV = WG_V*RV voxels. Each invocation keeps an RP x RV register block; its permutations are
-// ty + i*WG_P and its voxels tx + j*WG_V (interleaved, so neighbouring invocations read
-// neighbouring workgroup-memory words and write neighbouring map entries). N is walked in
-// slices of KT rows: the slice of coefficient rows (generated here from the sign bits, the
-// row sources and Q) and of E go through workgroup memory. The columns k of Q are the outer
-// loop, so the register block holds one u_k at a time and the epilogue folds it into
-// |u|^2, |u_1..s|^2 and u_1 in the order engine::statistic uses (k = 0, 1, ...).
+// Tiling (SHARED_TILES = true, the GPU path): a workgroup of WG_V x WG_P = 16 x 8
+// invocations owns a tile of TP = WG_P*RP = 32 permutations by TV = WG_V*RV = 64 voxels; each
+// invocation keeps an RP x RV = 4 x 4 register block (four vec4 accumulators). N is walked
+// in slices of KT = 32 rows: the slice of coefficient rows (generated here from the sign bits,
+// the row sources and Q) and the slice of E go through workgroup memory (12,416 bytes with
+// wg_max). The columns k of Q are the outer loop, so the block holds one u_k at a time and
+// the epilogue folds it into |u|^2, |u_1..s|^2 and u_1 in the order engine::statistic uses
+// (k = 0, 1, ...). The direct path (SHARED_TILES = false, software adapters) keeps the same
+// register block but reads from storage buffers; see `SHARED_TILES` below.
+//
+// Every (permutation, voxel) is owned by exactly one invocation, and each u_k is the sum
+// over m = 0..n-1 in order of fma(A, E, acc): the same terms, in the same order, as the twin.
 
 struct Params {
     n: u32,            // rows of E (images)
@@ -58,10 +62,10 @@ struct Params {
 @group(0) @binding(7) var<storage, read_write> maps: array<f32>;
 
 // true: slices of A and E staged in workgroup memory (GPUs). false: every invocation reads
-// E and generates its coefficients straight from the storage buffers. lavapipe lowers each
-// workgroup-memory load to a scalar loop over the SIMD lanes (measured: ~0.9 GFLOP/s per core
-// with tiles), while its storage-buffer loads are vector gathers, so the host picks false for
-// software adapters. Both paths sum the same terms in the same order.
+// E and builds its coefficients straight from the storage buffers. lavapipe lowers each
+// workgroup-memory load to a scalar loop over the SIMD lanes (measured 0.9 GFLOP/s per core
+// with tiles, 2.2 with direct loads), so the host picks false for software adapters. Both
+// paths sum the same terms in the same order.
 override SHARED_TILES: bool = true;
 
 var<workgroup> a_sh: array<f32, A_TILE>;   // [kk][pp]: KT x TP coefficient values

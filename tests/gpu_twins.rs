@@ -313,7 +313,7 @@ fn engine_setups(g: &mut GpuEngine) {
         let ps = perm_set(n, pk, np, 40 + si as u64);
         g.chunk_override = Some(chunk);
         // Small dispatch bound so a batch is split into several dispatches and submissions.
-        g.max_macs_per_dispatch = (chunk * n * q * 40) as u64;
+        g.max_macs_per_dispatch = (chunk * n * q * 48) as u64;
         g.prepare(&pb).unwrap();
         assert_eq!(g.chunk_voxels(), chunk.min(v));
         assert!(g.chunks() > 1, "chunking must be exercised");

@@ -79,9 +79,8 @@ pub fn wgsl_source() -> String {
     let header = format!(
         "const WG_V: u32 = {WG_V}u;\nconst WG_P: u32 = {WG_P}u;\nconst RV: u32 = {RV}u;\nconst RP: u32 = {RP}u;\n\
          const KT: u32 = {KT}u;\nconst TP: u32 = {TP}u;\nconst TV: u32 = {TV}u;\nconst WG_SIZE: u32 = {WG_SIZE}u;\n\
-         const RB: u32 = {rb}u;\nconst A_TILE: u32 = {A_TILE}u;\nconst E_TILE: u32 = {E_TILE}u;\n\
+         const A_TILE: u32 = {A_TILE}u;\nconst E_TILE: u32 = {E_TILE}u;\n\
          const A_LOADS: u32 = {al}u;\nconst E_LOADS: u32 = {el}u;\n",
-        rb = RP * RV,
         al = A_TILE / WG_SIZE,
         el = E_TILE / WG_SIZE,
     );

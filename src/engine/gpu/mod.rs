@@ -9,6 +9,11 @@
 //! device lost, failed mapping) is returned as `Error::Gpu` and the engine refuses further
 //! work, so a caller sees an error, never a silently wrong map, and can continue on the CPU
 //! from the batch that failed.
+//!
+//! The shader has two data paths chosen per adapter (`set_shared_tiles` overrides):
+//! workgroup-memory tiles on hardware, direct storage loads on software adapters, where
+//! lavapipe makes workgroup memory slow. Both give the same sums in the same order; the CPU
+//! twin in `cpu/` is the oracle for both (tests/gpu_twins.rs).
 use crate::engine::{BatchResult, ContrastProblem, Engine, StatKind};
 use crate::error::{Error, Result};
 use crate::perm::PermSet;
@@ -161,6 +166,26 @@ fn rank(info: &wgpu::AdapterInfo) -> (u32, u32) {
     (t, b)
 }
 
+/// Voxels per chunk of E for `n` rows and `q` columns of Q under `limits`: the chunk (n x
+/// chunk floats) and its [ss | observed] pair must each fit one storage binding (and at most
+/// 1 GiB, leaving room for wgpu's upload staging on a 4 GiB card), the grid must stay within
+/// the workgroups-per-dimension limit, and one row of permutation tiles over the chunk must
+/// fit the per-dispatch work bound. A multiple of the voxel tile where possible; 0 if not
+/// even one voxel fits.
+pub fn plan_chunk_voxels(limits: &wgpu::Limits, n: usize, q: usize, max_macs_per_dispatch: u64) -> usize {
+    let binding = (limits.max_storage_buffer_binding_size as u64).min(limits.max_buffer_size);
+    let cap = binding.min(E_CHUNK_CAP_BYTES);
+    // n.max(2): the [ss | observed] buffer (2 chunk floats) must fit the binding too.
+    let mut chunk_v = (cap / (4 * n.max(2) as u64)) as usize;
+    chunk_v = chunk_v.min(limits.max_compute_workgroups_per_dimension as usize * TV as usize);
+    let tile_row = (max_macs_per_dispatch / (n.max(1) as u64 * q.max(1) as u64 * TP as u64)) as usize;
+    chunk_v = chunk_v.min(tile_row.max(TV as usize));
+    if chunk_v >= TV as usize {
+        chunk_v -= chunk_v % TV as usize;
+    }
+    chunk_v
+}
+
 /// The glm_stat pipeline with its data path fixed (see `SHARED_TILES` in the shader).
 fn build_pipeline(device: &wgpu::Device, shared_tiles: bool) -> (wgpu::ComputePipeline, wgpu::BindGroupLayout) {
     let module = device.create_shader_module(wgpu::ShaderModuleDescriptor {
@@ -272,6 +297,7 @@ impl GpuEngine {
             ..Default::default()
         }))
         .map_err(|e| Error::Gpu(format!("cannot open {}: {e}", info.name)))?;
+        // Software adapters take glm_stat's direct-load path (see SHARED_TILES in the shader).
 
         let errors: Arc<Mutex<Vec<String>>> = Arc::default();
         let sink = errors.clone();
@@ -518,17 +544,7 @@ impl GpuEngine {
             return Err(Error::Gpu("problem buffers do not match n, v, q".into()));
         }
         let binding = (self.limits.max_storage_buffer_binding_size as u64).min(self.limits.max_buffer_size);
-        let cap = binding.min(E_CHUNK_CAP_BYTES);
-        // n.max(2): the [ss | observed] buffer (2 vc floats) must fit the binding too.
-        let mut chunk_v = (cap / (4 * n.max(2) as u64)) as usize;
-        if chunk_v >= TV as usize {
-            chunk_v -= chunk_v % TV as usize;
-        }
-        chunk_v = chunk_v.min(self.limits.max_compute_workgroups_per_dimension as usize * TV as usize);
-        // One row of permutation tiles (TP permutations) over the whole chunk must fit the
-        // per-dispatch work bound, or a dispatch could not be made small enough.
-        let tile_row = (self.max_macs_per_dispatch / (n as u64 * q as u64 * TP as u64)) as usize;
-        chunk_v = chunk_v.min(tile_row.max(TV as usize));
+        let mut chunk_v = plan_chunk_voxels(&self.limits, n, q, self.max_macs_per_dispatch);
         if let Some(c) = self.chunk_override {
             chunk_v = chunk_v.min(c.max(1));
         }
@@ -765,5 +781,34 @@ impl Engine for GpuEngine {
             return Err(Error::Gpu(format!("engine unusable after an earlier error: {b}")));
         }
         self.run_inner(perms, range, observed, maps).map_err(|e| self.fail(e))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn limits(binding: u64) -> wgpu::Limits {
+        wgpu::Limits {
+            max_storage_buffer_binding_size: binding as _,
+            max_buffer_size: binding,
+            max_compute_workgroups_per_dimension: 65535,
+            ..wgpu::Limits::default()
+        }
+    }
+
+    #[test]
+    fn a_2mm_brain_with_500_images_is_chunked_to_fit() {
+        let (n, q, v) = (500usize, 2usize, 228_000usize);
+        // lavapipe: 128 MiB per binding.
+        let c = plan_chunk_voxels(&limits(128 << 20), n, q, MAX_MACS_PER_DISPATCH);
+        assert!(c > 0 && (4 * n * c) as u64 <= 128 << 20 && c % TV as usize == 0);
+        assert!(v.div_ceil(c) >= 4, "several chunks on lavapipe: {c}");
+        // A 4 GiB card (2 GiB bindings): chunks within the 1 GiB cap and the dispatch bound.
+        let c = plan_chunk_voxels(&limits(2 << 30), n, q, MAX_MACS_PER_DISPATCH);
+        assert!((4 * n * c) as u64 <= E_CHUNK_CAP_BYTES);
+        assert!((n * q * c * TP as usize) as u64 <= MAX_MACS_PER_DISPATCH);
+        // N = 58: one chunk of the whole brain fits both.
+        assert!(plan_chunk_voxels(&limits(128 << 20), 58, 2, MAX_MACS_PER_DISPATCH) >= v);
     }
 }
