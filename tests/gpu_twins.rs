@@ -400,3 +400,12 @@ fn time_1000_sign_flips_n58_q2_v228k() {
         g.chunks()
     );
 }
+
+#[test]
+fn adapters_are_described() {
+    let text = voxflip::engine::gpu::describe_adapters();
+    println!("{text}");
+    let list = voxflip::engine::gpu::list_adapters();
+    assert_eq!(list.is_empty(), text.starts_with("no GPU adapters"));
+    assert_eq!(voxflip::engine::gpu::hardware_adapter_available(), list.iter().any(|a| !a.software && a.compute));
+}
