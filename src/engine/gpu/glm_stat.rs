@@ -23,7 +23,7 @@ const A_TILE: u32 = KT * TP;
 const E_TILE: u32 = KT * TV;
 // The shader spells the 4 x 4 register block out in vec4s.
 const _: () = assert!(RP == 4 && RV == 4);
-const _: () = assert!(A_TILE % WG_SIZE == 0 && E_TILE % WG_SIZE == 0 && TP <= WG_SIZE);
+const _: () = assert!(A_TILE.is_multiple_of(WG_SIZE) && E_TILE.is_multiple_of(WG_SIZE) && TP <= WG_SIZE);
 
 /// Workgroup memory the kernel declares: the two slices and the per-permutation maxima.
 pub const WORKGROUP_STORAGE_BYTES: u32 = (A_TILE + E_TILE + TP) * 4;
@@ -123,6 +123,6 @@ mod tests {
         for &x in &xs[1..] {
             assert_eq!(value_of(key_of(x)).to_bits(), x.to_bits());
         }
-        assert!(WORKGROUP_STORAGE_BYTES <= 16384, "fits the WebGPU minimum");
+        const { assert!(WORKGROUP_STORAGE_BYTES <= 16384, "fits the WebGPU minimum") };
     }
 }

@@ -81,7 +81,7 @@ fn summarize(a: &wgpu::Adapter) -> AdapterSummary {
         driver: format!("{} {}", info.driver, info.driver_info).trim().to_string(),
         software: info.device_type == wgpu::DeviceType::Cpu,
         compute: a.get_downlevel_capabilities().flags.contains(wgpu::DownlevelFlags::COMPUTE_SHADERS),
-        max_storage_buffer_binding_size: l.max_storage_buffer_binding_size as u64,
+        max_storage_buffer_binding_size: l.max_storage_buffer_binding_size,
         max_buffer_size: l.max_buffer_size,
         max_compute_workgroup_storage_size: l.max_compute_workgroup_storage_size,
         max_compute_invocations_per_workgroup: l.max_compute_invocations_per_workgroup,
@@ -173,7 +173,7 @@ fn rank(info: &wgpu::AdapterInfo) -> (u32, u32) {
 /// fit the per-dispatch work bound. A multiple of the voxel tile where possible; 0 if not
 /// even one voxel fits.
 pub fn plan_chunk_voxels(limits: &wgpu::Limits, n: usize, q: usize, max_macs_per_dispatch: u64) -> usize {
-    let binding = (limits.max_storage_buffer_binding_size as u64).min(limits.max_buffer_size);
+    let binding = limits.max_storage_buffer_binding_size.min(limits.max_buffer_size);
     let cap = binding.min(E_CHUNK_CAP_BYTES);
     // n.max(2): the [ss | observed] buffer (2 chunk floats) must fit the binding too.
     let mut chunk_v = (cap / (4 * n.max(2) as u64)) as usize;
@@ -447,6 +447,7 @@ impl GpuEngine {
         Ok(data)
     }
 
+    #[allow(clippy::too_many_arguments)]
     fn bind_group(
         &self,
         params: &GlmParams,
@@ -543,7 +544,7 @@ impl GpuEngine {
         if pb.e.len() != n * v || pb.qbasis.len() != n * q || pb.ss.len() != v {
             return Err(Error::Gpu("problem buffers do not match n, v, q".into()));
         }
-        let binding = (self.limits.max_storage_buffer_binding_size as u64).min(self.limits.max_buffer_size);
+        let binding = self.limits.max_storage_buffer_binding_size.min(self.limits.max_buffer_size);
         let mut chunk_v = plan_chunk_voxels(&self.limits, n, q, self.max_macs_per_dispatch);
         if let Some(c) = self.chunk_override {
             chunk_v = chunk_v.min(c.max(1));
@@ -630,7 +631,7 @@ impl GpuEngine {
                 words.extend_from_slice(perms.src(j).unwrap());
             }
         }
-        let binding = (self.limits.max_storage_buffer_binding_size as u64).min(self.limits.max_buffer_size);
+        let binding = self.limits.max_storage_buffer_binding_size.min(self.limits.max_buffer_size);
         if words.len() as u64 * 4 > binding {
             return Err(Error::Gpu(format!("batch of {b} permutations is too large for one binding")));
         }
@@ -802,7 +803,7 @@ mod tests {
         let (n, q, v) = (500usize, 2usize, 228_000usize);
         // lavapipe: 128 MiB per binding.
         let c = plan_chunk_voxels(&limits(128 << 20), n, q, MAX_MACS_PER_DISPATCH);
-        assert!(c > 0 && (4 * n * c) as u64 <= 128 << 20 && c % TV as usize == 0);
+        assert!(c > 0 && (4 * n * c) as u64 <= 128 << 20 && c.is_multiple_of(TV as usize));
         assert!(v.div_ceil(c) >= 4, "several chunks on lavapipe: {c}");
         // A 4 GiB card (2 GiB bindings): chunks within the 1 GiB cap and the dispatch bound.
         let c = plan_chunk_voxels(&limits(2 << 30), n, q, MAX_MACS_PER_DISPATCH);

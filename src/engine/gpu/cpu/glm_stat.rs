@@ -4,12 +4,14 @@
 //! `qbasis` (n x q), `e` (the chunk, n x vc), `vox` ([ss | observed], 2 vc) in; `max_bits`
 //! (order-preserving keys, combined with max), `counts` (added to) and `maps` out.
 //! Each u_k is accumulated over m = 0..n in order with a fused multiply-add, as each shader
-//! invocation does, and folded into |u|^2 in the order k = 0..q, so on an implementation with
-//! exact `fma` the two agree bit for bit up to the division and square root (which WGSL
-//! allows to be a few ULP off).
+//! invocation does, and folded into |u|^2 in the order k = 0..q. The remaining differences
+//! come from the driver: WGSL lets division and sqrt be a few ULP off and lets a compiler
+//! contract `u*u + acc`; on lavapipe the maps agree to within 6e-6 relative.
 use crate::engine::gpu::glm_stat::{key_of, GlmParams, FLAG_MAPS, FLAG_OBSERVED, FLAG_SRC};
 
-/// The statistic from folded sums, exactly as the shader's `statistic`.
+/// The statistic from folded sums, exactly as the shader's `statistic4` per voxel.
+// `!(ss > 0.0)` rather than `ss <= 0.0`: a NaN ss must give 0, as in engine::statistic.
+#[allow(clippy::neg_cmp_op_on_partial_ord)]
 pub fn statistic(params: &GlmParams, unorm: f32, num: f32, u0: f32, ss: f32) -> f32 {
     if !(ss > 0.0) {
         return 0.0;
