@@ -314,6 +314,8 @@ fn engine_setups(g: &mut GpuEngine) {
         g.chunk_override = Some(chunk);
         // Small dispatch bound so a batch is split into several dispatches and submissions.
         g.max_macs_per_dispatch = (chunk * n * q * 48) as u64;
+        // Maps read back in groups of 10 permutations per chunk.
+        g.max_maps_bytes = (4 * chunk * 10) as u64;
         g.prepare(&pb).unwrap();
         assert_eq!(g.chunk_voxels(), chunk.min(v));
         assert!(g.chunks() > 1, "chunking must be exercised");

@@ -253,7 +253,11 @@ pub struct GpuEngine {
     /// chunks with this). Takes effect at the next `prepare`.
     pub chunk_override: Option<usize>,
     /// Bound on multiply-adds per dispatch and per submission (see MAX_MACS_PER_DISPATCH).
+    /// Takes effect for chunking at the next `prepare`.
     pub max_macs_per_dispatch: u64,
+    /// Largest maps buffer read back at once (bytes); a batch with maps is read back in
+    /// groups of permutations that fit it. Tests shrink it to exercise the grouping.
+    pub max_maps_bytes: u64,
 }
 
 impl GpuEngine {
@@ -322,6 +326,7 @@ impl GpuEngine {
             state: None,
             chunk_override: None,
             max_macs_per_dispatch: MAX_MACS_PER_DISPATCH,
+            max_maps_bytes: MAPS_CAP_BYTES,
         };
         engine.poll_checked("compiling glm_stat")?;
         Ok(engine)
@@ -656,7 +661,7 @@ impl GpuEngine {
             }
         }
         // Permutations whose maps fit one readback buffer for the widest chunk.
-        let maps_cap = binding.min(MAPS_CAP_BYTES);
+        let maps_cap = binding.min(self.max_maps_bytes);
         let group = if maps.is_some() { ((maps_cap / (4 * st.chunk_v as u64)) as usize).clamp(1, b) } else { b };
         let maps_buf = if maps.is_some() {
             Some(self.storage_empty("maps", (4 * group * st.chunk_v) as u64, wgpu::BufferUsages::COPY_SRC))
