@@ -67,6 +67,12 @@ struct Params {
 // with tiles, 2.2 with direct loads), so the host picks false for software adapters. Both
 // paths sum the same terms in the same order.
 override SHARED_TILES: bool = true;
+// Whether the permutations exchange rows (FLAG_SRC), fixed per pipeline on the direct path so
+// that the sign-flip case carries no row-source code in its inner loop.
+override HAS_SRC: bool = false;
+// Rows per unrolled block of the direct path; UNROLL divides 32 (sign words are reloaded at
+// block starts).
+const UNROLL: u32 = 8u;
 
 var<workgroup> a_sh: array<f32, A_TILE>;   // [kk][pp]: KT x TP coefficient values
 var<workgroup> e_sh: array<f32, E_TILE>;   // [kk][vv]: KT x TV residuals
@@ -198,27 +204,42 @@ fn main(
             let pv = vec4<u32>(pbase) + vec4<u32>(0u, 1u, 2u, 3u) * pstride;
             let pin = pv < vec4<u32>(n_perm);
             let gp = vec4<u32>(P.perm_offset) + min(pv, vec4<u32>(n_perm - 1u));
-            let has_src = (P.flags & 1u) != 0u;
             var w = vec4<u32>(0u);
-            for (var m = 0u; m < n; m++) {
-                let ev = vec4<f32>(e_at(m, vbase), e_at(m, vbase + vstride), e_at(m, vbase + 2u * vstride), e_at(m, vbase + 3u * vstride));
-                if (P.wpp > 0u && (m % 32u) == 0u) {
-                    let wi = gp * P.wpp + vec4<u32>(m / 32u);
+            // Blocks of UNROLL rows with a constant inner trip count: the compiler unrolls
+            // them, so the accumulators stay in registers across the block (lavapipe keeps
+            // loop-carried values in memory). Rows past n get coefficient 0: fma(0, e, acc)
+            // == acc, the same sum as the twin's.
+            for (var m0 = 0u; m0 < n; m0 += UNROLL) {
+                if (P.wpp > 0u && (m0 % 32u) == 0u) {
+                    let wi = gp * P.wpp + vec4<u32>(m0 / 32u);
                     w = vec4<u32>(perm_words[wi.x], perm_words[wi.y], perm_words[wi.z], perm_words[wi.w]);
                 }
-                var qv = vec4<f32>(qbasis[m * q + k]);
-                if (has_src) {
-                    let si = vec4<u32>(P.src_base + m) + gp * n;
-                    let rows = vec4<u32>(perm_words[si.x], perm_words[si.y], perm_words[si.z], perm_words[si.w]);
-                    qv = vec4<f32>(qbasis[rows.x * q + k], qbasis[rows.y * q + k], qbasis[rows.z * q + k], qbasis[rows.w * q + k]);
+                var a0 = acc0;
+                var a1 = acc1;
+                var a2 = acc2;
+                var a3 = acc3;
+                for (var u = 0u; u < UNROLL; u++) {
+                    let m = m0 + u;
+                    let mc = min(m, n - 1u);
+                    let ev = vec4<f32>(e_at(mc, vbase), e_at(mc, vbase + vstride), e_at(mc, vbase + 2u * vstride), e_at(mc, vbase + 3u * vstride));
+                    var qv = vec4<f32>(qbasis[mc * q + k]);
+                    if (HAS_SRC) {
+                        let si = vec4<u32>(P.src_base + mc) + gp * n;
+                        let rows = vec4<u32>(perm_words[si.x], perm_words[si.y], perm_words[si.z], perm_words[si.w]);
+                        qv = vec4<f32>(qbasis[rows.x * q + k], qbasis[rows.y * q + k], qbasis[rows.z * q + k], qbasis[rows.w * q + k]);
+                    }
+                    // w stays 0 without sign flips, so nothing is negated.
+                    let neg = ((w >> vec4<u32>(m % 32u)) & vec4<u32>(1u)) != vec4<u32>(0u);
+                    let c = select(vec4<f32>(0.0), select(qv, -qv, neg), pin & vec4<bool>(m < n));
+                    a0 = fma(vec4<f32>(c.x), ev, a0);
+                    a1 = fma(vec4<f32>(c.y), ev, a1);
+                    a2 = fma(vec4<f32>(c.z), ev, a2);
+                    a3 = fma(vec4<f32>(c.w), ev, a3);
                 }
-                // w stays 0 without sign flips, so nothing is negated.
-                let neg = ((w >> vec4<u32>(m % 32u)) & vec4<u32>(1u)) != vec4<u32>(0u);
-                let c = select(vec4<f32>(0.0), select(qv, -qv, neg), pin);
-                acc0 = fma(vec4<f32>(c.x), ev, acc0);
-                acc1 = fma(vec4<f32>(c.y), ev, acc1);
-                acc2 = fma(vec4<f32>(c.z), ev, acc2);
-                acc3 = fma(vec4<f32>(c.w), ev, acc3);
+                acc0 = a0;
+                acc1 = a1;
+                acc2 = a2;
+                acc3 = a3;
             }
         }
         for (var m0 = 0u; SHARED_TILES && m0 < n; m0 += KT) {

@@ -186,13 +186,18 @@ pub fn plan_chunk_voxels(limits: &wgpu::Limits, n: usize, q: usize, max_macs_per
     chunk_v
 }
 
-/// The glm_stat pipeline with its data path fixed (see `SHARED_TILES` in the shader).
-fn build_pipeline(device: &wgpu::Device, shared_tiles: bool) -> (wgpu::ComputePipeline, wgpu::BindGroupLayout) {
+/// A compiled glm_stat variant and its (automatic) bind group layout.
+type Kernel = (wgpu::ComputePipeline, wgpu::BindGroupLayout);
+
+/// The glm_stat pipeline with its data path and row-source handling fixed (the `SHARED_TILES`
+/// and `HAS_SRC` overrides in the shader).
+fn build_pipeline(device: &wgpu::Device, shared_tiles: bool, has_src: bool) -> Kernel {
     let module = device.create_shader_module(wgpu::ShaderModuleDescriptor {
         label: Some("glm_stat"),
         source: wgpu::ShaderSource::Wgsl(glm_stat::wgsl_source().into()),
     });
-    let constants = [("SHARED_TILES", if shared_tiles { 1.0 } else { 0.0 })];
+    let flag = |b: bool| if b { 1.0 } else { 0.0 };
+    let constants = [("SHARED_TILES", flag(shared_tiles)), ("HAS_SRC", flag(has_src))];
     let pipeline = device.create_compute_pipeline(&wgpu::ComputePipelineDescriptor {
         label: Some("glm_stat"),
         layout: None,
@@ -238,8 +243,8 @@ struct Resident {
 pub struct GpuEngine {
     device: wgpu::Device,
     queue: wgpu::Queue,
-    pipeline: wgpu::ComputePipeline,
-    layout: wgpu::BindGroupLayout,
+    /// glm_stat variants by `has_src` (without / with row sources), built on first use.
+    kernels: [Option<Kernel>; 2],
     /// Which data path of glm_stat runs (its `SHARED_TILES` override).
     shared_tiles: bool,
     info: wgpu::AdapterInfo,
@@ -312,12 +317,12 @@ impl GpuEngine {
         });
 
         let shared_tiles = info.device_type != wgpu::DeviceType::Cpu;
-        let (pipeline, layout) = build_pipeline(&device, shared_tiles);
+        // Sign flips need no row sources; the variant with them is built on first use.
+        let kernels = [Some(build_pipeline(&device, shared_tiles, false)), None];
         let engine = GpuEngine {
             device,
             queue,
-            pipeline,
-            layout,
+            kernels,
             shared_tiles,
             info,
             limits,
@@ -340,11 +345,22 @@ impl GpuEngine {
 
     /// Choose glm_stat's data path (tests run both; results agree within rounding).
     pub fn set_shared_tiles(&mut self, on: bool) -> Result<()> {
-        let (pipeline, layout) = build_pipeline(&self.device, on);
-        self.pipeline = pipeline;
-        self.layout = layout;
         self.shared_tiles = on;
-        self.poll_checked("compiling glm_stat").map_err(|e| self.fail(e))
+        self.kernels = [None, None];
+        self.ensure_kernel(false)
+    }
+
+    /// Build the glm_stat variant for `has_src` if it is not there yet.
+    fn ensure_kernel(&mut self, has_src: bool) -> Result<()> {
+        if self.kernels[has_src as usize].is_none() {
+            self.kernels[has_src as usize] = Some(build_pipeline(&self.device, self.shared_tiles, has_src));
+            self.poll_checked("compiling glm_stat").map_err(|e| self.fail(e))?;
+        }
+        Ok(())
+    }
+
+    fn kernel(&self, params: &GlmParams) -> &Kernel {
+        self.kernels[(params.flags & FLAG_SRC != 0) as usize].as_ref().expect("ensure_kernel first")
     }
 
     /// The adapter in use.
@@ -479,7 +495,7 @@ impl GpuEngine {
             .collect();
         self.device.create_bind_group(&wgpu::BindGroupDescriptor {
             label: Some("glm_stat"),
-            layout: &self.layout,
+            layout: &self.kernel(params).1,
             entries: &entries,
         })
     }
@@ -490,7 +506,7 @@ impl GpuEngine {
             return;
         }
         let mut pass = enc.begin_compute_pass(&wgpu::ComputePassDescriptor { label: Some("glm_stat"), timestamp_writes: None });
-        pass.set_pipeline(&self.pipeline);
+        pass.set_pipeline(&self.kernel(params).0);
         pass.set_bind_group(0, bg, &[]);
         pass.dispatch_workgroups(wx, wy, 1);
     }
@@ -511,6 +527,7 @@ impl GpuEngine {
         counts: &mut [u32],
         maps: &mut [f32],
     ) -> Result<()> {
+        self.ensure_kernel(params.flags & FLAG_SRC != 0)?;
         let (wx, wy) = glm_stat::workgroups(params, self.shared_tiles);
         let maxd = self.limits.max_compute_workgroups_per_dimension;
         if wx > maxd || wy > maxd {
@@ -600,6 +617,7 @@ impl GpuEngine {
         observed: Option<&[f32]>,
         mut maps: Option<&mut [f32]>,
     ) -> Result<BatchResult> {
+        self.ensure_kernel(!perms.all_src().is_empty())?;
         let st = self.state.as_ref().ok_or_else(|| Error::Gpu("run_batch before prepare".into()))?;
         let (n, v, q) = (st.n, st.v, st.q);
         let b = range.len();
