@@ -63,9 +63,10 @@ struct Params {
 
 // true: slices of A and E staged in workgroup memory (GPUs). false: every invocation reads
 // E and builds its coefficients straight from the storage buffers. lavapipe lowers each
-// workgroup-memory load to a scalar loop over the SIMD lanes (measured 0.9 GFLOP/s per core
-// with tiles, 2.2 with direct loads), so the host picks false for software adapters. Both
-// paths sum the same terms in the same order.
+// workgroup-memory load to a scalar loop over the SIMD lanes and keeps loop-carried values in
+// memory; measured there on 2 busy cores, N = 58, q = 2: 1.9 GFLOP/s with tiles, 4.0 with
+// direct loads, so the host picks false for software adapters. Both paths sum the same
+// terms in the same order.
 override SHARED_TILES: bool = true;
 // Whether the permutations exchange rows (FLAG_SRC), fixed per pipeline on the direct path so
 // that the sign-flip case carries no row-source code in its inner loop.
@@ -99,8 +100,9 @@ fn e_at(m: u32, v: u32) -> f32 {
     return select(0.0, e_chunk[m * P.vc + min(v, P.vc - 1u)], inside);
 }
 
-// engine::statistic for four voxels at once, given |u|^2, |u_1..s|^2 and u_1 folded, without branches: the ss <= 0 case is selected
-// away afterwards (its division by zero is computed and discarded).
+// engine::statistic for four voxels at once, given |u|^2, |u_1..s|^2 and u_1 already folded.
+// Branch-free: the ss <= 0 (or NaN) case is selected away afterwards (its division by zero is
+// computed and discarded).
 fn statistic4(usq: vec4<f32>, num: vec4<f32>, u0: vec4<f32>, ss: vec4<f32>) -> vec4<f32> {
     let rss = max(ss - usq, ss * 1e-6);
     let sigma2 = rss / P.dof;
@@ -145,8 +147,9 @@ fn main(
     // Where this invocation's register block sits. Workgroup tiles: permutations
     // p0 + ty + i*WG_P, voxels v0 + tx + j*WG_V (interleaved so neighbouring invocations read
     // neighbouring workgroup-memory words). Direct loads: the whole workgroup shares the RP
-    // permutations p0 + i (so their coefficients are workgroup-uniform: lavapipe then loads
-    // them once, not per lane) and spreads over RV*WG_SIZE voxels, lidx + j*WG_SIZE.
+    // permutations p0 + i (their coefficients are the same for every invocation, and without
+    // row sources the Q value of a row is one load for all four) and spreads over
+    // RV*WG_SIZE voxels, v0 + lidx + j*WG_SIZE.
     var v0 = wid.x * TV;
     var p0 = wid.y * TP;
     var pbase = p0 + ty;
@@ -175,9 +178,9 @@ fn main(
     workgroupBarrier();
 
     // The register block lives in vec4s, not arrays: CPU implementations (lavapipe) keep
-    // dynamically indexed arrays in memory, which made the inner loop ~10x slower. acc_i holds
-    // permutation ty + i*WG_P, component j voxel tx + j*WG_V (RP = RV = 4, asserted on the
-    // host side).
+    // dynamically indexed arrays in memory, which made the inner loop several times slower.
+    // acc_i holds permutation pbase + i*pstride, its component j voxel vbase + j*vstride
+    // (RP = RV = 4, asserted on the host side).
     var usq0 = vec4<f32>(0.0);
     var usq1 = vec4<f32>(0.0);
     var usq2 = vec4<f32>(0.0);

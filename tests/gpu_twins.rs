@@ -338,7 +338,12 @@ fn engine_setups(g: &mut GpuEngine) {
         let label = format!("engine setup {si}");
         let mut worst = 0.0f32;
         for (i, (&gv, &w)) in got_maps.iter().zip(&want).enumerate() {
-            assert!((gv - w).abs() <= tol(w), "{label}: map {i} (perm {}, voxel {}): gpu {gv} vs ref {w}", i / v, i % v);
+            assert!(
+                (gv - w).abs() <= tol(w),
+                "{label}: map {i} (perm {}, voxel {}): gpu {gv} vs ref {w}",
+                i / v,
+                i % v
+            );
             worst = worst.max((gv - w).abs() / w.abs().max(1.0));
         }
         for j in 0..ps.len() {
@@ -373,6 +378,10 @@ fn engine_rejects_bad_calls_and_missing_adapters() {
 #[ignore]
 fn time_1000_sign_flips_n58_q2_v228k() {
     let Some(mut g) = gpu() else { return };
+    // VOXFLIP_SHARED_TILES=0/1 forces glm_stat's data path (default: per adapter type).
+    if let Ok(x) = std::env::var("VOXFLIP_SHARED_TILES") {
+        g.set_shared_tiles(x == "1").unwrap();
+    }
     let mut rng = ChaCha8Rng::seed_from_u64(1);
     let (n, v, q) = (58, 228_000, 2);
     let pb = problem(&mut rng, n, v, q, 1, StatKind::T);

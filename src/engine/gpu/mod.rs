@@ -505,7 +505,8 @@ impl GpuEngine {
         if wx == 0 || wy == 0 {
             return;
         }
-        let mut pass = enc.begin_compute_pass(&wgpu::ComputePassDescriptor { label: Some("glm_stat"), timestamp_writes: None });
+        let mut pass =
+            enc.begin_compute_pass(&wgpu::ComputePassDescriptor { label: Some("glm_stat"), timestamp_writes: None });
         pass.set_pipeline(&self.kernel(params).0);
         pass.set_bind_group(0, bg, &[]);
         pass.dispatch_workgroups(wx, wy, 1);
@@ -638,7 +639,10 @@ impl GpuEngine {
             }
         }
         if b == 0 {
-            return Ok(BatchResult { max_stat: Vec::new(), exceed: if observed.is_some() { vec![0; v] } else { Vec::new() } });
+            return Ok(BatchResult {
+                max_stat: Vec::new(),
+                exceed: if observed.is_some() { vec![0; v] } else { Vec::new() },
+            });
         }
 
         // Permutation words of the batch: [signs, b x wpp | sources, b x n].
@@ -659,11 +663,7 @@ impl GpuEngine {
             return Err(Error::Gpu(format!("batch of {b} permutations is too large for one binding")));
         }
         let perm_buf = self.storage_init("perm words", bytemuck::cast_slice(&words), wgpu::BufferUsages::empty());
-        let max_buf = self.storage_init(
-            "max",
-            bytemuck::cast_slice(&vec![0u32; b]),
-            wgpu::BufferUsages::COPY_SRC,
-        );
+        let max_buf = self.storage_init("max", bytemuck::cast_slice(&vec![0u32; b]), wgpu::BufferUsages::COPY_SRC);
         let mut flags = if has_src { FLAG_SRC } else { 0 };
         if observed.is_some() {
             flags |= FLAG_OBSERVED;
@@ -755,7 +755,8 @@ impl GpuEngine {
         self.submit_checked(enc, "glm_stat")?;
 
         let keys = self.read_back(&max_buf, 0, 4 * b as u64, "reading maxima")?;
-        let max_stat: Vec<f32> = bytemuck::cast_slice::<u8, u32>(&keys).iter().map(|&k| glm_stat::value_of(k)).collect();
+        let max_stat: Vec<f32> =
+            bytemuck::cast_slice::<u8, u32>(&keys).iter().map(|&k| glm_stat::value_of(k)).collect();
         let mut exceed = Vec::new();
         if observed.is_some() {
             exceed = vec![0u32; v];
