@@ -14,6 +14,7 @@ use crate::perm::PermSet;
 use std::ops::Range;
 
 pub mod cpu;
+pub mod gpu;
 
 /// Which statistic the epilogue computes.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, serde::Serialize)]

@@ -1,0 +1,128 @@
+//! Host side of `shaders/glm_stat.wgsl`: the uniform parameters, the tiling constants and the
+//! assembled shader source. The CPU twin is [`super::cpu::glm_stat`].
+
+/// Invocations along voxels per workgroup.
+pub const WG_V: u32 = 16;
+/// Invocations along permutations per workgroup.
+pub const WG_P: u32 = 8;
+/// Voxels per invocation (register block columns).
+pub const RV: u32 = 4;
+/// Permutations per invocation (register block rows).
+pub const RP: u32 = 4;
+/// Rows of N per workgroup-memory slice. 32 rather than 16: every slice costs two barriers,
+/// which are expensive on CPU implementations (lavapipe) and not free anywhere.
+pub const KT: u32 = 32;
+/// Permutations per workgroup tile.
+pub const TP: u32 = WG_P * RP;
+/// Voxels per workgroup tile.
+pub const TV: u32 = WG_V * RV;
+/// Invocations per workgroup.
+pub const WG_SIZE: u32 = WG_V * WG_P;
+
+const A_TILE: u32 = KT * TP;
+const E_TILE: u32 = KT * TV;
+// The shader spells the 4 x 4 register block out in vec4s.
+const _: () = assert!(RP == 4 && RV == 4);
+const _: () = assert!(A_TILE.is_multiple_of(WG_SIZE) && E_TILE.is_multiple_of(WG_SIZE) && TP <= WG_SIZE);
+
+/// Workgroup memory the kernel declares: the two slices and the per-permutation maxima.
+pub const WORKGROUP_STORAGE_BYTES: u32 = (A_TILE + E_TILE + TP) * 4;
+
+/// `flags` bits.
+pub const FLAG_SRC: u32 = 1;
+pub const FLAG_OBSERVED: u32 = 2;
+pub const FLAG_MAPS: u32 = 4;
+
+/// Uniform parameters of one dispatch; mirrors `struct Params` in the WGSL field for field.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, bytemuck::Pod, bytemuck::Zeroable)]
+pub struct GlmParams {
+    pub n: u32,
+    pub q: u32,
+    pub s: u32,
+    /// 0 = t, 1 = F.
+    pub kind: u32,
+    /// Voxels in the chunk (row stride of the E chunk).
+    pub vc: u32,
+    /// Permutations in this dispatch.
+    pub n_perm: u32,
+    /// First permutation of the dispatch, as an index into the batch's perm words / max keys.
+    pub perm_offset: u32,
+    /// Sign words per permutation (0 = no sign flips).
+    pub wpp: u32,
+    /// Offset of the row sources in the perm-words buffer.
+    pub src_base: u32,
+    pub flags: u32,
+    /// Batch permutation index held in row 0 of the maps buffer.
+    pub maps_base: u32,
+    pub dof: f32,
+    pub pad: [u32; 4],
+}
+const _: () = assert!(std::mem::size_of::<GlmParams>() == 64);
+
+/// Voxels per workgroup on the direct-load path (`SHARED_TILES = false`).
+pub const TV_DIRECT: u32 = RV * WG_SIZE;
+/// Permutations per workgroup on the direct-load path.
+pub const TP_DIRECT: u32 = RP;
+
+/// Number of workgroups for a dispatch of `params`: (voxel tiles, permutation tiles).
+pub fn workgroups(params: &GlmParams, shared_tiles: bool) -> (u32, u32) {
+    if shared_tiles {
+        (params.vc.div_ceil(TV), params.n_perm.div_ceil(TP))
+    } else {
+        (params.vc.div_ceil(TV_DIRECT), params.n_perm.div_ceil(TP_DIRECT))
+    }
+}
+
+/// The shader source with the tiling constants prepended.
+pub fn wgsl_source() -> String {
+    let header = format!(
+        "const WG_V: u32 = {WG_V}u;\nconst WG_P: u32 = {WG_P}u;\nconst RV: u32 = {RV}u;\nconst RP: u32 = {RP}u;\n\
+         const KT: u32 = {KT}u;\nconst TP: u32 = {TP}u;\nconst TV: u32 = {TV}u;\nconst WG_SIZE: u32 = {WG_SIZE}u;\n\
+         const A_TILE: u32 = {A_TILE}u;\nconst E_TILE: u32 = {E_TILE}u;\n\
+         const A_LOADS: u32 = {al}u;\nconst E_LOADS: u32 = {el}u;\n",
+        al = A_TILE / WG_SIZE,
+        el = E_TILE / WG_SIZE,
+    );
+    header + include_str!("../../../shaders/glm_stat.wgsl")
+}
+
+/// Order-preserving f32 -> u32 key, as in the shader.
+#[inline]
+pub fn key_of(t: f32) -> u32 {
+    let b = t.to_bits();
+    if b & 0x8000_0000 != 0 {
+        !b
+    } else {
+        b | 0x8000_0000
+    }
+}
+
+/// Inverse of [`key_of`]. Key 0 (no voxel seen) decodes to -inf.
+#[inline]
+pub fn value_of(key: u32) -> f32 {
+    if key == 0 {
+        f32::NEG_INFINITY
+    } else if key & 0x8000_0000 != 0 {
+        f32::from_bits(key & 0x7fff_ffff)
+    } else {
+        f32::from_bits(!key)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn keys_preserve_order() {
+        let xs = [f32::NEG_INFINITY, -1e30, -2.5, -1e-30, -0.0, 0.0, 1e-30, 3.0, 1e30, f32::INFINITY];
+        for w in xs.windows(2) {
+            assert!(key_of(w[0]) <= key_of(w[1]), "{} {}", w[0], w[1]);
+        }
+        for &x in &xs[1..] {
+            assert_eq!(value_of(key_of(x)).to_bits(), x.to_bits());
+        }
+        const { assert!(WORKGROUP_STORAGE_BYTES <= 16384, "fits the WebGPU minimum") };
+    }
+}

@@ -1,0 +1,839 @@
+//! The GPU engine: wgpu compute shaders for the permutation GLM (DESIGN.md, "The GLM and
+//! Freedman–Lane, in the form the kernels use").
+//!
+//! `prepare` uploads Q, E and ||E||^2 once; E is cut into voxel chunks small enough for one
+//! storage binding (lavapipe allows 128 MiB, many GPUs 2-4 GiB), and every batch runs
+//! `shaders/glm_stat.wgsl` over (permutation sub-batch x chunk) dispatches. Each dispatch is
+//! bounded in work so that no single submission can trip a display driver's watchdog, and the
+//! device is polled after every submission. Any wgpu error (validation, out of memory,
+//! device lost, failed mapping) is returned as `Error::Gpu` and the engine refuses further
+//! work, so a caller sees an error, never a silently wrong map, and can continue on the CPU
+//! from the batch that failed.
+//!
+//! The shader has two data paths chosen per adapter (`set_shared_tiles` overrides):
+//! workgroup-memory tiles on hardware, direct storage loads on software adapters, where
+//! lavapipe makes workgroup memory slow. Both give the same sums in the same order; the CPU
+//! twin in `cpu/` is the oracle for both (tests/gpu_twins.rs).
+use crate::engine::{BatchResult, ContrastProblem, Engine, StatKind};
+use crate::error::{Error, Result};
+use crate::perm::PermSet;
+use std::ops::Range;
+use std::sync::{Arc, Mutex};
+use wgpu::util::DeviceExt;
+
+pub mod cpu;
+pub mod glm_stat;
+
+use glm_stat::{GlmParams, FLAG_MAPS, FLAG_OBSERVED, FLAG_SRC, TP, TV};
+
+/// Which adapter to use.
+#[derive(Clone, Debug, Default)]
+pub struct AdapterChoice {
+    /// Case-insensitive substring of the adapter name; None = the best one.
+    pub name: Option<String>,
+    /// Accept software adapters (lavapipe, llvmpipe, WARP): correct but slow, useful for
+    /// tests and CI, never picked silently.
+    pub allow_software: bool,
+}
+
+/// One adapter as `voxflip devices` shows it.
+#[derive(Clone, Debug, serde::Serialize)]
+pub struct AdapterSummary {
+    pub name: String,
+    pub backend: String,
+    pub device_type: String,
+    pub driver: String,
+    /// A CPU implementation (DeviceType::Cpu).
+    pub software: bool,
+    /// Whether the adapter can run compute shaders at all (not every GL driver can).
+    pub compute: bool,
+    pub max_storage_buffer_binding_size: u64,
+    pub max_buffer_size: u64,
+    pub max_compute_workgroup_storage_size: u32,
+    pub max_compute_invocations_per_workgroup: u32,
+    pub max_compute_workgroups_per_dimension: u32,
+}
+
+/// Largest E chunk we allocate even where the limits allow more: leaves room on a 4 GiB card
+/// for the staging copy wgpu makes on upload and for the maps buffer.
+const E_CHUNK_CAP_BYTES: u64 = 1 << 30;
+/// Largest maps buffer (permutations x chunk voxels) per readback.
+const MAPS_CAP_BYTES: u64 = 256 << 20;
+/// Multiply-adds per dispatch: 2^31 is ~4 GFLOP, a few ms on a discrete GPU, ~40 ms on a
+/// weak integrated one, well under the ~2 s watchdogs of Windows (TDR) and desktop Linux.
+const MAX_MACS_PER_DISPATCH: u64 = 1 << 31;
+/// Multiply-adds a batch should hold so that per-batch costs (upload of permutation words,
+/// readback, synchronisation) stay small against the product.
+const TARGET_MACS_PER_BATCH: f64 = (1u64 << 34) as f64;
+
+fn instance() -> wgpu::Instance {
+    // _from_env: WGPU_BACKEND and friends still let a user steer wgpu.
+    wgpu::Instance::new(wgpu::InstanceDescriptor::new_without_display_handle_from_env())
+}
+
+fn summarize(a: &wgpu::Adapter) -> AdapterSummary {
+    let info = a.get_info();
+    let l = a.limits();
+    AdapterSummary {
+        name: info.name.clone(),
+        backend: format!("{:?}", info.backend),
+        device_type: format!("{:?}", info.device_type),
+        driver: format!("{} {}", info.driver, info.driver_info).trim().to_string(),
+        software: info.device_type == wgpu::DeviceType::Cpu,
+        compute: a.get_downlevel_capabilities().flags.contains(wgpu::DownlevelFlags::COMPUTE_SHADERS),
+        max_storage_buffer_binding_size: l.max_storage_buffer_binding_size,
+        max_buffer_size: l.max_buffer_size,
+        max_compute_workgroup_storage_size: l.max_compute_workgroup_storage_size,
+        max_compute_invocations_per_workgroup: l.max_compute_invocations_per_workgroup,
+        max_compute_workgroups_per_dimension: l.max_compute_workgroups_per_dimension,
+    }
+}
+
+/// Every adapter wgpu can see, usable or not.
+pub fn list_adapters() -> Vec<AdapterSummary> {
+    let inst = instance();
+    pollster::block_on(inst.enumerate_adapters(wgpu::Backends::all())).iter().map(summarize).collect()
+}
+
+/// A human-readable listing for `voxflip devices`.
+pub fn describe_adapters() -> String {
+    let list = list_adapters();
+    if list.is_empty() {
+        return "no GPU adapters found (voxflip will use --backend cpu)\n".to_string();
+    }
+    let mut out = String::new();
+    for (i, a) in list.iter().enumerate() {
+        out += &format!(
+            "[{i}] {} ({} {}, {}){}{}\n    driver: {}\n    max_storage_buffer_binding_size {} MiB, max_buffer_size {} MiB, \
+             workgroup storage {} KiB, invocations/workgroup {}, workgroups/dimension {}\n",
+            a.name,
+            a.backend,
+            a.device_type,
+            if a.software { "software" } else { "hardware" },
+            if a.software { " [only with --allow-software]" } else { "" },
+            if a.compute { "" } else { " [no compute shaders: unusable]" },
+            if a.driver.is_empty() { "?" } else { &a.driver },
+            a.max_storage_buffer_binding_size >> 20,
+            a.max_buffer_size >> 20,
+            a.max_compute_workgroup_storage_size / 1024,
+            a.max_compute_invocations_per_workgroup,
+            a.max_compute_workgroups_per_dimension,
+        );
+    }
+    out
+}
+
+/// Whether a hardware (non-software) adapter with compute shaders exists.
+pub fn hardware_adapter_available() -> bool {
+    list_adapters().iter().any(|a| !a.software && a.compute)
+}
+
+/// Why an adapter cannot run glm_stat, or None if it can.
+fn unsuitable(a: &wgpu::Adapter) -> Option<String> {
+    let l = a.limits();
+    if !a.get_downlevel_capabilities().flags.contains(wgpu::DownlevelFlags::COMPUTE_SHADERS) {
+        return Some("no compute shaders".into());
+    }
+    // wgpu does not check workgroup storage against the limit itself (lavapipe: 32 KiB).
+    if l.max_compute_workgroup_storage_size < glm_stat::WORKGROUP_STORAGE_BYTES {
+        return Some(format!(
+            "workgroup storage {} B < {} B needed",
+            l.max_compute_workgroup_storage_size,
+            glm_stat::WORKGROUP_STORAGE_BYTES
+        ));
+    }
+    if l.max_compute_invocations_per_workgroup < glm_stat::WG_SIZE
+        || l.max_compute_workgroup_size_x < glm_stat::WG_V
+        || l.max_compute_workgroup_size_y < glm_stat::WG_P
+    {
+        return Some(format!("workgroups of {}x{} not supported", glm_stat::WG_V, glm_stat::WG_P));
+    }
+    if l.max_storage_buffers_per_shader_stage < 7 {
+        return Some("fewer than 7 storage buffers per stage".into());
+    }
+    None
+}
+
+fn rank(info: &wgpu::AdapterInfo) -> (u32, u32) {
+    let t = match info.device_type {
+        wgpu::DeviceType::DiscreteGpu => 0,
+        wgpu::DeviceType::IntegratedGpu => 1,
+        wgpu::DeviceType::VirtualGpu => 2,
+        wgpu::DeviceType::Other => 3,
+        wgpu::DeviceType::Cpu => 4,
+    };
+    let b = if info.backend == wgpu::Backend::Gl { 1 } else { 0 };
+    (t, b)
+}
+
+/// Voxels per chunk of E for `n` rows and `q` columns of Q under `limits`: the chunk (n x
+/// chunk floats) and its [ss | observed] pair must each fit one storage binding (and at most
+/// 1 GiB, leaving room for wgpu's upload staging on a 4 GiB card), the grid must stay within
+/// the workgroups-per-dimension limit, and one row of permutation tiles over the chunk must
+/// fit the per-dispatch work bound. A multiple of the voxel tile where possible; 0 if not
+/// even one voxel fits.
+pub fn plan_chunk_voxels(limits: &wgpu::Limits, n: usize, q: usize, max_macs_per_dispatch: u64) -> usize {
+    let binding = limits.max_storage_buffer_binding_size.min(limits.max_buffer_size);
+    let cap = binding.min(E_CHUNK_CAP_BYTES);
+    // n.max(2): the [ss | observed] buffer (2 chunk floats) must fit the binding too.
+    let mut chunk_v = (cap / (4 * n.max(2) as u64)) as usize;
+    chunk_v = chunk_v.min(limits.max_compute_workgroups_per_dimension as usize * TV as usize);
+    let tile_row = (max_macs_per_dispatch / (n.max(1) as u64 * q.max(1) as u64 * TP as u64)) as usize;
+    chunk_v = chunk_v.min(tile_row.max(TV as usize));
+    if chunk_v >= TV as usize {
+        chunk_v -= chunk_v % TV as usize;
+    }
+    chunk_v
+}
+
+/// A compiled glm_stat variant and its (automatic) bind group layout.
+type Kernel = (wgpu::ComputePipeline, wgpu::BindGroupLayout);
+
+/// The glm_stat pipeline with its data path and row-source handling fixed (the `SHARED_TILES`
+/// and `HAS_SRC` overrides in the shader).
+fn build_pipeline(device: &wgpu::Device, shared_tiles: bool, has_src: bool) -> Kernel {
+    let module = device.create_shader_module(wgpu::ShaderModuleDescriptor {
+        label: Some("glm_stat"),
+        source: wgpu::ShaderSource::Wgsl(glm_stat::wgsl_source().into()),
+    });
+    let flag = |b: bool| if b { 1.0 } else { 0.0 };
+    let constants = [("SHARED_TILES", flag(shared_tiles)), ("HAS_SRC", flag(has_src))];
+    let pipeline = device.create_compute_pipeline(&wgpu::ComputePipelineDescriptor {
+        label: Some("glm_stat"),
+        layout: None,
+        module: &module,
+        entry_point: Some("main"),
+        compilation_options: wgpu::PipelineCompilationOptions {
+            constants: &constants,
+            // The shader initialises the workgroup memory it reads.
+            zero_initialize_workgroup_memory: false,
+        },
+        cache: None,
+    });
+    let layout = pipeline.get_bind_group_layout(0);
+    (pipeline, layout)
+}
+
+/// Resident data of one chunk of voxels.
+struct Chunk {
+    v0: usize,
+    vc: usize,
+    /// E[:, v0..v0+vc], n x vc row-major.
+    e: wgpu::Buffer,
+    /// [ss | observed], 2 vc floats; observed rewritten per batch.
+    vox: wgpu::Buffer,
+    /// Exceedance counts, vc u32.
+    counts: wgpu::Buffer,
+}
+
+struct Resident {
+    n: usize,
+    v: usize,
+    q: usize,
+    s: usize,
+    kind: StatKind,
+    dof: f32,
+    qbuf: wgpu::Buffer,
+    chunks: Vec<Chunk>,
+    chunk_v: usize,
+    batch: usize,
+}
+
+/// The GPU engine (see the module docs).
+pub struct GpuEngine {
+    device: wgpu::Device,
+    queue: wgpu::Queue,
+    /// glm_stat variants by `has_src` (without / with row sources), built on first use.
+    kernels: [Option<Kernel>; 2],
+    /// Which data path of glm_stat runs (its `SHARED_TILES` override).
+    shared_tiles: bool,
+    info: wgpu::AdapterInfo,
+    limits: wgpu::Limits,
+    /// Errors reported by wgpu (uncaptured errors, device loss), drained after every poll.
+    errors: Arc<Mutex<Vec<String>>>,
+    /// Set once something failed: later calls fail fast rather than trust a broken device.
+    broken: Option<String>,
+    state: Option<Resident>,
+    /// Voxels per chunk of E, overriding the size derived from the limits (tests force small
+    /// chunks with this). Takes effect at the next `prepare`.
+    pub chunk_override: Option<usize>,
+    /// Bound on multiply-adds per dispatch and per submission (see MAX_MACS_PER_DISPATCH).
+    /// Takes effect for chunking at the next `prepare`.
+    pub max_macs_per_dispatch: u64,
+    /// Largest maps buffer read back at once (bytes); a batch with maps is read back in
+    /// groups of permutations that fit it. Tests shrink it to exercise the grouping.
+    pub max_maps_bytes: u64,
+}
+
+impl GpuEngine {
+    /// Open the adapter `choice` selects, create the device with the adapter's own limits
+    /// (the defaults are smaller) and compile the pipeline.
+    pub fn new(choice: &AdapterChoice) -> Result<GpuEngine> {
+        let inst = instance();
+        let adapters = pollster::block_on(inst.enumerate_adapters(wgpu::Backends::all()));
+        let mut rejected = Vec::new();
+        let mut candidates: Vec<wgpu::Adapter> = Vec::new();
+        for a in adapters {
+            let info = a.get_info();
+            if let Some(want) = &choice.name {
+                if !info.name.to_lowercase().contains(&want.to_lowercase()) {
+                    continue;
+                }
+            }
+            if info.device_type == wgpu::DeviceType::Cpu && !choice.allow_software {
+                rejected.push(format!("{} (software; allow with --allow-software)", info.name));
+                continue;
+            }
+            if let Some(why) = unsuitable(&a) {
+                rejected.push(format!("{} ({why})", info.name));
+                continue;
+            }
+            candidates.push(a);
+        }
+        candidates.sort_by_key(|a| rank(&a.get_info()));
+        let Some(adapter) = candidates.into_iter().next() else {
+            let wanted = choice.name.as_ref().map(|n| format!(" matching '{n}'")).unwrap_or_default();
+            let skipped =
+                if rejected.is_empty() { String::new() } else { format!(" (skipped: {})", rejected.join(", ")) };
+            return Err(Error::Gpu(format!("no GPU adapter found{wanted}{skipped}; use --backend cpu")));
+        };
+        let info = adapter.get_info();
+        let limits = adapter.limits();
+        let (device, queue) = pollster::block_on(adapter.request_device(&wgpu::DeviceDescriptor {
+            label: Some("voxflip"),
+            required_features: wgpu::Features::empty(),
+            required_limits: limits.clone(),
+            ..Default::default()
+        }))
+        .map_err(|e| Error::Gpu(format!("cannot open {}: {e}", info.name)))?;
+        // Software adapters take glm_stat's direct-load path (see SHARED_TILES in the shader).
+
+        let errors: Arc<Mutex<Vec<String>>> = Arc::default();
+        let sink = errors.clone();
+        device.on_uncaptured_error(Arc::new(move |e: wgpu::Error| sink.lock().unwrap().push(e.to_string())));
+        let sink = errors.clone();
+        device.set_device_lost_callback(move |reason, msg| {
+            sink.lock().unwrap().push(format!("device lost ({reason:?}): {msg}"));
+        });
+
+        let shared_tiles = info.device_type != wgpu::DeviceType::Cpu;
+        // Sign flips need no row sources; the variant with them is built on first use.
+        let kernels = [Some(build_pipeline(&device, shared_tiles, false)), None];
+        let engine = GpuEngine {
+            device,
+            queue,
+            kernels,
+            shared_tiles,
+            info,
+            limits,
+            errors,
+            broken: None,
+            state: None,
+            chunk_override: None,
+            max_macs_per_dispatch: MAX_MACS_PER_DISPATCH,
+            max_maps_bytes: MAPS_CAP_BYTES,
+        };
+        engine.poll_checked("compiling glm_stat")?;
+        Ok(engine)
+    }
+
+    /// Whether glm_stat stages A and E through workgroup memory (the default on hardware
+    /// adapters) or reads them straight from storage (the default on software adapters).
+    pub fn shared_tiles(&self) -> bool {
+        self.shared_tiles
+    }
+
+    /// Choose glm_stat's data path (tests run both; results agree within rounding).
+    pub fn set_shared_tiles(&mut self, on: bool) -> Result<()> {
+        self.shared_tiles = on;
+        self.kernels = [None, None];
+        self.ensure_kernel(false)
+    }
+
+    /// Build the glm_stat variant for `has_src` if it is not there yet.
+    fn ensure_kernel(&mut self, has_src: bool) -> Result<()> {
+        if self.kernels[has_src as usize].is_none() {
+            self.kernels[has_src as usize] = Some(build_pipeline(&self.device, self.shared_tiles, has_src));
+            self.poll_checked("compiling glm_stat").map_err(|e| self.fail(e))?;
+        }
+        Ok(())
+    }
+
+    fn kernel(&self, params: &GlmParams) -> &Kernel {
+        self.kernels[(params.flags & FLAG_SRC != 0) as usize].as_ref().expect("ensure_kernel first")
+    }
+
+    /// The adapter in use.
+    pub fn adapter_info(&self) -> &wgpu::AdapterInfo {
+        &self.info
+    }
+
+    /// Whether the adapter is a software implementation.
+    pub fn is_software(&self) -> bool {
+        self.info.device_type == wgpu::DeviceType::Cpu
+    }
+
+    /// Voxels per E chunk of the prepared problem (0 before `prepare`).
+    pub fn chunk_voxels(&self) -> usize {
+        self.state.as_ref().map_or(0, |s| s.chunk_v)
+    }
+
+    /// Number of E chunks of the prepared problem.
+    pub fn chunks(&self) -> usize {
+        self.state.as_ref().map_or(0, |s| s.chunks.len())
+    }
+
+    /// The preferred batch (same as `Engine::preferred_batch`).
+    pub fn batch(&self) -> usize {
+        self.preferred_batch()
+    }
+
+    fn fail(&mut self, e: Error) -> Error {
+        if self.broken.is_none() {
+            self.broken = Some(e.to_string());
+        }
+        e
+    }
+
+    /// Wait for all submitted work and turn any error wgpu reported into `Error::Gpu`.
+    fn poll_checked(&self, what: &str) -> Result<()> {
+        let polled = self.device.poll(wgpu::PollType::wait_indefinitely());
+        let errs: Vec<String> = std::mem::take(&mut *self.errors.lock().unwrap());
+        if !errs.is_empty() {
+            return Err(Error::Gpu(format!("{what} on {}: {}", self.info.name, errs.join("; "))));
+        }
+        polled.map_err(|e| Error::Gpu(format!("{what} on {}: {e}", self.info.name)))?;
+        Ok(())
+    }
+
+    fn submit_checked(&self, enc: wgpu::CommandEncoder, what: &str) -> Result<()> {
+        self.queue.submit(Some(enc.finish()));
+        self.poll_checked(what)
+    }
+
+    fn encoder(&self) -> wgpu::CommandEncoder {
+        self.device.create_command_encoder(&wgpu::CommandEncoderDescriptor { label: Some("voxflip") })
+    }
+
+    fn storage_init(&self, label: &str, bytes: &[u8], extra: wgpu::BufferUsages) -> wgpu::Buffer {
+        // A binding may not be empty: pad to one word.
+        let pad = [0u8; 4];
+        let contents = if bytes.is_empty() { &pad[..] } else { bytes };
+        self.device.create_buffer_init(&wgpu::util::BufferInitDescriptor {
+            label: Some(label),
+            contents,
+            usage: wgpu::BufferUsages::STORAGE | extra,
+        })
+    }
+
+    fn storage_empty(&self, label: &str, bytes: u64, extra: wgpu::BufferUsages) -> wgpu::Buffer {
+        self.device.create_buffer(&wgpu::BufferDescriptor {
+            label: Some(label),
+            size: bytes.max(4),
+            usage: wgpu::BufferUsages::STORAGE | extra,
+            mapped_at_creation: false,
+        })
+    }
+
+    /// Copy `bytes` bytes of `buf` from `offset` back to the host.
+    fn read_back(&self, buf: &wgpu::Buffer, offset: u64, bytes: u64, what: &str) -> Result<Vec<u8>> {
+        if bytes == 0 {
+            return Ok(Vec::new());
+        }
+        let staging = self.device.create_buffer(&wgpu::BufferDescriptor {
+            label: Some("staging"),
+            size: bytes,
+            usage: wgpu::BufferUsages::MAP_READ | wgpu::BufferUsages::COPY_DST,
+            mapped_at_creation: false,
+        });
+        let mut enc = self.encoder();
+        enc.copy_buffer_to_buffer(buf, offset, &staging, 0, bytes);
+        self.submit_checked(enc, what)?;
+        let slice = staging.slice(..);
+        let (tx, rx) = std::sync::mpsc::channel();
+        slice.map_async(wgpu::MapMode::Read, move |r| {
+            let _ = tx.send(r);
+        });
+        self.poll_checked(what)?;
+        match rx.recv() {
+            Ok(Ok(())) => {}
+            Ok(Err(e)) => return Err(Error::Gpu(format!("{what}: mapping the result failed: {e}"))),
+            Err(_) => return Err(Error::Gpu(format!("{what}: mapping the result never completed"))),
+        }
+        let data = slice
+            .get_mapped_range()
+            .map_err(|e| Error::Gpu(format!("{what}: mapping the result failed: {e}")))?
+            .to_vec();
+        staging.unmap();
+        Ok(data)
+    }
+
+    #[allow(clippy::too_many_arguments)]
+    fn bind_group(
+        &self,
+        params: &GlmParams,
+        perm: &wgpu::Buffer,
+        qbuf: &wgpu::Buffer,
+        e: &wgpu::Buffer,
+        vox: &wgpu::Buffer,
+        max: &wgpu::Buffer,
+        counts: &wgpu::Buffer,
+        maps: &wgpu::Buffer,
+    ) -> wgpu::BindGroup {
+        // One small uniform buffer per dispatch: simpler than dynamic offsets, and the
+        // dispatches are large enough that its cost does not show.
+        let pbuf = self.device.create_buffer_init(&wgpu::util::BufferInitDescriptor {
+            label: Some("glm_stat params"),
+            contents: bytemuck::bytes_of(params),
+            usage: wgpu::BufferUsages::UNIFORM,
+        });
+        let bufs = [&pbuf, perm, qbuf, e, vox, max, counts, maps];
+        let entries: Vec<wgpu::BindGroupEntry> = bufs
+            .iter()
+            .enumerate()
+            .map(|(i, b)| wgpu::BindGroupEntry { binding: i as u32, resource: b.as_entire_binding() })
+            .collect();
+        self.device.create_bind_group(&wgpu::BindGroupDescriptor {
+            label: Some("glm_stat"),
+            layout: &self.kernel(params).1,
+            entries: &entries,
+        })
+    }
+
+    fn encode_dispatch(&self, enc: &mut wgpu::CommandEncoder, bg: &wgpu::BindGroup, params: &GlmParams) {
+        let (wx, wy) = glm_stat::workgroups(params, self.shared_tiles);
+        if wx == 0 || wy == 0 {
+            return;
+        }
+        let mut pass =
+            enc.begin_compute_pass(&wgpu::ComputePassDescriptor { label: Some("glm_stat"), timestamp_writes: None });
+        pass.set_pipeline(&self.kernel(params).0);
+        pass.set_bind_group(0, bg, &[]);
+        pass.dispatch_workgroups(wx, wy, 1);
+    }
+
+    /// Run glm_stat once on the device with exactly the twin's buffers
+    /// ([`cpu::glm_stat::glm_stat`]): the test hook that holds the shader against its twin.
+    /// `max_bits` and `counts` are read as initial values and overwritten with the results;
+    /// `maps` is written when `FLAG_MAPS` is set.
+    #[allow(clippy::too_many_arguments)]
+    pub fn run_glm_stat(
+        &mut self,
+        params: &GlmParams,
+        perm_words: &[u32],
+        qbasis: &[f32],
+        e: &[f32],
+        vox: &[f32],
+        max_bits: &mut [u32],
+        counts: &mut [u32],
+        maps: &mut [f32],
+    ) -> Result<()> {
+        self.ensure_kernel(params.flags & FLAG_SRC != 0)?;
+        let (wx, wy) = glm_stat::workgroups(params, self.shared_tiles);
+        let maxd = self.limits.max_compute_workgroups_per_dimension;
+        if wx > maxd || wy > maxd {
+            return Err(Error::Gpu(format!("dispatch {wx}x{wy} exceeds {maxd} workgroups per dimension")));
+        }
+        let src = wgpu::BufferUsages::COPY_SRC;
+        let none = wgpu::BufferUsages::empty();
+        let perm = self.storage_init("perm words", bytemuck::cast_slice(perm_words), none);
+        let qbuf = self.storage_init("Q", bytemuck::cast_slice(qbasis), none);
+        let ebuf = self.storage_init("E", bytemuck::cast_slice(e), none);
+        let vbuf = self.storage_init("vox", bytemuck::cast_slice(vox), none);
+        let mbuf = self.storage_init("max", bytemuck::cast_slice(max_bits), src);
+        let cbuf = self.storage_init("counts", bytemuck::cast_slice(counts), src);
+        let pbuf = self.storage_init("maps", bytemuck::cast_slice(maps), src);
+        let bg = self.bind_group(params, &perm, &qbuf, &ebuf, &vbuf, &mbuf, &cbuf, &pbuf);
+        let mut enc = self.encoder();
+        self.encode_dispatch(&mut enc, &bg, params);
+        self.submit_checked(enc, "glm_stat")?;
+        let m = self.read_back(&mbuf, 0, (max_bits.len() * 4) as u64, "glm_stat max")?;
+        max_bits.copy_from_slice(bytemuck::cast_slice(&m));
+        let c = self.read_back(&cbuf, 0, (counts.len() * 4) as u64, "glm_stat counts")?;
+        counts.copy_from_slice(bytemuck::cast_slice(&c));
+        if params.flags & FLAG_MAPS != 0 {
+            let p = self.read_back(&pbuf, 0, (maps.len() * 4) as u64, "glm_stat maps")?;
+            maps.copy_from_slice(bytemuck::cast_slice(&p));
+        }
+        Ok(())
+    }
+
+    fn prepare_inner(&mut self, pb: &ContrastProblem) -> Result<()> {
+        self.state = None;
+        let (n, v, q) = (pb.n, pb.v, pb.q);
+        if n == 0 || q == 0 || pb.s == 0 || pb.s > q {
+            return Err(Error::Gpu(format!("invalid problem: n={n}, q={q}, s={}", pb.s)));
+        }
+        if pb.e.len() != n * v || pb.qbasis.len() != n * q || pb.ss.len() != v {
+            return Err(Error::Gpu("problem buffers do not match n, v, q".into()));
+        }
+        let binding = self.limits.max_storage_buffer_binding_size.min(self.limits.max_buffer_size);
+        let mut chunk_v = plan_chunk_voxels(&self.limits, n, q, self.max_macs_per_dispatch);
+        if let Some(c) = self.chunk_override {
+            chunk_v = chunk_v.min(c.max(1));
+        }
+        if chunk_v == 0 {
+            return Err(Error::Gpu(format!("N = {n} rows do not fit one storage binding of {binding} bytes")));
+        }
+        chunk_v = chunk_v.min(v.max(1));
+        if (n * q) as u64 * 4 > binding {
+            return Err(Error::Gpu("Q does not fit one storage binding".into()));
+        }
+        let qbuf = self.storage_init("Q", bytemuck::cast_slice(&pb.qbasis), wgpu::BufferUsages::empty());
+        let mut chunks = Vec::new();
+        let mut v0 = 0;
+        while v0 < v {
+            let vc = chunk_v.min(v - v0);
+            let mut e = Vec::with_capacity(n * vc);
+            for m in 0..n {
+                e.extend_from_slice(&pb.e[m * v + v0..m * v + v0 + vc]);
+            }
+            let mut vox = vec![0.0f32; 2 * vc];
+            vox[..vc].copy_from_slice(&pb.ss[v0..v0 + vc]);
+            let copy = wgpu::BufferUsages::COPY_DST | wgpu::BufferUsages::COPY_SRC;
+            chunks.push(Chunk {
+                v0,
+                vc,
+                e: self.storage_init("E chunk", bytemuck::cast_slice(&e), wgpu::BufferUsages::empty()),
+                vox: self.storage_init("vox", bytemuck::cast_slice(&vox), wgpu::BufferUsages::COPY_DST),
+                counts: self.storage_empty("counts", 4 * vc as u64, copy),
+            });
+            drop(e);
+            // Upload chunk by chunk so that the staging copies do not pile up.
+            self.poll_checked("uploading E")?;
+            v0 += vc;
+        }
+        let per_perm = (n * q * v.max(1)) as f64;
+        let mut batch = (TARGET_MACS_PER_BATCH / per_perm) as usize;
+        batch = batch.clamp(TP as usize, 16384);
+        batch -= batch % TP as usize;
+        self.state = Some(Resident { n, v, q, s: pb.s, kind: pb.kind, dof: pb.dof, qbuf, chunks, chunk_v, batch });
+        Ok(())
+    }
+
+    fn run_inner(
+        &mut self,
+        perms: &PermSet,
+        range: Range<usize>,
+        observed: Option<&[f32]>,
+        mut maps: Option<&mut [f32]>,
+    ) -> Result<BatchResult> {
+        self.ensure_kernel(!perms.all_src().is_empty())?;
+        let st = self.state.as_ref().ok_or_else(|| Error::Gpu("run_batch before prepare".into()))?;
+        let (n, v, q) = (st.n, st.v, st.q);
+        let b = range.len();
+        if perms.n != n {
+            return Err(Error::Gpu(format!("permutation set has N = {}, problem N = {n}", perms.n)));
+        }
+        if range.end > perms.len() {
+            return Err(Error::Gpu(format!("permutations {range:?} out of {}", perms.len())));
+        }
+        if let Some(o) = observed {
+            if o.len() != v {
+                return Err(Error::Gpu(format!("observed map has {} voxels, expected {v}", o.len())));
+            }
+        }
+        if let Some(m) = maps.as_deref() {
+            if m.len() != b * v {
+                return Err(Error::Gpu(format!("maps buffer has {} values, expected {}", m.len(), b * v)));
+            }
+        }
+        if b == 0 {
+            return Ok(BatchResult {
+                max_stat: Vec::new(),
+                exceed: if observed.is_some() { vec![0; v] } else { Vec::new() },
+            });
+        }
+
+        // Permutation words of the batch: [signs, b x wpp | sources, b x n].
+        let wpp = perms.words_per_perm;
+        let has_src = !perms.all_src().is_empty();
+        let mut words: Vec<u32> = Vec::with_capacity(b * (wpp + if has_src { n } else { 0 }));
+        for j in range.clone() {
+            words.extend_from_slice(perms.flip_words(j));
+        }
+        let src_base = words.len() as u32;
+        if has_src {
+            for j in range.clone() {
+                words.extend_from_slice(perms.src(j).unwrap());
+            }
+        }
+        let binding = self.limits.max_storage_buffer_binding_size.min(self.limits.max_buffer_size);
+        if words.len() as u64 * 4 > binding {
+            return Err(Error::Gpu(format!("batch of {b} permutations is too large for one binding")));
+        }
+        let perm_buf = self.storage_init("perm words", bytemuck::cast_slice(&words), wgpu::BufferUsages::empty());
+        let max_buf = self.storage_init("max", bytemuck::cast_slice(&vec![0u32; b]), wgpu::BufferUsages::COPY_SRC);
+        let mut flags = if has_src { FLAG_SRC } else { 0 };
+        if observed.is_some() {
+            flags |= FLAG_OBSERVED;
+        }
+        if maps.is_some() {
+            flags |= FLAG_MAPS;
+        }
+        let mut enc = self.encoder();
+        for c in &st.chunks {
+            if let Some(o) = observed {
+                self.queue.write_buffer(&c.vox, (4 * c.vc) as u64, bytemuck::cast_slice(&o[c.v0..c.v0 + c.vc]));
+                enc.clear_buffer(&c.counts, 0, None);
+            }
+        }
+        // Permutations whose maps fit one readback buffer for the widest chunk.
+        let maps_cap = binding.min(self.max_maps_bytes);
+        let group = if maps.is_some() { ((maps_cap / (4 * st.chunk_v as u64)) as usize).clamp(1, b) } else { b };
+        let maps_buf = if maps.is_some() {
+            Some(self.storage_empty("maps", (4 * group * st.chunk_v) as u64, wgpu::BufferUsages::COPY_SRC))
+        } else {
+            None
+        };
+        let dummy = self.storage_empty("no maps", 4, wgpu::BufferUsages::empty());
+        let maxd = self.limits.max_compute_workgroups_per_dimension as usize;
+        let kind = match st.kind {
+            StatKind::T => 0,
+            StatKind::F => 1,
+        };
+
+        let mut pending: u64 = 0;
+        for g0 in (0..b).step_by(group) {
+            let g1 = (g0 + group).min(b);
+            for c in &st.chunks {
+                let per_perm = (c.vc * n * q) as u64;
+                let mut pd = ((self.max_macs_per_dispatch / per_perm.max(1)) as usize).max(1);
+                if pd >= TP as usize {
+                    pd -= pd % TP as usize;
+                }
+                let tile_perms = if self.shared_tiles { TP } else { glm_stat::TP_DIRECT };
+                pd = pd.min(maxd * tile_perms as usize);
+                let mut pa = g0;
+                while pa < g1 {
+                    let pz = (pa + pd).min(g1);
+                    let params = GlmParams {
+                        n: n as u32,
+                        q: q as u32,
+                        s: st.s as u32,
+                        kind,
+                        vc: c.vc as u32,
+                        n_perm: (pz - pa) as u32,
+                        perm_offset: pa as u32,
+                        wpp: wpp as u32,
+                        src_base,
+                        flags,
+                        maps_base: g0 as u32,
+                        dof: st.dof,
+                        pad: [0; 4],
+                    };
+                    let bg = self.bind_group(
+                        &params,
+                        &perm_buf,
+                        &st.qbuf,
+                        &c.e,
+                        &c.vox,
+                        &max_buf,
+                        &c.counts,
+                        maps_buf.as_ref().unwrap_or(&dummy),
+                    );
+                    self.encode_dispatch(&mut enc, &bg, &params);
+                    pending += per_perm * (pz - pa) as u64;
+                    if pending >= self.max_macs_per_dispatch {
+                        self.submit_checked(std::mem::replace(&mut enc, self.encoder()), "glm_stat")?;
+                        pending = 0;
+                    }
+                    pa = pz;
+                }
+                if let (Some(mb), Some(out)) = (maps_buf.as_ref(), maps.as_deref_mut()) {
+                    self.submit_checked(std::mem::replace(&mut enc, self.encoder()), "glm_stat")?;
+                    pending = 0;
+                    let bytes = self.read_back(mb, 0, (4 * (g1 - g0) * c.vc) as u64, "reading maps")?;
+                    let vals: &[f32] = bytemuck::cast_slice(&bytes);
+                    for (r, row) in vals.chunks_exact(c.vc).enumerate() {
+                        let at = (g0 + r) * v + c.v0;
+                        out[at..at + c.vc].copy_from_slice(row);
+                    }
+                }
+            }
+        }
+        self.submit_checked(enc, "glm_stat")?;
+
+        let keys = self.read_back(&max_buf, 0, 4 * b as u64, "reading maxima")?;
+        let max_stat: Vec<f32> =
+            bytemuck::cast_slice::<u8, u32>(&keys).iter().map(|&k| glm_stat::value_of(k)).collect();
+        let mut exceed = Vec::new();
+        if observed.is_some() {
+            exceed = vec![0u32; v];
+            for c in &st.chunks {
+                let bytes = self.read_back(&c.counts, 0, 4 * c.vc as u64, "reading counts")?;
+                exceed[c.v0..c.v0 + c.vc].copy_from_slice(bytemuck::cast_slice(&bytes));
+            }
+        }
+        Ok(BatchResult { max_stat, exceed })
+    }
+}
+
+impl Engine for GpuEngine {
+    fn describe(&self) -> String {
+        format!(
+            "gpu: {} ({:?}, {:?}, driver {} {}), glm_stat {}, E chunk {} voxels, batch {}",
+            self.info.name,
+            self.info.backend,
+            self.info.device_type,
+            self.info.driver,
+            self.info.driver_info,
+            if self.shared_tiles { "workgroup tiles" } else { "direct loads" },
+            self.chunk_voxels(),
+            self.preferred_batch()
+        )
+    }
+
+    fn prepare(&mut self, problem: &ContrastProblem) -> Result<()> {
+        if let Some(b) = &self.broken {
+            return Err(Error::Gpu(format!("engine unusable after an earlier error: {b}")));
+        }
+        self.prepare_inner(problem).map_err(|e| self.fail(e))
+    }
+
+    fn preferred_batch(&self) -> usize {
+        self.state.as_ref().map_or(1024, |s| s.batch)
+    }
+
+    fn run_batch(
+        &mut self,
+        perms: &PermSet,
+        range: Range<usize>,
+        observed: Option<&[f32]>,
+        maps: Option<&mut [f32]>,
+    ) -> Result<BatchResult> {
+        if let Some(b) = &self.broken {
+            return Err(Error::Gpu(format!("engine unusable after an earlier error: {b}")));
+        }
+        self.run_inner(perms, range, observed, maps).map_err(|e| self.fail(e))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn limits(binding: u64) -> wgpu::Limits {
+        wgpu::Limits {
+            max_storage_buffer_binding_size: binding as _,
+            max_buffer_size: binding,
+            max_compute_workgroups_per_dimension: 65535,
+            ..wgpu::Limits::default()
+        }
+    }
+
+    #[test]
+    fn a_2mm_brain_with_500_images_is_chunked_to_fit() {
+        let (n, q, v) = (500usize, 2usize, 228_000usize);
+        // lavapipe: 128 MiB per binding.
+        let c = plan_chunk_voxels(&limits(128 << 20), n, q, MAX_MACS_PER_DISPATCH);
+        assert!(c > 0 && (4 * n * c) as u64 <= 128 << 20 && c.is_multiple_of(TV as usize));
+        assert!(v.div_ceil(c) >= 4, "several chunks on lavapipe: {c}");
+        // A 4 GiB card (2 GiB bindings): chunks within the 1 GiB cap and the dispatch bound.
+        let c = plan_chunk_voxels(&limits(2 << 30), n, q, MAX_MACS_PER_DISPATCH);
+        assert!((4 * n * c) as u64 <= E_CHUNK_CAP_BYTES);
+        assert!((n * q * c * TP as usize) as u64 <= MAX_MACS_PER_DISPATCH);
+        // N = 58: one chunk of the whole brain fits both.
+        assert!(plan_chunk_voxels(&limits(128 << 20), 58, 2, MAX_MACS_PER_DISPATCH) >= v);
+    }
+}

@@ -1,0 +1,422 @@
+//! GPU stages against their CPU twins, and the GPU engine against a plain reference.
+//!
+//! Tolerances. The GPU accumulates each u_k in f32 over N terms; the twin does the same sums
+//! in the same order with fused multiply-adds, but a driver may evaluate WGSL's `/` and
+//! `sqrt` a few ULP off (Vulkan allows 2.5 ULP for division, inverse-sqrt-based sqrt) and
+//! may contract the epilogue's `u*u + acc` into an FMA. Against the f64 reference the f32 sum
+//! itself errs by about sqrt(N) * 2^-24 * sum_m |A_km E_mv| in u, which for N <= 100 and
+//! statistics of order 1 stays well under 1e-4 of max(|T|, 1). So maps and maxima must agree
+//! within 1e-4 * max(|T|, 1); exceedance counts may differ only where some T_jv lies within
+//! that band of observed_v (the tests count those voxels and bound the difference by them).
+//!
+//! Without an adapter the tests skip (print why) unless VOXFLIP_REQUIRE_GPU=1. Software
+//! adapters (lavapipe) are allowed here.
+use rand::{Rng, SeedableRng};
+use rand_chacha::ChaCha8Rng;
+use voxflip::engine::gpu::cpu::glm_stat as twin;
+use voxflip::engine::gpu::glm_stat::{key_of, value_of, GlmParams, FLAG_MAPS, FLAG_OBSERVED, FLAG_SRC};
+use voxflip::engine::gpu::{AdapterChoice, GpuEngine};
+use voxflip::engine::{statistic, ContrastProblem, Engine, StatKind};
+use voxflip::perm::{PermKind, PermSet};
+
+const RTOL: f32 = 1e-4;
+
+fn tol(x: f32) -> f32 {
+    RTOL * x.abs().max(1.0)
+}
+
+fn gpu() -> Option<GpuEngine> {
+    std::env::set_var("XDG_RUNTIME_DIR", std::env::var("XDG_RUNTIME_DIR").unwrap_or_else(|_| "/tmp".into()));
+    match GpuEngine::new(&AdapterChoice { name: None, allow_software: true }) {
+        Ok(g) => Some(g),
+        Err(e) => {
+            // An adapter that exists but fails (a shader that does not compile, a device
+            // that cannot be opened) is a failure, not a reason to skip.
+            let usable: Vec<_> = voxflip::engine::gpu::list_adapters().into_iter().filter(|a| a.compute).collect();
+            if !usable.is_empty() {
+                panic!("GPU adapter present ({}) but the engine failed: {e}", usable[0].name);
+            }
+            if std::env::var("VOXFLIP_REQUIRE_GPU").as_deref() == Ok("1") {
+                panic!("VOXFLIP_REQUIRE_GPU=1 but no usable GPU adapter: {e}");
+            }
+            println!("skipping: no GPU adapter (set VOXFLIP_REQUIRE_GPU=1 to fail instead): {e}");
+            None
+        }
+    }
+}
+
+/// Random problem with an orthonormal Q (so |u|^2 <= ss as for real data) and E with a few
+/// edge-case voxels: an all-zero column (ss = 0) and a column close to span(Q) (a large
+/// statistic, |t| ~ 30; not inside the 1e-6 clamp, where RSS is rounding noise and no two
+/// summation orders can agree to 1e-4).
+fn problem(rng: &mut ChaCha8Rng, n: usize, v: usize, q: usize, s: usize, kind: StatKind) -> ContrastProblem {
+    let mut qb = vec![0.0f64; n * q];
+    for k in 0..q {
+        let mut col: Vec<f64> = (0..n).map(|_| rng.random::<f64>() - 0.5).collect();
+        for _ in 0..2 {
+            for kp in 0..k {
+                let d: f64 = (0..n).map(|i| col[i] * qb[i * q + kp]).sum();
+                for i in 0..n {
+                    col[i] -= d * qb[i * q + kp];
+                }
+            }
+        }
+        let norm = col.iter().map(|x| x * x).sum::<f64>().sqrt();
+        for i in 0..n {
+            qb[i * q + k] = col[i] / norm;
+        }
+    }
+    let mut e: Vec<f32> = (0..n * v).map(|_| (rng.random::<f32>() - 0.5) * 3.0 + 0.3).collect();
+    if v > 2 {
+        for i in 0..n {
+            e[i * v + 1] = 0.0;
+            e[i * v + 2] = qb[i * q] as f32 * 2.0 + (rng.random::<f32>() - 0.5) * 0.2;
+        }
+    }
+    let ss: Vec<f32> = (0..v).map(|c| (0..n).map(|i| (e[i * v + c] as f64).powi(2)).sum::<f64>() as f32).collect();
+    ContrastProblem {
+        n,
+        v,
+        q,
+        s,
+        kind,
+        dof: (n - q).max(1) as f32,
+        qbasis: qb.iter().map(|&x| x as f32).collect(),
+        e,
+        ss,
+    }
+}
+
+fn perm_set(n: usize, kind: PermKind, count: usize, seed: u64) -> PermSet {
+    let labels: Vec<u32> = (0..n as u32).collect();
+    PermSet::generate(n, kind, &labels, count, seed).unwrap()
+}
+
+/// The batch's perm words as the engine lays them out: [signs | sources].
+fn perm_words(p: &PermSet) -> (Vec<u32>, u32, bool) {
+    let mut w = p.all_flip_words().to_vec();
+    let base = w.len() as u32;
+    let has_src = !p.all_src().is_empty();
+    w.extend_from_slice(p.all_src());
+    (w, base, has_src)
+}
+
+/// Compare the device result with the twin's: maps, maxima, and counts within the band.
+fn check_close(label: &str, maps_gpu: &[f32], maps_cpu: &[f32], max_gpu: &[u32], max_cpu: &[u32]) {
+    let mut worst = 0.0f32;
+    for (i, (&g, &c)) in maps_gpu.iter().zip(maps_cpu).enumerate() {
+        assert!((g - c).abs() <= tol(c), "{label}: map value {i}: gpu {g} vs cpu {c}");
+        worst = worst.max((g - c).abs() / c.abs().max(1.0));
+    }
+    for (j, (&g, &c)) in max_gpu.iter().zip(max_cpu).enumerate() {
+        let (g, c) = (value_of(g), value_of(c));
+        assert!(g == c || (g - c).abs() <= tol(c), "{label}: max of perm {j}: gpu {g} vs cpu {c}");
+    }
+    println!("{label}: worst relative map difference {worst:e}");
+}
+
+/// Counts may differ from the band-free ones only where T is within tol of observed.
+fn check_counts(label: &str, counts: &[u32], maps: &[f32], obs: &[f32], vc: usize, perms: Range) {
+    let mut ambiguous = 0;
+    for v in 0..vc {
+        let (mut lo, mut hi) = (0u32, 0u32);
+        for p in perms.clone() {
+            let t = maps[p * vc + v];
+            if t > obs[v] + tol(obs[v]) {
+                lo += 1;
+            }
+            if t >= obs[v] - tol(obs[v]) {
+                hi += 1;
+            }
+        }
+        ambiguous += (hi - lo) as usize;
+        assert!(lo <= counts[v] && counts[v] <= hi, "{label}: count at voxel {v} = {} outside [{lo}, {hi}]", counts[v]);
+    }
+    println!("{label}: {ambiguous} (perm, voxel) pairs within tolerance of observed");
+}
+type Range = std::ops::Range<usize>;
+
+struct Case {
+    n: usize,
+    vc: usize,
+    perms: usize,
+    q: usize,
+    s: usize,
+    kind: StatKind,
+    pk: PermKind,
+}
+
+#[test]
+fn glm_stat_matches_twin() {
+    let Some(mut g) = gpu() else { return };
+    println!("adapter: {}", g.describe());
+    let cases = [
+        // N, V not multiples of the tiles (KT = 32, TV = 64), perms not a multiple of TP = 32.
+        Case { n: 37, vc: 150, perms: 45, q: 1, s: 1, kind: StatKind::T, pk: PermKind::SignFlip },
+        Case { n: 64, vc: 64, perms: 32, q: 2, s: 1, kind: StatKind::T, pk: PermKind::Permute },
+        // One voxel, fewer permutations than a tile, F with s < q.
+        Case { n: 5, vc: 1, perms: 3, q: 3, s: 2, kind: StatKind::F, pk: PermKind::Both },
+        Case { n: 100, vc: 300, perms: 70, q: 4, s: 3, kind: StatKind::F, pk: PermKind::Both },
+        Case { n: 33, vc: 129, perms: 33, q: 2, s: 2, kind: StatKind::F, pk: PermKind::SignFlip },
+        Case { n: 40, vc: 200, perms: 65, q: 3, s: 1, kind: StatKind::T, pk: PermKind::Permute },
+    ];
+    for shared in [true, false] {
+        g.set_shared_tiles(shared).unwrap();
+        println!("shared tiles: {shared}");
+        twin_cases(&mut g, &cases);
+    }
+}
+
+fn twin_cases(g: &mut GpuEngine, cases: &[Case]) {
+    let mut rng = ChaCha8Rng::seed_from_u64(11);
+    for (ci, c) in cases.iter().enumerate() {
+        let pb = problem(&mut rng, c.n, c.vc, c.q, c.s, c.kind);
+        let ps = perm_set(c.n, c.pk, c.perms, 100 + ci as u64);
+        let np = ps.len();
+        let (words, src_base, has_src) = perm_words(&ps);
+        let observed: Vec<f32> = (0..c.vc).map(|_| (rng.random::<f32>() - 0.5) * 4.0).collect();
+        let mut vox = pb.ss.clone();
+        vox.extend_from_slice(&observed);
+        // Two dispatches per case: the whole set, then a sub-range with offsets, to check
+        // perm_offset / maps_base addressing.
+        for (pa, pz) in [(0, np), (np / 3, np)] {
+            let mut flags = FLAG_OBSERVED | FLAG_MAPS;
+            if has_src {
+                flags |= FLAG_SRC;
+            }
+            let params = GlmParams {
+                n: c.n as u32,
+                q: c.q as u32,
+                s: c.s as u32,
+                kind: if c.kind == StatKind::T { 0 } else { 1 },
+                vc: c.vc as u32,
+                n_perm: (pz - pa) as u32,
+                perm_offset: pa as u32,
+                wpp: ps.words_per_perm as u32,
+                src_base,
+                flags,
+                maps_base: pa as u32,
+                dof: pb.dof,
+                pad: [0; 4],
+            };
+            // Nonzero initial maxima and counts: the stage must combine, not overwrite.
+            let init_max: Vec<u32> = (0..np).map(|j| if j % 5 == 0 { key_of(1.5) } else { 0 }).collect();
+            let init_counts: Vec<u32> = (0..c.vc).map(|v| (v % 3) as u32).collect();
+            let (mut mg, mut cg, mut pg) = (init_max.clone(), init_counts.clone(), vec![0.0f32; (pz - pa) * c.vc]);
+            let (mut mc, mut cc, mut pc) = (init_max.clone(), init_counts.clone(), vec![0.0f32; (pz - pa) * c.vc]);
+            g.run_glm_stat(&params, &words, &pb.qbasis, &pb.e, &vox, &mut mg, &mut cg, &mut pg).unwrap();
+            twin::glm_stat(&params, &words, &pb.qbasis, &pb.e, &vox, &mut mc, &mut cc, &mut pc);
+            let label = format!("case {ci} perms {pa}..{pz}");
+            check_close(&label, &pg, &pc, &mg, &mc);
+            let added: Vec<u32> = cg.iter().zip(&init_counts).map(|(a, b)| a - b).collect();
+            check_counts(&label, &added, &pc, &observed, c.vc, 0..pz - pa);
+            for j in 0..pa {
+                assert_eq!(mg[j], init_max[j], "{label}: max of perm {j} outside the dispatch changed");
+            }
+            // The edge-case voxels: ss = 0 gives exactly 0.
+            if c.vc > 2 {
+                for p in 0..pz - pa {
+                    assert_eq!(pg[p * c.vc + 1], 0.0, "{label}: zero voxel");
+                }
+            }
+        }
+    }
+}
+
+#[test]
+fn glm_stat_without_maps_or_observed() {
+    // The flags off: maps untouched (dummy binding), counts unchanged, maxima still right.
+    let Some(mut g) = gpu() else { return };
+    let mut rng = ChaCha8Rng::seed_from_u64(5);
+    let (n, vc, q) = (20, 70, 2);
+    let pb = problem(&mut rng, n, vc, q, 1, StatKind::T);
+    let ps = perm_set(n, PermKind::SignFlip, 40, 9);
+    let (words, src_base, _) = perm_words(&ps);
+    let mut vox = pb.ss.clone();
+    vox.extend(std::iter::repeat_n(-1e9f32, vc));
+    let params = GlmParams {
+        n: n as u32,
+        q: q as u32,
+        s: 1,
+        kind: 0,
+        vc: vc as u32,
+        n_perm: ps.len() as u32,
+        perm_offset: 0,
+        wpp: ps.words_per_perm as u32,
+        src_base,
+        flags: 0,
+        maps_base: 0,
+        dof: pb.dof,
+        pad: [0; 4],
+    };
+    let (mut mg, mut cg, mut pg) = (vec![0u32; ps.len()], vec![0u32; vc], vec![7.0f32; 1]);
+    let (mut mc, mut cc, mut pc) = (vec![0u32; ps.len()], vec![0u32; vc], vec![7.0f32; 1]);
+    g.run_glm_stat(&params, &words, &pb.qbasis, &pb.e, &vox, &mut mg, &mut cg, &mut pg).unwrap();
+    twin::glm_stat(&params, &words, &pb.qbasis, &pb.e, &vox, &mut mc, &mut cc, &mut pc);
+    check_close("no flags", &[], &[], &mg, &mc);
+    assert!(cg.iter().all(|&c| c == 0));
+    assert_eq!(pg, vec![7.0]);
+}
+
+/// The plain reference: A_j by PermSet::coefficient_rows, u in f64, engine::statistic.
+fn reference(pb: &ContrastProblem, ps: &PermSet) -> Vec<f32> {
+    let (n, v, q) = (pb.n, pb.v, pb.q);
+    let mut out = vec![0.0f32; ps.len() * v];
+    let mut a = vec![0.0f32; q * n];
+    let mut u = vec![0.0f32; q];
+    for j in 0..ps.len() {
+        if ps.words_per_perm > 0 {
+            ps.coefficient_rows(j, &pb.qbasis, q, &mut a);
+        } else {
+            // PermSet::coefficient_rows indexes the (empty) sign words of a pure
+            // permutation set and panics; build A_j = Q' P_j from the row sources directly.
+            for m in 0..n {
+                let src = ps.source(j, m);
+                for k in 0..q {
+                    a[k * n + m] = pb.qbasis[src * q + k];
+                }
+            }
+        }
+        for vox in 0..v {
+            for k in 0..q {
+                let mut acc = 0.0f64;
+                for m in 0..n {
+                    acc += a[k * n + m] as f64 * pb.e[m * v + vox] as f64;
+                }
+                u[k] = acc as f32;
+            }
+            out[j * v + vox] = statistic(pb.kind, &u, pb.s, pb.ss[vox], pb.dof);
+        }
+    }
+    out
+}
+
+#[test]
+fn engine_matches_reference_with_small_chunks() {
+    let Some(mut g) = gpu() else { return };
+    for shared in [true, false] {
+        g.set_shared_tiles(shared).unwrap();
+        println!("shared tiles: {shared}");
+        engine_setups(&mut g);
+    }
+}
+
+fn engine_setups(g: &mut GpuEngine) {
+    let mut rng = ChaCha8Rng::seed_from_u64(3);
+    let setups = [
+        (58, 1000, 2, 1, StatKind::T, PermKind::SignFlip, 150, 97usize, 64usize),
+        (45, 333, 3, 2, StatKind::F, PermKind::Both, 100, 128, 37),
+        (30, 257, 1, 1, StatKind::T, PermKind::Permute, 90, 64, 90),
+    ];
+    for (si, &(n, v, q, s, kind, pk, np, chunk, batch)) in setups.iter().enumerate() {
+        let pb = problem(&mut rng, n, v, q, s, kind);
+        let ps = perm_set(n, pk, np, 40 + si as u64);
+        g.chunk_override = Some(chunk);
+        // Small dispatch bound so a batch is split into several dispatches and submissions.
+        g.max_macs_per_dispatch = (chunk * n * q * 48) as u64;
+        // Maps read back in groups of 10 permutations per chunk.
+        g.max_maps_bytes = (4 * chunk * 10) as u64;
+        g.prepare(&pb).unwrap();
+        assert_eq!(g.chunk_voxels(), chunk.min(v));
+        assert!(g.chunks() > 1, "chunking must be exercised");
+        let want = reference(&pb, &ps);
+        let observed = want[..v].to_vec();
+        let mut got_max = Vec::new();
+        let mut got_counts = vec![0u32; v];
+        let mut got_maps = vec![0.0f32; ps.len() * v];
+        let mut start = 0;
+        while start < ps.len() {
+            let end = (start + batch).min(ps.len());
+            let r = g.run_batch(&ps, start..end, Some(&observed), Some(&mut got_maps[start * v..end * v])).unwrap();
+            assert_eq!(r.max_stat.len(), end - start);
+            got_max.extend(r.max_stat);
+            for (c, x) in got_counts.iter_mut().zip(&r.exceed) {
+                *c += x;
+            }
+            start = end;
+        }
+        let label = format!("engine setup {si}");
+        let mut worst = 0.0f32;
+        for (i, (&gv, &w)) in got_maps.iter().zip(&want).enumerate() {
+            assert!(
+                (gv - w).abs() <= tol(w),
+                "{label}: map {i} (perm {}, voxel {}): gpu {gv} vs ref {w}",
+                i / v,
+                i % v
+            );
+            worst = worst.max((gv - w).abs() / w.abs().max(1.0));
+        }
+        for j in 0..ps.len() {
+            let wm = want[j * v..(j + 1) * v].iter().cloned().fold(f32::NEG_INFINITY, f32::max);
+            assert!((got_max[j] - wm).abs() <= tol(wm), "{label}: max of perm {j}: gpu {} vs ref {wm}", got_max[j]);
+        }
+        println!("{label}: worst relative difference {worst:e}");
+        check_counts(&label, &got_counts, &want, &observed, v, 0..ps.len());
+
+        // Without maps and observed: the same maxima, no counts.
+        let r = g.run_batch(&ps, 0..ps.len().min(33), None, None).unwrap();
+        assert!(r.exceed.is_empty());
+        for (j, m) in r.max_stat.iter().enumerate() {
+            assert!((m - got_max[j]).abs() <= tol(got_max[j]));
+        }
+    }
+}
+
+#[test]
+fn engine_rejects_bad_calls_and_missing_adapters() {
+    let e = GpuEngine::new(&AdapterChoice { name: Some("no-such-adapter-xyz".into()), allow_software: true });
+    let msg = e.err().expect("no adapter should match").to_string();
+    assert!(msg.contains("no GPU adapter found") && msg.contains("--backend cpu"), "{msg}");
+    let Some(mut g) = gpu() else { return };
+    let ps = perm_set(10, PermKind::SignFlip, 10, 1);
+    assert!(g.run_batch(&ps, 0..2, None, None).is_err(), "run before prepare");
+}
+
+/// Timing on whatever adapter is found: 1000 sign flips, N = 58, q = 2, V = 228,000.
+/// `cargo test --release --test gpu_twins -- --ignored --nocapture time_`
+#[test]
+#[ignore]
+fn time_1000_sign_flips_n58_q2_v228k() {
+    let Some(mut g) = gpu() else { return };
+    // VOXFLIP_SHARED_TILES=0/1 forces glm_stat's data path (default: per adapter type).
+    if let Ok(x) = std::env::var("VOXFLIP_SHARED_TILES") {
+        g.set_shared_tiles(x == "1").unwrap();
+    }
+    let mut rng = ChaCha8Rng::seed_from_u64(1);
+    let (n, v, q) = (58, 228_000, 2);
+    let pb = problem(&mut rng, n, v, q, 1, StatKind::T);
+    // VOXFLIP_TIME_PERMS overrides the count for quicker looks.
+    let count = std::env::var("VOXFLIP_TIME_PERMS").ok().and_then(|s| s.parse().ok()).unwrap_or(1000);
+    let ps = perm_set(n, PermKind::SignFlip, count, 2);
+    let t0 = std::time::Instant::now();
+    g.prepare(&pb).unwrap();
+    let t_prep = t0.elapsed();
+    let batch = g.preferred_batch();
+    let observed = vec![0.5f32; v];
+    let t1 = std::time::Instant::now();
+    let mut start = 0;
+    while start < ps.len() {
+        let end = (start + batch).min(ps.len());
+        g.run_batch(&ps, start..end, Some(&observed), None).unwrap();
+        start = end;
+    }
+    let secs = t1.elapsed().as_secs_f64();
+    let flops = pb.flops_per_perm() * ps.len() as f64;
+    println!(
+        "{}: prepare {:.2?}, {count} perms in {secs:.2} s ({:.1} GFLOP/s), batch {batch}, chunk {} voxels x {} chunks",
+        g.describe(),
+        t_prep,
+        flops / secs / 1e9,
+        g.chunk_voxels(),
+        g.chunks()
+    );
+}
+
+#[test]
+fn adapters_are_described() {
+    let text = voxflip::engine::gpu::describe_adapters();
+    println!("{text}");
+    let list = voxflip::engine::gpu::list_adapters();
+    assert_eq!(list.is_empty(), text.starts_with("no GPU adapters"));
+    assert_eq!(voxflip::engine::gpu::hardware_adapter_available(), list.iter().any(|a| !a.software && a.compute));
+}
