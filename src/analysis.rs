@@ -182,12 +182,37 @@ pub struct RunReport {
 }
 
 /// Choose the engine for `backend`.
+///
+/// - `Cpu`: the CPU engine.
+/// - `Gpu`: the GPU engine on the best adapter (or the one `adapter` names), software
+///   adapters such as lavapipe included; an error if none can be opened.
+/// - `Auto`: the GPU engine on a hardware adapter when one can be opened, else the CPU
+///   engine (software adapters are never chosen here: the CPU engine is much faster).
+///
+/// Says which engine runs on stderr unless `quiet`; `Engine::describe` records it in the
+/// sidecar.
 pub fn make_engine(backend: Backend, adapter: Option<&str>, quiet: bool) -> Result<Box<dyn Engine>> {
-    let _ = (adapter, quiet);
-    match backend {
-        Backend::Cpu | Backend::Auto => Ok(Box::new(CpuEngine::new())),
-        Backend::Gpu => Err(Error::Gpu("the GPU engine is not built into this version".into())),
+    use crate::engine::gpu::{AdapterChoice, GpuEngine};
+    let name = adapter.map(str::to_string);
+    let engine: Box<dyn Engine> = match backend {
+        Backend::Cpu => Box::new(CpuEngine::new()),
+        Backend::Gpu => Box::new(GpuEngine::new(&AdapterChoice { name, allow_software: true })?),
+        Backend::Auto => match GpuEngine::new(&AdapterChoice { name, allow_software: false }) {
+            Ok(g) => Box::new(g),
+            Err(e) => {
+                if !quiet {
+                    let why = e.to_string();
+                    let why = why.trim_end_matches("; use --backend cpu");
+                    eprintln!("voxflip: {why}; using the CPU engine (--backend gpu accepts software adapters)");
+                }
+                Box::new(CpuEngine::new())
+            }
+        },
+    };
+    if !quiet {
+        eprintln!("voxflip: engine: {}", engine.describe());
     }
+    Ok(engine)
 }
 
 /// randomise's output file for `{prefix}_{what}`.

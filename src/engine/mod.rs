@@ -116,11 +116,18 @@ pub fn statistic(kind: StatKind, u: &[f32], s: usize, ss: f32, dof: f32) -> f32 
 
 /// `voxflip devices`: the adapters wgpu sees.
 pub fn describe_devices() -> String {
-    "no GPU engine in this build\n".to_string()
+    gpu::describe_adapters()
 }
 
 /// The GPU engine for the benchmark, if an adapter exists (software adapters only with
 /// VOXFLIP_BENCH_SOFTWARE=1).
 pub fn bench_gpu_engine() -> Option<Box<dyn Engine>> {
-    None
+    let allow_software = std::env::var("VOXFLIP_BENCH_SOFTWARE").as_deref() == Ok("1");
+    match gpu::GpuEngine::new(&gpu::AdapterChoice { name: None, allow_software }) {
+        Ok(g) => Some(Box::new(g)),
+        Err(e) => {
+            eprintln!("gpu engine unavailable: {e}");
+            None
+        }
+    }
 }

@@ -110,7 +110,7 @@ pub fn describe_adapters() -> String {
             a.backend,
             a.device_type,
             if a.software { "software" } else { "hardware" },
-            if a.software { " [only with --allow-software]" } else { "" },
+            if a.software { " [used only with --backend gpu]" } else { "" },
             if a.compute { "" } else { " [no compute shaders: unusable]" },
             if a.driver.is_empty() { "?" } else { &a.driver },
             a.max_storage_buffer_binding_size >> 20,
@@ -281,7 +281,7 @@ impl GpuEngine {
                 }
             }
             if info.device_type == wgpu::DeviceType::Cpu && !choice.allow_software {
-                rejected.push(format!("{} (software; allow with --allow-software)", info.name));
+                rejected.push(format!("{} (software adapter: used only with --backend gpu)", info.name));
                 continue;
             }
             if let Some(why) = unsuitable(&a) {
@@ -771,17 +771,19 @@ impl GpuEngine {
 
 impl Engine for GpuEngine {
     fn describe(&self) -> String {
-        format!(
-            "gpu: {} ({:?}, {:?}, driver {} {}), glm_stat {}, E chunk {} voxels, batch {}",
+        let mut d = format!(
+            "gpu: {} ({:?}, {:?}, driver {} {}), glm_stat {}",
             self.info.name,
             self.info.backend,
             self.info.device_type,
             self.info.driver,
             self.info.driver_info,
             if self.shared_tiles { "workgroup tiles" } else { "direct loads" },
-            self.chunk_voxels(),
-            self.preferred_batch()
-        )
+        );
+        if self.state.is_some() {
+            d += &format!(", E chunk {} voxels, batch {}", self.chunk_voxels(), self.preferred_batch());
+        }
+        d
     }
 
     fn prepare(&mut self, problem: &ContrastProblem) -> Result<()> {
