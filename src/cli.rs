@@ -39,6 +39,28 @@ pub enum Command {
     Example(ExampleArgs),
     /// List the GPU adapters wgpu sees.
     Devices,
+    /// Time the CPU and GPU engines on the simulated 2 mm study in one run (ratios, GFLOP/s).
+    Bench(BenchArgs),
+}
+
+#[derive(Args, Debug, Clone)]
+pub struct BenchArgs {
+    /// Sign flips for the voxelwise timing.
+    #[arg(short = 'n', default_value_t = 5000)]
+    pub n_perm: usize,
+    /// Also time TFCE (randomise -T defaults) and its ratio to the voxelwise run.
+    #[arg(short = 'T', long = "tfce")]
+    pub tfce: bool,
+    /// Sign flips for the TFCE timing (default: the same as -n).
+    #[arg(long)]
+    pub tfce_perms: Option<usize>,
+    /// Engines: auto (CPU, plus a hardware GPU if present), gpu (CPU plus any GPU adapter,
+    /// software included), or cpu.
+    #[arg(long, value_enum, default_value_t = Backend::Auto)]
+    pub backend: Backend,
+    /// Pick the GPU adapter whose name contains this.
+    #[arg(long)]
+    pub adapter: Option<String>,
 }
 
 /// Options shared by every analysis.
@@ -287,6 +309,13 @@ pub fn run(args: Vec<String>) -> Result<()> {
         Some(Command::Devices) => {
             print!("{}", crate::engine::describe_devices());
             Ok(())
+        }
+        Some(Command::Bench(a)) => {
+            let gpu = match a.backend {
+                Backend::Cpu => None,
+                b => Some(crate::engine::gpu::AdapterChoice { name: a.adapter.clone(), allow_software: b == Backend::Gpu }),
+            };
+            crate::bench::run(a.n_perm, a.tfce, a.tfce_perms.unwrap_or(a.n_perm), gpu)
         }
         None => run_glm(&cli.glm, &args),
     }

@@ -18,5 +18,6 @@ pub mod spatial_inference;
 pub mod engine;
 pub mod spatial;
 pub mod simulate;
+pub mod bench;
 
 pub use error::{Error, Result};
