@@ -19,9 +19,11 @@
 const NONE: u32 = 0xffffffffu;
 const WG: u32 = 64u;
 // u32 slots of `results` per map: [extent, mass key] of the extent pass (slot 0), the same
-// of the mass pass (slot 2), the TFCE maximum key (4).
-const RES_STRIDE: u32 = 5u;
+// of the mass pass (slot 2), the TFCE maximum key (4), and the map's mass fixed point as
+// f32 bits, written by the host (5: scale, 6: lo_scale, 7: hi_scale; one mass pass per run).
+const RES_STRIDE: u32 = 8u;
 const RES_TFCE: u32 = 4u;
+const RES_SCALE: u32 = 5u;
 // Params.mode
 const MODE_INCLUSIVE: u32 = 0u; // cluster rule: x >= thr, NaN never
 const MODE_TFCE: u32 = 1u; // TFCE level: x > thr and x finite
@@ -36,14 +38,9 @@ struct Params {
     thr: f32,
     // h_k^H of the level (TFCE).
     hpow: f32,
-    // Fixed point of the mass: each voxel adds round(x * mass_scale) as a 64-bit integer;
-    // the sum (hi, lo) is read back as f32(i32(hi)) * mass_hi_scale + f32(lo) * mass_lo_scale.
-    mass_scale: f32,
-    mass_lo_scale: f32,
-    mass_hi_scale: f32,
     slot: u32,
     flags: u32,
-    pad0: u32,
+    pad0: vec4<u32>,
     pad1: vec4<u32>,
 }
 
@@ -189,8 +186,10 @@ fn measure(@builtin(global_invocation_id) gid: vec3<u32>, @builtin(num_workgroup
     let root = (i / p.v) * p.v + r;
     atomicAdd(&acc[3u * root], 1u);
     if (p.flags & FLAG_MASS) != 0u {
-        // |x * mass_scale| <= 2^30 for finite x (the host picks the scale); +-inf clamp.
-        let x = clamp(maps[i] * p.mass_scale, -2147483520.0, 2147483520.0);
+        // Fixed point of the mass: each voxel adds round(x * scale) as a 64-bit integer.
+        // |x * scale| <= 2^30 for finite x (the host picks the map's scale); +-inf clamp.
+        let scale = bitcast<f32>(atomicLoad(&results[(i / p.v) * RES_STRIDE + RES_SCALE]));
+        let x = clamp(maps[i] * scale, -2147483520.0, 2147483520.0);
         let q = i32(round(x));
         let lo = bitcast<u32>(q);
         let hi = select(0u, 0xffffffffu, q < 0);
@@ -200,8 +199,11 @@ fn measure(@builtin(global_invocation_id) gid: vec3<u32>, @builtin(num_workgroup
     }
 }
 
-fn mass_of(lo: u32, hi: u32) -> f32 {
-    return f32(bitcast<i32>(hi)) * p.mass_hi_scale + f32(lo) * p.mass_lo_scale;
+// A root's 64-bit sum (hi, lo) back in f32 with the map's scales.
+fn mass_of(b: u32, lo: u32, hi: u32) -> f32 {
+    let lo_scale = bitcast<f32>(atomicLoad(&results[b * RES_STRIDE + RES_SCALE + 1u]));
+    let hi_scale = bitcast<f32>(atomicLoad(&results[b * RES_STRIDE + RES_SCALE + 2u]));
+    return f32(bitcast<i32>(hi)) * hi_scale + f32(lo) * lo_scale;
 }
 
 // Per-map maximum extent (and mass) over the roots into results[map * RES_STRIDE + slot].
@@ -218,7 +220,7 @@ fn cluster_max(@builtin(global_invocation_id) gid: vec3<u32>, @builtin(num_workg
     }
     atomicMax(&results[b * RES_STRIDE + p.slot], atomicLoad(&acc[3u * i]));
     if (p.flags & FLAG_MASS) != 0u {
-        let m = mass_of(atomicLoad(&acc[3u * i + 1u]), atomicLoad(&acc[3u * i + 2u]));
+        let m = mass_of(b, atomicLoad(&acc[3u * i + 1u]), atomicLoad(&acc[3u * i + 2u]));
         atomicMax(&results[b * RES_STRIDE + p.slot + 1u], key_of(m));
     }
 }

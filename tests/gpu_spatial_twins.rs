@@ -316,8 +316,8 @@ fn extents_and_masses() {
         maps[v + 5] = f32::NAN; // NaN never enters
         for thr in [-0.5f32, 1.0, 2.3] {
             let d = gs.cluster_stats(&g, &maps, thr).unwrap();
-            let scale = twin::MassScale::for_maps(&maps, thr);
-            assert_eq!(d.scale, scale);
+            let scale: Vec<_> = maps.chunks(v).map(|m| twin::MassScale::for_map(m, thr)).collect();
+            assert_eq!(d.scales, scale);
             let parent = twin::label_components(&nbrs, width, &maps, v, thr, MODE_INCLUSIVE);
             assert_eq!(d.parent, parent);
             let acc = twin::measure(&parent, &maps, v, Some(&scale));
@@ -504,6 +504,20 @@ fn reduce_matches_cpu() {
     println!("reduce: counts differ by {differ} in total over {v} voxels x 14 maps");
     assert!(differ as usize <= v * 14 / 1000 + 2, "counts differ by {differ}");
     assert_eq!(dev.tfce_counts.len(), cpu.tfce_counts.len());
+    // The result of a map does not depend on its batch: any sub-batch size gives the same bits.
+    let maps = smooth_maps(&mut rng, &g6, 5, false);
+    let mut runs = Vec::new();
+    for sub in [None, Some(1), Some(2)] {
+        gs.max_maps_per_pass = sub;
+        let mut n = SpatialNull::default();
+        gs.reduce(&maps, v, &mut n).unwrap();
+        let bits = |x: &[f32]| x.iter().map(|f| f.to_bits()).collect::<Vec<_>>();
+        runs.push((bits(&n.tfce_max), n.tfce_counts, bits(&n.extent_max), bits(&n.mass_max)));
+    }
+    assert!(
+        runs.windows(2).all(|w| w[0] == w[1]),
+        "results depend on the sub-batch size"
+    );
     // Exact TFCE is refused.
     let exact = SpatialJob {
         tfce: Some((&g6, TfceOptions { exact: true, ..opts }, dh)),

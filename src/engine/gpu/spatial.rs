@@ -11,8 +11,9 @@
 //!
 //! Numerics (the CPU twins in `cpu/` reproduce them; tests/gpu_spatial_twins.rs):
 //! - labels are exact and deterministic (root = smallest voxel index of the component);
-//! - extents are exact; masses are 64-bit fixed point ([`MassScale`]), order independent,
-//!   within (maxabs / thr) 2^-30 + 2^-22 relative of the exact sum;
+//! - extents are exact; masses are 64-bit fixed point ([`MassScale`], one scale per map so
+//!   that a map's result does not depend on its batch), order independent, within
+//!   (maxabs / thr) 2^-30 + 2^-22 relative of the exact sum;
 //! - TFCE is summed in f32, one term per level (the CPU reference sums in f64): the GPU and
 //!   the twin differ only by the driver's rounding of `a * b + c` (it may fuse), the
 //!   reference by at most levels x 2^-24 relative.
@@ -32,8 +33,9 @@ use wgpu::util::DeviceExt;
 /// Invocations per workgroup of every spatial kernel (`WG` in the shader).
 pub const WG: u32 = 64;
 /// u32 slots per map in the results buffer (`RES_STRIDE`).
-const RES_STRIDE: usize = 5;
+const RES_STRIDE: usize = 8;
 const RES_TFCE: usize = 4;
+const RES_SCALE: usize = 5;
 /// Storage buffers the kernels bind.
 const STORAGE_BUFFERS: u32 = 9;
 /// Voxel-maps per sub-batch at most: bounds each dispatch's work (a watchdog concern on
@@ -52,12 +54,9 @@ pub struct SpatialParams {
     pub mode: u32,
     pub thr: f32,
     pub hpow: f32,
-    pub mass_scale: f32,
-    pub mass_lo_scale: f32,
-    pub mass_hi_scale: f32,
     pub slot: u32,
     pub flags: u32,
-    pub pad: [u32; 5],
+    pub pad: [u32; 8],
 }
 const _: () = assert!(std::mem::size_of::<SpatialParams>() == 64);
 const FLAG_MASS: u32 = 1;
@@ -88,7 +87,8 @@ pub struct ClusterStats {
     pub acc: Vec<[u32; 3]>,
     /// Per map: the largest extent and the largest mass (−inf when there is no cluster).
     pub max: Vec<(u32, f32)>,
-    pub scale: MassScale,
+    /// The fixed point of each map's masses.
+    pub scales: Vec<MassScale>,
 }
 
 /// Outputs of [`GpuSpatial::tfce_batch`].
@@ -565,12 +565,11 @@ impl GpuSpatial {
         let out = out.map_err(|e| self.fail(e))?;
         let acc = out.acc.chunks(3).map(|c| [c[0], c[1], c[2]]).collect();
         let max = out.results.chunks(RES_STRIDE).map(|r| (r[0], value_of(r[1]))).collect();
-        // One scale per sub-batch; the tests use one sub-batch to compare with the twin.
         Ok(ClusterStats {
             parent: out.parent,
             acc,
             max,
-            scale: out.scales[0],
+            scales: out.scales,
         })
     }
 
@@ -770,9 +769,19 @@ impl GpuSpatial {
             let nb = nb_max.min(nmaps - m0);
             let sub = &req.maps[m0 * v..(m0 + nb) * v];
             self.queue.write_buffer(&work.maps, 0, bytemuck::cast_slice(sub));
+            // Per map: maxima at their starting values, and the map's own mass fixed point (so
+            // that a map's mass does not depend on the other maps of its batch).
+            let mass_thr = req.clusters.iter().find(|c| c.mass).map(|c| c.thr);
             let mut init_results = vec![0u32; nb * RES_STRIDE];
-            for r in init_results.chunks_mut(RES_STRIDE) {
+            for (r, m) in init_results.chunks_mut(RES_STRIDE).zip(sub.chunks(v)) {
                 r[RES_TFCE] = key_of(0.0);
+                if let Some(thr) = mass_thr {
+                    let s = MassScale::for_map(m, thr);
+                    r[RES_SCALE] = s.scale.to_bits();
+                    r[RES_SCALE + 1] = s.lo_scale.to_bits();
+                    r[RES_SCALE + 2] = s.hi_scale.to_bits();
+                    out.scales.push(s);
+                }
             }
             self.queue
                 .write_buffer(&work.results, 0, bytemuck::cast_slice(&init_results));
@@ -785,15 +794,10 @@ impl GpuSpatial {
             };
             let mut params: Vec<SpatialParams> = Vec::new();
             for c in &req.clusters {
-                let scale = MassScale::for_maps(sub, c.thr);
-                out.scales.push(scale);
                 params.push(SpatialParams {
                     width: c.graph.width as u32,
                     mode,
                     thr: c.thr,
-                    mass_scale: scale.scale,
-                    mass_lo_scale: scale.lo_scale,
-                    mass_hi_scale: scale.hi_scale,
                     slot: c.slot as u32,
                     flags: if c.mass { FLAG_MASS } else { 0 },
                     ..base

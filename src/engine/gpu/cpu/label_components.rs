@@ -94,9 +94,10 @@ pub struct MassScale {
 }
 
 impl MassScale {
-    /// The scale for the voxels of `maps` that enter at `thr` (inclusive rule).
-    pub fn for_maps(maps: &[f32], thr: f32) -> Self {
-        let maxabs = maps
+    /// The scale for the voxels of one map that enter at `thr` (inclusive rule).
+    /// One per map, so that a map's masses do not depend on the other maps of its batch.
+    pub fn for_map(map: &[f32], thr: f32) -> Self {
+        let maxabs = map
             .iter()
             .filter(|&&x| x.is_finite() && active(x, thr, MODE_INCLUSIVE))
             .fold(0f32, |m, &x| m.max(x.abs()));
@@ -133,7 +134,8 @@ impl MassScale {
 }
 
 /// Twin of the `measure` pass: per voxel `[size, mass lo, mass hi]`, non-zero at roots only.
-pub fn measure(parent: &[u32], maps: &[f32], v: usize, mass: Option<&MassScale>) -> Vec<[u32; 3]> {
+/// `mass`: each map's scale.
+pub fn measure(parent: &[u32], maps: &[f32], v: usize, mass: Option<&[MassScale]>) -> Vec<[u32; 3]> {
     let mut acc = vec![[0u32; 3]; maps.len()];
     for (i, &r) in parent.iter().enumerate() {
         if r == NONE {
@@ -142,7 +144,7 @@ pub fn measure(parent: &[u32], maps: &[f32], v: usize, mass: Option<&MassScale>)
         let root = (i / v) * v + r as usize;
         acc[root][0] += 1;
         if let Some(m) = mass {
-            let q = m.fixed(maps[i]);
+            let q = m[i / v].fixed(maps[i]);
             let lo = q as u32;
             let hi = if q < 0 { u32::MAX } else { 0 };
             let (new, carry) = acc[root][1].overflowing_add(lo);
@@ -155,7 +157,7 @@ pub fn measure(parent: &[u32], maps: &[f32], v: usize, mass: Option<&MassScale>)
 
 /// Twin of the `cluster_max` pass: per map the largest extent and the largest mass (−inf
 /// when the map has no component, or without `mass`).
-pub fn cluster_max(parent: &[u32], acc: &[[u32; 3]], v: usize, mass: Option<&MassScale>) -> Vec<(u32, f32)> {
+pub fn cluster_max(parent: &[u32], acc: &[[u32; 3]], v: usize, mass: Option<&[MassScale]>) -> Vec<(u32, f32)> {
     let nmaps = parent.len() / v;
     let mut out = vec![(0u32, f32::NEG_INFINITY); nmaps];
     for (i, &r) in parent.iter().enumerate() {
@@ -165,7 +167,7 @@ pub fn cluster_max(parent: &[u32], acc: &[[u32; 3]], v: usize, mass: Option<&Mas
         let o = &mut out[i / v];
         o.0 = o.0.max(acc[i][0]);
         if let Some(m) = mass {
-            o.1 = o.1.max(m.mass_of(acc[i][1], acc[i][2]));
+            o.1 = o.1.max(m[i / v].mass_of(acc[i][1], acc[i][2]));
         }
     }
     out
