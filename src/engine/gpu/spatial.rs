@@ -18,6 +18,11 @@
 //!   the twin differ only by the driver's rounding of `a * b + c` (it may fuse), the
 //!   reference by at most levels x 2^-24 relative.
 //!
+//! Limits: a sub-batch whose maximum needs more than
+//! [`MAX_LEVELS`](super::cpu::tfce::MAX_LEVELS) TFCE levels (the CPU allows 2^24) is refused
+//! with `Error::Gpu`; each level costs five dispatches. A +inf value enters a cluster with a
+//! clamped, finite mass contribution (the CPU's mass is infinite).
+//!
 //! Exact TFCE (`--tfce-exact`) is not done here: it needs voxels sorted by value and a
 //! sequential union-find; the pipeline keeps it on the CPU and `new` refuses it.
 use super::cpu::label_components::{MassScale, MODE_INCLUSIVE, MODE_TFCE};
