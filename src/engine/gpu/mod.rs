@@ -23,6 +23,7 @@ use wgpu::util::DeviceExt;
 
 pub mod cpu;
 pub mod glm_stat;
+pub mod spatial;
 
 use glm_stat::{GlmParams, FLAG_MAPS, FLAG_OBSERVED, FLAG_SRC, TP, TV};
 

@@ -1,0 +1,944 @@
+//! Spatial inference on the GPU: connected components, cluster extent / mass and stepwise
+//! TFCE of permutation maps (`shaders/label_components.wgsl`, `shaders/tfce.wgsl`), reduced
+//! to the same null statistics as [`SpatialJob::reduce`] on the CPU.
+//!
+//! [`GpuSpatial`] opens its own device on the adapter an [`AdapterChoice`] selects, uploads
+//! the mask graphs' neighbour tables once, and for each batch uploads the maps and runs, per
+//! sub-batch of maps that fits one storage binding: the extent and mass passes (label at the
+//! cluster-forming threshold, measure, per-map maxima), then the TFCE levels (label
+//! {T > h_k}, measure sizes, accumulate size^E h_k^H), the per-map TFCE maxima and the
+//! exceedance counts. Only per-map maxima and the counts come back.
+//!
+//! Numerics (the CPU twins in `cpu/` reproduce them; tests/gpu_spatial_twins.rs):
+//! - labels are exact and deterministic (root = smallest voxel index of the component);
+//! - extents are exact; masses are 64-bit fixed point ([`MassScale`], one scale per map so
+//!   that a map's result does not depend on its batch), order independent, within
+//!   (maxabs / thr) 2^-30 + 2^-22 relative of the exact sum;
+//! - TFCE is summed in f32, one term per level (the CPU reference sums in f64): the GPU and
+//!   the twin differ only by the driver's rounding of `a * b + c` (it may fuse), the
+//!   reference by at most levels x 2^-24 relative.
+//!
+//! Limits: a sub-batch whose maximum needs more than
+//! [`MAX_LEVELS`](super::cpu::tfce::MAX_LEVELS) TFCE levels (the CPU allows 2^24) is refused
+//! with `Error::Gpu`; each level costs five dispatches. A +inf value enters a cluster with a
+//! clamped, finite mass contribution (the CPU's mass is infinite).
+//!
+//! Exact TFCE (`--tfce-exact`) is not done here: it needs voxels sorted by value and a
+//! sequential union-find; the pipeline keeps it on the CPU and `new` refuses it.
+use super::cpu::label_components::{MassScale, MODE_INCLUSIVE, MODE_TFCE};
+use super::cpu::tfce::{level_table, size_pow_table};
+use super::glm_stat::{key_of, value_of};
+use super::{instance, rank, AdapterChoice};
+use crate::error::{Error, Result};
+use crate::spatial::{MaskGraph, TfceParams};
+use crate::spatial_inference::{SpatialJob, SpatialNull};
+use std::sync::{Arc, Mutex};
+use wgpu::util::DeviceExt;
+
+/// Invocations per workgroup of every spatial kernel (`WG` in the shader).
+pub const WG: u32 = 64;
+/// u32 slots per map in the results buffer (`RES_STRIDE`).
+const RES_STRIDE: usize = 8;
+const RES_TFCE: usize = 4;
+const RES_SCALE: usize = 5;
+/// Storage buffers the kernels bind.
+const STORAGE_BUFFERS: u32 = 9;
+/// Voxel-maps per sub-batch at most: bounds each dispatch's work (a watchdog concern on
+/// desktop GPUs) and the memory, ~24 bytes per voxel-map.
+const MAX_VOXEL_MAPS: usize = 1 << 24;
+/// Dispatches per submission before the device is polled.
+const DISPATCHES_PER_SUBMIT: usize = 64;
+
+/// Uniform parameters of one dispatch; mirrors `struct Params` in label_components.wgsl.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, bytemuck::Pod, bytemuck::Zeroable)]
+pub struct SpatialParams {
+    pub v: u32,
+    pub width: u32,
+    pub nmaps: u32,
+    pub mode: u32,
+    pub thr: f32,
+    pub hpow: f32,
+    pub slot: u32,
+    pub flags: u32,
+    pub pad: [u32; 8],
+}
+const _: () = assert!(std::mem::size_of::<SpatialParams>() == 64);
+const FLAG_MASS: u32 = 1;
+
+/// The neighbour table of a mask graph as the kernels (and the twins) read it: `width`
+/// entries per voxel, in-mask neighbours ascending, then the padding value V.
+pub fn neighbour_table(g: &MaskGraph) -> (Vec<u32>, usize) {
+    let (rows, width) = g.padded_rows();
+    (rows.to_vec(), width)
+}
+
+/// The shader module source: label_components.wgsl followed by tfce.wgsl, which uses its
+/// declarations.
+pub fn wgsl_source() -> String {
+    [
+        include_str!("../../../shaders/label_components.wgsl"),
+        include_str!("../../../shaders/tfce.wgsl"),
+    ]
+    .join("\n")
+}
+
+/// Outputs of [`GpuSpatial::cluster_stats`], per voxel of the batch and per map.
+#[derive(Clone, Debug)]
+pub struct ClusterStats {
+    /// Root (map-local smallest voxel index of the component) per voxel, or `NONE`.
+    pub parent: Vec<u32>,
+    /// `[size, mass lo, mass hi]` per voxel, non-zero at roots.
+    pub acc: Vec<[u32; 3]>,
+    /// Per map: the largest extent and the largest mass (−inf when there is no cluster).
+    pub max: Vec<(u32, f32)>,
+    /// The fixed point of each map's masses.
+    pub scales: Vec<MassScale>,
+}
+
+/// Outputs of [`GpuSpatial::tfce_batch`].
+#[derive(Clone, Debug)]
+pub struct TfceBatch {
+    pub tfce: Vec<f32>,
+    pub max: Vec<f32>,
+    /// Exceedance counts over the batch (empty without an observed map).
+    pub counts: Vec<u32>,
+}
+
+struct GraphBuf {
+    buf: wgpu::Buffer,
+    width: usize,
+    v: usize,
+}
+
+struct TfceSetup {
+    graph: GraphBuf,
+    params: TfceParams,
+    dh: f32,
+    sizepow: wgpu::Buffer,
+}
+
+struct ClusterSetup {
+    graph: Option<GraphBuf>,
+    extent_thr: Option<f32>,
+    mass_thr: Option<f32>,
+}
+
+struct Pipes {
+    init: wgpu::ComputePipeline,
+    hook: wgpu::ComputePipeline,
+    compress: wgpu::ComputePipeline,
+    measure: wgpu::ComputePipeline,
+    cluster_max: wgpu::ComputePipeline,
+    accumulate: wgpu::ComputePipeline,
+    tfce_max: wgpu::ComputePipeline,
+    tfce_counts: wgpu::ComputePipeline,
+}
+
+/// One cluster-forming pass of a run.
+struct ClusterPass<'a> {
+    graph: &'a GraphBuf,
+    thr: f32,
+    slot: usize,
+    mass: bool,
+}
+
+/// What one run over a batch does and reads back.
+struct Request<'a> {
+    maps: &'a [f32],
+    v: usize,
+    clusters: Vec<ClusterPass<'a>>,
+    tfce: Option<(&'a GraphBuf, f32, f32, &'a wgpu::Buffer)>, // graph, dh, H, sizepow
+    observed: Option<&'a wgpu::Buffer>,
+    read_labels: bool,
+    read_tfce: bool,
+}
+
+#[derive(Default)]
+struct Output {
+    results: Vec<u32>,
+    parent: Vec<u32>,
+    acc: Vec<u32>,
+    tfce: Vec<f32>,
+    counts: Vec<u32>,
+    scales: Vec<MassScale>,
+}
+
+/// Device buffers of one sub-batch size, kept between calls.
+struct Work {
+    nb: usize,
+    v: usize,
+    maps: wgpu::Buffer,
+    parent: wgpu::Buffer,
+    acc: wgpu::Buffer,
+    tfce: wgpu::Buffer,
+    results: wgpu::Buffer,
+}
+
+/// Spatial statistics of permutation maps on the GPU (see the module docs).
+pub struct GpuSpatial {
+    device: wgpu::Device,
+    queue: wgpu::Queue,
+    info: wgpu::AdapterInfo,
+    limits: wgpu::Limits,
+    errors: Arc<Mutex<Vec<String>>>,
+    broken: Option<String>,
+    layout: wgpu::BindGroupLayout,
+    pipes: Pipes,
+    dummy: wgpu::Buffer,
+    tfce: Option<TfceSetup>,
+    cluster: Option<ClusterSetup>,
+    observed: Option<(wgpu::Buffer, usize)>,
+    work: Option<Work>,
+    /// Most maps per sub-batch (None: as many as the limits allow). Tests force small ones.
+    pub max_maps_per_pass: Option<usize>,
+}
+
+fn unsuitable(a: &wgpu::Adapter) -> Option<String> {
+    let l = a.limits();
+    if !a
+        .get_downlevel_capabilities()
+        .flags
+        .contains(wgpu::DownlevelFlags::COMPUTE_SHADERS)
+    {
+        return Some("no compute shaders".into());
+    }
+    if l.max_storage_buffers_per_shader_stage < STORAGE_BUFFERS {
+        return Some(format!("fewer than {STORAGE_BUFFERS} storage buffers per stage"));
+    }
+    if l.max_compute_invocations_per_workgroup < WG || l.max_compute_workgroup_size_x < WG {
+        return Some(format!("workgroups of {WG} not supported"));
+    }
+    None
+}
+
+impl GpuSpatial {
+    /// Open the adapter `choice` selects (the adapter's own limits) and compile the kernels;
+    /// nothing is configured yet (see [`GpuSpatial::configure`]).
+    pub fn open(choice: &AdapterChoice) -> Result<GpuSpatial> {
+        let inst = instance();
+        let adapters = pollster::block_on(inst.enumerate_adapters(wgpu::Backends::all()));
+        let mut rejected = Vec::new();
+        let mut candidates: Vec<wgpu::Adapter> = Vec::new();
+        for a in adapters {
+            let info = a.get_info();
+            if let Some(want) = &choice.name {
+                if !info.name.to_lowercase().contains(&want.to_lowercase()) {
+                    continue;
+                }
+            }
+            if info.device_type == wgpu::DeviceType::Cpu && !choice.allow_software {
+                rejected.push(format!("{} (software; allow with --allow-software)", info.name));
+                continue;
+            }
+            if let Some(why) = unsuitable(&a) {
+                rejected.push(format!("{} ({why})", info.name));
+                continue;
+            }
+            candidates.push(a);
+        }
+        candidates.sort_by_key(|a| rank(&a.get_info()));
+        let Some(adapter) = candidates.into_iter().next() else {
+            let wanted = choice
+                .name
+                .as_ref()
+                .map(|n| format!(" matching '{n}'"))
+                .unwrap_or_default();
+            let skipped = if rejected.is_empty() {
+                String::new()
+            } else {
+                format!(" (skipped: {})", rejected.join(", "))
+            };
+            return Err(Error::Gpu(format!(
+                "no GPU adapter found{wanted}{skipped}; use --backend cpu"
+            )));
+        };
+        let info = adapter.get_info();
+        let limits = adapter.limits();
+        let (device, queue) = pollster::block_on(adapter.request_device(&wgpu::DeviceDescriptor {
+            label: Some("voxflip spatial"),
+            required_features: wgpu::Features::empty(),
+            required_limits: limits.clone(),
+            ..Default::default()
+        }))
+        .map_err(|e| Error::Gpu(format!("cannot open {}: {e}", info.name)))?;
+        let errors: Arc<Mutex<Vec<String>>> = Arc::default();
+        let sink = errors.clone();
+        device.on_uncaptured_error(Arc::new(move |e: wgpu::Error| sink.lock().unwrap().push(e.to_string())));
+        let sink = errors.clone();
+        device.set_device_lost_callback(move |reason, msg| {
+            sink.lock().unwrap().push(format!("device lost ({reason:?}): {msg}"));
+        });
+
+        let storage = |binding: u32, read_only: bool| wgpu::BindGroupLayoutEntry {
+            binding,
+            visibility: wgpu::ShaderStages::COMPUTE,
+            ty: wgpu::BindingType::Buffer {
+                ty: wgpu::BufferBindingType::Storage { read_only },
+                has_dynamic_offset: false,
+                min_binding_size: None,
+            },
+            count: None,
+        };
+        let mut entries = vec![wgpu::BindGroupLayoutEntry {
+            binding: 0,
+            visibility: wgpu::ShaderStages::COMPUTE,
+            ty: wgpu::BindingType::Buffer {
+                ty: wgpu::BufferBindingType::Uniform,
+                has_dynamic_offset: true,
+                min_binding_size: wgpu::BufferSize::new(std::mem::size_of::<SpatialParams>() as u64),
+            },
+            count: None,
+        }];
+        // nbrs, maps, parent, acc, tfce, sizepow, results, observed, counts
+        for (b, ro) in [
+            (1, true),
+            (2, true),
+            (3, false),
+            (4, false),
+            (5, false),
+            (6, true),
+            (7, false),
+            (8, true),
+            (9, false),
+        ] {
+            entries.push(storage(b, ro));
+        }
+        let layout = device.create_bind_group_layout(&wgpu::BindGroupLayoutDescriptor {
+            label: Some("spatial"),
+            entries: &entries,
+        });
+        let pl = device.create_pipeline_layout(&wgpu::PipelineLayoutDescriptor {
+            label: Some("spatial"),
+            bind_group_layouts: &[Some(&layout)],
+            immediate_size: 0,
+        });
+        let module = device.create_shader_module(wgpu::ShaderModuleDescriptor {
+            label: Some("label_components + tfce"),
+            source: wgpu::ShaderSource::Wgsl(wgsl_source().into()),
+        });
+        let pipe = |entry: &str| {
+            device.create_compute_pipeline(&wgpu::ComputePipelineDescriptor {
+                label: Some(entry),
+                layout: Some(&pl),
+                module: &module,
+                entry_point: Some(entry),
+                compilation_options: Default::default(),
+                cache: None,
+            })
+        };
+        let pipes = Pipes {
+            init: pipe("init"),
+            hook: pipe("hook"),
+            compress: pipe("compress"),
+            measure: pipe("measure"),
+            cluster_max: pipe("cluster_max"),
+            accumulate: pipe("accumulate"),
+            tfce_max: pipe("tfce_max"),
+            tfce_counts: pipe("tfce_counts"),
+        };
+        let dummy = device.create_buffer(&wgpu::BufferDescriptor {
+            label: Some("unused binding"),
+            size: 16,
+            usage: wgpu::BufferUsages::STORAGE,
+            mapped_at_creation: false,
+        });
+        let s = GpuSpatial {
+            device,
+            queue,
+            info,
+            limits,
+            errors,
+            broken: None,
+            layout,
+            pipes,
+            dummy,
+            tfce: None,
+            cluster: None,
+            observed: None,
+            work: None,
+            max_maps_per_pass: None,
+        };
+        s.poll_checked("compiling the spatial kernels")?;
+        Ok(s)
+    }
+
+    /// [`GpuSpatial::open`] and [`GpuSpatial::configure`] for `job`.
+    pub fn new(choice: &AdapterChoice, job: &SpatialJob) -> Result<GpuSpatial> {
+        let mut s = Self::open(choice)?;
+        s.configure(job)?;
+        Ok(s)
+    }
+
+    /// Take the work of `job`: upload its graphs' neighbour tables, the TFCE size table and
+    /// the observed TFCE map. Refuses exact TFCE (CPU only).
+    pub fn configure(&mut self, job: &SpatialJob) -> Result<()> {
+        self.tfce = None;
+        self.cluster = None;
+        self.observed = None;
+        let mut v_job = None;
+        if let Some((g, o, dh)) = job.tfce {
+            if o.exact {
+                return Err(Error::Gpu(
+                    "exact TFCE is not available on the GPU (it runs on the CPU)".into(),
+                ));
+            }
+            if g.connectivity() != o.params.conn {
+                return Err(Error::Gpu("TFCE connectivity differs from the mask graph's".into()));
+            }
+            let sizepow = self.storage_init(
+                "tfce sizepow",
+                bytemuck::cast_slice(&size_pow_table(g.len(), o.params.e)),
+            );
+            self.tfce = Some(TfceSetup {
+                graph: self.upload_graph(g),
+                params: o.params,
+                dh,
+                sizepow,
+            });
+            v_job = Some(g.len());
+        }
+        if job.extent_thr.is_some() || job.mass_thr.is_some() {
+            let graph = job.cluster_graph.map(|g| self.upload_graph(g));
+            if let (Some(g), Some(v)) = (&graph, v_job) {
+                if g.v != v {
+                    return Err(Error::Gpu("TFCE and cluster graphs have different voxel counts".into()));
+                }
+            }
+            self.cluster = Some(ClusterSetup {
+                graph,
+                extent_thr: job.extent_thr,
+                mass_thr: job.mass_thr,
+            });
+        }
+        if let Some(obs) = job.tfce_observed {
+            let buf = self.storage_init("observed tfce", bytemuck::cast_slice(obs));
+            self.observed = Some((buf, obs.len()));
+        }
+        self.poll_checked("uploading the spatial tables")
+    }
+
+    /// The adapter in use.
+    pub fn adapter_info(&self) -> &wgpu::AdapterInfo {
+        &self.info
+    }
+
+    /// Reduce a batch of maps (map-major, `v` voxels each) into `null`: the same fields, in
+    /// the same order, as [`SpatialJob::reduce`] of the configured job.
+    pub fn reduce(&mut self, maps: &[f32], v: usize, null: &mut SpatialNull) -> Result<()> {
+        self.check_usable()?;
+        if v == 0 || !maps.len().is_multiple_of(v) {
+            return Err(Error::Gpu(format!(
+                "{} map values are not a whole number of maps of {v} voxels",
+                maps.len()
+            )));
+        }
+        let nmaps = maps.len() / v;
+        self.prepare(maps, v).map_err(|e| self.fail(e))?;
+        if let Some((_, n)) = &self.observed {
+            if *n != v {
+                return Err(Error::Gpu(format!("observed TFCE map has {n} voxels, maps have {v}")));
+            }
+        }
+        let mut clusters = Vec::new();
+        let (mut want_ext, mut want_mass) = (false, false);
+        if let Some(c) = &self.cluster {
+            want_ext = c.extent_thr.is_some();
+            want_mass = c.mass_thr.is_some();
+            if let Some(g) = &c.graph {
+                if g.v != v {
+                    return Err(Error::Gpu(format!("cluster graph has {} voxels, maps have {v}", g.v)));
+                }
+                if let Some(thr) = c.extent_thr {
+                    clusters.push(ClusterPass {
+                        graph: g,
+                        thr,
+                        slot: 0,
+                        mass: false,
+                    });
+                }
+                if let Some(thr) = c.mass_thr {
+                    clusters.push(ClusterPass {
+                        graph: g,
+                        thr,
+                        slot: 2,
+                        mass: true,
+                    });
+                }
+            }
+        }
+        let has_graph = self.cluster.as_ref().is_some_and(|c| c.graph.is_some());
+        let tfce = match &self.tfce {
+            Some(t) => {
+                if t.graph.v != v {
+                    return Err(Error::Gpu(format!(
+                        "TFCE graph has {} voxels, maps have {v}",
+                        t.graph.v
+                    )));
+                }
+                Some((&t.graph, t.dh, t.params.h, &t.sizepow))
+            }
+            None => None,
+        };
+        let req = Request {
+            maps,
+            v,
+            clusters,
+            tfce,
+            observed: self.observed.as_ref().map(|o| &o.0),
+            read_labels: false,
+            read_tfce: false,
+        };
+        let out = self.run(&req);
+        let out = out.map_err(|e| self.fail(e))?;
+        for j in 0..nmaps {
+            let r = &out.results[j * RES_STRIDE..(j + 1) * RES_STRIDE];
+            if self.tfce.is_some() {
+                null.tfce_max.push(value_of(r[RES_TFCE]));
+            }
+            if want_ext {
+                null.extent_max.push(if has_graph { r[0] as f32 } else { f32::NAN });
+            }
+            if want_mass {
+                // No cluster: 0, as cluster_sizes_masses.
+                null.mass_max.push(if !has_graph {
+                    f32::NAN
+                } else if r[2] == 0 {
+                    0.0
+                } else {
+                    value_of(r[3])
+                });
+            }
+        }
+        if self.observed.is_some() {
+            if null.tfce_counts.is_empty() {
+                null.tfce_counts = vec![0; v];
+            }
+            for (a, &b) in null.tfce_counts.iter_mut().zip(&out.counts) {
+                *a += b;
+            }
+        }
+        Ok(())
+    }
+
+    /// Test hook: the labels of `maps` over `g` at `thr` (`mode`: `MODE_INCLUSIVE` or
+    /// `MODE_TFCE`), as [`super::cpu::label_components::label_components`] returns them.
+    pub fn label_components(&mut self, g: &MaskGraph, maps: &[f32], thr: f32, mode: u32) -> Result<Vec<u32>> {
+        self.check_usable()?;
+        self.prepare(maps, g.len())?;
+        let graph = self.upload_graph(g);
+        let req = Request {
+            maps,
+            v: g.len(),
+            clusters: vec![ClusterPass {
+                graph: &graph,
+                thr,
+                slot: 0,
+                mass: false,
+            }],
+            tfce: None,
+            observed: None,
+            read_labels: true,
+            read_tfce: false,
+        };
+        let out = self.run_mode(&req, mode);
+        Ok(out.map_err(|e| self.fail(e))?.parent)
+    }
+
+    /// Test hook: components, sizes, masses and per-map maxima of `maps` over `g` at `thr`
+    /// (inclusive rule), as the `measure` and `cluster_max` twins give them.
+    pub fn cluster_stats(&mut self, g: &MaskGraph, maps: &[f32], thr: f32) -> Result<ClusterStats> {
+        self.check_usable()?;
+        self.prepare(maps, g.len())?;
+        let graph = self.upload_graph(g);
+        let v = g.len();
+        let req = Request {
+            maps,
+            v,
+            clusters: vec![ClusterPass {
+                graph: &graph,
+                thr,
+                slot: 0,
+                mass: true,
+            }],
+            tfce: None,
+            observed: None,
+            read_labels: true,
+            read_tfce: false,
+        };
+        let out = self.run(&req);
+        let out = out.map_err(|e| self.fail(e))?;
+        let acc = out.acc.chunks(3).map(|c| [c[0], c[1], c[2]]).collect();
+        let max = out.results.chunks(RES_STRIDE).map(|r| (r[0], value_of(r[1]))).collect();
+        Ok(ClusterStats {
+            parent: out.parent,
+            acc,
+            max,
+            scales: out.scales,
+        })
+    }
+
+    /// Test hook: stepwise TFCE maps of `maps` over `g`, per-map maxima, and counts against
+    /// `observed`, as the [`super::cpu::tfce`] twins give them.
+    pub fn tfce_batch(
+        &mut self,
+        g: &MaskGraph,
+        maps: &[f32],
+        params: &TfceParams,
+        dh: f32,
+        observed: Option<&[f32]>,
+    ) -> Result<TfceBatch> {
+        self.check_usable()?;
+        self.prepare(maps, g.len())?;
+        let graph = self.upload_graph(g);
+        let sizepow = self.storage_init("tfce sizepow", bytemuck::cast_slice(&size_pow_table(g.len(), params.e)));
+        let obs = observed.map(|o| self.storage_init("observed tfce", bytemuck::cast_slice(o)));
+        let req = Request {
+            maps,
+            v: g.len(),
+            clusters: vec![],
+            tfce: Some((&graph, dh, params.h, &sizepow)),
+            observed: obs.as_ref(),
+            read_labels: false,
+            read_tfce: true,
+        };
+        let out = self.run(&req);
+        let out = out.map_err(|e| self.fail(e))?;
+        let max = out.results.chunks(RES_STRIDE).map(|r| value_of(r[RES_TFCE])).collect();
+        Ok(TfceBatch {
+            tfce: out.tfce,
+            max,
+            counts: out.counts,
+        })
+    }
+
+    // -----------------------------------------------------------------------------------
+
+    fn check_usable(&self) -> Result<()> {
+        match &self.broken {
+            Some(b) => Err(Error::Gpu(format!(
+                "spatial kernels unusable after an earlier error: {b}"
+            ))),
+            None => Ok(()),
+        }
+    }
+
+    fn fail(&mut self, e: Error) -> Error {
+        if self.broken.is_none() {
+            self.broken = Some(e.to_string());
+        }
+        e
+    }
+
+    fn poll_checked(&self, what: &str) -> Result<()> {
+        let polled = self.device.poll(wgpu::PollType::wait_indefinitely());
+        let errs: Vec<String> = std::mem::take(&mut *self.errors.lock().unwrap());
+        if !errs.is_empty() {
+            return Err(Error::Gpu(format!("{what} on {}: {}", self.info.name, errs.join("; "))));
+        }
+        polled.map_err(|e| Error::Gpu(format!("{what} on {}: {e}", self.info.name)))?;
+        Ok(())
+    }
+
+    fn storage_init(&self, label: &str, bytes: &[u8]) -> wgpu::Buffer {
+        let pad = [0u8; 4];
+        let contents = if bytes.is_empty() { &pad[..] } else { bytes };
+        self.device.create_buffer_init(&wgpu::util::BufferInitDescriptor {
+            label: Some(label),
+            contents,
+            usage: wgpu::BufferUsages::STORAGE,
+        })
+    }
+
+    fn storage(&self, label: &str, bytes: u64) -> wgpu::Buffer {
+        self.device.create_buffer(&wgpu::BufferDescriptor {
+            label: Some(label),
+            size: bytes.max(16),
+            usage: wgpu::BufferUsages::STORAGE | wgpu::BufferUsages::COPY_SRC | wgpu::BufferUsages::COPY_DST,
+            mapped_at_creation: false,
+        })
+    }
+
+    fn upload_graph(&self, g: &MaskGraph) -> GraphBuf {
+        let (rows, width) = g.padded_rows();
+        GraphBuf {
+            buf: self.storage_init("neighbours", bytemuck::cast_slice(rows)),
+            width,
+            v: g.len(),
+        }
+    }
+
+    fn read_back(&self, buf: &wgpu::Buffer, bytes: u64, what: &str) -> Result<Vec<u8>> {
+        if bytes == 0 {
+            return Ok(Vec::new());
+        }
+        let staging = self.device.create_buffer(&wgpu::BufferDescriptor {
+            label: Some("staging"),
+            size: bytes,
+            usage: wgpu::BufferUsages::MAP_READ | wgpu::BufferUsages::COPY_DST,
+            mapped_at_creation: false,
+        });
+        let mut enc = self.device.create_command_encoder(&Default::default());
+        enc.copy_buffer_to_buffer(buf, 0, &staging, 0, bytes);
+        self.queue.submit(Some(enc.finish()));
+        let slice = staging.slice(..);
+        let (tx, rx) = std::sync::mpsc::channel();
+        slice.map_async(wgpu::MapMode::Read, move |r| {
+            let _ = tx.send(r);
+        });
+        self.poll_checked(what)?;
+        match rx.recv() {
+            Ok(Ok(())) => {}
+            Ok(Err(e)) => return Err(Error::Gpu(format!("{what}: mapping the result failed: {e}"))),
+            Err(_) => return Err(Error::Gpu(format!("{what}: mapping the result never completed"))),
+        }
+        let data = slice
+            .get_mapped_range()
+            .map_err(|e| Error::Gpu(format!("{what}: mapping the result failed: {e}")))?
+            .to_vec();
+        staging.unmap();
+        Ok(data)
+    }
+
+    /// Maps per sub-batch for maps of `v` voxels: the per-voxel accumulators (12 bytes per
+    /// voxel-map) must fit one storage binding, indices 3 * i must fit u32, and a dispatch
+    /// covers at most MAX_VOXEL_MAPS voxel-maps.
+    fn maps_per_pass(&self, v: usize, nmaps: usize) -> Result<usize> {
+        let binding = self
+            .limits
+            .max_storage_buffer_binding_size
+            .min(self.limits.max_buffer_size) as usize;
+        let mut nb = (binding / (12 * v))
+            .min((u32::MAX as usize / 3) / v)
+            .min((MAX_VOXEL_MAPS / v).max(1));
+        if let Some(m) = self.max_maps_per_pass {
+            nb = nb.min(m.max(1));
+        }
+        if nb == 0 {
+            return Err(Error::Gpu(format!(
+                "maps of {v} voxels do not fit one storage binding of {binding} bytes"
+            )));
+        }
+        Ok(nb.min(nmaps.max(1)))
+    }
+
+    fn ensure_work(&mut self, nb: usize, v: usize) {
+        if self.work.as_ref().is_some_and(|w| w.nb == nb && w.v == v) {
+            return;
+        }
+        let n = (nb * v) as u64;
+        self.work = Some(Work {
+            nb,
+            v,
+            maps: self.storage("maps", n * 4),
+            parent: self.storage("parent", n * 4),
+            acc: self.storage("acc", n * 12),
+            tfce: self.storage("tfce", n * 4),
+            results: self.storage("results", (nb * RES_STRIDE * 4) as u64),
+        });
+    }
+
+    /// Size the sub-batch buffers for maps of `v` voxels (before building a request).
+    fn prepare(&mut self, maps: &[f32], v: usize) -> Result<()> {
+        if v == 0 || !maps.len().is_multiple_of(v) {
+            return Err(Error::Gpu(format!(
+                "{} values are not whole maps of {v} voxels",
+                maps.len()
+            )));
+        }
+        let nb = self.maps_per_pass(v, maps.len() / v)?;
+        self.ensure_work(nb, v);
+        Ok(())
+    }
+
+    fn run(&self, req: &Request) -> Result<Output> {
+        self.run_mode(req, MODE_INCLUSIVE)
+    }
+
+    /// Runs `req` over sub-batches. `mode` applies to the cluster passes (the test hook for
+    /// labels uses MODE_TFCE too).
+    fn run_mode(&self, req: &Request, mode: u32) -> Result<Output> {
+        let v = req.v;
+        let work = self
+            .work
+            .as_ref()
+            .filter(|w| w.v == v)
+            .ok_or_else(|| Error::Gpu("run before prepare".into()))?;
+        let nmaps = req.maps.len() / v;
+        let nb_max = work.nb;
+        let counts = self.storage("counts", (v * 4) as u64);
+        let mut out = Output::default();
+        let align = self.limits.min_uniform_buffer_offset_alignment.max(64) as usize;
+        let maxd = self.limits.max_compute_workgroups_per_dimension as usize;
+        for m0 in (0..nmaps).step_by(nb_max) {
+            let nb = nb_max.min(nmaps - m0);
+            let sub = &req.maps[m0 * v..(m0 + nb) * v];
+            self.queue.write_buffer(&work.maps, 0, bytemuck::cast_slice(sub));
+            // Per map: maxima at their starting values, and the map's own mass fixed point (so
+            // that a map's mass does not depend on the other maps of its batch).
+            let mass_thr = req.clusters.iter().find(|c| c.mass).map(|c| c.thr);
+            let mut init_results = vec![0u32; nb * RES_STRIDE];
+            for (r, m) in init_results.chunks_mut(RES_STRIDE).zip(sub.chunks(v)) {
+                r[RES_TFCE] = key_of(0.0);
+                if let Some(thr) = mass_thr {
+                    let s = MassScale::for_map(m, thr);
+                    r[RES_SCALE] = s.scale.to_bits();
+                    r[RES_SCALE + 1] = s.lo_scale.to_bits();
+                    r[RES_SCALE + 2] = s.hi_scale.to_bits();
+                    out.scales.push(s);
+                }
+            }
+            self.queue
+                .write_buffer(&work.results, 0, bytemuck::cast_slice(&init_results));
+
+            // Parameter slots: one per cluster pass, one per TFCE level, one for the tail.
+            let base = SpatialParams {
+                nmaps: nb as u32,
+                v: v as u32,
+                ..Default::default()
+            };
+            let mut params: Vec<SpatialParams> = Vec::new();
+            for c in &req.clusters {
+                params.push(SpatialParams {
+                    width: c.graph.width as u32,
+                    mode,
+                    thr: c.thr,
+                    slot: c.slot as u32,
+                    flags: if c.mass { FLAG_MASS } else { 0 },
+                    ..base
+                });
+            }
+            let n_cluster = params.len();
+            if let Some((g, dh, h_exp, _)) = req.tfce {
+                let (hs, hpow) = level_table(sub, dh, h_exp).map_err(Error::Gpu)?;
+                for (k, &h) in hs.iter().enumerate() {
+                    if hpow[k] != 0.0 {
+                        params.push(SpatialParams {
+                            width: g.width as u32,
+                            mode: MODE_TFCE,
+                            thr: h,
+                            hpow: hpow[k],
+                            ..base
+                        });
+                    }
+                }
+            }
+            params.push(base);
+            let mut bytes = vec![0u8; params.len() * align];
+            for (i, p) in params.iter().enumerate() {
+                bytes[i * align..i * align + 64].copy_from_slice(bytemuck::bytes_of(p));
+            }
+            let pbuf = self.device.create_buffer_init(&wgpu::util::BufferInitDescriptor {
+                label: Some("spatial params"),
+                contents: &bytes,
+                usage: wgpu::BufferUsages::UNIFORM,
+            });
+            let bind = |nbrs: &wgpu::Buffer, sizepow: &wgpu::Buffer| {
+                let bufs: [&wgpu::Buffer; 9] = [
+                    nbrs,
+                    &work.maps,
+                    &work.parent,
+                    &work.acc,
+                    &work.tfce,
+                    sizepow,
+                    &work.results,
+                    req.observed.unwrap_or(&self.dummy),
+                    &counts,
+                ];
+                let mut entries = vec![wgpu::BindGroupEntry {
+                    binding: 0,
+                    resource: wgpu::BindingResource::Buffer(wgpu::BufferBinding {
+                        buffer: &pbuf,
+                        offset: 0,
+                        size: wgpu::BufferSize::new(64),
+                    }),
+                }];
+                for (i, b) in bufs.iter().enumerate() {
+                    entries.push(wgpu::BindGroupEntry {
+                        binding: i as u32 + 1,
+                        resource: b.as_entire_binding(),
+                    });
+                }
+                self.device.create_bind_group(&wgpu::BindGroupDescriptor {
+                    label: Some("spatial"),
+                    layout: &self.layout,
+                    entries: &entries,
+                })
+            };
+            let groups = |threads: usize| -> (u32, u32) {
+                let wg = threads.div_ceil(WG as usize);
+                if wg <= maxd {
+                    (wg as u32, 1)
+                } else {
+                    (maxd as u32, wg.div_ceil(maxd) as u32)
+                }
+            };
+            let all = groups(nb * v);
+            let mut enc = self.device.create_command_encoder(&Default::default());
+            enc.clear_buffer(&work.tfce, 0, None);
+            let mut pending = 0usize;
+            let dispatch = |enc: &mut wgpu::CommandEncoder,
+                            pipe: &wgpu::ComputePipeline,
+                            bg: &wgpu::BindGroup,
+                            slot: usize,
+                            (wx, wy): (u32, u32)| {
+                let mut pass = enc.begin_compute_pass(&Default::default());
+                pass.set_pipeline(pipe);
+                pass.set_bind_group(0, bg, &[(slot * align) as u32]);
+                pass.dispatch_workgroups(wx, wy, 1);
+            };
+            let p = &self.pipes;
+            for (ci, c) in req.clusters.iter().enumerate() {
+                let bg = bind(&c.graph.buf, &self.dummy);
+                for pipe in [&p.init, &p.hook, &p.compress, &p.measure, &p.cluster_max] {
+                    dispatch(&mut enc, pipe, &bg, ci, all);
+                }
+                pending += 5;
+            }
+            let tail = params.len() - 1;
+            if let Some((g, _, _, sizepow)) = req.tfce {
+                let bg = bind(&g.buf, sizepow);
+                for slot in n_cluster..tail {
+                    for pipe in [&p.init, &p.hook, &p.compress, &p.measure, &p.accumulate] {
+                        dispatch(&mut enc, pipe, &bg, slot, all);
+                    }
+                    pending += 5;
+                    if pending >= DISPATCHES_PER_SUBMIT {
+                        let full = std::mem::replace(&mut enc, self.device.create_command_encoder(&Default::default()));
+                        self.queue.submit(Some(full.finish()));
+                        self.poll_checked("TFCE levels")?;
+                        pending = 0;
+                    }
+                }
+                dispatch(&mut enc, &p.tfce_max, &bg, tail, all);
+                if req.observed.is_some() {
+                    dispatch(&mut enc, &p.tfce_counts, &bg, tail, groups(v));
+                }
+            }
+            self.queue.submit(Some(enc.finish()));
+            self.poll_checked("spatial kernels")?;
+
+            let res = self.read_back(&work.results, (nb * RES_STRIDE * 4) as u64, "reading spatial results")?;
+            out.results.extend_from_slice(bytemuck::cast_slice(&res));
+            if req.read_labels {
+                let n = (nb * v) as u64;
+                out.parent
+                    .extend_from_slice(bytemuck::cast_slice(&self.read_back(&work.parent, n * 4, "labels")?));
+                out.acc
+                    .extend_from_slice(bytemuck::cast_slice(&self.read_back(&work.acc, n * 12, "sizes")?));
+            }
+            if req.read_tfce {
+                let n = (nb * v) as u64;
+                out.tfce
+                    .extend_from_slice(bytemuck::cast_slice(&self.read_back(&work.tfce, n * 4, "TFCE maps")?));
+            }
+        }
+        if req.observed.is_some() && req.tfce.is_some() {
+            out.counts = bytemuck::cast_slice(&self.read_back(&counts, (v * 4) as u64, "TFCE counts")?).to_vec();
+        } else if req.observed.is_some() {
+            // No TFCE: every map is all zeros, as on the CPU.
+            out.counts = vec![0; v];
+        }
+        Ok(out)
+    }
+}
