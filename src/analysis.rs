@@ -3,6 +3,7 @@
 use crate::data::Dataset;
 use crate::design::Design;
 use crate::engine::cpu::CpuEngine;
+use crate::engine::gpu::spatial::GpuSpatial;
 use crate::engine::{ContrastProblem, Engine, StatKind};
 use crate::error::{Error, Result};
 use crate::glm::{identical_row_labels, ContrastModel};
@@ -175,6 +176,8 @@ pub struct RunReport {
     pub permutation_kind: PermKind,
     pub permutation_reason: String,
     pub backend: String,
+    /// Where TFCE / cluster statistics ran (None without them).
+    pub spatial_backend: Option<String>,
     pub p_values: &'static str,
     pub contrasts: Vec<ContrastSummary>,
     pub seconds_total: f64,
@@ -215,6 +218,41 @@ pub fn make_engine(backend: Backend, adapter: Option<&str>, quiet: bool) -> Resu
     Ok(engine)
 }
 
+/// Make `slot` a GPU spatial reducer configured for `job` when the engine wants spatial
+/// statistics on its device (a hardware adapter, see `Engine::spatial_adapter`) and the job
+/// can run there (not exact TFCE). Returns the adapter's name, or None to reduce on the CPU
+/// (saying why on stderr when the GPU was wanted but failed).
+pub fn gpu_spatial_for(engine: &dyn Engine, job: &SpatialJob, slot: &mut Option<GpuSpatial>, quiet: bool) -> Option<String> {
+    let choice = engine.spatial_adapter()?;
+    if job.tfce.is_some_and(|(_, o, _)| o.exact) {
+        if !quiet {
+            eprintln!("voxflip: exact TFCE runs on the CPU");
+        }
+        return None;
+    }
+    if slot.is_none() {
+        match GpuSpatial::open(&choice) {
+            Ok(g) => {
+                if !quiet {
+                    eprintln!("voxflip: spatial statistics (TFCE, clusters) on the GPU: {}", g.adapter_info().name);
+                }
+                *slot = Some(g)
+            }
+            Err(e) => {
+                eprintln!("voxflip: spatial statistics on the CPU: {e}");
+                return None;
+            }
+        }
+    }
+    let gs = slot.as_mut()?;
+    if let Err(e) = gs.configure(job) {
+        eprintln!("voxflip: spatial statistics on the CPU: {e}");
+        *slot = None;
+        return None;
+    }
+    Some(gs.adapter_info().name.clone())
+}
+
 /// randomise's output file for `{prefix}_{what}`.
 fn out_path(prefix: &str, what: &str, ext: &str) -> PathBuf {
     PathBuf::from(format!("{prefix}_{what}{ext}"))
@@ -246,6 +284,9 @@ pub fn run(ds: &Dataset, design: &Design, opts: &AnalysisOptions, prefix: &str) 
     let mut tables: Vec<ClusterTableJob> = Vec::new();
     let progress = crate::progress::bar((nperm * design.contrasts.len()) as u64, opts.quiet);
     let mut summaries = Vec::new();
+    // Spatial statistics run on the GPU engine's adapter when it is hardware (opened once).
+    let mut gpu_spatial: Option<GpuSpatial> = None;
+    let mut spatial_backend: Option<String> = None;
     for (ci, contrast) in design.contrasts.iter().enumerate() {
         let t0 = Instant::now();
         let model = ContrastModel::new(&design.m, contrast).map_err(Error::usage)?;
@@ -284,7 +325,18 @@ pub fn run(ds: &Dataset, design: &Design, opts: &AnalysisOptions, prefix: &str) 
             job.tfce_observed = Some(&tfce_obs);
         }
         let spatial_job = if sp.tfce.is_some() || extent_thr.is_some() || mass_thr.is_some() { Some(&job) } else { None };
-        let (null, counts, snull) = permute_contrast(&mut engine, &problem, &perms, &observed, spatial_job, &progress)?;
+        let on_gpu = match spatial_job {
+            Some(job) => gpu_spatial_for(&*engine, job, &mut gpu_spatial, opts.quiet),
+            None => None,
+        };
+        if let Some(name) = &on_gpu {
+            spatial_backend = Some(format!("gpu: {name}"));
+        } else if spatial_job.is_some() {
+            spatial_backend.get_or_insert_with(|| format!("cpu ({} threads)", rayon::current_num_threads()));
+        }
+        let gs = if on_gpu.is_some() { gpu_spatial.as_mut() } else { None };
+        let (null, counts, snull) =
+            permute_contrast_with(&mut engine, &problem, &perms, &observed, spatial_job, gs, &progress)?;
         let seconds = t0.elapsed().as_secs_f64();
         let null = MaxStatNull::new(null);
         let mut spatial_summary = Vec::new();
@@ -364,6 +416,7 @@ pub fn run(ds: &Dataset, design: &Design, opts: &AnalysisOptions, prefix: &str) 
         permutation_kind: opts.perm_kind,
         permutation_reason: opts.perm_reason.clone(),
         backend: engine.describe(),
+        spatial_backend,
         p_values: match opts.scale {
             PScale::OneMinusP => "1 - p (randomise convention)",
             PScale::NegLog10 => "-log10(p)",
@@ -422,6 +475,21 @@ pub fn permute_contrast(
     spatial: Option<&SpatialJob>,
     progress: &indicatif::ProgressBar,
 ) -> Result<(Vec<f32>, Vec<u32>, SpatialNull)> {
+    permute_contrast_with(engine, problem, perms, observed, spatial, None, progress)
+}
+
+/// [`permute_contrast`], with the spatial statistics of each batch computed by `gpu_spatial`
+/// (configured for `spatial`) when given. If the GPU fails there, voxflip says so and
+/// reduces that batch and the rest on the CPU; nothing of a failed batch is kept.
+pub fn permute_contrast_with(
+    engine: &mut Box<dyn Engine>,
+    problem: &ContrastProblem,
+    perms: &PermSet,
+    observed: &[f32],
+    spatial: Option<&SpatialJob>,
+    mut gpu_spatial: Option<&mut GpuSpatial>,
+    progress: &indicatif::ProgressBar,
+) -> Result<(Vec<f32>, Vec<u32>, SpatialNull)> {
     let v = problem.v;
     let nperm = perms.len();
     let mut null = Vec::with_capacity(nperm);
@@ -444,7 +512,23 @@ pub fn permute_contrast(
             *c += x;
         }
         if let Some(job) = spatial {
-            job.reduce(&maps[..b * v], v, &mut snull);
+            let mut reduced = false;
+            if let Some(gs) = gpu_spatial.as_deref_mut() {
+                let mut part = SpatialNull::default();
+                match gs.reduce(&maps[..b * v], v, &mut part) {
+                    Ok(()) => {
+                        snull.append(part);
+                        reduced = true;
+                    }
+                    Err(e) => {
+                        eprintln!("voxflip: GPU spatial statistics failed ({e}); continuing on the CPU from this batch");
+                        gpu_spatial = None;
+                    }
+                }
+            }
+            if !reduced {
+                job.reduce(&maps[..b * v], v, &mut snull);
+            }
         }
         done += b;
         progress.inc(b as u64);

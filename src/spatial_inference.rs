@@ -53,6 +53,22 @@ pub struct SpatialNull {
     pub mass_max: Vec<f32>,
 }
 
+impl SpatialNull {
+    /// Append the nulls of later permutations (`other`) to these.
+    pub fn append(&mut self, other: SpatialNull) {
+        self.tfce_max.extend(other.tfce_max);
+        self.extent_max.extend(other.extent_max);
+        self.mass_max.extend(other.mass_max);
+        if self.tfce_counts.is_empty() {
+            self.tfce_counts = other.tfce_counts;
+        } else {
+            for (a, b) in self.tfce_counts.iter_mut().zip(other.tfce_counts) {
+                *a += b;
+            }
+        }
+    }
+}
+
 impl SpatialJob<'_> {
     /// TFCE of one map (all voxels).
     pub fn tfce_map(&self, map: &[f32], ws: &mut Workspace, out: &mut [f32]) {

@@ -1,6 +1,8 @@
 //! The whole pipeline on the GPU engine equals the same run on the CPU engine: the
 //! simulated two-group, two-time study (small grid) through `voxflip interaction` with
-//! voxelwise, TFCE and cluster-extent inference, both backends from the same seed.
+//! voxelwise, TFCE and cluster-extent inference, both backends from the same seed; the GPU
+//! run computes the spatial statistics on the GPU too (shaders/label_components.wgsl,
+//! shaders/tfce.wgsl).
 //!
 //! Tolerances (see tests/gpu_twins.rs for the derivation): statistic maps and the max-T
 //! null agree within 1e-4 * max(|T|, 1). TFCE and cluster statistics are discontinuous in
@@ -18,6 +20,9 @@ use std::process::Command;
 fn voxflip(dir: &Path, args: &[&str]) -> String {
     let out = Command::new(env!("CARGO_BIN_EXE_voxflip"))
         .args(args)
+        // TFCE and clusters on the GPU too, even on a software adapter (where the default
+        // is the CPU, which is much faster there).
+        .env("VOXFLIP_GPU_SPATIAL", "1")
         .current_dir(dir)
         .env("XDG_RUNTIME_DIR", std::env::var("XDG_RUNTIME_DIR").unwrap_or_else(|_| "/tmp".into()))
         .output()
@@ -73,18 +78,20 @@ fn gpu_pipeline_equals_cpu_pipeline() {
             &[
                 "interaction", "--pre", "data/pre.nii.gz", "--post", "data/post.nii.gz", "--participants",
                 "data/participants.tsv", "--group-column", "group", "-m", "data/mask.nii.gz", "-o", &prefix, "-n",
-                "200", "--seed", "7", "-x", "--uncorrp", "-T", "-c", "2.3", "--save-null", "--backend", backend,
+                "60", "--seed", "7", "-x", "--uncorrp", "-T", "-c", "2.3", "--save-null", "--backend", backend,
             ],
         ));
     }
     assert!(logs[1].contains("engine: gpu"), "the GPU run must say it used the GPU engine: {}", logs[1]);
+    let sidecar = std::fs::read_to_string(d.join("gpu/ia_voxflip.json")).unwrap();
+    assert!(sidecar.contains("\"spatial_backend\": \"gpu: "), "spatial statistics must have run on the GPU: {sidecar}");
     let (c, g) = (d.join("cpu"), d.join("gpu"));
     for con in ["tstat1", "tstat2", "tstat3"] {
         let (tc, tg) = (map(&c, &format!("ia_{con}.nii.gz")), map(&g, &format!("ia_{con}.nii.gz")));
         let bad = tc.iter().zip(&tg).filter(|(a, b)| !close(**a, **b, 1e-4)).count();
         assert_eq!(bad, 0, "{con}: t maps differ beyond 1e-4 at {bad} voxels");
         let (nc, ng) = (null(&c, &format!("ia_null_{con}.txt")), null(&g, &format!("ia_null_{con}.txt")));
-        assert_eq!(nc.len(), 200);
+        assert_eq!(nc.len(), 60);
         assert_eq!(nc.len(), ng.len());
         for (j, (a, b)) in nc.iter().zip(&ng).enumerate() {
             assert!(close(*a, *b, 1e-4), "{con}: max-T null differs at permutation {j}: {a} vs {b}");

@@ -81,6 +81,13 @@ pub trait Engine {
         observed: Option<&[f32]>,
         maps: Option<&mut [f32]>,
     ) -> Result<BatchResult>;
+    /// The GPU adapter on which the spatial statistics (TFCE, clusters) of this engine's
+    /// maps should run, if any: the GPU engine's own adapter when it is hardware. Software
+    /// adapters (lavapipe) reduce on the CPU, which is far faster there;
+    /// VOXFLIP_GPU_SPATIAL=1 forces the GPU (tests), =0 forbids it.
+    fn spatial_adapter(&self) -> Option<gpu::AdapterChoice> {
+        None
+    }
 }
 
 /// The statistic from the projected coefficients u (length q) and the voxel's ||E||^2,

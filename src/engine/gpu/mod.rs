@@ -771,6 +771,15 @@ impl GpuEngine {
 }
 
 impl Engine for GpuEngine {
+    fn spatial_adapter(&self) -> Option<AdapterChoice> {
+        let wanted = match std::env::var("VOXFLIP_GPU_SPATIAL").as_deref() {
+            Ok("0") => false,
+            Ok("1") => true,
+            _ => !self.is_software(),
+        };
+        wanted.then(|| AdapterChoice { name: Some(self.info.name.clone()), allow_software: true })
+    }
+
     fn describe(&self) -> String {
         let mut d = format!(
             "gpu: {} ({:?}, {:?}, driver {} {}), glm_stat {}",

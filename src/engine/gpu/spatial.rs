@@ -228,7 +228,7 @@ impl GpuSpatial {
                 }
             }
             if info.device_type == wgpu::DeviceType::Cpu && !choice.allow_software {
-                rejected.push(format!("{} (software; allow with --allow-software)", info.name));
+                rejected.push(format!("{} (software adapter: used only with --backend gpu)", info.name));
                 continue;
             }
             if let Some(why) = unsuitable(&a) {
