@@ -253,6 +253,20 @@ pub fn gpu_spatial_for(engine: &dyn Engine, job: &SpatialJob, slot: &mut Option<
     Some(gs.adapter_info().name.clone())
 }
 
+/// Permutation 0 is the identity, so its maximum is the observed map's maximum by
+/// definition. Where the null comes from another arithmetic than the observed values (the
+/// GPU's fixed-point cluster masses against the CPU's f64 sums), rounding could put it a
+/// hair below, and the most extreme voxel would get p = 0 instead of at least 1/P: raise it.
+fn with_identity_floor(mut null: Vec<f32>, observed: &[f32]) -> Vec<f32> {
+    let obs_max = observed.iter().copied().filter(|x| !x.is_nan()).fold(f32::NEG_INFINITY, f32::max);
+    if let Some(first) = null.first_mut() {
+        if obs_max > *first {
+            *first = obs_max;
+        }
+    }
+    null
+}
+
 /// randomise's output file for `{prefix}_{what}`.
 fn out_path(prefix: &str, what: &str, ext: &str) -> PathBuf {
     PathBuf::from(format!("{prefix}_{what}{ext}"))
@@ -319,16 +333,38 @@ pub fn run(ds: &Dataset, design: &Design, opts: &AnalysisOptions, prefix: &str) 
         if let Some(g) = cluster_graph {
             job.cluster_graph = Some(&graphs[g].1);
         }
+        let spatial_job_wanted = sp.tfce.is_some() || extent_thr.is_some() || mass_thr.is_some();
+        let mut on_gpu =
+            if spatial_job_wanted { gpu_spatial_for(&*engine, &job, &mut gpu_spatial, opts.quiet) } else { None };
         let mut tfce_obs = vec![0f32; ds.v];
-        if job.tfce.is_some() {
-            job.tfce_map(&observed, &mut crate::spatial::Workspace::new(), &mut tfce_obs);
+        if let Some((g, o, dh)) = job.tfce {
+            // The observed TFCE map comes from where the permutations' maps are reduced, so
+            // that the identity permutation's TFCE equals it exactly and counts itself.
+            let mut done = false;
+            if let (Some(_), Some(gs)) = (&on_gpu, gpu_spatial.as_mut()) {
+                match gs.tfce_batch(g, &observed, &o.params, dh, None) {
+                    Ok(b) => {
+                        tfce_obs = b.tfce;
+                        done = true;
+                    }
+                    Err(e) => {
+                        eprintln!("voxflip: spatial statistics on the CPU: {e}");
+                        on_gpu = None;
+                    }
+                }
+            }
+            if !done {
+                job.tfce_map(&observed, &mut crate::spatial::Workspace::new(), &mut tfce_obs);
+            }
             job.tfce_observed = Some(&tfce_obs);
+            if let (Some(_), Some(gs)) = (&on_gpu, gpu_spatial.as_mut()) {
+                if let Err(e) = gs.configure(&job) {
+                    eprintln!("voxflip: spatial statistics on the CPU: {e}");
+                    on_gpu = None;
+                }
+            }
         }
-        let spatial_job = if sp.tfce.is_some() || extent_thr.is_some() || mass_thr.is_some() { Some(&job) } else { None };
-        let on_gpu = match spatial_job {
-            Some(job) => gpu_spatial_for(&*engine, job, &mut gpu_spatial, opts.quiet),
-            None => None,
-        };
+        let spatial_job = if spatial_job_wanted { Some(&job) } else { None };
         if let Some(name) = &on_gpu {
             spatial_backend = Some(format!("gpu: {name}"));
         } else if spatial_job.is_some() {
@@ -338,10 +374,10 @@ pub fn run(ds: &Dataset, design: &Design, opts: &AnalysisOptions, prefix: &str) 
         let (null, counts, snull) =
             permute_contrast_with(&mut engine, &problem, &perms, &observed, spatial_job, gs, &progress)?;
         let seconds = t0.elapsed().as_secs_f64();
-        let null = MaxStatNull::new(null);
+        let null = MaxStatNull::new(with_identity_floor(null, &observed));
         let mut spatial_summary = Vec::new();
         if job.tfce.is_some() {
-            let tnull = MaxStatNull::new(snull.tfce_max.clone());
+            let tnull = MaxStatNull::new(with_identity_floor(snull.tfce_max.clone(), &tfce_obs));
             outputs.write_map(&out_path(prefix, &format!("tfce_{name}"), ".nii.gz"), &ds.reference, ds.dims, &ds.expand(&tfce_obs))?;
             let pc: Vec<f64> = corrected_p(&tfce_obs, &tnull);
             let m: Vec<f32> = pc.iter().map(|&p| opts.scale.apply(p)).collect();
@@ -358,8 +394,8 @@ pub fn run(ds: &Dataset, design: &Design, opts: &AnalysisOptions, prefix: &str) 
         }
         for (what, thr, is_mass, values) in [("clustere", extent_thr, false, &snull.extent_max), ("clusterm", mass_thr, true, &snull.mass_max)] {
             let (Some(thr), Some(g)) = (thr, job.cluster_graph) else { continue };
-            let cnull = MaxStatNull::new(values.clone());
             let obs_vals = observed_cluster_values(g, &observed, thr, is_mass);
+            let cnull = MaxStatNull::new(with_identity_floor(values.clone(), &obs_vals));
             let pc: Vec<f64> = obs_vals.iter().map(|&x| if x.is_nan() { 1.0 } else { cnull.corrected_p(x) }).collect();
             // randomise writes 0 outside clusters (1 - p) ; -log10 p is 0 there too.
             let m: Vec<f32> = pc.iter().zip(&obs_vals).map(|(&p, &x)| if x.is_nan() { 0.0 } else { opts.scale.apply(p) }).collect();
@@ -552,5 +588,20 @@ fn run_with_fallback<T>(
             f(engine.as_mut())
         }
         other => other,
+    }
+}
+
+#[cfg(test)]
+mod identity_floor_tests {
+    use super::with_identity_floor;
+
+    #[test]
+    fn identity_maximum_is_at_least_the_observed_maximum() {
+        // The GPU rounded the identity's maximum a hair below the observed 7.0.
+        let null = with_identity_floor(vec![6.999_999, 3.0, 8.0], &[1.0, f32::NAN, 7.0]);
+        assert_eq!(null, vec![7.0, 3.0, 8.0]);
+        // Already consistent (or above): unchanged; other permutations are never touched.
+        assert_eq!(with_identity_floor(vec![7.5, 9.0], &[7.0]), vec![7.5, 9.0]);
+        assert_eq!(with_identity_floor(vec![], &[7.0]), Vec::<f32>::new());
     }
 }
