@@ -65,13 +65,135 @@ pub const TV_DIRECT: u32 = RV * WG_SIZE;
 /// Permutations per workgroup on the direct-load path.
 pub const TP_DIRECT: u32 = RP;
 
-/// Number of workgroups for a dispatch of `params`: (voxel tiles, permutation tiles).
-pub fn workgroups(params: &GlmParams, shared_tiles: bool) -> (u32, u32) {
-    if shared_tiles {
-        (params.vc.div_ceil(TV), params.n_perm.div_ceil(TP))
-    } else {
-        (params.vc.div_ceil(TV_DIRECT), params.n_perm.div_ceil(TP_DIRECT))
+/// Which glm_stat kernel (shader and data path) runs. All three compute the same sums in the
+/// same order; the CPU twin is the oracle for each.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
+pub enum GlmKernel {
+    /// `glm_stat.wgsl` with `SHARED_TILES = false`: storage loads only (software adapters).
+    Direct,
+    /// `glm_stat.wgsl` with `SHARED_TILES = true`: 4 x 4 register blocks, 32 x 64 tiles (the
+    /// first hardware path; kept selectable as the fallback of `Wide`).
+    Tiles,
+    /// `glm_stat_wide.wgsl`: 8 x 4 register blocks over vec4 workgroup words, 128 x 64 tiles
+    /// (the hardware default where the adapter's limits allow it).
+    Wide,
+}
+
+impl GlmKernel {
+    pub const ALL: [GlmKernel; 3] = [GlmKernel::Direct, GlmKernel::Tiles, GlmKernel::Wide];
+
+    /// Parse the names `VOXFLIP_GLM_KERNEL` accepts: direct, tiles (or old), wide (or new).
+    pub fn parse(s: &str) -> Option<GlmKernel> {
+        match s.trim().to_ascii_lowercase().as_str() {
+            "direct" => Some(GlmKernel::Direct),
+            "tiles" | "old" => Some(GlmKernel::Tiles),
+            "wide" | "new" => Some(GlmKernel::Wide),
+            _ => None,
+        }
     }
+
+    pub fn name(self) -> &'static str {
+        match self {
+            GlmKernel::Direct => "direct",
+            GlmKernel::Tiles => "tiles",
+            GlmKernel::Wide => "wide",
+        }
+    }
+
+    /// Permutations per workgroup tile.
+    pub fn tile_perms(self) -> u32 {
+        match self {
+            GlmKernel::Direct => TP_DIRECT,
+            GlmKernel::Tiles => TP,
+            GlmKernel::Wide => wide::TP,
+        }
+    }
+
+    /// Voxels per workgroup tile.
+    pub fn tile_voxels(self) -> u32 {
+        match self {
+            GlmKernel::Direct => TV_DIRECT,
+            GlmKernel::Tiles => TV,
+            GlmKernel::Wide => wide::TV,
+        }
+    }
+
+    /// Workgroup size (x = voxels, y = permutations).
+    pub fn workgroup_size(self) -> (u32, u32) {
+        match self {
+            GlmKernel::Direct | GlmKernel::Tiles => (WG_V, WG_P),
+            GlmKernel::Wide => (wide::WG_V, wide::WG_P),
+        }
+    }
+
+    /// Workgroup memory the kernel declares, in bytes.
+    pub fn workgroup_storage_bytes(self) -> u32 {
+        match self {
+            GlmKernel::Direct | GlmKernel::Tiles => WORKGROUP_STORAGE_BYTES,
+            GlmKernel::Wide => wide::WORKGROUP_STORAGE_BYTES,
+        }
+    }
+
+    /// The WGSL source with its tiling constants prepended.
+    pub fn wgsl_source(self) -> String {
+        match self {
+            GlmKernel::Direct | GlmKernel::Tiles => wgsl_source(),
+            GlmKernel::Wide => wide::wgsl_source(),
+        }
+    }
+}
+
+/// Tiling constants of `shaders/glm_stat_wide.wgsl` (the `Wide` kernel).
+pub mod wide {
+    /// Invocations along voxels per workgroup.
+    pub const WG_V: u32 = 16;
+    /// Invocations along permutations per workgroup.
+    pub const WG_P: u32 = 16;
+    /// Voxels per invocation (one vec4).
+    pub const RV: u32 = 4;
+    /// Permutations per invocation (two vec4 coefficient words).
+    pub const RP: u32 = 8;
+    /// Rows of N per workgroup-memory slice.
+    pub const KT: u32 = 32;
+    /// Permutations per workgroup tile.
+    pub const TP: u32 = WG_P * RP;
+    /// Voxels per workgroup tile.
+    pub const TV: u32 = WG_V * RV;
+    /// Invocations per workgroup.
+    pub const WG_SIZE: u32 = WG_V * WG_P;
+    const A_WORDS: u32 = KT * TP / 4;
+    const E_WORDS: u32 = KT * TV / 4;
+    // The shader spells out the 8 x 4 block (two coefficient words, one E word per k-step),
+    // and every invocation stores whole slice words.
+    const _: () = assert!(RP == 8 && RV == 4);
+    const _: () = assert!(A_WORDS.is_multiple_of(WG_SIZE) && E_WORDS.is_multiple_of(WG_SIZE));
+    const _: () = assert!(TP <= WG_SIZE && TV <= WG_SIZE);
+
+    /// Workgroup memory: the two slices (vec4 words), the per-permutation maxima and the
+    /// per-voxel counts of the tile. 25,344 bytes: within lavapipe's 32 KiB and the 48 KiB of
+    /// NVIDIA GPUs, above WebGPU's 16 KiB minimum (the host checks the adapter's limit).
+    pub const WORKGROUP_STORAGE_BYTES: u32 = (4 * A_WORDS + 4 * E_WORDS + TP + TV) * 4;
+
+    /// The shader source with the tiling constants prepended.
+    pub fn wgsl_source() -> String {
+        let header = format!(
+            "const WG_V: u32 = {WG_V}u;\nconst WG_P: u32 = {WG_P}u;\nconst RV: u32 = {RV}u;\nconst RP: u32 = {RP}u;\n\
+             const KT: u32 = {KT}u;\nconst TP: u32 = {TP}u;\nconst TV: u32 = {TV}u;\nconst TP4: u32 = {tp4}u;\n\
+             const TV4: u32 = {tv4}u;\nconst WG_SIZE: u32 = {WG_SIZE}u;\n\
+             const A_LOADS: u32 = {al}u;\nconst E_LOADS: u32 = {el}u;\n",
+            tp4 = TP / 4,
+            tv4 = TV / 4,
+            al = A_WORDS / WG_SIZE,
+            el = E_WORDS / WG_SIZE,
+        );
+        header + include_str!("../../../shaders/glm_stat_wide.wgsl")
+    }
+}
+
+/// Number of workgroups for a dispatch of `params` by `kernel`: (voxel tiles, permutation
+/// tiles).
+pub fn workgroups(params: &GlmParams, kernel: GlmKernel) -> (u32, u32) {
+    (params.vc.div_ceil(kernel.tile_voxels()), params.n_perm.div_ceil(kernel.tile_perms()))
 }
 
 /// The shader source with the tiling constants prepended.

@@ -10,10 +10,14 @@
 //! work, so a caller sees an error, never a silently wrong map, and can continue on the CPU
 //! from the batch that failed.
 //!
-//! The shader has two data paths chosen per adapter (`set_shared_tiles` overrides):
-//! workgroup-memory tiles on hardware, direct storage loads on software adapters, where
-//! lavapipe makes workgroup memory slow. Both give the same sums in the same order; the CPU
-//! twin in `cpu/` is the oracle for both (tests/gpu_twins.rs).
+//! glm_stat comes in three kernels ([`GlmKernel`]), chosen per adapter: `Wide`
+//! (`shaders/glm_stat_wide.wgsl`, 8 x 4 register blocks over 128 x 64 workgroup tiles) on
+//! hardware, falling back to `Tiles` (`glm_stat.wgsl`, 4 x 4 blocks, 32 x 64 tiles) where the
+//! adapter's workgroup limits are too small for it; `Direct` (`glm_stat.wgsl` reading storage
+//! directly) on software adapters, where lavapipe makes workgroup memory slow. The
+//! environment variable VOXFLIP_GLM_KERNEL=direct|tiles|wide (also old = tiles, new = wide)
+//! or [`GpuEngine::set_kernel`] overrides the choice. All give the same sums in the same
+//! order; the CPU twin in `cpu/` is the oracle for each (tests/gpu_twins.rs).
 use crate::engine::{BatchResult, ContrastProblem, Engine, StatKind};
 use crate::error::{Error, Result};
 use crate::perm::PermSet;
@@ -24,7 +28,8 @@ use wgpu::util::DeviceExt;
 pub mod cpu;
 pub mod glm_stat;
 
-use glm_stat::{GlmParams, FLAG_MAPS, FLAG_OBSERVED, FLAG_SRC, TP, TV};
+pub use glm_stat::GlmKernel;
+use glm_stat::{GlmParams, FLAG_MAPS, FLAG_OBSERVED, FLAG_SRC, TV};
 
 /// Which adapter to use.
 #[derive(Clone, Debug, Default)]
@@ -62,9 +67,17 @@ const MAPS_CAP_BYTES: u64 = 256 << 20;
 /// Multiply-adds per dispatch: 2^31 is ~4 GFLOP, a few ms on a discrete GPU, ~40 ms on a
 /// weak integrated one, well under the ~2 s watchdogs of Windows (TDR) and desktop Linux.
 const MAX_MACS_PER_DISPATCH: u64 = 1 << 31;
+/// The same bound on discrete GPUs: 2^33 is ~17 GFLOP, ~1 ms on an H100, ~10 ms on a weak
+/// 2 TFLOP/s card. Four times fewer dispatches (and one E chunk where 2^31 would cut a brain
+/// in two for the 128-permutation tiles of the `Wide` kernel).
+const MAX_MACS_PER_DISPATCH_DISCRETE: u64 = 1 << 33;
 /// Multiply-adds a batch should hold so that per-batch costs (upload of permutation words,
-/// readback, synchronisation) stay small against the product.
+/// readback of maxima and counts, synchronisation) stay small against the product.
 const TARGET_MACS_PER_BATCH: f64 = (1u64 << 34) as f64;
+/// The same on hardware adapters, where the product is fast enough that 2^34 (640
+/// permutations of N = 58, q = 2, V = 228k, ~0.3 ms on an H100 at 30% of peak) would make
+/// the per-batch readback and host round trip a large share.
+const TARGET_MACS_PER_BATCH_HARDWARE: f64 = (1u64 << 36) as f64;
 
 fn instance() -> wgpu::Instance {
     // _from_env: WGPU_BACKEND and friends still let a user steer wgpu.
@@ -134,24 +147,48 @@ fn unsuitable(a: &wgpu::Adapter) -> Option<String> {
     if !a.get_downlevel_capabilities().flags.contains(wgpu::DownlevelFlags::COMPUTE_SHADERS) {
         return Some("no compute shaders".into());
     }
-    // wgpu does not check workgroup storage against the limit itself (lavapipe: 32 KiB).
-    if l.max_compute_workgroup_storage_size < glm_stat::WORKGROUP_STORAGE_BYTES {
-        return Some(format!(
-            "workgroup storage {} B < {} B needed",
-            l.max_compute_workgroup_storage_size,
-            glm_stat::WORKGROUP_STORAGE_BYTES
-        ));
-    }
-    if l.max_compute_invocations_per_workgroup < glm_stat::WG_SIZE
-        || l.max_compute_workgroup_size_x < glm_stat::WG_V
-        || l.max_compute_workgroup_size_y < glm_stat::WG_P
-    {
-        return Some(format!("workgroups of {}x{} not supported", glm_stat::WG_V, glm_stat::WG_P));
+    // wgpu does not check workgroup storage against the limit itself (lavapipe: 32 KiB), so
+    // kernel_unsupported does. The Tiles kernel (within WebGPU's minimum limits) is the
+    // minimum; Wide is used only where it fits too.
+    if let Some(why) = kernel_unsupported(&l, GlmKernel::Tiles) {
+        return Some(why);
     }
     if l.max_storage_buffers_per_shader_stage < 7 {
         return Some("fewer than 7 storage buffers per stage".into());
     }
     None
+}
+
+/// Why `kernel` cannot run under `l` (workgroup memory and size), or None if it can.
+fn kernel_unsupported(l: &wgpu::Limits, kernel: GlmKernel) -> Option<String> {
+    let bytes = kernel.workgroup_storage_bytes();
+    if l.max_compute_workgroup_storage_size < bytes {
+        return Some(format!(
+            "glm_stat {}: workgroup storage {} B < {bytes} B needed",
+            kernel.name(),
+            l.max_compute_workgroup_storage_size
+        ));
+    }
+    let (x, y) = kernel.workgroup_size();
+    if l.max_compute_invocations_per_workgroup < x * y
+        || l.max_compute_workgroup_size_x < x
+        || l.max_compute_workgroup_size_y < y
+    {
+        return Some(format!("glm_stat {}: workgroups of {x}x{y} not supported", kernel.name()));
+    }
+    None
+}
+
+/// The glm_stat kernel for an adapter: `Direct` on software adapters, `Wide` on hardware
+/// where its workgroup needs fit the limits, else `Tiles`.
+fn default_kernel(info: &wgpu::AdapterInfo, l: &wgpu::Limits) -> GlmKernel {
+    if info.device_type == wgpu::DeviceType::Cpu {
+        GlmKernel::Direct
+    } else if kernel_unsupported(l, GlmKernel::Wide).is_none() {
+        GlmKernel::Wide
+    } else {
+        GlmKernel::Tiles
+    }
 }
 
 fn rank(info: &wgpu::AdapterInfo) -> (u32, u32) {
@@ -169,16 +206,22 @@ fn rank(info: &wgpu::AdapterInfo) -> (u32, u32) {
 /// Voxels per chunk of E for `n` rows and `q` columns of Q under `limits`: the chunk (n x
 /// chunk floats) and its [ss | observed] pair must each fit one storage binding (and at most
 /// 1 GiB, leaving room for wgpu's upload staging on a 4 GiB card), the grid must stay within
-/// the workgroups-per-dimension limit, and one row of permutation tiles over the chunk must
-/// fit the per-dispatch work bound. A multiple of the voxel tile where possible; 0 if not
-/// even one voxel fits.
-pub fn plan_chunk_voxels(limits: &wgpu::Limits, n: usize, q: usize, max_macs_per_dispatch: u64) -> usize {
+/// the workgroups-per-dimension limit, and one row of permutation tiles (`tile_perms` each)
+/// over the chunk must fit the per-dispatch work bound. A multiple of the voxel tile where
+/// possible; 0 if not even one voxel fits.
+pub fn plan_chunk_voxels(
+    limits: &wgpu::Limits,
+    n: usize,
+    q: usize,
+    max_macs_per_dispatch: u64,
+    tile_perms: u32,
+) -> usize {
     let binding = limits.max_storage_buffer_binding_size.min(limits.max_buffer_size);
     let cap = binding.min(E_CHUNK_CAP_BYTES);
     // n.max(2): the [ss | observed] buffer (2 chunk floats) must fit the binding too.
     let mut chunk_v = (cap / (4 * n.max(2) as u64)) as usize;
     chunk_v = chunk_v.min(limits.max_compute_workgroups_per_dimension as usize * TV as usize);
-    let tile_row = (max_macs_per_dispatch / (n.max(1) as u64 * q.max(1) as u64 * TP as u64)) as usize;
+    let tile_row = (max_macs_per_dispatch / (n.max(1) as u64 * q.max(1) as u64 * tile_perms as u64)) as usize;
     chunk_v = chunk_v.min(tile_row.max(TV as usize));
     if chunk_v >= TV as usize {
         chunk_v -= chunk_v % TV as usize;
@@ -189,15 +232,18 @@ pub fn plan_chunk_voxels(limits: &wgpu::Limits, n: usize, q: usize, max_macs_per
 /// A compiled glm_stat variant and its (automatic) bind group layout.
 type Kernel = (wgpu::ComputePipeline, wgpu::BindGroupLayout);
 
-/// The glm_stat pipeline with its data path and row-source handling fixed (the `SHARED_TILES`
-/// and `HAS_SRC` overrides in the shader).
-fn build_pipeline(device: &wgpu::Device, shared_tiles: bool, has_src: bool) -> Kernel {
+/// The glm_stat pipeline of `kernel` with its row-source handling fixed (the `SHARED_TILES`
+/// and `HAS_SRC` overrides in the shaders).
+fn build_pipeline(device: &wgpu::Device, kernel: GlmKernel, has_src: bool) -> Kernel {
     let module = device.create_shader_module(wgpu::ShaderModuleDescriptor {
         label: Some("glm_stat"),
-        source: wgpu::ShaderSource::Wgsl(glm_stat::wgsl_source().into()),
+        source: wgpu::ShaderSource::Wgsl(kernel.wgsl_source().into()),
     });
     let flag = |b: bool| if b { 1.0 } else { 0.0 };
-    let constants = [("SHARED_TILES", flag(shared_tiles)), ("HAS_SRC", flag(has_src))];
+    let mut constants = vec![("HAS_SRC", flag(has_src))];
+    if kernel != GlmKernel::Wide {
+        constants.push(("SHARED_TILES", flag(kernel == GlmKernel::Tiles)));
+    }
     let pipeline = device.create_compute_pipeline(&wgpu::ComputePipelineDescriptor {
         label: Some("glm_stat"),
         layout: None,
@@ -245,8 +291,8 @@ pub struct GpuEngine {
     queue: wgpu::Queue,
     /// glm_stat variants by `has_src` (without / with row sources), built on first use.
     kernels: [Option<Kernel>; 2],
-    /// Which data path of glm_stat runs (its `SHARED_TILES` override).
-    shared_tiles: bool,
+    /// Which glm_stat kernel runs.
+    glm_kernel: GlmKernel,
     info: wgpu::AdapterInfo,
     limits: wgpu::Limits,
     /// Errors reported by wgpu (uncaptured errors, device loss), drained after every poll.
@@ -316,50 +362,90 @@ impl GpuEngine {
             sink.lock().unwrap().push(format!("device lost ({reason:?}): {msg}"));
         });
 
-        let shared_tiles = info.device_type != wgpu::DeviceType::Cpu;
+        let mut glm_kernel = default_kernel(&info, &limits);
+        if let Ok(name) = std::env::var("VOXFLIP_GLM_KERNEL") {
+            let k = GlmKernel::parse(&name).ok_or_else(|| {
+                Error::Gpu(format!("VOXFLIP_GLM_KERNEL={name}: expected direct, tiles (old) or wide (new)"))
+            })?;
+            if let Some(why) = kernel_unsupported(&limits, k) {
+                return Err(Error::Gpu(format!("VOXFLIP_GLM_KERNEL={name} on {}: {why}", info.name)));
+            }
+            glm_kernel = k;
+        }
         // Sign flips need no row sources; the variant with them is built on first use.
-        let kernels = [Some(build_pipeline(&device, shared_tiles, false)), None];
+        let kernels = [Some(build_pipeline(&device, glm_kernel, false)), None];
+        let max_macs_per_dispatch = if info.device_type == wgpu::DeviceType::DiscreteGpu {
+            MAX_MACS_PER_DISPATCH_DISCRETE
+        } else {
+            MAX_MACS_PER_DISPATCH
+        };
         let engine = GpuEngine {
             device,
             queue,
             kernels,
-            shared_tiles,
+            glm_kernel,
             info,
             limits,
             errors,
             broken: None,
             state: None,
             chunk_override: None,
-            max_macs_per_dispatch: MAX_MACS_PER_DISPATCH,
+            max_macs_per_dispatch,
             max_maps_bytes: MAPS_CAP_BYTES,
         };
         engine.poll_checked("compiling glm_stat")?;
         Ok(engine)
     }
 
-    /// Whether glm_stat stages A and E through workgroup memory (the default on hardware
-    /// adapters) or reads them straight from storage (the default on software adapters).
+    /// Whether glm_stat stages A and E through workgroup memory (`Tiles` or `Wide`, the
+    /// default on hardware adapters) or reads them straight from storage (`Direct`, the
+    /// default on software adapters).
     pub fn shared_tiles(&self) -> bool {
-        self.shared_tiles
+        self.glm_kernel != GlmKernel::Direct
     }
 
-    /// Choose glm_stat's data path (tests run both; results agree within rounding).
+    /// Choose glm_stat's data path: on = the adapter's workgroup-tile kernel (`Wide` where the
+    /// limits allow it, else `Tiles`), off = `Direct`. See [`GpuEngine::set_kernel`].
     pub fn set_shared_tiles(&mut self, on: bool) -> Result<()> {
-        self.shared_tiles = on;
+        let k = if !on {
+            GlmKernel::Direct
+        } else if kernel_unsupported(&self.limits, GlmKernel::Wide).is_none() {
+            GlmKernel::Wide
+        } else {
+            GlmKernel::Tiles
+        };
+        self.set_kernel(k)
+    }
+
+    /// The glm_stat kernel in use.
+    pub fn kernel(&self) -> GlmKernel {
+        self.glm_kernel
+    }
+
+    /// Choose the glm_stat kernel (tests run all; results agree within rounding). An error if
+    /// the adapter's limits do not allow it (the engine stays usable with its kernel). Call
+    /// `prepare` afterwards: the E chunks are planned for the kernel's tiles, so the prepared
+    /// problem is dropped.
+    pub fn set_kernel(&mut self, kernel: GlmKernel) -> Result<()> {
+        if let Some(why) = kernel_unsupported(&self.limits, kernel) {
+            return Err(Error::Gpu(format!("{} cannot run {why}", self.info.name)));
+        }
+        self.glm_kernel = kernel;
         self.kernels = [None, None];
+        self.state = None;
         self.ensure_kernel(false)
     }
 
     /// Build the glm_stat variant for `has_src` if it is not there yet.
     fn ensure_kernel(&mut self, has_src: bool) -> Result<()> {
         if self.kernels[has_src as usize].is_none() {
-            self.kernels[has_src as usize] = Some(build_pipeline(&self.device, self.shared_tiles, has_src));
+            self.kernels[has_src as usize] = Some(build_pipeline(&self.device, self.glm_kernel, has_src));
             self.poll_checked("compiling glm_stat").map_err(|e| self.fail(e))?;
         }
         Ok(())
     }
 
-    fn kernel(&self, params: &GlmParams) -> &Kernel {
+    fn pipeline(&self, params: &GlmParams) -> &Kernel {
         self.kernels[(params.flags & FLAG_SRC != 0) as usize].as_ref().expect("ensure_kernel first")
     }
 
@@ -404,6 +490,12 @@ impl GpuEngine {
         }
         polled.map_err(|e| Error::Gpu(format!("{what} on {}: {e}", self.info.name)))?;
         Ok(())
+    }
+
+    /// Submit without waiting: the GPU runs queued submissions back to back while the host
+    /// encodes the next. Errors surface at the next `poll_checked`.
+    fn submit(&self, enc: wgpu::CommandEncoder) {
+        self.queue.submit(Some(enc.finish()));
     }
 
     fn submit_checked(&self, enc: wgpu::CommandEncoder, what: &str) -> Result<()> {
@@ -495,19 +587,19 @@ impl GpuEngine {
             .collect();
         self.device.create_bind_group(&wgpu::BindGroupDescriptor {
             label: Some("glm_stat"),
-            layout: &self.kernel(params).1,
+            layout: &self.pipeline(params).1,
             entries: &entries,
         })
     }
 
     fn encode_dispatch(&self, enc: &mut wgpu::CommandEncoder, bg: &wgpu::BindGroup, params: &GlmParams) {
-        let (wx, wy) = glm_stat::workgroups(params, self.shared_tiles);
+        let (wx, wy) = glm_stat::workgroups(params, self.glm_kernel);
         if wx == 0 || wy == 0 {
             return;
         }
         let mut pass =
             enc.begin_compute_pass(&wgpu::ComputePassDescriptor { label: Some("glm_stat"), timestamp_writes: None });
-        pass.set_pipeline(&self.kernel(params).0);
+        pass.set_pipeline(&self.pipeline(params).0);
         pass.set_bind_group(0, bg, &[]);
         pass.dispatch_workgroups(wx, wy, 1);
     }
@@ -529,7 +621,7 @@ impl GpuEngine {
         maps: &mut [f32],
     ) -> Result<()> {
         self.ensure_kernel(params.flags & FLAG_SRC != 0)?;
-        let (wx, wy) = glm_stat::workgroups(params, self.shared_tiles);
+        let (wx, wy) = glm_stat::workgroups(params, self.glm_kernel);
         let maxd = self.limits.max_compute_workgroups_per_dimension;
         if wx > maxd || wy > maxd {
             return Err(Error::Gpu(format!("dispatch {wx}x{wy} exceeds {maxd} workgroups per dimension")));
@@ -568,7 +660,9 @@ impl GpuEngine {
             return Err(Error::Gpu("problem buffers do not match n, v, q".into()));
         }
         let binding = self.limits.max_storage_buffer_binding_size.min(self.limits.max_buffer_size);
-        let mut chunk_v = plan_chunk_voxels(&self.limits, n, q, self.max_macs_per_dispatch);
+        // At least the Tiles kernel's 32 (as before for Direct, whose tiles hold 4).
+        let tp = self.glm_kernel.tile_perms().max(glm_stat::TP);
+        let mut chunk_v = plan_chunk_voxels(&self.limits, n, q, self.max_macs_per_dispatch, tp);
         if let Some(c) = self.chunk_override {
             chunk_v = chunk_v.min(c.max(1));
         }
@@ -604,9 +698,10 @@ impl GpuEngine {
             v0 += vc;
         }
         let per_perm = (n * q * v.max(1)) as f64;
-        let mut batch = (TARGET_MACS_PER_BATCH / per_perm) as usize;
-        batch = batch.clamp(TP as usize, 16384);
-        batch -= batch % TP as usize;
+        let target = if self.is_software() { TARGET_MACS_PER_BATCH } else { TARGET_MACS_PER_BATCH_HARDWARE };
+        let mut batch = (target / per_perm) as usize;
+        batch = batch.clamp(tp as usize, 16384);
+        batch -= batch % tp as usize;
         self.state = Some(Resident { n, v, q, s: pb.s, kind: pb.kind, dof: pb.dof, qbuf, chunks, chunk_v, batch });
         Ok(())
     }
@@ -698,12 +793,13 @@ impl GpuEngine {
             let g1 = (g0 + group).min(b);
             for c in &st.chunks {
                 let per_perm = (c.vc * n * q) as u64;
+                let tile_perms = self.glm_kernel.tile_perms() as usize;
+                let round = tile_perms.max(glm_stat::TP as usize);
                 let mut pd = ((self.max_macs_per_dispatch / per_perm.max(1)) as usize).max(1);
-                if pd >= TP as usize {
-                    pd -= pd % TP as usize;
+                if pd >= round {
+                    pd -= pd % round;
                 }
-                let tile_perms = if self.shared_tiles { TP } else { glm_stat::TP_DIRECT };
-                pd = pd.min(maxd * tile_perms as usize);
+                pd = pd.min(maxd * tile_perms);
                 let mut pa = g0;
                 while pa < g1 {
                     let pz = (pa + pd).min(g1);
@@ -735,7 +831,9 @@ impl GpuEngine {
                     self.encode_dispatch(&mut enc, &bg, &params);
                     pending += per_perm * (pz - pa) as u64;
                     if pending >= self.max_macs_per_dispatch {
-                        self.submit_checked(std::mem::replace(&mut enc, self.encoder()), "glm_stat")?;
+                        // Each submission stays within the work bound; no wait in between
+                        // (the batch's final submit_checked / read_back polls and checks).
+                        self.submit(std::mem::replace(&mut enc, self.encoder()));
                         pending = 0;
                     }
                     pa = pz;
@@ -778,7 +876,11 @@ impl Engine for GpuEngine {
             self.info.device_type,
             self.info.driver,
             self.info.driver_info,
-            if self.shared_tiles { "workgroup tiles" } else { "direct loads" },
+            match self.glm_kernel {
+                GlmKernel::Direct => "direct loads",
+                GlmKernel::Tiles => "workgroup tiles 4x4",
+                GlmKernel::Wide => "wide workgroup tiles 8x4",
+            },
         );
         if self.state.is_some() {
             d += &format!(", E chunk {} voxels, batch {}", self.chunk_voxels(), self.preferred_batch());
@@ -828,14 +930,17 @@ mod tests {
     fn a_2mm_brain_with_500_images_is_chunked_to_fit() {
         let (n, q, v) = (500usize, 2usize, 228_000usize);
         // lavapipe: 128 MiB per binding.
-        let c = plan_chunk_voxels(&limits(128 << 20), n, q, MAX_MACS_PER_DISPATCH);
+        let c = plan_chunk_voxels(&limits(128 << 20), n, q, MAX_MACS_PER_DISPATCH, glm_stat::TP);
         assert!(c > 0 && (4 * n * c) as u64 <= 128 << 20 && c.is_multiple_of(TV as usize));
         assert!(v.div_ceil(c) >= 4, "several chunks on lavapipe: {c}");
         // A 4 GiB card (2 GiB bindings): chunks within the 1 GiB cap and the dispatch bound.
-        let c = plan_chunk_voxels(&limits(2 << 30), n, q, MAX_MACS_PER_DISPATCH);
+        let c = plan_chunk_voxels(&limits(2 << 30), n, q, MAX_MACS_PER_DISPATCH, glm_stat::TP);
         assert!((4 * n * c) as u64 <= E_CHUNK_CAP_BYTES);
-        assert!((n * q * c * TP as usize) as u64 <= MAX_MACS_PER_DISPATCH);
+        assert!((n * q * c * glm_stat::TP as usize) as u64 <= MAX_MACS_PER_DISPATCH);
         // N = 58: one chunk of the whole brain fits both.
-        assert!(plan_chunk_voxels(&limits(128 << 20), 58, 2, MAX_MACS_PER_DISPATCH) >= v);
+        assert!(plan_chunk_voxels(&limits(128 << 20), 58, 2, MAX_MACS_PER_DISPATCH, glm_stat::TP) >= v);
+        // The Wide kernel's 128-permutation tiles on a discrete GPU: still one chunk.
+        let tp = glm_stat::wide::TP;
+        assert!(plan_chunk_voxels(&limits(2 << 30), 58, 2, MAX_MACS_PER_DISPATCH_DISCRETE, tp) >= v);
     }
 }
