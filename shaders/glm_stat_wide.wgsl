@@ -194,18 +194,115 @@ fn main(
                 e_sh[idx] = e4(m0 + kk, v0 + 4u * j);
             }
             workgroupBarrier();
-            for (var kk = 0u; kk < KT; kk++) {
-                let ev = e_sh[kk * TV4 + tx];
-                let a0 = a_sh[kk * TP4 + ty];
-                let a1 = a_sh[kk * TP4 + ty + WG_P];
-                acc0 = fma(vec4<f32>(a0.x), ev, acc0);
-                acc1 = fma(vec4<f32>(a0.y), ev, acc1);
-                acc2 = fma(vec4<f32>(a0.z), ev, acc2);
-                acc3 = fma(vec4<f32>(a0.w), ev, acc3);
-                acc4 = fma(vec4<f32>(a1.x), ev, acc4);
-                acc5 = fma(vec4<f32>(a1.y), ev, acc5);
-                acc6 = fma(vec4<f32>(a1.z), ev, acc6);
-                acc7 = fma(vec4<f32>(a1.w), ev, acc7);
+            // One row kk per block below: one E word and two coefficient words feed 32 FMAs.
+            // Unrolled by hand, 8 rows per trip: wgpu's Vulkan backend bounds every loop with
+            // a counter and a break (force_loop_bounding), which can keep a driver from
+            // unrolling it; here that costs one check per 256 FMAs.
+            for (var kk = 0u; kk < KT; kk += 8u) {
+                {
+                    let ev = e_sh[kk * TV4 + tx];
+                    let c0 = a_sh[kk * TP4 + ty];
+                    let c1 = a_sh[kk * TP4 + ty + WG_P];
+                    acc0 = fma(vec4<f32>(c0.x), ev, acc0);
+                    acc1 = fma(vec4<f32>(c0.y), ev, acc1);
+                    acc2 = fma(vec4<f32>(c0.z), ev, acc2);
+                    acc3 = fma(vec4<f32>(c0.w), ev, acc3);
+                    acc4 = fma(vec4<f32>(c1.x), ev, acc4);
+                    acc5 = fma(vec4<f32>(c1.y), ev, acc5);
+                    acc6 = fma(vec4<f32>(c1.z), ev, acc6);
+                    acc7 = fma(vec4<f32>(c1.w), ev, acc7);
+                }
+                {
+                    let ev = e_sh[(kk + 1u) * TV4 + tx];
+                    let c0 = a_sh[(kk + 1u) * TP4 + ty];
+                    let c1 = a_sh[(kk + 1u) * TP4 + ty + WG_P];
+                    acc0 = fma(vec4<f32>(c0.x), ev, acc0);
+                    acc1 = fma(vec4<f32>(c0.y), ev, acc1);
+                    acc2 = fma(vec4<f32>(c0.z), ev, acc2);
+                    acc3 = fma(vec4<f32>(c0.w), ev, acc3);
+                    acc4 = fma(vec4<f32>(c1.x), ev, acc4);
+                    acc5 = fma(vec4<f32>(c1.y), ev, acc5);
+                    acc6 = fma(vec4<f32>(c1.z), ev, acc6);
+                    acc7 = fma(vec4<f32>(c1.w), ev, acc7);
+                }
+                {
+                    let ev = e_sh[(kk + 2u) * TV4 + tx];
+                    let c0 = a_sh[(kk + 2u) * TP4 + ty];
+                    let c1 = a_sh[(kk + 2u) * TP4 + ty + WG_P];
+                    acc0 = fma(vec4<f32>(c0.x), ev, acc0);
+                    acc1 = fma(vec4<f32>(c0.y), ev, acc1);
+                    acc2 = fma(vec4<f32>(c0.z), ev, acc2);
+                    acc3 = fma(vec4<f32>(c0.w), ev, acc3);
+                    acc4 = fma(vec4<f32>(c1.x), ev, acc4);
+                    acc5 = fma(vec4<f32>(c1.y), ev, acc5);
+                    acc6 = fma(vec4<f32>(c1.z), ev, acc6);
+                    acc7 = fma(vec4<f32>(c1.w), ev, acc7);
+                }
+                {
+                    let ev = e_sh[(kk + 3u) * TV4 + tx];
+                    let c0 = a_sh[(kk + 3u) * TP4 + ty];
+                    let c1 = a_sh[(kk + 3u) * TP4 + ty + WG_P];
+                    acc0 = fma(vec4<f32>(c0.x), ev, acc0);
+                    acc1 = fma(vec4<f32>(c0.y), ev, acc1);
+                    acc2 = fma(vec4<f32>(c0.z), ev, acc2);
+                    acc3 = fma(vec4<f32>(c0.w), ev, acc3);
+                    acc4 = fma(vec4<f32>(c1.x), ev, acc4);
+                    acc5 = fma(vec4<f32>(c1.y), ev, acc5);
+                    acc6 = fma(vec4<f32>(c1.z), ev, acc6);
+                    acc7 = fma(vec4<f32>(c1.w), ev, acc7);
+                }
+                {
+                    let ev = e_sh[(kk + 4u) * TV4 + tx];
+                    let c0 = a_sh[(kk + 4u) * TP4 + ty];
+                    let c1 = a_sh[(kk + 4u) * TP4 + ty + WG_P];
+                    acc0 = fma(vec4<f32>(c0.x), ev, acc0);
+                    acc1 = fma(vec4<f32>(c0.y), ev, acc1);
+                    acc2 = fma(vec4<f32>(c0.z), ev, acc2);
+                    acc3 = fma(vec4<f32>(c0.w), ev, acc3);
+                    acc4 = fma(vec4<f32>(c1.x), ev, acc4);
+                    acc5 = fma(vec4<f32>(c1.y), ev, acc5);
+                    acc6 = fma(vec4<f32>(c1.z), ev, acc6);
+                    acc7 = fma(vec4<f32>(c1.w), ev, acc7);
+                }
+                {
+                    let ev = e_sh[(kk + 5u) * TV4 + tx];
+                    let c0 = a_sh[(kk + 5u) * TP4 + ty];
+                    let c1 = a_sh[(kk + 5u) * TP4 + ty + WG_P];
+                    acc0 = fma(vec4<f32>(c0.x), ev, acc0);
+                    acc1 = fma(vec4<f32>(c0.y), ev, acc1);
+                    acc2 = fma(vec4<f32>(c0.z), ev, acc2);
+                    acc3 = fma(vec4<f32>(c0.w), ev, acc3);
+                    acc4 = fma(vec4<f32>(c1.x), ev, acc4);
+                    acc5 = fma(vec4<f32>(c1.y), ev, acc5);
+                    acc6 = fma(vec4<f32>(c1.z), ev, acc6);
+                    acc7 = fma(vec4<f32>(c1.w), ev, acc7);
+                }
+                {
+                    let ev = e_sh[(kk + 6u) * TV4 + tx];
+                    let c0 = a_sh[(kk + 6u) * TP4 + ty];
+                    let c1 = a_sh[(kk + 6u) * TP4 + ty + WG_P];
+                    acc0 = fma(vec4<f32>(c0.x), ev, acc0);
+                    acc1 = fma(vec4<f32>(c0.y), ev, acc1);
+                    acc2 = fma(vec4<f32>(c0.z), ev, acc2);
+                    acc3 = fma(vec4<f32>(c0.w), ev, acc3);
+                    acc4 = fma(vec4<f32>(c1.x), ev, acc4);
+                    acc5 = fma(vec4<f32>(c1.y), ev, acc5);
+                    acc6 = fma(vec4<f32>(c1.z), ev, acc6);
+                    acc7 = fma(vec4<f32>(c1.w), ev, acc7);
+                }
+                {
+                    let ev = e_sh[(kk + 7u) * TV4 + tx];
+                    let c0 = a_sh[(kk + 7u) * TP4 + ty];
+                    let c1 = a_sh[(kk + 7u) * TP4 + ty + WG_P];
+                    acc0 = fma(vec4<f32>(c0.x), ev, acc0);
+                    acc1 = fma(vec4<f32>(c0.y), ev, acc1);
+                    acc2 = fma(vec4<f32>(c0.z), ev, acc2);
+                    acc3 = fma(vec4<f32>(c0.w), ev, acc3);
+                    acc4 = fma(vec4<f32>(c1.x), ev, acc4);
+                    acc5 = fma(vec4<f32>(c1.y), ev, acc5);
+                    acc6 = fma(vec4<f32>(c1.z), ev, acc6);
+                    acc7 = fma(vec4<f32>(c1.w), ev, acc7);
+                }
             }
             workgroupBarrier();
         }

@@ -163,9 +163,9 @@ pub mod wide {
     pub const WG_SIZE: u32 = WG_V * WG_P;
     const A_WORDS: u32 = KT * TP / 4;
     const E_WORDS: u32 = KT * TV / 4;
-    // The shader spells out the 8 x 4 block (two coefficient words, one E word per k-step),
-    // and every invocation stores whole slice words.
-    const _: () = assert!(RP == 8 && RV == 4);
+    // The shader spells out the 8 x 4 block (two coefficient words, one E word per k-step)
+    // and unrolls the rows of a slice by 8; every invocation stores whole slice words.
+    const _: () = assert!(RP == 8 && RV == 4 && KT.is_multiple_of(8));
     const _: () = assert!(A_WORDS.is_multiple_of(WG_SIZE) && E_WORDS.is_multiple_of(WG_SIZE));
     const _: () = assert!(TP <= WG_SIZE && TV <= WG_SIZE);
 
