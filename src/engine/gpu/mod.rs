@@ -75,9 +75,9 @@ const MAX_MACS_PER_DISPATCH_DISCRETE: u64 = 1 << 33;
 /// readback of maxima and counts, synchronisation) stay small against the product.
 const TARGET_MACS_PER_BATCH: f64 = (1u64 << 34) as f64;
 /// The same on hardware adapters, where the product is fast enough that 2^34 (640
-/// permutations of N = 58, q = 2, V = 228k, ~0.3 ms on an H100 at 30% of peak) would make
-/// the per-batch readback and host round trip a large share.
-const TARGET_MACS_PER_BATCH_HARDWARE: f64 = (1u64 << 36) as f64;
+/// permutations of N = 58, q = 2, V = 228k, ~1.7 ms on an H100 at 30% of peak) would make
+/// the per-batch uploads, readback and host round trip a large share: 2^37 gives 5120.
+const TARGET_MACS_PER_BATCH_HARDWARE: f64 = (1u64 << 37) as f64;
 
 fn instance() -> wgpu::Instance {
     // _from_env: WGPU_BACKEND and friends still let a user steer wgpu.
@@ -527,6 +527,53 @@ impl GpuEngine {
         })
     }
 
+    /// Finish `enc` with copies of the first `bytes` of each of `parts` into one staging
+    /// buffer, submit it and map the result: one wait for a batch's dispatches and all its
+    /// results. Returns the parts' bytes concatenated in order (each a multiple of 4).
+    fn submit_and_read(
+        &self,
+        mut enc: wgpu::CommandEncoder,
+        parts: &[(&wgpu::Buffer, u64)],
+        what: &str,
+    ) -> Result<Vec<u8>> {
+        let total: u64 = parts.iter().map(|p| p.1).sum();
+        if total == 0 {
+            self.submit_checked(enc, what)?;
+            return Ok(Vec::new());
+        }
+        let staging = self.device.create_buffer(&wgpu::BufferDescriptor {
+            label: Some("staging"),
+            size: total,
+            usage: wgpu::BufferUsages::MAP_READ | wgpu::BufferUsages::COPY_DST,
+            mapped_at_creation: false,
+        });
+        let mut at = 0;
+        for &(buf, bytes) in parts {
+            if bytes > 0 {
+                enc.copy_buffer_to_buffer(buf, 0, &staging, at, bytes);
+            }
+            at += bytes;
+        }
+        self.submit(enc);
+        let slice = staging.slice(..);
+        let (tx, rx) = std::sync::mpsc::channel();
+        slice.map_async(wgpu::MapMode::Read, move |r| {
+            let _ = tx.send(r);
+        });
+        self.poll_checked(what)?;
+        match rx.recv() {
+            Ok(Ok(())) => {}
+            Ok(Err(e)) => return Err(Error::Gpu(format!("{what}: mapping the result failed: {e}"))),
+            Err(_) => return Err(Error::Gpu(format!("{what}: mapping the result never completed"))),
+        }
+        let data = slice
+            .get_mapped_range()
+            .map_err(|e| Error::Gpu(format!("{what}: mapping the result failed: {e}")))?
+            .to_vec();
+        staging.unmap();
+        Ok(data)
+    }
+
     /// Copy `bytes` bytes of `buf` from `offset` back to the host.
     fn read_back(&self, buf: &wgpu::Buffer, offset: u64, bytes: u64, what: &str) -> Result<Vec<u8>> {
         if bytes == 0 {
@@ -850,17 +897,22 @@ impl GpuEngine {
                 }
             }
         }
-        self.submit_checked(enc, "glm_stat")?;
-
-        let keys = self.read_back(&max_buf, 0, 4 * b as u64, "reading maxima")?;
-        let max_stat: Vec<f32> =
-            bytemuck::cast_slice::<u8, u32>(&keys).iter().map(|&k| glm_stat::value_of(k)).collect();
+        // The maxima and the counts of every chunk come back with the last dispatches: one
+        // submission and one wait per batch (was one per buffer).
+        let mut parts = vec![(&max_buf, 4 * b as u64)];
+        if observed.is_some() {
+            parts.extend(st.chunks.iter().map(|c| (&c.counts, 4 * c.vc as u64)));
+        }
+        let bytes = self.submit_and_read(enc, &parts, "glm_stat results")?;
+        let words: &[u32] = bytemuck::cast_slice(&bytes);
+        let max_stat: Vec<f32> = words[..b].iter().map(|&k| glm_stat::value_of(k)).collect();
         let mut exceed = Vec::new();
         if observed.is_some() {
             exceed = vec![0u32; v];
+            let mut at = b;
             for c in &st.chunks {
-                let bytes = self.read_back(&c.counts, 0, 4 * c.vc as u64, "reading counts")?;
-                exceed[c.v0..c.v0 + c.vc].copy_from_slice(bytemuck::cast_slice(&bytes));
+                exceed[c.v0..c.v0 + c.vc].copy_from_slice(&words[at..at + c.vc]);
+                at += c.vc;
             }
         }
         Ok(BatchResult { max_stat, exceed })
