@@ -7,8 +7,8 @@
 // The host prepends the tiling constants (WG_V, WG_P, RV, RP, KT, TP, TV, TP4, TV4, WG_SIZE,
 // A_LOADS, E_LOADS) from src/engine/gpu/glm_stat.rs (module `wide`).
 //
-// Tiling: a workgroup of WG_V x WG_P = 16 x 16 invocations owns a tile of TP = 128
-// permutations by TV = 64 voxels; each invocation keeps an RP x RV = 8 x 4 register block
+// Tiling: a workgroup of WG_V x WG_P = 16 x 16 invocations (16 x 8 for the Wide128 kernel)
+// owns a tile of TP = WG_P * RP = 128 (64) permutations by TV = 64 voxels; each invocation keeps an RP x RV = 8 x 4 register block
 // (eight vec4 accumulators). Why, against the 4 x 4 block of glm_stat.wgsl: there every k-step
 // cost 16 FMAs against 8 workgroup-memory loads (4 scalar coefficients, 4 scalar residuals),
 // so the kernel was bound by workgroup-memory bandwidth. Here both slices are stored as vec4
@@ -122,7 +122,12 @@ fn finish_perm(pp: u32, p0: u32, t: vec4<f32>, vin: vec4<bool>, obsv: vec4<f32>,
         if (valid.w) { maps[row + vj.w] = t.w; }
     }
     let k = select(vec4<u32>(0u), key_of4(t), valid);
-    atomicMax(&wg_max[pp], max(max(k.x, k.y), max(k.z, k.w)));
+    let km = max(max(k.x, k.y), max(k.z, k.w));
+    // The WG_V invocations of a permutation row all target this slot; the plain load lets
+    // most of them skip the (serialised) atomic once the row's maximum is in.
+    if (km > atomicLoad(&wg_max[pp])) {
+        atomicMax(&wg_max[pp], km);
+    }
     let hit = valid & (t >= obsv) & vec4<bool>((P.flags & 2u) != 0u);
     return select(vec4<u32>(0u), vec4<u32>(1u), hit);
 }
@@ -356,10 +361,10 @@ fn main(
     cnt += finish_perm(pb + 3u, p0, statistic4(usq7, aux7, ssv), vin, obsv, vj);
     if ((P.flags & 2u) != 0u) {
         let c0 = 4u * tx;
-        atomicAdd(&wg_cnt[c0], cnt.x);
-        atomicAdd(&wg_cnt[c0 + 1u], cnt.y);
-        atomicAdd(&wg_cnt[c0 + 2u], cnt.z);
-        atomicAdd(&wg_cnt[c0 + 3u], cnt.w);
+        if (cnt.x != 0u) { atomicAdd(&wg_cnt[c0], cnt.x); }
+        if (cnt.y != 0u) { atomicAdd(&wg_cnt[c0 + 1u], cnt.y); }
+        if (cnt.z != 0u) { atomicAdd(&wg_cnt[c0 + 2u], cnt.z); }
+        if (cnt.w != 0u) { atomicAdd(&wg_cnt[c0 + 3u], cnt.w); }
     }
     workgroupBarrier();
     if (lidx < TP) {

@@ -327,9 +327,9 @@ fn engine_setups(g: &mut GpuEngine) {
         let ps = perm_set(n, pk, np, 40 + si as u64);
         g.chunk_override = Some(chunk);
         // Small dispatch bound so a batch is split into several dispatches and submissions
-        // (for Wide, whose tiles hold 128 permutations, two tiles: the chunk planner keeps one
-        // row of tiles over a chunk within the bound).
-        let tp = if g.kernel() == GlmKernel::Wide { 256 } else { 48 };
+        // (for the Wide kernels, whose tiles hold 64 or 128 permutations, two tiles: the chunk
+        // planner keeps one row of tiles over a chunk within the bound).
+        let tp = if g.kernel().tile_perms() > 48 { 2 * g.kernel().tile_perms() as usize } else { 48 };
         g.max_macs_per_dispatch = (chunk * n * q * tp) as u64;
         // Maps read back in groups of 10 permutations per chunk.
         g.max_maps_bytes = (4 * chunk * 10) as u64;
@@ -394,7 +394,8 @@ fn engine_rejects_bad_calls_and_missing_adapters() {
 /// maxima and exceedance counts against the first one's.
 /// `cargo test --release --test gpu_twins -- --ignored --nocapture time_`
 /// VOXFLIP_TIME_PERMS overrides the count; VOXFLIP_TIME_KERNELS=tiles,wide (any of direct,
-/// tiles/old, wide/new) the kernels (default: tiles,wide on hardware, direct on software).
+/// tiles/old, wide/new, wide128) the kernels (default: tiles,wide,wide128 on hardware, direct on
+/// software).
 #[test]
 #[ignore]
 fn time_1000_sign_flips_n58_q2_v228k() {
@@ -402,7 +403,7 @@ fn time_1000_sign_flips_n58_q2_v228k() {
     let kernels: Vec<GlmKernel> = match std::env::var("VOXFLIP_TIME_KERNELS") {
         Ok(list) => list.split(',').map(|k| GlmKernel::parse(k).expect("direct, tiles or wide")).collect(),
         Err(_) if g.is_software() => vec![GlmKernel::Direct],
-        Err(_) => vec![GlmKernel::Tiles, GlmKernel::Wide],
+        Err(_) => vec![GlmKernel::Tiles, GlmKernel::Wide, GlmKernel::Wide128],
     };
     drop(g);
     let mut rng = ChaCha8Rng::seed_from_u64(1);

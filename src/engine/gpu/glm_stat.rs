@@ -74,20 +74,25 @@ pub enum GlmKernel {
     /// `glm_stat.wgsl` with `SHARED_TILES = true`: 4 x 4 register blocks, 32 x 64 tiles (the
     /// first hardware path; kept selectable as the fallback of `Wide`).
     Tiles,
-    /// `glm_stat_wide.wgsl`: 8 x 4 register blocks over vec4 workgroup words, 128 x 64 tiles
-    /// (the hardware default where the adapter's limits allow it).
+    /// `glm_stat_wide.wgsl`: 8 x 4 register blocks over vec4 workgroup words, 16 x 16
+    /// invocations, 128 x 64 tiles (the hardware default where the adapter's limits allow it).
     Wide,
+    /// `glm_stat_wide.wgsl` with 16 x 8 invocations, 64 x 64 tiles: the same block in half the
+    /// workgroup (more workgroups per multiprocessor where registers are the limit).
+    Wide128,
 }
 
 impl GlmKernel {
-    pub const ALL: [GlmKernel; 3] = [GlmKernel::Direct, GlmKernel::Tiles, GlmKernel::Wide];
+    pub const ALL: [GlmKernel; 4] = [GlmKernel::Direct, GlmKernel::Tiles, GlmKernel::Wide, GlmKernel::Wide128];
 
-    /// Parse the names `VOXFLIP_GLM_KERNEL` accepts: direct, tiles (or old), wide (or new).
+    /// Parse the names `VOXFLIP_GLM_KERNEL` accepts: direct, tiles (or old), wide (or new),
+    /// wide128.
     pub fn parse(s: &str) -> Option<GlmKernel> {
         match s.trim().to_ascii_lowercase().as_str() {
             "direct" => Some(GlmKernel::Direct),
             "tiles" | "old" => Some(GlmKernel::Tiles),
             "wide" | "new" => Some(GlmKernel::Wide),
+            "wide128" => Some(GlmKernel::Wide128),
             _ => None,
         }
     }
@@ -97,6 +102,7 @@ impl GlmKernel {
             GlmKernel::Direct => "direct",
             GlmKernel::Tiles => "tiles",
             GlmKernel::Wide => "wide",
+            GlmKernel::Wide128 => "wide128",
         }
     }
 
@@ -106,6 +112,7 @@ impl GlmKernel {
             GlmKernel::Direct => TP_DIRECT,
             GlmKernel::Tiles => TP,
             GlmKernel::Wide => wide::TP,
+            GlmKernel::Wide128 => wide::TP_128,
         }
     }
 
@@ -114,7 +121,7 @@ impl GlmKernel {
         match self {
             GlmKernel::Direct => TV_DIRECT,
             GlmKernel::Tiles => TV,
-            GlmKernel::Wide => wide::TV,
+            GlmKernel::Wide | GlmKernel::Wide128 => wide::TV,
         }
     }
 
@@ -123,6 +130,7 @@ impl GlmKernel {
         match self {
             GlmKernel::Direct | GlmKernel::Tiles => (WG_V, WG_P),
             GlmKernel::Wide => (wide::WG_V, wide::WG_P),
+            GlmKernel::Wide128 => (wide::WG_V, wide::WG_P_128),
         }
     }
 
@@ -131,6 +139,7 @@ impl GlmKernel {
         match self {
             GlmKernel::Direct | GlmKernel::Tiles => WORKGROUP_STORAGE_BYTES,
             GlmKernel::Wide => wide::WORKGROUP_STORAGE_BYTES,
+            GlmKernel::Wide128 => wide::workgroup_storage_bytes(wide::WG_P_128),
         }
     }
 
@@ -138,53 +147,67 @@ impl GlmKernel {
     pub fn wgsl_source(self) -> String {
         match self {
             GlmKernel::Direct | GlmKernel::Tiles => wgsl_source(),
-            GlmKernel::Wide => wide::wgsl_source(),
+            GlmKernel::Wide => wide::wgsl_source(wide::WG_P),
+            GlmKernel::Wide128 => wide::wgsl_source(wide::WG_P_128),
         }
     }
 }
 
-/// Tiling constants of `shaders/glm_stat_wide.wgsl` (the `Wide` kernel).
+/// Tiling constants of `shaders/glm_stat_wide.wgsl` (the `Wide` and `Wide128` kernels; they
+/// differ in WG_P only).
 pub mod wide {
     /// Invocations along voxels per workgroup.
     pub const WG_V: u32 = 16;
-    /// Invocations along permutations per workgroup.
+    /// Invocations along permutations per workgroup (`Wide`).
     pub const WG_P: u32 = 16;
+    /// Invocations along permutations per workgroup (`Wide128`).
+    pub const WG_P_128: u32 = 8;
     /// Voxels per invocation (one vec4).
     pub const RV: u32 = 4;
     /// Permutations per invocation (two vec4 coefficient words).
     pub const RP: u32 = 8;
     /// Rows of N per workgroup-memory slice.
     pub const KT: u32 = 32;
-    /// Permutations per workgroup tile.
+    /// Permutations per workgroup tile (`Wide`).
     pub const TP: u32 = WG_P * RP;
+    /// Permutations per workgroup tile (`Wide128`).
+    pub const TP_128: u32 = WG_P_128 * RP;
     /// Voxels per workgroup tile.
     pub const TV: u32 = WG_V * RV;
-    /// Invocations per workgroup.
-    pub const WG_SIZE: u32 = WG_V * WG_P;
-    const A_WORDS: u32 = KT * TP / 4;
     const E_WORDS: u32 = KT * TV / 4;
     // The shader spells out the 8 x 4 block (two coefficient words, one E word per k-step)
     // and unrolls the rows of a slice by 8; every invocation stores whole slice words.
     const _: () = assert!(RP == 8 && RV == 4 && KT.is_multiple_of(8));
-    const _: () = assert!(A_WORDS.is_multiple_of(WG_SIZE) && E_WORDS.is_multiple_of(WG_SIZE));
-    const _: () = assert!(TP <= WG_SIZE && TV <= WG_SIZE);
+    const fn shape_ok(wg_p: u32) -> bool {
+        let wg_size = WG_V * wg_p;
+        let a_words = KT * wg_p * RP / 4;
+        a_words.is_multiple_of(wg_size) && E_WORDS.is_multiple_of(wg_size) && wg_p * RP <= wg_size && TV <= wg_size
+    }
+    const _: () = assert!(shape_ok(WG_P) && shape_ok(WG_P_128));
 
-    /// Workgroup memory: the two slices (vec4 words), the per-permutation maxima and the
-    /// per-voxel counts of the tile. 25,344 bytes: within lavapipe's 32 KiB and the 48 KiB of
+    /// Workgroup memory for `wg_p` invocations along permutations: the two slices (vec4
+    /// words), the per-permutation maxima and the per-voxel counts of the tile.
+    pub const fn workgroup_storage_bytes(wg_p: u32) -> u32 {
+        (KT * wg_p * RP + 4 * E_WORDS + wg_p * RP + TV) * 4
+    }
+
+    /// Workgroup memory of `Wide`: 25,344 bytes, within lavapipe's 32 KiB and the 48 KiB of
     /// NVIDIA GPUs, above WebGPU's 16 KiB minimum (the host checks the adapter's limit).
-    pub const WORKGROUP_STORAGE_BYTES: u32 = (4 * A_WORDS + 4 * E_WORDS + TP + TV) * 4;
+    /// `Wide128` needs 16,896.
+    pub const WORKGROUP_STORAGE_BYTES: u32 = workgroup_storage_bytes(WG_P);
 
-    /// The shader source with the tiling constants prepended.
-    pub fn wgsl_source() -> String {
+    /// The shader source with the tiling constants for `wg_p` prepended.
+    pub fn wgsl_source(wg_p: u32) -> String {
+        let (tp, wg_size) = (wg_p * RP, WG_V * wg_p);
         let header = format!(
-            "const WG_V: u32 = {WG_V}u;\nconst WG_P: u32 = {WG_P}u;\nconst RV: u32 = {RV}u;\nconst RP: u32 = {RP}u;\n\
-             const KT: u32 = {KT}u;\nconst TP: u32 = {TP}u;\nconst TV: u32 = {TV}u;\nconst TP4: u32 = {tp4}u;\n\
-             const TV4: u32 = {tv4}u;\nconst WG_SIZE: u32 = {WG_SIZE}u;\n\
+            "const WG_V: u32 = {WG_V}u;\nconst WG_P: u32 = {wg_p}u;\nconst RV: u32 = {RV}u;\nconst RP: u32 = {RP}u;\n\
+             const KT: u32 = {KT}u;\nconst TP: u32 = {tp}u;\nconst TV: u32 = {TV}u;\nconst TP4: u32 = {tp4}u;\n\
+             const TV4: u32 = {tv4}u;\nconst WG_SIZE: u32 = {wg_size}u;\n\
              const A_LOADS: u32 = {al}u;\nconst E_LOADS: u32 = {el}u;\n",
-            tp4 = TP / 4,
+            tp4 = tp / 4,
             tv4 = TV / 4,
-            al = A_WORDS / WG_SIZE,
-            el = E_WORDS / WG_SIZE,
+            al = KT * tp / 4 / wg_size,
+            el = E_WORDS / wg_size,
         );
         header + include_str!("../../../shaders/glm_stat_wide.wgsl")
     }

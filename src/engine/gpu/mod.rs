@@ -241,7 +241,7 @@ fn build_pipeline(device: &wgpu::Device, kernel: GlmKernel, has_src: bool) -> Ke
     });
     let flag = |b: bool| if b { 1.0 } else { 0.0 };
     let mut constants = vec![("HAS_SRC", flag(has_src))];
-    if kernel != GlmKernel::Wide {
+    if matches!(kernel, GlmKernel::Direct | GlmKernel::Tiles) {
         constants.push(("SHARED_TILES", flag(kernel == GlmKernel::Tiles)));
     }
     let pipeline = device.create_compute_pipeline(&wgpu::ComputePipelineDescriptor {
@@ -931,7 +931,8 @@ impl Engine for GpuEngine {
             match self.glm_kernel {
                 GlmKernel::Direct => "direct loads",
                 GlmKernel::Tiles => "workgroup tiles 4x4",
-                GlmKernel::Wide => "wide workgroup tiles 8x4",
+                GlmKernel::Wide => "wide workgroup tiles 8x4, 128x64",
+                GlmKernel::Wide128 => "wide workgroup tiles 8x4, 64x64",
             },
         );
         if self.state.is_some() {
