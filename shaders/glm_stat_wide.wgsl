@@ -19,9 +19,9 @@
 // invocations along x read neighbouring E words (conflict-free), invocations along y share
 // coefficient words (broadcast).
 //
-// N is walked in slices of KT rows with a constant trip count (the compiler unrolls it); rows
-// past n are zero in both slices, and fma(0, 0, acc) == acc exactly, so each u_k is still the
-// sum over m = 0..n-1 in order of fma(A, E, acc): the twin's terms in the twin's order.
+// N is walked in slices of KT rows, unrolled by hand 8 rows at a time, the last slice's
+// remainder row by row: each u_k is the sum over m = 0..n-1 in order of fma(A, E, acc), the
+// twin's terms in the twin's order.
 // The columns k of Q stay the outer loop (the block holds one u_k at a time; q is small), and
 // the epilogue folds u_k as engine::statistic does. To save registers, |u_1..s|^2 (F) and
 // u_1 (t) share one accumulator, `aux`, since each statistic needs only one of them.
@@ -202,8 +202,12 @@ fn main(
             // One row kk per block below: one E word and two coefficient words feed 32 FMAs.
             // Unrolled by hand, 8 rows per trip: wgpu's Vulkan backend bounds every loop with
             // a counter and a break (force_loop_bounding), which can keep a driver from
-            // unrolling it; here that costs one check per 256 FMAs.
-            for (var kk = 0u; kk < KT; kk += 8u) {
+            // unrolling it; here that costs one check per 256 FMAs. Only the rows that exist
+            // are summed (the last slice's remainder one row per trip), so the padded rows of
+            // the last slice cost nothing (N = 58: 58 row steps, not 64).
+            let kmax = min(KT, n - m0);
+            let k8 = kmax & ~7u;
+            for (var kk = 0u; kk < k8; kk += 8u) {
                 {
                     let ev = e_sh[kk * TV4 + tx];
                     let c0 = a_sh[kk * TP4 + ty];
@@ -299,6 +303,21 @@ fn main(
                     let ev = e_sh[(kk + 7u) * TV4 + tx];
                     let c0 = a_sh[(kk + 7u) * TP4 + ty];
                     let c1 = a_sh[(kk + 7u) * TP4 + ty + WG_P];
+                    acc0 = fma(vec4<f32>(c0.x), ev, acc0);
+                    acc1 = fma(vec4<f32>(c0.y), ev, acc1);
+                    acc2 = fma(vec4<f32>(c0.z), ev, acc2);
+                    acc3 = fma(vec4<f32>(c0.w), ev, acc3);
+                    acc4 = fma(vec4<f32>(c1.x), ev, acc4);
+                    acc5 = fma(vec4<f32>(c1.y), ev, acc5);
+                    acc6 = fma(vec4<f32>(c1.z), ev, acc6);
+                    acc7 = fma(vec4<f32>(c1.w), ev, acc7);
+                }
+            }
+            for (var kk = k8; kk < kmax; kk++) {
+                {
+                    let ev = e_sh[kk * TV4 + tx];
+                    let c0 = a_sh[kk * TP4 + ty];
+                    let c1 = a_sh[kk * TP4 + ty + WG_P];
                     acc0 = fma(vec4<f32>(c0.x), ev, acc0);
                     acc1 = fma(vec4<f32>(c0.y), ev, acc1);
                     acc2 = fma(vec4<f32>(c0.z), ev, acc2);
