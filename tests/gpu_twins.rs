@@ -394,7 +394,7 @@ fn engine_rejects_bad_calls_and_missing_adapters() {
 /// maxima and exceedance counts against the first one's.
 /// `cargo test --release --test gpu_twins -- --ignored --nocapture time_`
 /// VOXFLIP_TIME_PERMS overrides the count; VOXFLIP_TIME_KERNELS=tiles,wide (any of direct,
-/// tiles/old, wide/new, wide128) the kernels (default: tiles,wide,wide128 on hardware, direct on
+/// tiles/old, wide, wide128/new) the kernels (default: tiles,wide,wide128 on hardware, direct on
 /// software).
 #[test]
 #[ignore]

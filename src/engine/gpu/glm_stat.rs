@@ -75,24 +75,25 @@ pub enum GlmKernel {
     /// first hardware path; kept selectable as the fallback of `Wide`).
     Tiles,
     /// `glm_stat_wide.wgsl`: 8 x 4 register blocks over vec4 workgroup words, 16 x 16
-    /// invocations, 128 x 64 tiles (the hardware default where the adapter's limits allow it).
+    /// invocations, 128 x 64 tiles.
     Wide,
     /// `glm_stat_wide.wgsl` with 16 x 8 invocations, 64 x 64 tiles: the same block in half the
-    /// workgroup (more workgroups per multiprocessor where registers are the limit).
+    /// workgroup (more workgroups per multiprocessor where registers are the limit). The
+    /// hardware default where the adapter's limits allow it.
     Wide128,
 }
 
 impl GlmKernel {
     pub const ALL: [GlmKernel; 4] = [GlmKernel::Direct, GlmKernel::Tiles, GlmKernel::Wide, GlmKernel::Wide128];
 
-    /// Parse the names `VOXFLIP_GLM_KERNEL` accepts: direct, tiles (or old), wide (or new),
-    /// wide128.
+    /// Parse the names `VOXFLIP_GLM_KERNEL` accepts: direct, tiles (or old), wide, wide128
+    /// (or new).
     pub fn parse(s: &str) -> Option<GlmKernel> {
         match s.trim().to_ascii_lowercase().as_str() {
             "direct" => Some(GlmKernel::Direct),
             "tiles" | "old" => Some(GlmKernel::Tiles),
-            "wide" | "new" => Some(GlmKernel::Wide),
-            "wide128" => Some(GlmKernel::Wide128),
+            "wide" => Some(GlmKernel::Wide),
+            "wide128" | "new" => Some(GlmKernel::Wide128),
             _ => None,
         }
     }

@@ -10,13 +10,14 @@
 //! work, so a caller sees an error, never a silently wrong map, and can continue on the CPU
 //! from the batch that failed.
 //!
-//! glm_stat comes in three kernels ([`GlmKernel`]), chosen per adapter: `Wide`
-//! (`shaders/glm_stat_wide.wgsl`, 8 x 4 register blocks over 128 x 64 workgroup tiles) on
-//! hardware, falling back to `Tiles` (`glm_stat.wgsl`, 4 x 4 blocks, 32 x 64 tiles) where the
-//! adapter's workgroup limits are too small for it; `Direct` (`glm_stat.wgsl` reading storage
-//! directly) on software adapters, where lavapipe makes workgroup memory slow. The
-//! environment variable VOXFLIP_GLM_KERNEL=direct|tiles|wide (also old = tiles, new = wide)
-//! or [`GpuEngine::set_kernel`] overrides the choice. All give the same sums in the same
+//! glm_stat comes in four kernels ([`GlmKernel`]), chosen per adapter: `Wide128`
+//! (`shaders/glm_stat_wide.wgsl`, 8 x 4 register blocks over 64 x 64 workgroup tiles) on
+//! hardware, else `Wide` (the same, 128 x 64 tiles), else `Tiles` (`glm_stat.wgsl`, 4 x 4
+//! blocks, 32 x 64 tiles) where the adapter's workgroup limits are too small for them;
+//! `Direct` (`glm_stat.wgsl` reading storage directly) on software adapters, where lavapipe
+//! makes workgroup memory slow. The environment variable
+//! VOXFLIP_GLM_KERNEL=direct|tiles|wide|wide128 (also old = tiles, new = wide128) or
+//! [`GpuEngine::set_kernel`] overrides the choice. All give the same sums in the same
 //! order; the CPU twin in `cpu/` is the oracle for each (tests/gpu_twins.rs).
 use crate::engine::{BatchResult, ContrastProblem, Engine, StatKind};
 use crate::error::{Error, Result};
@@ -179,16 +180,24 @@ fn kernel_unsupported(l: &wgpu::Limits, kernel: GlmKernel) -> Option<String> {
     None
 }
 
-/// The glm_stat kernel for an adapter: `Direct` on software adapters, `Wide` on hardware
-/// where its workgroup needs fit the limits, else `Tiles`.
+/// The glm_stat kernel for an adapter: `Direct` on software adapters, else the first of
+/// [`TILED_PREFERENCE`] that its limits allow.
 fn default_kernel(info: &wgpu::AdapterInfo, l: &wgpu::Limits) -> GlmKernel {
     if info.device_type == wgpu::DeviceType::Cpu {
         GlmKernel::Direct
-    } else if kernel_unsupported(l, GlmKernel::Wide).is_none() {
-        GlmKernel::Wide
     } else {
-        GlmKernel::Tiles
+        preferred_tiled(l)
     }
+}
+
+/// Workgroup-tile kernels in order of preference on hardware. Wide128 before Wide: the same
+/// 8 x 4 block, but at ~100+ registers per invocation a 256-invocation workgroup may leave an
+/// SM one or two workgroups (every slice has two barriers), half the size twice as many.
+/// Not yet timed on a GPU: the timing test in tests/gpu_twins.rs times all of them.
+const TILED_PREFERENCE: [GlmKernel; 3] = [GlmKernel::Wide128, GlmKernel::Wide, GlmKernel::Tiles];
+
+fn preferred_tiled(l: &wgpu::Limits) -> GlmKernel {
+    TILED_PREFERENCE.into_iter().find(|&k| kernel_unsupported(l, k).is_none()).unwrap_or(GlmKernel::Tiles)
 }
 
 fn rank(info: &wgpu::AdapterInfo) -> (u32, u32) {
@@ -365,7 +374,7 @@ impl GpuEngine {
         let mut glm_kernel = default_kernel(&info, &limits);
         if let Ok(name) = std::env::var("VOXFLIP_GLM_KERNEL") {
             let k = GlmKernel::parse(&name).ok_or_else(|| {
-                Error::Gpu(format!("VOXFLIP_GLM_KERNEL={name}: expected direct, tiles (old) or wide (new)"))
+                Error::Gpu(format!("VOXFLIP_GLM_KERNEL={name}: expected direct, tiles (old), wide or wide128 (new)"))
             })?;
             if let Some(why) = kernel_unsupported(&limits, k) {
                 return Err(Error::Gpu(format!("VOXFLIP_GLM_KERNEL={name} on {}: {why}", info.name)));
@@ -404,16 +413,10 @@ impl GpuEngine {
         self.glm_kernel != GlmKernel::Direct
     }
 
-    /// Choose glm_stat's data path: on = the adapter's workgroup-tile kernel (`Wide` where the
-    /// limits allow it, else `Tiles`), off = `Direct`. See [`GpuEngine::set_kernel`].
+    /// Choose glm_stat's data path: on = the adapter's preferred workgroup-tile kernel (see
+    /// `TILED_PREFERENCE`), off = `Direct`. See [`GpuEngine::set_kernel`].
     pub fn set_shared_tiles(&mut self, on: bool) -> Result<()> {
-        let k = if !on {
-            GlmKernel::Direct
-        } else if kernel_unsupported(&self.limits, GlmKernel::Wide).is_none() {
-            GlmKernel::Wide
-        } else {
-            GlmKernel::Tiles
-        };
+        let k = if on { preferred_tiled(&self.limits) } else { GlmKernel::Direct };
         self.set_kernel(k)
     }
 
