@@ -66,10 +66,11 @@ var<workgroup> e_sh: array<vec4<f32>, KT * TV4>;   // [kk][j]: voxels v0 + 4j ..
 var<workgroup> wg_max: array<atomic<u32>, TP>;
 var<workgroup> wg_cnt: array<atomic<u32>, TV>;
 
-// A_p[k][m] for the four permutations pv (0 outside the dispatch or past row n).
-fn coef4(pv: vec4<u32>, m: u32, k: u32) -> vec4<f32> {
-    let inside = (pv < vec4<u32>(P.n_perm)) & vec4<bool>(m < P.n);
-    let gp = vec4<u32>(P.perm_offset) + min(pv, vec4<u32>(P.n_perm - 1u));
+// A_p[k][m] for four permutations: gp their (clamped) indices in perm_words, pin whether they
+// are in the dispatch, w their sign words for row m (0 without sign flips). 0 outside the
+// dispatch or past row n.
+fn coef4(gp: vec4<u32>, pin: vec4<bool>, w: vec4<u32>, m: u32, k: u32) -> vec4<f32> {
+    let inside = pin & vec4<bool>(m < P.n);
     let mc = min(m, P.n - 1u);
     var val = vec4<f32>(qbasis[mc * P.q + k]);
     if (HAS_SRC) {
@@ -77,12 +78,7 @@ fn coef4(pv: vec4<u32>, m: u32, k: u32) -> vec4<f32> {
         let rows = vec4<u32>(perm_words[si.x], perm_words[si.y], perm_words[si.z], perm_words[si.w]);
         val = vec4<f32>(qbasis[rows.x * P.q + k], qbasis[rows.y * P.q + k], qbasis[rows.z * P.q + k], qbasis[rows.w * P.q + k]);
     }
-    var w = vec4<u32>(0u);
-    if (P.wpp > 0u) {
-        let wi = gp * P.wpp + vec4<u32>(mc / 32u);
-        w = vec4<u32>(perm_words[wi.x], perm_words[wi.y], perm_words[wi.z], perm_words[wi.w]);
-    }
-    let neg = ((w >> vec4<u32>(mc % 32u)) & vec4<u32>(1u)) != vec4<u32>(0u);
+    let neg = ((w >> vec4<u32>(m % 32u)) & vec4<u32>(1u)) != vec4<u32>(0u);
     return select(vec4<f32>(0.0), select(val, -val, neg), inside);
 }
 
@@ -97,10 +93,19 @@ fn e4(m: u32, v0: u32) -> vec4<f32> {
 }
 
 // engine::statistic for four voxels from |u|^2 and aux (u_1 for t, |u_1..s|^2 for F).
+// A uniform branch rather than computing both (the epilogue is ~10% of the work at N = 58,
+// q = 2), and t as u_1 * inverseSqrt(sigma2): one special-function op for sqrt and divide,
+// within the few ULP the twin tests allow for WGSL's sqrt and division anyway. ss <= 0
+// (or NaN) is selected away afterwards.
 fn statistic4(usq: vec4<f32>, aux: vec4<f32>, ss: vec4<f32>) -> vec4<f32> {
     let rss = max(ss - usq, ss * 1e-6);
     let sigma2 = rss / P.dof;
-    let t = select((aux / f32(P.s)) / sigma2, aux / sqrt(sigma2), P.kind == 0u);
+    var t: vec4<f32>;
+    if (P.kind == 0u) {
+        t = aux * inverseSqrt(sigma2);
+    } else {
+        t = (aux / f32(P.s)) / sigma2;
+    }
     return select(vec4<f32>(0.0), t, ss > vec4<f32>(0.0));
 }
 
@@ -183,13 +188,23 @@ fn main(
         var acc6 = vec4<f32>(0.0);
         var acc7 = vec4<f32>(0.0);
         for (var m0 = 0u; m0 < n; m0 += KT) {
-            // Coefficient slice: rows m0..m0+KT, the tile's permutations four to a word.
+            // Coefficient slice: rows m0..m0+KT, the tile's permutations four to a word. Word
+            // idx = lidx + r * WG_SIZE is row idx / TP4, permutations 4 * (idx % TP4) + 0..3;
+            // WG_SIZE is a multiple of TP4, so an invocation fills the same four permutations
+            // on every row, and with KT = 32 (m0 a multiple of 32) their sign bits for the
+            // slice are in one word each, loaded once.
+            let j = lidx % TP4;
+            let pv = vec4<u32>(p0 + 4u * j) + vec4<u32>(0u, 1u, 2u, 3u);
+            let pin = pv < vec4<u32>(P.n_perm);
+            let gp = vec4<u32>(P.perm_offset) + min(pv, vec4<u32>(P.n_perm - 1u));
+            var w = vec4<u32>(0u);
+            if (P.wpp > 0u) {
+                let wi = gp * P.wpp + vec4<u32>(m0 / 32u);
+                w = vec4<u32>(perm_words[wi.x], perm_words[wi.y], perm_words[wi.z], perm_words[wi.w]);
+            }
             for (var r = 0u; r < A_LOADS; r++) {
-                let idx = lidx + r * WG_SIZE;
-                let kk = idx / TP4;
-                let j = idx % TP4;
-                let pv = vec4<u32>(p0 + 4u * j) + vec4<u32>(0u, 1u, 2u, 3u);
-                a_sh[idx] = coef4(pv, m0 + kk, k);
+                let kk = lidx / TP4 + r * (WG_SIZE / TP4);
+                a_sh[lidx + r * WG_SIZE] = coef4(gp, pin, w, m0 + kk, k);
             }
             // Residual slice: rows m0..m0+KT, the tile's voxels four to a word.
             for (var r = 0u; r < E_LOADS; r++) {

@@ -178,11 +178,17 @@ pub mod wide {
     const E_WORDS: u32 = KT * TV / 4;
     // The shader spells out the 8 x 4 block (two coefficient words, one E word per k-step)
     // and unrolls the rows of a slice by 8; every invocation stores whole slice words.
-    const _: () = assert!(RP == 8 && RV == 4 && KT.is_multiple_of(8));
+    // KT = 32: a slice's rows share one sign word per permutation (loaded once per slice).
+    const _: () = assert!(RP == 8 && RV == 4 && KT == 32);
     const fn shape_ok(wg_p: u32) -> bool {
         let wg_size = WG_V * wg_p;
         let a_words = KT * wg_p * RP / 4;
-        a_words.is_multiple_of(wg_size) && E_WORDS.is_multiple_of(wg_size) && wg_p * RP <= wg_size && TV <= wg_size
+        let tp4 = wg_p * RP / 4;
+        a_words.is_multiple_of(wg_size)
+            && E_WORDS.is_multiple_of(wg_size)
+            && wg_size.is_multiple_of(tp4)
+            && wg_p * RP <= wg_size
+            && TV <= wg_size
     }
     const _: () = assert!(shape_ok(WG_P) && shape_ok(WG_P_128));
 
