@@ -277,4 +277,21 @@ mod tests {
         }
         const { assert!(WORKGROUP_STORAGE_BYTES <= 16384, "fits the WebGPU minimum") };
     }
+
+    #[test]
+    fn kernels_fit_lavapipe_and_parse() {
+        // lavapipe offers 32 KiB of workgroup memory: the twin tests run every kernel there.
+        for k in GlmKernel::ALL {
+            assert!(k.workgroup_storage_bytes() <= 32768, "{k:?}");
+            assert_eq!(GlmKernel::parse(k.name()), Some(k));
+            let (x, y) = k.workgroup_size();
+            assert!(x * y <= 256);
+        }
+        assert_eq!(GlmKernel::Wide.workgroup_storage_bytes(), 25_344);
+        assert_eq!(GlmKernel::Wide128.workgroup_storage_bytes(), 16_896);
+        assert_eq!((GlmKernel::Wide.tile_perms(), GlmKernel::Wide128.tile_perms()), (128, 64));
+        assert_eq!(GlmKernel::parse("old"), Some(GlmKernel::Tiles));
+        assert_eq!(GlmKernel::parse("New"), Some(GlmKernel::Wide128));
+        assert_eq!(GlmKernel::parse("fast"), None);
+    }
 }
