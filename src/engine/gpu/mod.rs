@@ -3,12 +3,13 @@
 //!
 //! `prepare` uploads Q, E and ||E||^2 once; E is cut into voxel chunks small enough for one
 //! storage binding (lavapipe allows 128 MiB, many GPUs 2-4 GiB), and every batch runs
-//! `shaders/glm_stat.wgsl` over (permutation sub-batch x chunk) dispatches. Each dispatch is
-//! bounded in work so that no single submission can trip a display driver's watchdog, and the
-//! device is polled after every submission. Any wgpu error (validation, out of memory,
-//! device lost, failed mapping) is returned as `Error::Gpu` and the engine refuses further
-//! work, so a caller sees an error, never a silently wrong map, and can continue on the CPU
-//! from the batch that failed.
+//! glm_stat over (permutation sub-batch x chunk) dispatches. Each dispatch is bounded in work
+//! so that no single submission can trip a display driver's watchdog; the submissions of a
+//! batch are queued back to back and the device is polled (and its errors collected) once per
+//! batch, with the results' readback. Any wgpu error (validation, out of memory, device lost,
+//! failed mapping) is returned as `Error::Gpu` and the engine refuses further work, so a
+//! caller sees an error, never a silently wrong map, and can continue on the CPU from the
+//! batch that failed.
 //!
 //! glm_stat comes in four kernels ([`GlmKernel`]), chosen per adapter: `Wide128`
 //! (`shaders/glm_stat_wide.wgsl`, 8 x 4 register blocks over 64 x 64 workgroup tiles) on
@@ -406,8 +407,8 @@ impl GpuEngine {
         Ok(engine)
     }
 
-    /// Whether glm_stat stages A and E through workgroup memory (`Tiles` or `Wide`, the
-    /// default on hardware adapters) or reads them straight from storage (`Direct`, the
+    /// Whether glm_stat stages A and E through workgroup memory (`Tiles`, `Wide`, `Wide128`,
+    /// the default on hardware adapters) or reads them straight from storage (`Direct`, the
     /// default on software adapters).
     pub fn shared_tiles(&self) -> bool {
         self.glm_kernel != GlmKernel::Direct
