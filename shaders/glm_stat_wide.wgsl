@@ -76,7 +76,9 @@ fn coef4(gp: vec4<u32>, pin: vec4<bool>, w: vec4<u32>, m: u32, k: u32) -> vec4<f
     if (HAS_SRC) {
         let si = vec4<u32>(P.src_base + mc) + gp * P.n;
         let rows = vec4<u32>(perm_words[si.x], perm_words[si.y], perm_words[si.z], perm_words[si.w]);
-        val = vec4<f32>(qbasis[rows.x * P.q + k], qbasis[rows.y * P.q + k], qbasis[rows.z * P.q + k], qbasis[rows.w * P.q + k]);
+        // Clamped: a source past n cannot reach outside Q (PermSet never makes one).
+        let rc = min(rows, vec4<u32>(P.n - 1u));
+        val = vec4<f32>(qbasis[rc.x * P.q + k], qbasis[rc.y * P.q + k], qbasis[rc.z * P.q + k], qbasis[rc.w * P.q + k]);
     }
     let neg = ((w >> vec4<u32>(m % 32u)) & vec4<u32>(1u)) != vec4<u32>(0u);
     return select(vec4<f32>(0.0), select(val, -val, neg), inside);

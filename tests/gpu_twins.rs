@@ -172,6 +172,13 @@ fn glm_stat_matches_twin() {
         println!("kernel: {kernel:?}");
         twin_cases(&mut g, &cases);
     }
+    // The Wide kernels compiled without wgpu's runtime checks.
+    g.set_unchecked(true).unwrap();
+    for kernel in [GlmKernel::Wide, GlmKernel::Wide128] {
+        g.set_kernel(kernel).unwrap();
+        println!("kernel: {kernel:?}, unchecked");
+        twin_cases(&mut g, &cases);
+    }
 }
 
 fn twin_cases(g: &mut GpuEngine, cases: &[Case]) {
@@ -313,6 +320,10 @@ fn engine_matches_reference_with_small_chunks() {
         println!("kernel: {kernel:?}");
         engine_setups(&mut g);
     }
+    g.set_unchecked(true).unwrap();
+    g.set_kernel(GlmKernel::Wide128).unwrap();
+    println!("kernel: Wide128, unchecked");
+    engine_setups(&mut g);
 }
 
 fn engine_setups(g: &mut GpuEngine) {
@@ -387,6 +398,28 @@ fn engine_rejects_bad_calls_and_missing_adapters() {
     let Some(mut g) = gpu() else { return };
     let ps = perm_set(10, PermKind::SignFlip, 10, 1);
     assert!(g.run_batch(&ps, 0..2, None, None).is_err(), "run before prepare");
+    // run_glm_stat refuses buffers smaller than its parameters address (here: the maps).
+    let (words, src_base, _) = perm_words(&ps);
+    let params = GlmParams {
+        n: 10,
+        q: 1,
+        s: 1,
+        kind: 0,
+        vc: 8,
+        n_perm: 10,
+        perm_offset: 0,
+        wpp: ps.words_per_perm as u32,
+        src_base,
+        flags: FLAG_MAPS,
+        maps_base: 0,
+        dof: 9.0,
+        pad: [0; 4],
+    };
+    let (qb, e, vox) = (vec![0.1f32; 10], vec![1.0f32; 80], vec![1.0f32; 16]);
+    let (mut mx, mut cnt, mut maps) = (vec![0u32; 10], vec![0u32; 8], vec![0.0f32; 79]);
+    assert!(g.run_glm_stat(&params, &words, &qb, &e, &vox, &mut mx, &mut cnt, &mut maps).is_err());
+    let mut maps = vec![0.0f32; 80];
+    g.run_glm_stat(&params, &words, &qb, &e, &vox, &mut mx, &mut cnt, &mut maps).unwrap();
 }
 
 /// Timing on whatever adapter is found: 1000 sign flips, N = 58, q = 2, V = 228,000, for each
@@ -394,17 +427,25 @@ fn engine_rejects_bad_calls_and_missing_adapters() {
 /// maxima and exceedance counts against the first one's.
 /// `cargo test --release --test gpu_twins -- --ignored --nocapture time_`
 /// VOXFLIP_TIME_PERMS overrides the count; VOXFLIP_TIME_KERNELS=tiles,wide (any of direct,
-/// tiles/old, wide, wide128/new) the kernels (default: tiles,wide,wide128 on hardware, direct on
-/// software).
+/// tiles/old, wide, wide128/new, a Wide one with "-unchecked" appended for
+/// GpuEngine::set_unchecked) the kernels (default on hardware:
+/// tiles,wide,wide128,wide128-unchecked; on software: direct).
 #[test]
 #[ignore]
 fn time_1000_sign_flips_n58_q2_v228k() {
     let Some(g) = gpu() else { return };
-    let kernels: Vec<GlmKernel> = match std::env::var("VOXFLIP_TIME_KERNELS") {
-        Ok(list) => list.split(',').map(|k| GlmKernel::parse(k).expect("direct, tiles or wide")).collect(),
-        Err(_) if g.is_software() => vec![GlmKernel::Direct],
-        Err(_) => vec![GlmKernel::Tiles, GlmKernel::Wide, GlmKernel::Wide128],
+    let list = match std::env::var("VOXFLIP_TIME_KERNELS") {
+        Ok(list) => list,
+        Err(_) if g.is_software() => "direct".into(),
+        Err(_) => "tiles,wide,wide128,wide128-unchecked".into(),
     };
+    let kernels: Vec<(GlmKernel, bool)> = list
+        .split(',')
+        .map(|k| {
+            let (name, unchecked) = k.strip_suffix("-unchecked").map_or((k, false), |n| (n, true));
+            (GlmKernel::parse(name).expect("direct, tiles, wide or wide128"), unchecked)
+        })
+        .collect();
     drop(g);
     let mut rng = ChaCha8Rng::seed_from_u64(1);
     let (n, v, q) = (58, 228_000, 2);
@@ -413,13 +454,15 @@ fn time_1000_sign_flips_n58_q2_v228k() {
     let ps = perm_set(n, PermKind::SignFlip, count, 2);
     let observed = vec![0.5f32; v];
     let flops = pb.flops_per_perm() * ps.len() as f64;
-    let mut results: Vec<(GlmKernel, f64, Vec<f32>, Vec<u32>)> = Vec::new();
+    let mut results: Vec<(String, f64, Vec<f32>, Vec<u32>)> = Vec::new();
     let mut failed = Vec::new();
-    for &kernel in &kernels {
+    for &(kernel, unchecked) in &kernels {
+        let name = format!("{}{}", kernel.name(), if unchecked { "-unchecked" } else { "" });
         // A fresh engine per kernel: an error in one leaves the others' numbers intact.
         let mut g = gpu().unwrap();
         let run = |g: &mut GpuEngine| -> voxflip::error::Result<(std::time::Duration, f64, Vec<f32>, Vec<u32>)> {
             g.set_kernel(kernel)?;
+            g.set_unchecked(unchecked)?;
             let t0 = std::time::Instant::now();
             g.prepare(&pb)?;
             let t_prep = t0.elapsed();
@@ -451,11 +494,11 @@ fn time_1000_sign_flips_n58_q2_v228k() {
                     g.chunk_voxels(),
                     g.chunks()
                 );
-                results.push((kernel, secs, max_stat, counts));
+                results.push((name, secs, max_stat, counts));
             }
             Err(e) => {
-                println!("kernel {}: FAILED: {e}", kernel.name());
-                failed.push(kernel);
+                println!("kernel {name}: FAILED: {e}");
+                failed.push(name);
             }
         }
     }
@@ -466,11 +509,11 @@ fn time_1000_sign_flips_n58_q2_v228k() {
             println!(
                 "{} vs {}: {:.2}x faster; max statistics differ by at most {worst:e} (relative), exceedance counts \
                  by {counts_diff} in total over {v} voxels",
-                k.name(),
-                k0.name(),
+                k,
+                k0,
                 s0 / secs
             );
-            assert!(worst <= RTOL, "{} and {} disagree on the maxima", k.name(), k0.name());
+            assert!(worst <= RTOL, "{k} and {k0} disagree on the maxima");
         }
     }
     assert!(failed.is_empty(), "kernels failed: {failed:?}");

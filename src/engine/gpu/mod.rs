@@ -243,12 +243,27 @@ pub fn plan_chunk_voxels(
 type Kernel = (wgpu::ComputePipeline, wgpu::BindGroupLayout);
 
 /// The glm_stat pipeline of `kernel` with its row-source handling fixed (the `SHARED_TILES`
-/// and `HAS_SRC` overrides in the shaders).
-fn build_pipeline(device: &wgpu::Device, kernel: GlmKernel, has_src: bool) -> Kernel {
-    let module = device.create_shader_module(wgpu::ShaderModuleDescriptor {
+/// and `HAS_SRC` overrides in the shaders). `unchecked` (the Wide kernels only; see
+/// [`GpuEngine::set_unchecked`]) compiles without wgpu's injected index clamps and loop bounds.
+fn build_pipeline(device: &wgpu::Device, kernel: GlmKernel, has_src: bool, unchecked: bool) -> Kernel {
+    let desc = wgpu::ShaderModuleDescriptor {
         label: Some("glm_stat"),
         source: wgpu::ShaderSource::Wgsl(kernel.wgsl_source().into()),
-    });
+    };
+    let module = if unchecked && matches!(kernel, GlmKernel::Wide | GlmKernel::Wide128) {
+        // SAFETY (wgpu's contract for unchecked modules: no out-of-bounds access, every loop
+        // terminates). glm_stat_wide.wgsl indexes its workgroup arrays with values bounded by
+        // its constants (kk < KT, tx < WG_V, ty < WG_P, lidx < WG_SIZE, r < A_LOADS/E_LOADS),
+        // and clamps every storage index itself (min(.., n - 1), min(.., vc - 1), min(p,
+        // n_perm - 1)) into buffers that run_inner sizes from the same parameters; its loops
+        // run over k < q, m0 < n in steps of KT, kk < KT and r < A_LOADS/E_LOADS, with n < 2^30
+        // (E must fit one binding), and run_glm_stat checks a caller's buffers against the
+        // parameters. Storage accesses stay robust in hardware where the driver has
+        // robustBufferAccess2, as wgpu requests it.
+        unsafe { device.create_shader_module_trusted(desc, wgpu::ShaderRuntimeChecks::unchecked()) }
+    } else {
+        device.create_shader_module(desc)
+    };
     let flag = |b: bool| if b { 1.0 } else { 0.0 };
     let mut constants = vec![("HAS_SRC", flag(has_src))];
     if matches!(kernel, GlmKernel::Direct | GlmKernel::Tiles) {
@@ -303,6 +318,8 @@ pub struct GpuEngine {
     kernels: [Option<Kernel>; 2],
     /// Which glm_stat kernel runs.
     glm_kernel: GlmKernel,
+    /// Wide kernels compiled without wgpu's runtime checks (see `set_unchecked`).
+    unchecked: bool,
     info: wgpu::AdapterInfo,
     limits: wgpu::Limits,
     /// Errors reported by wgpu (uncaptured errors, device loss), drained after every poll.
@@ -382,8 +399,9 @@ impl GpuEngine {
             }
             glm_kernel = k;
         }
+        let unchecked = std::env::var("VOXFLIP_GLM_UNCHECKED").as_deref() == Ok("1");
         // Sign flips need no row sources; the variant with them is built on first use.
-        let kernels = [Some(build_pipeline(&device, glm_kernel, false)), None];
+        let kernels = [Some(build_pipeline(&device, glm_kernel, false, unchecked)), None];
         let max_macs_per_dispatch = if info.device_type == wgpu::DeviceType::DiscreteGpu {
             MAX_MACS_PER_DISPATCH_DISCRETE
         } else {
@@ -394,6 +412,7 @@ impl GpuEngine {
             queue,
             kernels,
             glm_kernel,
+            unchecked,
             info,
             limits,
             errors,
@@ -440,10 +459,22 @@ impl GpuEngine {
         self.ensure_kernel(false)
     }
 
+    /// Compile the Wide kernels without wgpu's runtime checks (index clamps on every array
+    /// access, a counter bounding every loop; wgpu's `ShaderRuntimeChecks::unchecked`): in
+    /// the inner loop that is three clamps per 32 FMAs. Off by default; also
+    /// VOXFLIP_GLM_UNCHECKED=1. The shader's own clamps keep its accesses in bounds (see the
+    /// SAFETY note in `build_pipeline`), so results are the same; for timing it on hardware.
+    pub fn set_unchecked(&mut self, on: bool) -> Result<()> {
+        self.unchecked = on;
+        self.kernels = [None, None];
+        self.ensure_kernel(false)
+    }
+
     /// Build the glm_stat variant for `has_src` if it is not there yet.
     fn ensure_kernel(&mut self, has_src: bool) -> Result<()> {
         if self.kernels[has_src as usize].is_none() {
-            self.kernels[has_src as usize] = Some(build_pipeline(&self.device, self.glm_kernel, has_src));
+            self.kernels[has_src as usize] =
+                Some(build_pipeline(&self.device, self.glm_kernel, has_src, self.unchecked));
             self.poll_checked("compiling glm_stat").map_err(|e| self.fail(e))?;
         }
         Ok(())
@@ -672,6 +703,28 @@ impl GpuEngine {
         maps: &mut [f32],
     ) -> Result<()> {
         self.ensure_kernel(params.flags & FLAG_SRC != 0)?;
+        // The buffers must hold what the parameters address (the kernels clamp indices into
+        // these extents; see set_unchecked).
+        let p = params;
+        let perms_end = (p.perm_offset + p.n_perm) as usize;
+        let (n, q, vc) = (p.n as usize, p.q as usize, p.vc as usize);
+        let mut words_needed = perms_end * p.wpp as usize;
+        if p.flags & FLAG_SRC != 0 {
+            words_needed = words_needed.max(p.src_base as usize + perms_end * n);
+        }
+        let maps_needed =
+            if p.flags & FLAG_MAPS != 0 { perms_end.saturating_sub(p.maps_base as usize) * vc } else { 0 };
+        if perm_words.len() < words_needed
+            || qbasis.len() < n * q
+            || e.len() < n * vc
+            || vox.len() < 2 * vc
+            || max_bits.len() < perms_end
+            || counts.len() < vc
+            || maps.len() < maps_needed
+            || (p.flags & FLAG_MAPS != 0 && p.maps_base > p.perm_offset)
+        {
+            return Err(Error::Gpu("run_glm_stat: buffers smaller than the parameters address".into()));
+        }
         let (wx, wy) = glm_stat::workgroups(params, self.glm_kernel);
         let maxd = self.limits.max_compute_workgroups_per_dimension;
         if wx > maxd || wy > maxd {
@@ -926,7 +979,7 @@ impl GpuEngine {
 impl Engine for GpuEngine {
     fn describe(&self) -> String {
         let mut d = format!(
-            "gpu: {} ({:?}, {:?}, driver {} {}), glm_stat {}",
+            "gpu: {} ({:?}, {:?}, driver {} {}), glm_stat {}{}",
             self.info.name,
             self.info.backend,
             self.info.device_type,
@@ -937,6 +990,11 @@ impl Engine for GpuEngine {
                 GlmKernel::Tiles => "workgroup tiles 4x4",
                 GlmKernel::Wide => "wide workgroup tiles 8x4, 128x64",
                 GlmKernel::Wide128 => "wide workgroup tiles 8x4, 64x64",
+            },
+            if self.unchecked && matches!(self.glm_kernel, GlmKernel::Wide | GlmKernel::Wide128) {
+                " (unchecked)"
+            } else {
+                ""
             },
         );
         if self.state.is_some() {
