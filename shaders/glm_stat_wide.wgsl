@@ -8,8 +8,8 @@
 // A_LOADS, E_LOADS) from src/engine/gpu/glm_stat.rs (module `wide`).
 //
 // Tiling: a workgroup of WG_V x WG_P = 16 x 16 invocations (16 x 8 for the Wide128 kernel)
-// owns a tile of TP = WG_P * RP = 128 (64) permutations by TV = 64 voxels; each invocation keeps an RP x RV = 8 x 4 register block
-// (eight vec4 accumulators). Why, against the 4 x 4 block of glm_stat.wgsl: there every k-step
+// owns a tile of TP = WG_P * RP = 128 (64) permutations by TV = 64 voxels; each invocation
+// keeps an RP x RV = 8 x 4 register block (eight vec4 accumulators). Why, against the 4 x 4 block of glm_stat.wgsl: there every k-step
 // cost 16 FMAs against 8 workgroup-memory loads (4 scalar coefficients, 4 scalar residuals),
 // so the kernel was bound by workgroup-memory bandwidth. Here both slices are stored as vec4
 // words, laid out so that an invocation's 4 voxels and each group of 4 of its permutations are
@@ -29,6 +29,10 @@
 // Reductions: the per-permutation maximum and the per-voxel exceedance counts are first
 // combined in workgroup memory, then one global atomic per permutation and per voxel of the
 // tile.
+//
+// Every index is in range by construction (workgroup arrays by the constants, storage buffers
+// clamped here against n, vc and n_perm), so the host may compile this shader without wgpu's
+// runtime checks (GpuEngine::set_unchecked); keep it that way when editing.
 
 struct Params {
     n: u32,
