@@ -9,9 +9,10 @@
 //
 // Tiling: a workgroup of WG_V x WG_P = 16 x 16 invocations (16 x 8 for the Wide128 kernel)
 // owns a tile of TP = WG_P * RP = 128 (64) permutations by TV = 64 voxels; each invocation
-// keeps an RP x RV = 8 x 4 register block (eight vec4 accumulators). Why, against the 4 x 4 block of glm_stat.wgsl: there every k-step
-// cost 16 FMAs against 8 workgroup-memory loads (4 scalar coefficients, 4 scalar residuals),
-// so the kernel was bound by workgroup-memory bandwidth. Here both slices are stored as vec4
+// keeps an RP x RV = 8 x 4 register block (eight vec4 accumulators). Why, against the 4 x 4
+// block of glm_stat.wgsl: there every k-step cost 16 FMAs against 8 workgroup-memory loads
+// (4 scalar coefficients, 4 scalar residuals), so the kernel was bound by workgroup-memory
+// bandwidth. Here both slices are stored as vec4
 // words, laid out so that an invocation's 4 voxels and each group of 4 of its permutations are
 // one 128-bit word: per k-step 3 loads (one E word, two coefficient words) feed 32 FMAs.
 // Invocation (tx, ty) holds permutations p0 + 4*ty + i (acc0..acc3) and
