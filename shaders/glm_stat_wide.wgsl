@@ -66,8 +66,12 @@ struct Params {
 // Whether the permutations exchange rows (FLAG_SRC); the host builds one pipeline per value.
 override HAS_SRC: bool = false;
 
-var<workgroup> a_sh: array<vec4<f32>, KT * TP4>;   // [kk][j]: permutations p0 + 4j .. 4j+3
-var<workgroup> e_sh: array<vec4<f32>, KT * TV4>;   // [kk][j]: voxels v0 + 4j .. 4j+3
+// Two-dimensional on purpose: wgpu clamps every dynamic array index (min(i, len - 1)). With
+// [row][word], the inner index (tx, ty, ty + WG_P) is loop-invariant, so its clamp is hoisted
+// out of the slice loop, and the row clamp is one min per row shared by both arrays (both
+// have KT rows); a flat [row * width + word] index needed a clamp per load.
+var<workgroup> a_sh: array<array<vec4<f32>, TP4>, KT>;   // [kk][j]: permutations p0 + 4j .. 4j+3
+var<workgroup> e_sh: array<array<vec4<f32>, TV4>, KT>;   // [kk][j]: voxels v0 + 4j .. 4j+3
 var<workgroup> wg_max: array<atomic<u32>, TP>;
 var<workgroup> wg_cnt: array<atomic<u32>, TV>;
 
@@ -211,14 +215,14 @@ fn main(
             }
             for (var r = 0u; r < A_LOADS; r++) {
                 let kk = lidx / TP4 + r * (WG_SIZE / TP4);
-                a_sh[lidx + r * WG_SIZE] = coef4(gp, pin, w, m0 + kk, k);
+                a_sh[kk][j] = coef4(gp, pin, w, m0 + kk, k);
             }
             // Residual slice: rows m0..m0+KT, the tile's voxels four to a word.
             for (var r = 0u; r < E_LOADS; r++) {
                 let idx = lidx + r * WG_SIZE;
                 let kk = idx / TV4;
                 let j = idx % TV4;
-                e_sh[idx] = e4(m0 + kk, v0 + 4u * j);
+                e_sh[kk][j] = e4(m0 + kk, v0 + 4u * j);
             }
             workgroupBarrier();
             // One row kk per block below: one E word and two coefficient words feed 32 FMAs.
@@ -231,9 +235,9 @@ fn main(
             let k8 = kmax & ~7u;
             for (var kk = 0u; kk < k8; kk += 8u) {
                 {
-                    let ev = e_sh[kk * TV4 + tx];
-                    let c0 = a_sh[kk * TP4 + ty];
-                    let c1 = a_sh[kk * TP4 + ty + WG_P];
+                    let ev = e_sh[kk][tx];
+                    let c0 = a_sh[kk][ty];
+                    let c1 = a_sh[kk][ty + WG_P];
                     acc0 = fma(vec4<f32>(c0.x), ev, acc0);
                     acc1 = fma(vec4<f32>(c0.y), ev, acc1);
                     acc2 = fma(vec4<f32>(c0.z), ev, acc2);
@@ -244,9 +248,9 @@ fn main(
                     acc7 = fma(vec4<f32>(c1.w), ev, acc7);
                 }
                 {
-                    let ev = e_sh[(kk + 1u) * TV4 + tx];
-                    let c0 = a_sh[(kk + 1u) * TP4 + ty];
-                    let c1 = a_sh[(kk + 1u) * TP4 + ty + WG_P];
+                    let ev = e_sh[kk + 1u][tx];
+                    let c0 = a_sh[kk + 1u][ty];
+                    let c1 = a_sh[kk + 1u][ty + WG_P];
                     acc0 = fma(vec4<f32>(c0.x), ev, acc0);
                     acc1 = fma(vec4<f32>(c0.y), ev, acc1);
                     acc2 = fma(vec4<f32>(c0.z), ev, acc2);
@@ -257,9 +261,9 @@ fn main(
                     acc7 = fma(vec4<f32>(c1.w), ev, acc7);
                 }
                 {
-                    let ev = e_sh[(kk + 2u) * TV4 + tx];
-                    let c0 = a_sh[(kk + 2u) * TP4 + ty];
-                    let c1 = a_sh[(kk + 2u) * TP4 + ty + WG_P];
+                    let ev = e_sh[kk + 2u][tx];
+                    let c0 = a_sh[kk + 2u][ty];
+                    let c1 = a_sh[kk + 2u][ty + WG_P];
                     acc0 = fma(vec4<f32>(c0.x), ev, acc0);
                     acc1 = fma(vec4<f32>(c0.y), ev, acc1);
                     acc2 = fma(vec4<f32>(c0.z), ev, acc2);
@@ -270,9 +274,9 @@ fn main(
                     acc7 = fma(vec4<f32>(c1.w), ev, acc7);
                 }
                 {
-                    let ev = e_sh[(kk + 3u) * TV4 + tx];
-                    let c0 = a_sh[(kk + 3u) * TP4 + ty];
-                    let c1 = a_sh[(kk + 3u) * TP4 + ty + WG_P];
+                    let ev = e_sh[kk + 3u][tx];
+                    let c0 = a_sh[kk + 3u][ty];
+                    let c1 = a_sh[kk + 3u][ty + WG_P];
                     acc0 = fma(vec4<f32>(c0.x), ev, acc0);
                     acc1 = fma(vec4<f32>(c0.y), ev, acc1);
                     acc2 = fma(vec4<f32>(c0.z), ev, acc2);
@@ -283,9 +287,9 @@ fn main(
                     acc7 = fma(vec4<f32>(c1.w), ev, acc7);
                 }
                 {
-                    let ev = e_sh[(kk + 4u) * TV4 + tx];
-                    let c0 = a_sh[(kk + 4u) * TP4 + ty];
-                    let c1 = a_sh[(kk + 4u) * TP4 + ty + WG_P];
+                    let ev = e_sh[kk + 4u][tx];
+                    let c0 = a_sh[kk + 4u][ty];
+                    let c1 = a_sh[kk + 4u][ty + WG_P];
                     acc0 = fma(vec4<f32>(c0.x), ev, acc0);
                     acc1 = fma(vec4<f32>(c0.y), ev, acc1);
                     acc2 = fma(vec4<f32>(c0.z), ev, acc2);
@@ -296,9 +300,9 @@ fn main(
                     acc7 = fma(vec4<f32>(c1.w), ev, acc7);
                 }
                 {
-                    let ev = e_sh[(kk + 5u) * TV4 + tx];
-                    let c0 = a_sh[(kk + 5u) * TP4 + ty];
-                    let c1 = a_sh[(kk + 5u) * TP4 + ty + WG_P];
+                    let ev = e_sh[kk + 5u][tx];
+                    let c0 = a_sh[kk + 5u][ty];
+                    let c1 = a_sh[kk + 5u][ty + WG_P];
                     acc0 = fma(vec4<f32>(c0.x), ev, acc0);
                     acc1 = fma(vec4<f32>(c0.y), ev, acc1);
                     acc2 = fma(vec4<f32>(c0.z), ev, acc2);
@@ -309,9 +313,9 @@ fn main(
                     acc7 = fma(vec4<f32>(c1.w), ev, acc7);
                 }
                 {
-                    let ev = e_sh[(kk + 6u) * TV4 + tx];
-                    let c0 = a_sh[(kk + 6u) * TP4 + ty];
-                    let c1 = a_sh[(kk + 6u) * TP4 + ty + WG_P];
+                    let ev = e_sh[kk + 6u][tx];
+                    let c0 = a_sh[kk + 6u][ty];
+                    let c1 = a_sh[kk + 6u][ty + WG_P];
                     acc0 = fma(vec4<f32>(c0.x), ev, acc0);
                     acc1 = fma(vec4<f32>(c0.y), ev, acc1);
                     acc2 = fma(vec4<f32>(c0.z), ev, acc2);
@@ -322,9 +326,9 @@ fn main(
                     acc7 = fma(vec4<f32>(c1.w), ev, acc7);
                 }
                 {
-                    let ev = e_sh[(kk + 7u) * TV4 + tx];
-                    let c0 = a_sh[(kk + 7u) * TP4 + ty];
-                    let c1 = a_sh[(kk + 7u) * TP4 + ty + WG_P];
+                    let ev = e_sh[kk + 7u][tx];
+                    let c0 = a_sh[kk + 7u][ty];
+                    let c1 = a_sh[kk + 7u][ty + WG_P];
                     acc0 = fma(vec4<f32>(c0.x), ev, acc0);
                     acc1 = fma(vec4<f32>(c0.y), ev, acc1);
                     acc2 = fma(vec4<f32>(c0.z), ev, acc2);
@@ -337,9 +341,9 @@ fn main(
             }
             for (var kk = k8; kk < kmax; kk++) {
                 {
-                    let ev = e_sh[kk * TV4 + tx];
-                    let c0 = a_sh[kk * TP4 + ty];
-                    let c1 = a_sh[kk * TP4 + ty + WG_P];
+                    let ev = e_sh[kk][tx];
+                    let c0 = a_sh[kk][ty];
+                    let c1 = a_sh[kk][ty + WG_P];
                     acc0 = fma(vec4<f32>(c0.x), ev, acc0);
                     acc1 = fma(vec4<f32>(c0.y), ev, acc1);
                     acc2 = fma(vec4<f32>(c0.z), ev, acc2);
