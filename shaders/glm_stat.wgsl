@@ -13,7 +13,8 @@
 // A_TILE, E_TILE, A_LOADS, E_LOADS) from src/engine/gpu/glm_stat.rs, so Rust and WGSL can
 // never disagree on them.
 //
-// Tiling (SHARED_TILES = true, the GPU path): a workgroup of WG_V x WG_P = 16 x 8
+// Tiling (SHARED_TILES = true, the Tiles kernel: the first GPU path, now the fallback of the
+// Wide kernels in glm_stat_wide.wgsl): a workgroup of WG_V x WG_P = 16 x 8
 // invocations owns a tile of TP = WG_P*RP = 32 permutations by TV = WG_V*RV = 64 voxels; each
 // invocation keeps an RP x RV = 4 x 4 register block (four vec4 accumulators). N is walked
 // in slices of KT = 32 rows: the slice of coefficient rows (generated here from the sign bits,

@@ -15,7 +15,7 @@ use rand::{Rng, SeedableRng};
 use rand_chacha::ChaCha8Rng;
 use voxflip::engine::gpu::cpu::glm_stat as twin;
 use voxflip::engine::gpu::glm_stat::{key_of, value_of, GlmParams, FLAG_MAPS, FLAG_OBSERVED, FLAG_SRC};
-use voxflip::engine::gpu::{AdapterChoice, GpuEngine};
+use voxflip::engine::gpu::{AdapterChoice, GlmKernel, GpuEngine};
 use voxflip::engine::{statistic, ContrastProblem, Engine, StatKind};
 use voxflip::perm::{PermKind, PermSet};
 
@@ -159,10 +159,24 @@ fn glm_stat_matches_twin() {
         Case { n: 100, vc: 300, perms: 70, q: 4, s: 3, kind: StatKind::F, pk: PermKind::Both },
         Case { n: 33, vc: 129, perms: 33, q: 2, s: 2, kind: StatKind::F, pk: PermKind::SignFlip },
         Case { n: 40, vc: 200, perms: 65, q: 3, s: 1, kind: StatKind::T, pk: PermKind::Permute },
+        // The Wide kernel's tiles (TP = 128, TV = 64): more than one permutation tile with a
+        // partial last one, N a multiple of KT (no padded rows) and one row past it, q = 6,
+        // and permutations with sources only (sign words absent).
+        Case { n: 64, vc: 130, perms: 300, q: 6, s: 4, kind: StatKind::F, pk: PermKind::SignFlip },
+        Case { n: 65, vc: 67, perms: 129, q: 5, s: 1, kind: StatKind::T, pk: PermKind::Both },
+        Case { n: 31, vc: 65, perms: 140, q: 2, s: 1, kind: StatKind::T, pk: PermKind::Permute },
+        Case { n: 1, vc: 9, perms: 2, q: 1, s: 1, kind: StatKind::T, pk: PermKind::SignFlip },
     ];
-    for shared in [true, false] {
-        g.set_shared_tiles(shared).unwrap();
-        println!("shared tiles: {shared}");
+    for kernel in GlmKernel::ALL {
+        g.set_kernel(kernel).unwrap();
+        println!("kernel: {kernel:?}");
+        twin_cases(&mut g, &cases);
+    }
+    // The Wide kernels compiled without wgpu's runtime checks.
+    g.set_unchecked(true).unwrap();
+    for kernel in [GlmKernel::Wide, GlmKernel::Wide128] {
+        g.set_kernel(kernel).unwrap();
+        println!("kernel: {kernel:?}, unchecked");
         twin_cases(&mut g, &cases);
     }
 }
@@ -227,6 +241,13 @@ fn twin_cases(g: &mut GpuEngine, cases: &[Case]) {
 fn glm_stat_without_maps_or_observed() {
     // The flags off: maps untouched (dummy binding), counts unchanged, maxima still right.
     let Some(mut g) = gpu() else { return };
+    for kernel in GlmKernel::ALL {
+        g.set_kernel(kernel).unwrap();
+        without_maps_or_observed(&mut g);
+    }
+}
+
+fn without_maps_or_observed(g: &mut GpuEngine) {
     let mut rng = ChaCha8Rng::seed_from_u64(5);
     let (n, vc, q) = (20, 70, 2);
     let pb = problem(&mut rng, n, vc, q, 1, StatKind::T);
@@ -294,11 +315,15 @@ fn reference(pb: &ContrastProblem, ps: &PermSet) -> Vec<f32> {
 #[test]
 fn engine_matches_reference_with_small_chunks() {
     let Some(mut g) = gpu() else { return };
-    for shared in [true, false] {
-        g.set_shared_tiles(shared).unwrap();
-        println!("shared tiles: {shared}");
+    for kernel in GlmKernel::ALL {
+        g.set_kernel(kernel).unwrap();
+        println!("kernel: {kernel:?}");
         engine_setups(&mut g);
     }
+    g.set_unchecked(true).unwrap();
+    g.set_kernel(GlmKernel::Wide128).unwrap();
+    println!("kernel: Wide128, unchecked");
+    engine_setups(&mut g);
 }
 
 fn engine_setups(g: &mut GpuEngine) {
@@ -312,8 +337,11 @@ fn engine_setups(g: &mut GpuEngine) {
         let pb = problem(&mut rng, n, v, q, s, kind);
         let ps = perm_set(n, pk, np, 40 + si as u64);
         g.chunk_override = Some(chunk);
-        // Small dispatch bound so a batch is split into several dispatches and submissions.
-        g.max_macs_per_dispatch = (chunk * n * q * 48) as u64;
+        // Small dispatch bound so a batch is split into several dispatches and submissions
+        // (for the Wide kernels, whose tiles hold 64 or 128 permutations, two tiles: the chunk
+        // planner keeps one row of tiles over a chunk within the bound).
+        let tp = if g.kernel().tile_perms() > 48 { 2 * g.kernel().tile_perms() as usize } else { 48 };
+        g.max_macs_per_dispatch = (chunk * n * q * tp) as u64;
         // Maps read back in groups of 10 permutations per chunk.
         g.max_maps_bytes = (4 * chunk * 10) as u64;
         g.prepare(&pb).unwrap();
@@ -370,46 +398,125 @@ fn engine_rejects_bad_calls_and_missing_adapters() {
     let Some(mut g) = gpu() else { return };
     let ps = perm_set(10, PermKind::SignFlip, 10, 1);
     assert!(g.run_batch(&ps, 0..2, None, None).is_err(), "run before prepare");
+    // run_glm_stat refuses buffers smaller than its parameters address (here: the maps).
+    let (words, src_base, _) = perm_words(&ps);
+    let params = GlmParams {
+        n: 10,
+        q: 1,
+        s: 1,
+        kind: 0,
+        vc: 8,
+        n_perm: 10,
+        perm_offset: 0,
+        wpp: ps.words_per_perm as u32,
+        src_base,
+        flags: FLAG_MAPS,
+        maps_base: 0,
+        dof: 9.0,
+        pad: [0; 4],
+    };
+    let (qb, e, vox) = (vec![0.1f32; 10], vec![1.0f32; 80], vec![1.0f32; 16]);
+    let (mut mx, mut cnt, mut maps) = (vec![0u32; 10], vec![0u32; 8], vec![0.0f32; 79]);
+    assert!(g.run_glm_stat(&params, &words, &qb, &e, &vox, &mut mx, &mut cnt, &mut maps).is_err());
+    let mut maps = vec![0.0f32; 80];
+    g.run_glm_stat(&params, &words, &qb, &e, &vox, &mut mx, &mut cnt, &mut maps).unwrap();
 }
 
-/// Timing on whatever adapter is found: 1000 sign flips, N = 58, q = 2, V = 228,000.
+/// Timing on whatever adapter is found: 1000 sign flips, N = 58, q = 2, V = 228,000, for each
+/// glm_stat kernel in turn (a fresh engine each; one warm-up batch excluded), then the kernels'
+/// maxima and exceedance counts against the first one's.
 /// `cargo test --release --test gpu_twins -- --ignored --nocapture time_`
+/// VOXFLIP_TIME_PERMS overrides the count; VOXFLIP_TIME_KERNELS=tiles,wide (any of direct,
+/// tiles/old, wide, wide128/new, a Wide one with "-unchecked" appended for
+/// GpuEngine::set_unchecked) the kernels (default on hardware:
+/// tiles,wide,wide128,wide128-unchecked; on software: direct).
 #[test]
 #[ignore]
 fn time_1000_sign_flips_n58_q2_v228k() {
-    let Some(mut g) = gpu() else { return };
-    // VOXFLIP_SHARED_TILES=0/1 forces glm_stat's data path (default: per adapter type).
-    if let Ok(x) = std::env::var("VOXFLIP_SHARED_TILES") {
-        g.set_shared_tiles(x == "1").unwrap();
-    }
+    let Some(g) = gpu() else { return };
+    let list = match std::env::var("VOXFLIP_TIME_KERNELS") {
+        Ok(list) => list,
+        Err(_) if g.is_software() => "direct".into(),
+        Err(_) => "tiles,wide,wide128,wide128-unchecked".into(),
+    };
+    let kernels: Vec<(GlmKernel, bool)> = list
+        .split(',')
+        .map(|k| {
+            let (name, unchecked) = k.strip_suffix("-unchecked").map_or((k, false), |n| (n, true));
+            (GlmKernel::parse(name).expect("direct, tiles, wide or wide128"), unchecked)
+        })
+        .collect();
+    drop(g);
     let mut rng = ChaCha8Rng::seed_from_u64(1);
     let (n, v, q) = (58, 228_000, 2);
     let pb = problem(&mut rng, n, v, q, 1, StatKind::T);
-    // VOXFLIP_TIME_PERMS overrides the count for quicker looks.
     let count = std::env::var("VOXFLIP_TIME_PERMS").ok().and_then(|s| s.parse().ok()).unwrap_or(1000);
     let ps = perm_set(n, PermKind::SignFlip, count, 2);
-    let t0 = std::time::Instant::now();
-    g.prepare(&pb).unwrap();
-    let t_prep = t0.elapsed();
-    let batch = g.preferred_batch();
     let observed = vec![0.5f32; v];
-    let t1 = std::time::Instant::now();
-    let mut start = 0;
-    while start < ps.len() {
-        let end = (start + batch).min(ps.len());
-        g.run_batch(&ps, start..end, Some(&observed), None).unwrap();
-        start = end;
-    }
-    let secs = t1.elapsed().as_secs_f64();
     let flops = pb.flops_per_perm() * ps.len() as f64;
-    println!(
-        "{}: prepare {:.2?}, {count} perms in {secs:.2} s ({:.1} GFLOP/s), batch {batch}, chunk {} voxels x {} chunks",
-        g.describe(),
-        t_prep,
-        flops / secs / 1e9,
-        g.chunk_voxels(),
-        g.chunks()
-    );
+    let mut results: Vec<(String, f64, Vec<f32>, Vec<u32>)> = Vec::new();
+    let mut failed = Vec::new();
+    for &(kernel, unchecked) in &kernels {
+        let name = format!("{}{}", kernel.name(), if unchecked { "-unchecked" } else { "" });
+        // A fresh engine per kernel: an error in one leaves the others' numbers intact.
+        let mut g = gpu().unwrap();
+        let run = |g: &mut GpuEngine| -> voxflip::error::Result<(std::time::Duration, f64, Vec<f32>, Vec<u32>)> {
+            g.set_kernel(kernel)?;
+            g.set_unchecked(unchecked)?;
+            let t0 = std::time::Instant::now();
+            g.prepare(&pb)?;
+            let t_prep = t0.elapsed();
+            let batch = g.preferred_batch();
+            // Warm-up: pipeline creation, first-use allocations, clocks.
+            g.run_batch(&ps, 0..batch.min(ps.len()), Some(&observed), None)?;
+            let t1 = std::time::Instant::now();
+            let (mut max_stat, mut counts) = (Vec::with_capacity(ps.len()), vec![0u32; v]);
+            let mut start = 0;
+            while start < ps.len() {
+                let end = (start + batch).min(ps.len());
+                let r = g.run_batch(&ps, start..end, Some(&observed), None)?;
+                max_stat.extend(r.max_stat);
+                for (c, x) in counts.iter_mut().zip(&r.exceed) {
+                    *c += x;
+                }
+                start = end;
+            }
+            Ok((t_prep, t1.elapsed().as_secs_f64(), max_stat, counts))
+        };
+        match run(&mut g) {
+            Ok((t_prep, secs, max_stat, counts)) => {
+                println!(
+                    "{}: prepare {:.2?}, {count} perms in {secs:.4} s ({:.1} GFLOP/s), batch {}, chunk {} voxels x {} chunks",
+                    g.describe(),
+                    t_prep,
+                    flops / secs / 1e9,
+                    g.preferred_batch(),
+                    g.chunk_voxels(),
+                    g.chunks()
+                );
+                results.push((name, secs, max_stat, counts));
+            }
+            Err(e) => {
+                println!("kernel {name}: FAILED: {e}");
+                failed.push(name);
+            }
+        }
+    }
+    if let Some((k0, s0, m0, c0)) = results.first() {
+        for (k, secs, m, c) in &results[1..] {
+            let worst = m.iter().zip(m0).map(|(a, b)| (a - b).abs() / b.abs().max(1.0)).fold(0.0f32, f32::max);
+            let counts_diff: u64 = c.iter().zip(c0).map(|(a, b)| a.abs_diff(*b) as u64).sum();
+            println!(
+                "{} vs {}: {:.2}x faster; max statistics differ by at most {worst:e} (relative), exceedance counts \
+                 by {counts_diff} in total over {v} voxels",
+                k,
+                k0,
+                s0 / secs
+            );
+            assert!(worst <= RTOL, "{k} and {k0} disagree on the maxima");
+        }
+    }
+    assert!(failed.is_empty(), "kernels failed: {failed:?}");
 }
 
 #[test]

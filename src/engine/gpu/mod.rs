@@ -3,17 +3,23 @@
 //!
 //! `prepare` uploads Q, E and ||E||^2 once; E is cut into voxel chunks small enough for one
 //! storage binding (lavapipe allows 128 MiB, many GPUs 2-4 GiB), and every batch runs
-//! `shaders/glm_stat.wgsl` over (permutation sub-batch x chunk) dispatches. Each dispatch is
-//! bounded in work so that no single submission can trip a display driver's watchdog, and the
-//! device is polled after every submission. Any wgpu error (validation, out of memory,
-//! device lost, failed mapping) is returned as `Error::Gpu` and the engine refuses further
-//! work, so a caller sees an error, never a silently wrong map, and can continue on the CPU
-//! from the batch that failed.
+//! glm_stat over (permutation sub-batch x chunk) dispatches. Each dispatch is bounded in work
+//! so that no single submission can trip a display driver's watchdog; the submissions of a
+//! batch are queued back to back and the device is polled (and its errors collected) once per
+//! batch, with the results' readback. Any wgpu error (validation, out of memory, device lost,
+//! failed mapping) is returned as `Error::Gpu` and the engine refuses further work, so a
+//! caller sees an error, never a silently wrong map, and can continue on the CPU from the
+//! batch that failed.
 //!
-//! The shader has two data paths chosen per adapter (`set_shared_tiles` overrides):
-//! workgroup-memory tiles on hardware, direct storage loads on software adapters, where
-//! lavapipe makes workgroup memory slow. Both give the same sums in the same order; the CPU
-//! twin in `cpu/` is the oracle for both (tests/gpu_twins.rs).
+//! glm_stat comes in four kernels ([`GlmKernel`]), chosen per adapter: `Wide128`
+//! (`shaders/glm_stat_wide.wgsl`, 8 x 4 register blocks over 64 x 64 workgroup tiles) on
+//! hardware, else `Wide` (the same, 128 x 64 tiles), else `Tiles` (`glm_stat.wgsl`, 4 x 4
+//! blocks, 32 x 64 tiles) where the adapter's workgroup limits are too small for them;
+//! `Direct` (`glm_stat.wgsl` reading storage directly) on software adapters, where lavapipe
+//! makes workgroup memory slow. The environment variable
+//! VOXFLIP_GLM_KERNEL=direct|tiles|wide|wide128 (also old = tiles, new = wide128) or
+//! [`GpuEngine::set_kernel`] overrides the choice. All give the same sums in the same
+//! order; the CPU twin in `cpu/` is the oracle for each (tests/gpu_twins.rs).
 use crate::engine::{BatchResult, ContrastProblem, Engine, StatKind};
 use crate::error::{Error, Result};
 use crate::perm::PermSet;
@@ -25,7 +31,8 @@ pub mod cpu;
 pub mod glm_stat;
 pub mod spatial;
 
-use glm_stat::{GlmParams, FLAG_MAPS, FLAG_OBSERVED, FLAG_SRC, TP, TV};
+pub use glm_stat::GlmKernel;
+use glm_stat::{GlmParams, FLAG_MAPS, FLAG_OBSERVED, FLAG_SRC, TV};
 
 /// Which adapter to use.
 #[derive(Clone, Debug, Default)]
@@ -63,9 +70,17 @@ const MAPS_CAP_BYTES: u64 = 256 << 20;
 /// Multiply-adds per dispatch: 2^31 is ~4 GFLOP, a few ms on a discrete GPU, ~40 ms on a
 /// weak integrated one, well under the ~2 s watchdogs of Windows (TDR) and desktop Linux.
 const MAX_MACS_PER_DISPATCH: u64 = 1 << 31;
+/// The same bound on discrete GPUs: 2^33 is ~17 GFLOP, ~1 ms on an H100, ~10 ms on a weak
+/// 2 TFLOP/s card. Four times fewer dispatches (and one E chunk where 2^31 would cut a brain
+/// in two for the 128-permutation tiles of the `Wide` kernel).
+const MAX_MACS_PER_DISPATCH_DISCRETE: u64 = 1 << 33;
 /// Multiply-adds a batch should hold so that per-batch costs (upload of permutation words,
-/// readback, synchronisation) stay small against the product.
+/// readback of maxima and counts, synchronisation) stay small against the product.
 const TARGET_MACS_PER_BATCH: f64 = (1u64 << 34) as f64;
+/// The same on hardware adapters, where the product is fast enough that 2^34 (640
+/// permutations of N = 58, q = 2, V = 228k, ~1.7 ms on an H100 at 30% of peak) would make
+/// the per-batch uploads, readback and host round trip a large share: 2^37 gives 5120.
+const TARGET_MACS_PER_BATCH_HARDWARE: f64 = (1u64 << 37) as f64;
 
 fn instance() -> wgpu::Instance {
     // _from_env: WGPU_BACKEND and friends still let a user steer wgpu.
@@ -135,24 +150,56 @@ fn unsuitable(a: &wgpu::Adapter) -> Option<String> {
     if !a.get_downlevel_capabilities().flags.contains(wgpu::DownlevelFlags::COMPUTE_SHADERS) {
         return Some("no compute shaders".into());
     }
-    // wgpu does not check workgroup storage against the limit itself (lavapipe: 32 KiB).
-    if l.max_compute_workgroup_storage_size < glm_stat::WORKGROUP_STORAGE_BYTES {
-        return Some(format!(
-            "workgroup storage {} B < {} B needed",
-            l.max_compute_workgroup_storage_size,
-            glm_stat::WORKGROUP_STORAGE_BYTES
-        ));
-    }
-    if l.max_compute_invocations_per_workgroup < glm_stat::WG_SIZE
-        || l.max_compute_workgroup_size_x < glm_stat::WG_V
-        || l.max_compute_workgroup_size_y < glm_stat::WG_P
-    {
-        return Some(format!("workgroups of {}x{} not supported", glm_stat::WG_V, glm_stat::WG_P));
+    // wgpu does not check workgroup storage against the limit itself (lavapipe: 32 KiB), so
+    // kernel_unsupported does. The Tiles kernel (within WebGPU's minimum limits) is the
+    // minimum; Wide is used only where it fits too.
+    if let Some(why) = kernel_unsupported(&l, GlmKernel::Tiles) {
+        return Some(why);
     }
     if l.max_storage_buffers_per_shader_stage < 7 {
         return Some("fewer than 7 storage buffers per stage".into());
     }
     None
+}
+
+/// Why `kernel` cannot run under `l` (workgroup memory and size), or None if it can.
+fn kernel_unsupported(l: &wgpu::Limits, kernel: GlmKernel) -> Option<String> {
+    let bytes = kernel.workgroup_storage_bytes();
+    if l.max_compute_workgroup_storage_size < bytes {
+        return Some(format!(
+            "glm_stat {}: workgroup storage {} B < {bytes} B needed",
+            kernel.name(),
+            l.max_compute_workgroup_storage_size
+        ));
+    }
+    let (x, y) = kernel.workgroup_size();
+    if l.max_compute_invocations_per_workgroup < x * y
+        || l.max_compute_workgroup_size_x < x
+        || l.max_compute_workgroup_size_y < y
+    {
+        return Some(format!("glm_stat {}: workgroups of {x}x{y} not supported", kernel.name()));
+    }
+    None
+}
+
+/// The glm_stat kernel for an adapter: `Direct` on software adapters, else the first of
+/// [`TILED_PREFERENCE`] that its limits allow.
+fn default_kernel(info: &wgpu::AdapterInfo, l: &wgpu::Limits) -> GlmKernel {
+    if info.device_type == wgpu::DeviceType::Cpu {
+        GlmKernel::Direct
+    } else {
+        preferred_tiled(l)
+    }
+}
+
+/// Workgroup-tile kernels in order of preference on hardware. Wide128 before Wide: the same
+/// 8 x 4 block, but at ~100+ registers per invocation a 256-invocation workgroup may leave an
+/// SM one or two workgroups (every slice has two barriers), half the size twice as many.
+/// Not yet timed on a GPU: the timing test in tests/gpu_twins.rs times all of them.
+const TILED_PREFERENCE: [GlmKernel; 3] = [GlmKernel::Wide128, GlmKernel::Wide, GlmKernel::Tiles];
+
+fn preferred_tiled(l: &wgpu::Limits) -> GlmKernel {
+    TILED_PREFERENCE.into_iter().find(|&k| kernel_unsupported(l, k).is_none()).unwrap_or(GlmKernel::Tiles)
 }
 
 fn rank(info: &wgpu::AdapterInfo) -> (u32, u32) {
@@ -170,16 +217,22 @@ fn rank(info: &wgpu::AdapterInfo) -> (u32, u32) {
 /// Voxels per chunk of E for `n` rows and `q` columns of Q under `limits`: the chunk (n x
 /// chunk floats) and its [ss | observed] pair must each fit one storage binding (and at most
 /// 1 GiB, leaving room for wgpu's upload staging on a 4 GiB card), the grid must stay within
-/// the workgroups-per-dimension limit, and one row of permutation tiles over the chunk must
-/// fit the per-dispatch work bound. A multiple of the voxel tile where possible; 0 if not
-/// even one voxel fits.
-pub fn plan_chunk_voxels(limits: &wgpu::Limits, n: usize, q: usize, max_macs_per_dispatch: u64) -> usize {
+/// the workgroups-per-dimension limit, and one row of permutation tiles (`tile_perms` each)
+/// over the chunk must fit the per-dispatch work bound. A multiple of the voxel tile where
+/// possible; 0 if not even one voxel fits.
+pub fn plan_chunk_voxels(
+    limits: &wgpu::Limits,
+    n: usize,
+    q: usize,
+    max_macs_per_dispatch: u64,
+    tile_perms: u32,
+) -> usize {
     let binding = limits.max_storage_buffer_binding_size.min(limits.max_buffer_size);
     let cap = binding.min(E_CHUNK_CAP_BYTES);
     // n.max(2): the [ss | observed] buffer (2 chunk floats) must fit the binding too.
     let mut chunk_v = (cap / (4 * n.max(2) as u64)) as usize;
     chunk_v = chunk_v.min(limits.max_compute_workgroups_per_dimension as usize * TV as usize);
-    let tile_row = (max_macs_per_dispatch / (n.max(1) as u64 * q.max(1) as u64 * TP as u64)) as usize;
+    let tile_row = (max_macs_per_dispatch / (n.max(1) as u64 * q.max(1) as u64 * tile_perms as u64)) as usize;
     chunk_v = chunk_v.min(tile_row.max(TV as usize));
     if chunk_v >= TV as usize {
         chunk_v -= chunk_v % TV as usize;
@@ -190,15 +243,33 @@ pub fn plan_chunk_voxels(limits: &wgpu::Limits, n: usize, q: usize, max_macs_per
 /// A compiled glm_stat variant and its (automatic) bind group layout.
 type Kernel = (wgpu::ComputePipeline, wgpu::BindGroupLayout);
 
-/// The glm_stat pipeline with its data path and row-source handling fixed (the `SHARED_TILES`
-/// and `HAS_SRC` overrides in the shader).
-fn build_pipeline(device: &wgpu::Device, shared_tiles: bool, has_src: bool) -> Kernel {
-    let module = device.create_shader_module(wgpu::ShaderModuleDescriptor {
+/// The glm_stat pipeline of `kernel` with its row-source handling fixed (the `SHARED_TILES`
+/// and `HAS_SRC` overrides in the shaders). `unchecked` (the Wide kernels only; see
+/// [`GpuEngine::set_unchecked`]) compiles without wgpu's injected index clamps and loop bounds.
+fn build_pipeline(device: &wgpu::Device, kernel: GlmKernel, has_src: bool, unchecked: bool) -> Kernel {
+    let desc = wgpu::ShaderModuleDescriptor {
         label: Some("glm_stat"),
-        source: wgpu::ShaderSource::Wgsl(glm_stat::wgsl_source().into()),
-    });
+        source: wgpu::ShaderSource::Wgsl(kernel.wgsl_source().into()),
+    };
+    let module = if unchecked && matches!(kernel, GlmKernel::Wide | GlmKernel::Wide128) {
+        // SAFETY (wgpu's contract for unchecked modules: no out-of-bounds access, every loop
+        // terminates). glm_stat_wide.wgsl indexes its workgroup arrays with values bounded by
+        // its constants (kk < KT, tx < WG_V, ty < WG_P, lidx < WG_SIZE, r < A_LOADS/E_LOADS),
+        // and clamps every storage index itself (min(.., n - 1), min(.., vc - 1), min(p,
+        // n_perm - 1)) into buffers that run_inner sizes from the same parameters; its loops
+        // run over k < q, m0 < n in steps of KT, kk < KT and r < A_LOADS/E_LOADS, with n < 2^30
+        // (E must fit one binding), and run_glm_stat checks a caller's buffers against the
+        // parameters. Storage accesses stay robust in hardware where the driver has
+        // robustBufferAccess2, as wgpu requests it.
+        unsafe { device.create_shader_module_trusted(desc, wgpu::ShaderRuntimeChecks::unchecked()) }
+    } else {
+        device.create_shader_module(desc)
+    };
     let flag = |b: bool| if b { 1.0 } else { 0.0 };
-    let constants = [("SHARED_TILES", flag(shared_tiles)), ("HAS_SRC", flag(has_src))];
+    let mut constants = vec![("HAS_SRC", flag(has_src))];
+    if matches!(kernel, GlmKernel::Direct | GlmKernel::Tiles) {
+        constants.push(("SHARED_TILES", flag(kernel == GlmKernel::Tiles)));
+    }
     let pipeline = device.create_compute_pipeline(&wgpu::ComputePipelineDescriptor {
         label: Some("glm_stat"),
         layout: None,
@@ -246,8 +317,10 @@ pub struct GpuEngine {
     queue: wgpu::Queue,
     /// glm_stat variants by `has_src` (without / with row sources), built on first use.
     kernels: [Option<Kernel>; 2],
-    /// Which data path of glm_stat runs (its `SHARED_TILES` override).
-    shared_tiles: bool,
+    /// Which glm_stat kernel runs.
+    glm_kernel: GlmKernel,
+    /// Wide kernels compiled without wgpu's runtime checks (see `set_unchecked`).
+    unchecked: bool,
     info: wgpu::AdapterInfo,
     limits: wgpu::Limits,
     /// Errors reported by wgpu (uncaptured errors, device loss), drained after every poll.
@@ -317,36 +390,83 @@ impl GpuEngine {
             sink.lock().unwrap().push(format!("device lost ({reason:?}): {msg}"));
         });
 
-        let shared_tiles = info.device_type != wgpu::DeviceType::Cpu;
+        let mut glm_kernel = default_kernel(&info, &limits);
+        if let Ok(name) = std::env::var("VOXFLIP_GLM_KERNEL") {
+            let k = GlmKernel::parse(&name).ok_or_else(|| {
+                Error::Gpu(format!("VOXFLIP_GLM_KERNEL={name}: expected direct, tiles (old), wide or wide128 (new)"))
+            })?;
+            if let Some(why) = kernel_unsupported(&limits, k) {
+                return Err(Error::Gpu(format!("VOXFLIP_GLM_KERNEL={name} on {}: {why}", info.name)));
+            }
+            glm_kernel = k;
+        }
+        let unchecked = std::env::var("VOXFLIP_GLM_UNCHECKED").as_deref() == Ok("1");
         // Sign flips need no row sources; the variant with them is built on first use.
-        let kernels = [Some(build_pipeline(&device, shared_tiles, false)), None];
+        let kernels = [Some(build_pipeline(&device, glm_kernel, false, unchecked)), None];
+        let max_macs_per_dispatch = if info.device_type == wgpu::DeviceType::DiscreteGpu {
+            MAX_MACS_PER_DISPATCH_DISCRETE
+        } else {
+            MAX_MACS_PER_DISPATCH
+        };
         let engine = GpuEngine {
             device,
             queue,
             kernels,
-            shared_tiles,
+            glm_kernel,
+            unchecked,
             info,
             limits,
             errors,
             broken: None,
             state: None,
             chunk_override: None,
-            max_macs_per_dispatch: MAX_MACS_PER_DISPATCH,
+            max_macs_per_dispatch,
             max_maps_bytes: MAPS_CAP_BYTES,
         };
         engine.poll_checked("compiling glm_stat")?;
         Ok(engine)
     }
 
-    /// Whether glm_stat stages A and E through workgroup memory (the default on hardware
-    /// adapters) or reads them straight from storage (the default on software adapters).
+    /// Whether glm_stat stages A and E through workgroup memory (`Tiles`, `Wide`, `Wide128`,
+    /// the default on hardware adapters) or reads them straight from storage (`Direct`, the
+    /// default on software adapters).
     pub fn shared_tiles(&self) -> bool {
-        self.shared_tiles
+        self.glm_kernel != GlmKernel::Direct
     }
 
-    /// Choose glm_stat's data path (tests run both; results agree within rounding).
+    /// Choose glm_stat's data path: on = the adapter's preferred workgroup-tile kernel (see
+    /// `TILED_PREFERENCE`), off = `Direct`. See [`GpuEngine::set_kernel`].
     pub fn set_shared_tiles(&mut self, on: bool) -> Result<()> {
-        self.shared_tiles = on;
+        let k = if on { preferred_tiled(&self.limits) } else { GlmKernel::Direct };
+        self.set_kernel(k)
+    }
+
+    /// The glm_stat kernel in use.
+    pub fn kernel(&self) -> GlmKernel {
+        self.glm_kernel
+    }
+
+    /// Choose the glm_stat kernel (tests run all; results agree within rounding). An error if
+    /// the adapter's limits do not allow it (the engine stays usable with its kernel). Call
+    /// `prepare` afterwards: the E chunks are planned for the kernel's tiles, so the prepared
+    /// problem is dropped.
+    pub fn set_kernel(&mut self, kernel: GlmKernel) -> Result<()> {
+        if let Some(why) = kernel_unsupported(&self.limits, kernel) {
+            return Err(Error::Gpu(format!("{} cannot run {why}", self.info.name)));
+        }
+        self.glm_kernel = kernel;
+        self.kernels = [None, None];
+        self.state = None;
+        self.ensure_kernel(false)
+    }
+
+    /// Compile the Wide kernels without wgpu's runtime checks (index clamps on every array
+    /// access, a counter bounding every loop; wgpu's `ShaderRuntimeChecks::unchecked`): in
+    /// the inner loop that is three clamps per 32 FMAs. Off by default; also
+    /// VOXFLIP_GLM_UNCHECKED=1. The shader's own clamps keep its accesses in bounds (see the
+    /// SAFETY note in `build_pipeline`), so results are the same; for timing it on hardware.
+    pub fn set_unchecked(&mut self, on: bool) -> Result<()> {
+        self.unchecked = on;
         self.kernels = [None, None];
         self.ensure_kernel(false)
     }
@@ -354,13 +474,14 @@ impl GpuEngine {
     /// Build the glm_stat variant for `has_src` if it is not there yet.
     fn ensure_kernel(&mut self, has_src: bool) -> Result<()> {
         if self.kernels[has_src as usize].is_none() {
-            self.kernels[has_src as usize] = Some(build_pipeline(&self.device, self.shared_tiles, has_src));
+            self.kernels[has_src as usize] =
+                Some(build_pipeline(&self.device, self.glm_kernel, has_src, self.unchecked));
             self.poll_checked("compiling glm_stat").map_err(|e| self.fail(e))?;
         }
         Ok(())
     }
 
-    fn kernel(&self, params: &GlmParams) -> &Kernel {
+    fn pipeline(&self, params: &GlmParams) -> &Kernel {
         self.kernels[(params.flags & FLAG_SRC != 0) as usize].as_ref().expect("ensure_kernel first")
     }
 
@@ -407,6 +528,12 @@ impl GpuEngine {
         Ok(())
     }
 
+    /// Submit without waiting: the GPU runs queued submissions back to back while the host
+    /// encodes the next. Errors surface at the next `poll_checked`.
+    fn submit(&self, enc: wgpu::CommandEncoder) {
+        self.queue.submit(Some(enc.finish()));
+    }
+
     fn submit_checked(&self, enc: wgpu::CommandEncoder, what: &str) -> Result<()> {
         self.queue.submit(Some(enc.finish()));
         self.poll_checked(what)
@@ -434,6 +561,53 @@ impl GpuEngine {
             usage: wgpu::BufferUsages::STORAGE | extra,
             mapped_at_creation: false,
         })
+    }
+
+    /// Finish `enc` with copies of the first `bytes` of each of `parts` into one staging
+    /// buffer, submit it and map the result: one wait for a batch's dispatches and all its
+    /// results. Returns the parts' bytes concatenated in order (each a multiple of 4).
+    fn submit_and_read(
+        &self,
+        mut enc: wgpu::CommandEncoder,
+        parts: &[(&wgpu::Buffer, u64)],
+        what: &str,
+    ) -> Result<Vec<u8>> {
+        let total: u64 = parts.iter().map(|p| p.1).sum();
+        if total == 0 {
+            self.submit_checked(enc, what)?;
+            return Ok(Vec::new());
+        }
+        let staging = self.device.create_buffer(&wgpu::BufferDescriptor {
+            label: Some("staging"),
+            size: total,
+            usage: wgpu::BufferUsages::MAP_READ | wgpu::BufferUsages::COPY_DST,
+            mapped_at_creation: false,
+        });
+        let mut at = 0;
+        for &(buf, bytes) in parts {
+            if bytes > 0 {
+                enc.copy_buffer_to_buffer(buf, 0, &staging, at, bytes);
+            }
+            at += bytes;
+        }
+        self.submit(enc);
+        let slice = staging.slice(..);
+        let (tx, rx) = std::sync::mpsc::channel();
+        slice.map_async(wgpu::MapMode::Read, move |r| {
+            let _ = tx.send(r);
+        });
+        self.poll_checked(what)?;
+        match rx.recv() {
+            Ok(Ok(())) => {}
+            Ok(Err(e)) => return Err(Error::Gpu(format!("{what}: mapping the result failed: {e}"))),
+            Err(_) => return Err(Error::Gpu(format!("{what}: mapping the result never completed"))),
+        }
+        let data = slice
+            .get_mapped_range()
+            .map_err(|e| Error::Gpu(format!("{what}: mapping the result failed: {e}")))?
+            .to_vec();
+        staging.unmap();
+        Ok(data)
     }
 
     /// Copy `bytes` bytes of `buf` from `offset` back to the host.
@@ -496,19 +670,19 @@ impl GpuEngine {
             .collect();
         self.device.create_bind_group(&wgpu::BindGroupDescriptor {
             label: Some("glm_stat"),
-            layout: &self.kernel(params).1,
+            layout: &self.pipeline(params).1,
             entries: &entries,
         })
     }
 
     fn encode_dispatch(&self, enc: &mut wgpu::CommandEncoder, bg: &wgpu::BindGroup, params: &GlmParams) {
-        let (wx, wy) = glm_stat::workgroups(params, self.shared_tiles);
+        let (wx, wy) = glm_stat::workgroups(params, self.glm_kernel);
         if wx == 0 || wy == 0 {
             return;
         }
         let mut pass =
             enc.begin_compute_pass(&wgpu::ComputePassDescriptor { label: Some("glm_stat"), timestamp_writes: None });
-        pass.set_pipeline(&self.kernel(params).0);
+        pass.set_pipeline(&self.pipeline(params).0);
         pass.set_bind_group(0, bg, &[]);
         pass.dispatch_workgroups(wx, wy, 1);
     }
@@ -530,7 +704,29 @@ impl GpuEngine {
         maps: &mut [f32],
     ) -> Result<()> {
         self.ensure_kernel(params.flags & FLAG_SRC != 0)?;
-        let (wx, wy) = glm_stat::workgroups(params, self.shared_tiles);
+        // The buffers must hold what the parameters address (the kernels clamp indices into
+        // these extents; see set_unchecked).
+        let p = params;
+        let perms_end = (p.perm_offset + p.n_perm) as usize;
+        let (n, q, vc) = (p.n as usize, p.q as usize, p.vc as usize);
+        let mut words_needed = perms_end * p.wpp as usize;
+        if p.flags & FLAG_SRC != 0 {
+            words_needed = words_needed.max(p.src_base as usize + perms_end * n);
+        }
+        let maps_needed =
+            if p.flags & FLAG_MAPS != 0 { perms_end.saturating_sub(p.maps_base as usize) * vc } else { 0 };
+        if perm_words.len() < words_needed
+            || qbasis.len() < n * q
+            || e.len() < n * vc
+            || vox.len() < 2 * vc
+            || max_bits.len() < perms_end
+            || counts.len() < vc
+            || maps.len() < maps_needed
+            || (p.flags & FLAG_MAPS != 0 && p.maps_base > p.perm_offset)
+        {
+            return Err(Error::Gpu("run_glm_stat: buffers smaller than the parameters address".into()));
+        }
+        let (wx, wy) = glm_stat::workgroups(params, self.glm_kernel);
         let maxd = self.limits.max_compute_workgroups_per_dimension;
         if wx > maxd || wy > maxd {
             return Err(Error::Gpu(format!("dispatch {wx}x{wy} exceeds {maxd} workgroups per dimension")));
@@ -569,7 +765,9 @@ impl GpuEngine {
             return Err(Error::Gpu("problem buffers do not match n, v, q".into()));
         }
         let binding = self.limits.max_storage_buffer_binding_size.min(self.limits.max_buffer_size);
-        let mut chunk_v = plan_chunk_voxels(&self.limits, n, q, self.max_macs_per_dispatch);
+        // At least the Tiles kernel's 32 (as before for Direct, whose tiles hold 4).
+        let tp = self.glm_kernel.tile_perms().max(glm_stat::TP);
+        let mut chunk_v = plan_chunk_voxels(&self.limits, n, q, self.max_macs_per_dispatch, tp);
         if let Some(c) = self.chunk_override {
             chunk_v = chunk_v.min(c.max(1));
         }
@@ -605,9 +803,10 @@ impl GpuEngine {
             v0 += vc;
         }
         let per_perm = (n * q * v.max(1)) as f64;
-        let mut batch = (TARGET_MACS_PER_BATCH / per_perm) as usize;
-        batch = batch.clamp(TP as usize, 16384);
-        batch -= batch % TP as usize;
+        let target = if self.is_software() { TARGET_MACS_PER_BATCH } else { TARGET_MACS_PER_BATCH_HARDWARE };
+        let mut batch = (target / per_perm) as usize;
+        batch = batch.clamp(tp as usize, 16384);
+        batch -= batch % tp as usize;
         self.state = Some(Resident { n, v, q, s: pb.s, kind: pb.kind, dof: pb.dof, qbuf, chunks, chunk_v, batch });
         Ok(())
     }
@@ -699,12 +898,13 @@ impl GpuEngine {
             let g1 = (g0 + group).min(b);
             for c in &st.chunks {
                 let per_perm = (c.vc * n * q) as u64;
+                let tile_perms = self.glm_kernel.tile_perms() as usize;
+                let round = tile_perms.max(glm_stat::TP as usize);
                 let mut pd = ((self.max_macs_per_dispatch / per_perm.max(1)) as usize).max(1);
-                if pd >= TP as usize {
-                    pd -= pd % TP as usize;
+                if pd >= round {
+                    pd -= pd % round;
                 }
-                let tile_perms = if self.shared_tiles { TP } else { glm_stat::TP_DIRECT };
-                pd = pd.min(maxd * tile_perms as usize);
+                pd = pd.min(maxd * tile_perms);
                 let mut pa = g0;
                 while pa < g1 {
                     let pz = (pa + pd).min(g1);
@@ -736,7 +936,9 @@ impl GpuEngine {
                     self.encode_dispatch(&mut enc, &bg, &params);
                     pending += per_perm * (pz - pa) as u64;
                     if pending >= self.max_macs_per_dispatch {
-                        self.submit_checked(std::mem::replace(&mut enc, self.encoder()), "glm_stat")?;
+                        // Each submission stays within the work bound; no wait in between
+                        // (the batch's final submit_checked / read_back polls and checks).
+                        self.submit(std::mem::replace(&mut enc, self.encoder()));
                         pending = 0;
                     }
                     pa = pz;
@@ -753,17 +955,22 @@ impl GpuEngine {
                 }
             }
         }
-        self.submit_checked(enc, "glm_stat")?;
-
-        let keys = self.read_back(&max_buf, 0, 4 * b as u64, "reading maxima")?;
-        let max_stat: Vec<f32> =
-            bytemuck::cast_slice::<u8, u32>(&keys).iter().map(|&k| glm_stat::value_of(k)).collect();
+        // The maxima and the counts of every chunk come back with the last dispatches: one
+        // submission and one wait per batch (was one per buffer).
+        let mut parts = vec![(&max_buf, 4 * b as u64)];
+        if observed.is_some() {
+            parts.extend(st.chunks.iter().map(|c| (&c.counts, 4 * c.vc as u64)));
+        }
+        let bytes = self.submit_and_read(enc, &parts, "glm_stat results")?;
+        let words: &[u32] = bytemuck::cast_slice(&bytes);
+        let max_stat: Vec<f32> = words[..b].iter().map(|&k| glm_stat::value_of(k)).collect();
         let mut exceed = Vec::new();
         if observed.is_some() {
             exceed = vec![0u32; v];
+            let mut at = b;
             for c in &st.chunks {
-                let bytes = self.read_back(&c.counts, 0, 4 * c.vc as u64, "reading counts")?;
-                exceed[c.v0..c.v0 + c.vc].copy_from_slice(bytemuck::cast_slice(&bytes));
+                exceed[c.v0..c.v0 + c.vc].copy_from_slice(&words[at..at + c.vc]);
+                at += c.vc;
             }
         }
         Ok(BatchResult { max_stat, exceed })
@@ -782,13 +989,23 @@ impl Engine for GpuEngine {
 
     fn describe(&self) -> String {
         let mut d = format!(
-            "gpu: {} ({:?}, {:?}, driver {} {}), glm_stat {}",
+            "gpu: {} ({:?}, {:?}, driver {} {}), glm_stat {}{}",
             self.info.name,
             self.info.backend,
             self.info.device_type,
             self.info.driver,
             self.info.driver_info,
-            if self.shared_tiles { "workgroup tiles" } else { "direct loads" },
+            match self.glm_kernel {
+                GlmKernel::Direct => "direct loads",
+                GlmKernel::Tiles => "workgroup tiles 4x4",
+                GlmKernel::Wide => "wide workgroup tiles 8x4, 128x64",
+                GlmKernel::Wide128 => "wide workgroup tiles 8x4, 64x64",
+            },
+            if self.unchecked && matches!(self.glm_kernel, GlmKernel::Wide | GlmKernel::Wide128) {
+                " (unchecked)"
+            } else {
+                ""
+            },
         );
         if self.state.is_some() {
             d += &format!(", E chunk {} voxels, batch {}", self.chunk_voxels(), self.preferred_batch());
@@ -838,14 +1055,17 @@ mod tests {
     fn a_2mm_brain_with_500_images_is_chunked_to_fit() {
         let (n, q, v) = (500usize, 2usize, 228_000usize);
         // lavapipe: 128 MiB per binding.
-        let c = plan_chunk_voxels(&limits(128 << 20), n, q, MAX_MACS_PER_DISPATCH);
+        let c = plan_chunk_voxels(&limits(128 << 20), n, q, MAX_MACS_PER_DISPATCH, glm_stat::TP);
         assert!(c > 0 && (4 * n * c) as u64 <= 128 << 20 && c.is_multiple_of(TV as usize));
         assert!(v.div_ceil(c) >= 4, "several chunks on lavapipe: {c}");
         // A 4 GiB card (2 GiB bindings): chunks within the 1 GiB cap and the dispatch bound.
-        let c = plan_chunk_voxels(&limits(2 << 30), n, q, MAX_MACS_PER_DISPATCH);
+        let c = plan_chunk_voxels(&limits(2 << 30), n, q, MAX_MACS_PER_DISPATCH, glm_stat::TP);
         assert!((4 * n * c) as u64 <= E_CHUNK_CAP_BYTES);
-        assert!((n * q * c * TP as usize) as u64 <= MAX_MACS_PER_DISPATCH);
+        assert!((n * q * c * glm_stat::TP as usize) as u64 <= MAX_MACS_PER_DISPATCH);
         // N = 58: one chunk of the whole brain fits both.
-        assert!(plan_chunk_voxels(&limits(128 << 20), 58, 2, MAX_MACS_PER_DISPATCH) >= v);
+        assert!(plan_chunk_voxels(&limits(128 << 20), 58, 2, MAX_MACS_PER_DISPATCH, glm_stat::TP) >= v);
+        // The Wide kernel's 128-permutation tiles on a discrete GPU: still one chunk.
+        let tp = glm_stat::wide::TP;
+        assert!(plan_chunk_voxels(&limits(2 << 30), 58, 2, MAX_MACS_PER_DISPATCH_DISCRETE, tp) >= v);
     }
 }
