@@ -202,6 +202,42 @@ fn preferred_tiled(l: &wgpu::Limits) -> GlmKernel {
     TILED_PREFERENCE.into_iter().find(|&k| kernel_unsupported(l, k).is_none()).unwrap_or(GlmKernel::Tiles)
 }
 
+/// The adapter `choice` selects: among those whose name contains `choice.name` (any, if
+/// None), hardware first (software only if allowed), the best by [`rank`] that `unsuitable`
+/// does not reject. The error lists what was skipped and why.
+pub(crate) fn select_adapter(
+    choice: &AdapterChoice,
+    unsuitable: impl Fn(&wgpu::Adapter) -> Option<String>,
+) -> Result<wgpu::Adapter> {
+    let inst = instance();
+    let adapters = pollster::block_on(inst.enumerate_adapters(wgpu::Backends::all()));
+    let mut rejected = Vec::new();
+    let mut candidates: Vec<wgpu::Adapter> = Vec::new();
+    for a in adapters {
+        let info = a.get_info();
+        if let Some(want) = &choice.name {
+            if !info.name.to_lowercase().contains(&want.to_lowercase()) {
+                continue;
+            }
+        }
+        if info.device_type == wgpu::DeviceType::Cpu && !choice.allow_software {
+            rejected.push(format!("{} (software adapter: used only with --backend gpu)", info.name));
+            continue;
+        }
+        if let Some(why) = unsuitable(&a) {
+            rejected.push(format!("{} ({why})", info.name));
+            continue;
+        }
+        candidates.push(a);
+    }
+    candidates.sort_by_key(|a| rank(&a.get_info()));
+    candidates.into_iter().next().ok_or_else(|| {
+        let wanted = choice.name.as_ref().map(|n| format!(" matching '{n}'")).unwrap_or_default();
+        let skipped = if rejected.is_empty() { String::new() } else { format!(" (skipped: {})", rejected.join(", ")) };
+        Error::Gpu(format!("no GPU adapter found{wanted}{skipped}; use --backend cpu"))
+    })
+}
+
 fn rank(info: &wgpu::AdapterInfo) -> (u32, u32) {
     let t = match info.device_type {
         wgpu::DeviceType::DiscreteGpu => 0,
@@ -343,34 +379,7 @@ impl GpuEngine {
     /// Open the adapter `choice` selects, create the device with the adapter's own limits
     /// (the defaults are smaller) and compile the pipeline.
     pub fn new(choice: &AdapterChoice) -> Result<GpuEngine> {
-        let inst = instance();
-        let adapters = pollster::block_on(inst.enumerate_adapters(wgpu::Backends::all()));
-        let mut rejected = Vec::new();
-        let mut candidates: Vec<wgpu::Adapter> = Vec::new();
-        for a in adapters {
-            let info = a.get_info();
-            if let Some(want) = &choice.name {
-                if !info.name.to_lowercase().contains(&want.to_lowercase()) {
-                    continue;
-                }
-            }
-            if info.device_type == wgpu::DeviceType::Cpu && !choice.allow_software {
-                rejected.push(format!("{} (software adapter: used only with --backend gpu)", info.name));
-                continue;
-            }
-            if let Some(why) = unsuitable(&a) {
-                rejected.push(format!("{} ({why})", info.name));
-                continue;
-            }
-            candidates.push(a);
-        }
-        candidates.sort_by_key(|a| rank(&a.get_info()));
-        let Some(adapter) = candidates.into_iter().next() else {
-            let wanted = choice.name.as_ref().map(|n| format!(" matching '{n}'")).unwrap_or_default();
-            let skipped =
-                if rejected.is_empty() { String::new() } else { format!(" (skipped: {})", rejected.join(", ")) };
-            return Err(Error::Gpu(format!("no GPU adapter found{wanted}{skipped}; use --backend cpu")));
-        };
+        let adapter = select_adapter(choice, unsuitable)?;
         let info = adapter.get_info();
         let limits = adapter.limits();
         let (device, queue) = pollster::block_on(adapter.request_device(&wgpu::DeviceDescriptor {

@@ -28,7 +28,7 @@
 use super::cpu::label_components::{MassScale, MODE_INCLUSIVE, MODE_TFCE};
 use super::cpu::tfce::{level_table, size_pow_table};
 use super::glm_stat::{key_of, value_of};
-use super::{instance, rank, AdapterChoice};
+use super::{select_adapter, AdapterChoice};
 use crate::error::{Error, Result};
 use crate::spatial::{MaskGraph, TfceParams};
 use crate::spatial_inference::{SpatialJob, SpatialNull};
@@ -216,43 +216,7 @@ impl GpuSpatial {
     /// Open the adapter `choice` selects (the adapter's own limits) and compile the kernels;
     /// nothing is configured yet (see [`GpuSpatial::configure`]).
     pub fn open(choice: &AdapterChoice) -> Result<GpuSpatial> {
-        let inst = instance();
-        let adapters = pollster::block_on(inst.enumerate_adapters(wgpu::Backends::all()));
-        let mut rejected = Vec::new();
-        let mut candidates: Vec<wgpu::Adapter> = Vec::new();
-        for a in adapters {
-            let info = a.get_info();
-            if let Some(want) = &choice.name {
-                if !info.name.to_lowercase().contains(&want.to_lowercase()) {
-                    continue;
-                }
-            }
-            if info.device_type == wgpu::DeviceType::Cpu && !choice.allow_software {
-                rejected.push(format!("{} (software adapter: used only with --backend gpu)", info.name));
-                continue;
-            }
-            if let Some(why) = unsuitable(&a) {
-                rejected.push(format!("{} ({why})", info.name));
-                continue;
-            }
-            candidates.push(a);
-        }
-        candidates.sort_by_key(|a| rank(&a.get_info()));
-        let Some(adapter) = candidates.into_iter().next() else {
-            let wanted = choice
-                .name
-                .as_ref()
-                .map(|n| format!(" matching '{n}'"))
-                .unwrap_or_default();
-            let skipped = if rejected.is_empty() {
-                String::new()
-            } else {
-                format!(" (skipped: {})", rejected.join(", "))
-            };
-            return Err(Error::Gpu(format!(
-                "no GPU adapter found{wanted}{skipped}; use --backend cpu"
-            )));
-        };
+        let adapter = select_adapter(choice, unsuitable)?;
         let info = adapter.get_info();
         let limits = adapter.limits();
         let (device, queue) = pollster::block_on(adapter.request_device(&wgpu::DeviceDescriptor {
