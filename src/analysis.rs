@@ -531,45 +531,83 @@ pub fn permute_contrast_with(
     let mut null = Vec::with_capacity(nperm);
     let mut counts = vec![0u32; v];
     let mut snull = SpatialNull::default();
-    let mut maps = Vec::new();
-    let mut done = 0;
-    while done < nperm {
-        let mut b = engine.preferred_batch().min(nperm - done);
-        if spatial.is_some() {
-            b = b.min(SPATIAL_BATCH);
+    let Some(job) = spatial else {
+        let mut done = 0;
+        while done < nperm {
+            let b = engine.preferred_batch().min(nperm - done);
+            let res = run_with_fallback(engine, problem, |e| e.run_batch(perms, done..done + b, Some(observed), None))?;
+            null.extend_from_slice(&res.max_stat);
+            for (c, x) in counts.iter_mut().zip(&res.exceed) {
+                *c += x;
+            }
+            done += b;
+            progress.inc(b as u64);
+        }
+        return Ok((null, counts, snull));
+    };
+    // With spatial statistics, batch k's maps are reduced (TFCE, clusters; on the GPU
+    // reducer or the CPU) on a second thread while the engine computes batch k + 1: the two
+    // halves of the work overlap instead of taking turns. Reductions are appended strictly
+    // in batch order, so the result does not depend on the overlap. Two map buffers
+    // alternate; each is at most SPATIAL_BATCH x V floats.
+    type Reduced<'g> = (Vec<f32>, Option<&'g mut GpuSpatial>, SpatialNull);
+    std::thread::scope(|scope| -> Result<()> {
+        let mut spare: Vec<f32> = Vec::new();
+        let mut in_flight: Option<std::thread::ScopedJoinHandle<'_, Reduced<'_>>> = None;
+        let mut gpu = gpu_spatial.take();
+        let mut done = 0;
+        while done < nperm {
+            let b = engine.preferred_batch().min(nperm - done).min(SPATIAL_BATCH);
+            let mut maps = std::mem::take(&mut spare);
             maps.resize(b * v, 0f32);
-        }
-        let res = run_with_fallback(engine, problem, |e| {
-            let m = if spatial.is_some() { Some(&mut maps[..b * v]) } else { None };
-            e.run_batch(perms, done..done + b, Some(observed), m)
-        })?;
-        null.extend_from_slice(&res.max_stat);
-        for (c, x) in counts.iter_mut().zip(&res.exceed) {
-            *c += x;
-        }
-        if let Some(job) = spatial {
-            let mut reduced = false;
-            if let Some(gs) = gpu_spatial.as_deref_mut() {
-                let mut part = SpatialNull::default();
-                match gs.reduce(&maps[..b * v], v, &mut part) {
-                    Ok(()) => {
-                        snull.append(part);
-                        reduced = true;
-                    }
-                    Err(e) => {
-                        eprintln!("voxflip: GPU spatial statistics failed ({e}); continuing on the CPU from this batch");
-                        gpu_spatial = None;
-                    }
-                }
+            let res = run_with_fallback(engine, problem, |e| e.run_batch(perms, done..done + b, Some(observed), Some(&mut maps[..])));
+            // Collect the previous batch's reduction before anything else can fail.
+            if let Some(h) = in_flight.take() {
+                let (buf, g, part) = h.join().expect("spatial reduction thread panicked");
+                snull.append(part);
+                gpu = g;
+                spare = buf;
             }
-            if !reduced {
-                job.reduce(&maps[..b * v], v, &mut snull);
+            let res = res?;
+            null.extend_from_slice(&res.max_stat);
+            for (c, x) in counts.iter_mut().zip(&res.exceed) {
+                *c += x;
             }
+            let g = gpu.take();
+            in_flight = Some(scope.spawn(move || reduce_maps(job, g, maps, v)));
+            done += b;
+            progress.inc(b as u64);
         }
-        done += b;
-        progress.inc(b as u64);
-    }
+        if let Some(h) = in_flight.take() {
+            let (_, _, part) = h.join().expect("spatial reduction thread panicked");
+            snull.append(part);
+        }
+        Ok(())
+    })?;
     Ok((null, counts, snull))
+}
+
+/// The spatial statistics of one batch of maps: on the GPU reducer when there is one, else
+/// (or if it fails: said on stderr, and the GPU is not used again) on the CPU. Returns the
+/// map buffer for reuse, the reducer if it is still usable, and the batch's nulls.
+fn reduce_maps<'g>(
+    job: &SpatialJob,
+    gpu: Option<&'g mut GpuSpatial>,
+    maps: Vec<f32>,
+    v: usize,
+) -> (Vec<f32>, Option<&'g mut GpuSpatial>, SpatialNull) {
+    let mut part = SpatialNull::default();
+    if let Some(gs) = gpu {
+        match gs.reduce(&maps, v, &mut part) {
+            Ok(()) => return (maps, Some(gs), part),
+            Err(e) => {
+                eprintln!("voxflip: GPU spatial statistics failed ({e}); continuing on the CPU from this batch");
+                part = SpatialNull::default();
+            }
+        }
+    }
+    job.reduce(&maps, v, &mut part);
+    (maps, None, part)
 }
 
 /// Run `f` on the engine; if the GPU fails (device lost, out of memory), say so, switch to

@@ -81,3 +81,50 @@ fn lost_device_continues_on_cpu_with_identical_results() {
         assert!(flaky.describe().starts_with("cpu"), "the run must have switched engines");
     }
 }
+
+/// With spatial statistics, batch k's maps are reduced on a second thread while the engine
+/// computes batch k + 1. The nulls must be exactly those of reducing every permutation's map
+/// in order in one go, also when the engine is lost mid-run.
+#[test]
+fn overlapped_spatial_reduction_equals_one_sequential_pass() {
+    use voxflip::spatial::{tfce_step_from_observed, Connectivity, MaskGraph, TfceParams, Workspace};
+    use voxflip::spatial_inference::{SpatialJob, SpatialNull, TfceOptions};
+    let pb = problem();
+    let perms = PermSet::generate(pb.n, PermKind::SignFlip, &vec![0; pb.n], 100, 5).unwrap();
+    let hidden = indicatif::ProgressBar::hidden();
+    let dims = [10, 10, 3];
+    let g6 = MaskGraph::from_mask(dims, &vec![true; pb.v], Connectivity::C6);
+    let g26 = MaskGraph::from_mask(dims, &vec![true; pb.v], Connectivity::C26);
+
+    let mut cpu: Box<dyn Engine> = Box::new(CpuEngine::new());
+    cpu.prepare(&pb).unwrap();
+    let obs = observed_map(&mut cpu, &pb).unwrap();
+    let opts = TfceOptions { params: TfceParams::default(), exact: false, step: None };
+    let mut job = SpatialJob {
+        tfce: Some((&g6, opts, tfce_step_from_observed(&obs))),
+        tfce_observed: None,
+        cluster_graph: Some(&g26),
+        extent_thr: Some(0.5),
+        mass_thr: Some(0.5),
+    };
+    let mut tfce_obs = vec![0f32; pb.v];
+    job.tfce_map(&obs, &mut Workspace::new(), &mut tfce_obs);
+    job.tfce_observed = Some(&tfce_obs);
+
+    // Reference: every map at once, one reduction.
+    let mut all = vec![0f32; perms.len() * pb.v];
+    cpu.run_batch(&perms, 0..perms.len(), None, Some(&mut all)).unwrap();
+    let mut want = SpatialNull::default();
+    job.reduce(&all, pb.v, &mut want);
+    assert_eq!(want.tfce_max.len(), 100);
+
+    for fail_at in [usize::MAX, 4] {
+        let mut flaky: Box<dyn Engine> = Box::new(FlakyEngine { inner: CpuEngine::new(), batches: 0, fail_at });
+        flaky.prepare(&pb).unwrap();
+        let (_, _, got) = permute_contrast(&mut flaky, &pb, &perms, &obs, Some(&job), &hidden).unwrap();
+        assert_eq!(got.tfce_max, want.tfce_max, "fail at {fail_at}");
+        assert_eq!(got.tfce_counts, want.tfce_counts, "fail at {fail_at}");
+        assert_eq!(got.extent_max, want.extent_max, "fail at {fail_at}");
+        assert_eq!(got.mass_max, want.mass_max, "fail at {fail_at}");
+    }
+}
