@@ -499,7 +499,7 @@ pub fn observed_map(engine: &mut Box<dyn Engine>, problem: &ContrastProblem) -> 
 }
 
 /// Largest batch whose maps are held for spatial statistics (batch x V x 4 bytes).
-const SPATIAL_BATCH: usize = 64;
+pub const SPATIAL_BATCH: usize = 64;
 
 /// The max-statistic null, the exceedance counts and (with `spatial`) the spatial nulls of
 /// one contrast, over all permutations of `perms`.

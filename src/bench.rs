@@ -13,7 +13,7 @@
 //!
 //! Effective GFLOP/s count the product only (2 q N V per permutation), against the machine's
 //! sgemm peak (gemm crate, 4096^3) measured in the same run.
-use crate::analysis::{gpu_spatial_for, observed_map, permute_contrast_with};
+use crate::analysis::{gpu_spatial_for, observed_map, permute_contrast_with, SPATIAL_BATCH};
 use crate::engine::cpu::CpuEngine;
 use crate::engine::gpu::spatial::GpuSpatial;
 use crate::engine::gpu::{AdapterChoice, GpuEngine};
@@ -95,13 +95,13 @@ pub fn sgemm_peak_gflops(n: usize, reps: usize) -> f64 {
 ///
 /// `gpu_spatial` holds the GPU spatial reducer across calls (opened by the first TFCE call
 /// when the engine runs spatial statistics on its device), so that device creation and
-/// shader compilation fall into the warm-up.
+/// shader compilation fall into the warm-up; None keeps the spatial statistics on the CPU.
 pub fn time_contrast(
     engine: &mut Box<dyn Engine>,
     study: &DrivingStudy,
     perms: &PermSet,
     tfce: bool,
-    gpu_spatial: &mut Option<GpuSpatial>,
+    gpu_spatial: Option<&mut Option<GpuSpatial>>,
 ) -> Result<f64> {
     let hidden = indicatif::ProgressBar::hidden();
     let t = Instant::now();
@@ -116,8 +116,12 @@ pub fn time_contrast(
         job.tfce_map(&observed, &mut Workspace::new(), &mut tfce_obs);
         job.tfce_observed = Some(&tfce_obs);
     }
-    let on_gpu = if tfce { gpu_spatial_for(&**engine, &job, gpu_spatial, true) } else { None };
-    let gs = if on_gpu.is_some() { gpu_spatial.as_mut() } else { None };
+    let mut gs = None;
+    if let (Some(slot), true) = (gpu_spatial, tfce) {
+        if gpu_spatial_for(&**engine, &job, slot, true).is_some() {
+            gs = slot.as_mut();
+        }
+    }
     permute_contrast_with(engine, &study.problem, perms, &observed, tfce.then_some(&job), gs, &hidden)?;
     Ok(t.elapsed().as_secs_f64())
 }
@@ -153,9 +157,9 @@ pub fn run(nperm: usize, tfce: bool, tfce_perms: usize, gpu: Option<AdapterChoic
         // Warm-up: shader compilation and first-touch allocations stay out of the timings.
         let warm = PermSet::generate(p.n, PermKind::SignFlip, &vec![0; p.n], 8, 2).map_err(crate::Error::usage)?;
         let tw = Instant::now();
-        time_contrast(engine, &study, &warm, tfce, &mut gs)?;
+        time_contrast(engine, &study, &warm, tfce, Some(&mut gs))?;
         let warm_s = tw.elapsed().as_secs_f64();
-        let s = time_contrast(engine, &study, &perms, false, &mut gs)?;
+        let s = time_contrast(engine, &study, &perms, false, Some(&mut gs))?;
         let gf = flops / s / 1e9;
         println!("{}", engine.describe());
         println!(
@@ -165,8 +169,34 @@ pub fn run(nperm: usize, tfce: bool, tfce_perms: usize, gpu: Option<AdapterChoic
             100.0 * gf / peak
         );
         if tfce {
-            let ts = time_contrast(engine, &study, &tperms, true, &mut gs)?;
-            let tv = if tperms.len() == perms.len() { s } else { time_contrast(engine, &study, &tperms, false, &mut gs)? };
+            // The maps alone: computed and brought to the host in the batches the spatial
+            // statistics use, without reducing them (what the engine adds to TFCE).
+            engine.prepare(p)?;
+            let mut maps = vec![0f32; SPATIAL_BATCH * p.v];
+            let tm = Instant::now();
+            let mut done = 0;
+            while done < tperms.len() {
+                let b = SPATIAL_BATCH.min(tperms.len() - done);
+                engine.run_batch(&tperms, done..done + b, None, Some(&mut maps[..b * p.v]))?;
+                done += b;
+            }
+            let tm = tm.elapsed().as_secs_f64();
+            println!(
+                "  maps only: {} maps computed and delivered to the host in {tm:.2} s ({:.2} GB/s)",
+                tperms.len(),
+                (tperms.len() * p.v * 4) as f64 / tm / 1e9
+            );
+            let ts = time_contrast(engine, &study, &tperms, true, Some(&mut gs))?;
+            let tv = if tperms.len() == perms.len() { s } else { time_contrast(engine, &study, &tperms, false, Some(&mut gs))? };
+            if engine.spatial_adapter().is_some() {
+                let tc = time_contrast(engine, &study, &tperms, true, None)?;
+                println!(
+                    "  TFCE on the CPU ({} threads) from this engine's maps: {} sign flips in {tc:.2} s ({:.2} ms per permutation)",
+                    rayon::current_num_threads(),
+                    tperms.len(),
+                    1e3 * tc / tperms.len() as f64
+                );
+            }
             let place = match engine.spatial_adapter() {
                 Some(_) => "TFCE on the GPU",
                 None => "TFCE on the CPU",
