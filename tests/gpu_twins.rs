@@ -527,3 +527,44 @@ fn adapters_are_described() {
     assert_eq!(list.is_empty(), text.starts_with("no GPU adapters"));
     assert_eq!(voxflip::engine::gpu::hardware_adapter_available(), list.iter().any(|a| !a.software && a.compute));
 }
+
+/// Maps left on the device for the spatial stages (`run_batch_on_device`) equal the maps
+/// read back by `run_batch`, and the reductions are the same.
+#[test]
+fn maps_kept_on_device_equal_maps_read_back() {
+    let Some(mut g) = gpu() else { return };
+    let mut rng = ChaCha8Rng::seed_from_u64(11);
+    let (n, v) = (23, 1000);
+    let pb = problem(&mut rng, n, v, 2, 1, StatKind::T);
+    let ps = perm_set(n, PermKind::SignFlip, 40, 4);
+    g.prepare(&pb).unwrap();
+    assert!(g.can_keep_maps(37));
+    let observed = vec![0.3f32; v];
+    let mut host = vec![0f32; 37 * v];
+    let want = g.run_batch(&ps, 3..40, Some(&observed), Some(&mut host)).unwrap();
+    let (got, buf) = g.run_batch_on_device(&ps, 3..40, Some(&observed)).unwrap();
+    assert_eq!(got.max_stat, want.max_stat);
+    assert_eq!(got.exceed, want.exceed);
+    let sd = g.shared_device();
+    let bytes = (4 * 37 * v) as u64;
+    let staging = sd.device.create_buffer(&wgpu::BufferDescriptor {
+        label: None,
+        size: bytes,
+        usage: wgpu::BufferUsages::MAP_READ | wgpu::BufferUsages::COPY_DST,
+        mapped_at_creation: false,
+    });
+    let mut enc = sd.device.create_command_encoder(&Default::default());
+    enc.copy_buffer_to_buffer(&buf, 0, &staging, 0, bytes);
+    sd.queue.submit(Some(enc.finish()));
+    staging.slice(..).map_async(wgpu::MapMode::Read, |r| r.unwrap());
+    sd.device.poll(wgpu::PollType::wait_indefinitely()).unwrap();
+    let kept: Vec<f32> = bytemuck::cast_slice(&staging.slice(..).get_mapped_range().unwrap()).to_vec();
+    assert_eq!(kept, host, "kept maps differ from the maps read back");
+    // Maps cannot be kept when the problem is split into chunks.
+    g.chunk_override = Some(256);
+    g.prepare(&pb).unwrap();
+    assert!(!g.can_keep_maps(1));
+    assert!(g.run_batch_on_device(&ps, 0..4, None).is_err());
+    // ... and asking was not a device failure: the engine still runs.
+    g.run_batch(&ps, 0..4, None, None).unwrap();
+}

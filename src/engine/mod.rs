@@ -88,6 +88,10 @@ pub trait Engine {
     fn spatial_adapter(&self) -> Option<gpu::AdapterChoice> {
         None
     }
+    /// The GPU engine behind this trait object, for stages that share its device.
+    fn as_gpu(&mut self) -> Option<&mut gpu::GpuEngine> {
+        None
+    }
 }
 
 /// The statistic from the projected coefficients u (length q) and the voxel's ||E||^2,

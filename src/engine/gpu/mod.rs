@@ -826,8 +826,21 @@ impl GpuEngine {
         perms: &PermSet,
         range: Range<usize>,
         observed: Option<&[f32]>,
-        mut maps: Option<&mut [f32]>,
+        maps: Option<&mut [f32]>,
     ) -> Result<BatchResult> {
+        self.run_inner_keep(perms, range, observed, maps, false).map(|(r, _)| r)
+    }
+
+    /// `run_inner`; with `keep`, the batch's maps (b x V, permutation-major) are written into
+    /// a fresh device buffer that is returned instead of read back (one chunk only).
+    fn run_inner_keep(
+        &mut self,
+        perms: &PermSet,
+        range: Range<usize>,
+        observed: Option<&[f32]>,
+        mut maps: Option<&mut [f32]>,
+        keep: bool,
+    ) -> Result<(BatchResult, Option<wgpu::Buffer>)> {
         self.ensure_kernel(!perms.all_src().is_empty())?;
         let st = self.state.as_ref().ok_or_else(|| Error::Gpu("run_batch before prepare".into()))?;
         let (n, v, q) = (st.n, st.v, st.q);
@@ -849,10 +862,14 @@ impl GpuEngine {
             }
         }
         if b == 0 {
-            return Ok(BatchResult {
+            let empty = BatchResult {
                 max_stat: Vec::new(),
                 exceed: if observed.is_some() { vec![0; v] } else { Vec::new() },
-            });
+            };
+            return Ok((empty, None));
+        }
+        if keep && (maps.is_some() || !self.can_keep_maps(b)) {
+            return Err(Error::Gpu(format!("cannot keep {b} maps on the device")));
         }
 
         // Permutation words of the batch: [signs, b x wpp | sources, b x n].
@@ -878,7 +895,7 @@ impl GpuEngine {
         if observed.is_some() {
             flags |= FLAG_OBSERVED;
         }
-        if maps.is_some() {
+        if maps.is_some() || keep {
             flags |= FLAG_MAPS;
         }
         let mut enc = self.encoder();
@@ -891,7 +908,7 @@ impl GpuEngine {
         // Permutations whose maps fit one readback buffer for the widest chunk.
         let maps_cap = binding.min(self.max_maps_bytes);
         let group = if maps.is_some() { ((maps_cap / (4 * st.chunk_v as u64)) as usize).clamp(1, b) } else { b };
-        let maps_buf = if maps.is_some() {
+        let maps_buf = if maps.is_some() || keep {
             Some(self.storage_empty("maps", (4 * group * st.chunk_v) as u64, wgpu::BufferUsages::COPY_SRC))
         } else {
             None
@@ -983,11 +1000,66 @@ impl GpuEngine {
                 at += c.vc;
             }
         }
-        Ok(BatchResult { max_stat, exceed })
+        Ok((BatchResult { max_stat, exceed }, if keep { maps_buf } else { None }))
+    }
+
+    /// Whether a batch of `b` maps can stay on the device ([`GpuEngine::run_batch_on_device`]):
+    /// the prepared problem is one chunk (all voxels) and b x V floats fit one binding.
+    pub fn can_keep_maps(&self, b: usize) -> bool {
+        let binding = self.limits.max_storage_buffer_binding_size.min(self.limits.max_buffer_size);
+        self.state.as_ref().is_some_and(|st| st.chunks.len() == 1 && (4 * b * st.v) as u64 <= binding)
+    }
+
+    /// [`Engine::run_batch`] with the batch's statistic maps left on the device: returns the
+    /// reductions and a buffer of range.len() x V floats (permutation-major) that spatial
+    /// statistics on this device ([`GpuEngine::shared_device`]) read directly, so the maps
+    /// never cross the bus. The buffer lives as long as the caller holds it.
+    pub fn run_batch_on_device(
+        &mut self,
+        perms: &PermSet,
+        range: Range<usize>,
+        observed: Option<&[f32]>,
+    ) -> Result<(BatchResult, wgpu::Buffer)> {
+        if let Some(b) = &self.broken {
+            return Err(Error::Gpu(format!("engine unusable after an earlier error: {b}")));
+        }
+        if !self.can_keep_maps(range.len()) {
+            // A caller's mistake, not a device failure: the engine stays usable.
+            return Err(Error::Gpu(format!("cannot keep {} maps on the device", range.len())));
+        }
+        let (r, buf) = self.run_inner_keep(perms, range, observed, None, true).map_err(|e| self.fail(e))?;
+        Ok((r, buf.expect("kept maps buffer")))
+    }
+
+    /// This engine's device, for other GPU stages that must read its buffers.
+    pub fn shared_device(&self) -> SharedDevice {
+        SharedDevice {
+            device: self.device.clone(),
+            queue: self.queue.clone(),
+            info: self.info.clone(),
+            limits: self.limits.clone(),
+            errors: self.errors.clone(),
+        }
     }
 }
 
+/// A device opened by [`GpuEngine`], shared with other GPU stages (the spatial reducer), so
+/// that they can use the engine's buffers. wgpu reports errors through one callback per
+/// device: `errors` is that callback's sink, which every stage drains after its polls.
+#[derive(Clone)]
+pub struct SharedDevice {
+    pub device: wgpu::Device,
+    pub queue: wgpu::Queue,
+    pub info: wgpu::AdapterInfo,
+    pub limits: wgpu::Limits,
+    pub errors: Arc<Mutex<Vec<String>>>,
+}
+
 impl Engine for GpuEngine {
+    fn as_gpu(&mut self) -> Option<&mut GpuEngine> {
+        Some(self)
+    }
+
     fn spatial_adapter(&self) -> Option<AdapterChoice> {
         let wanted = match std::env::var("VOXFLIP_GPU_SPATIAL").as_deref() {
             Ok("0") => false,
