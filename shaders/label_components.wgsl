@@ -13,8 +13,9 @@
 // parent it displaced, so after `hook` every component has exactly one root, its smallest
 // voxel index, whatever the scheduling: the labels are deterministic.
 //
-// Passes, each its own dispatch: init -> hook -> compress -> measure -> cluster_max (or the
-// TFCE passes of tfce.wgsl).
+// Passes, each its own dispatch: init -> hook -> compress -> measure -> cluster_max over all
+// voxels of the batch. The TFCE levels (tfce.wgsl) run `hook` and `compress_measure` over a
+// compacted list of the voxels still above the level instead (`Params.cur` >= 0 there).
 
 const NONE: u32 = 0xffffffffu;
 const WG: u32 = 64u;
@@ -40,9 +41,17 @@ struct Params {
     hpow: f32,
     slot: u32,
     flags: u32,
-    pad0: vec4<u32>,
+    // Which active list (tfce.wgsl) a list pass reads: 0 or 1; NO_LIST for whole-batch passes.
+    cur: u32,
+    // max_compute_workgroups_per_dimension, for the indirect dispatch arguments.
+    maxd: u32,
+    // TFCE: the next level's threshold (+inf after the last level).
+    next_thr: f32,
+    pad0: u32,
     pad1: vec4<u32>,
 }
+
+const NO_LIST: u32 = 0xffffffffu;
 
 @group(0) @binding(0) var<uniform> p: Params;
 @group(0) @binding(1) var<storage, read> nbrs: array<u32>;
@@ -55,6 +64,25 @@ struct Params {
 @group(0) @binding(7) var<storage, read_write> results: array<atomic<u32>>;
 @group(0) @binding(8) var<storage, read> observed: array<f32>;
 @group(0) @binding(9) var<storage, read_write> counts: array<u32>;
+// Active lists of the TFCE levels: [count 0, count 1, total lo, total hi], then two lists of
+// p.v * p.nmaps batch indices each (list c at LIST_HEAD + c * p.v * p.nmaps).
+@group(0) @binding(10) var<storage, read_write> list: array<atomic<u32>>;
+// Indirect dispatch arguments (x, y, z) of the list passes; bound (to a dummy otherwise) only
+// in `set_args`, which writes them: a buffer cannot be both in one dispatch.
+@group(0) @binding(11) var<storage, read_write> args: array<u32>;
+const LIST_HEAD: u32 = 4u;
+
+// The batch index this thread handles: thread t of a whole-batch pass, or entry t of the
+// active list p.cur; NONE past the end.
+fn voxel_of(t: u32) -> u32 {
+    if p.cur == NO_LIST {
+        return select(NONE, t, t < p.v * p.nmaps);
+    }
+    if t >= atomicLoad(&list[p.cur]) {
+        return NONE;
+    }
+    return atomicLoad(&list[LIST_HEAD + p.cur * p.v * p.nmaps + t]);
+}
 
 fn thread_index(gid: vec3<u32>, nwg: vec3<u32>) -> u32 {
     return gid.x + gid.y * nwg.x * WG;
@@ -135,8 +163,8 @@ fn init(@builtin(global_invocation_id) gid: vec3<u32>, @builtin(num_workgroups) 
 
 @compute @workgroup_size(64)
 fn hook(@builtin(global_invocation_id) gid: vec3<u32>, @builtin(num_workgroups) nwg: vec3<u32>) {
-    let i = thread_index(gid, nwg);
-    if i >= p.v * p.nmaps {
+    let i = voxel_of(thread_index(gid, nwg));
+    if i == NONE {
         return;
     }
     if atomicLoad(&parent[i]) == NONE {
