@@ -932,15 +932,13 @@ impl GpuSpatial {
                 pass.set_bind_group(0, bg, &[(slot * align) as u32]);
                 pass.dispatch_workgroups(wx, wy, 1);
             };
-            let indirect = |enc: &mut wgpu::CommandEncoder,
-                            pipe: &wgpu::ComputePipeline,
-                            bg: &wgpu::BindGroup,
-                            slot: usize| {
-                let mut pass = enc.begin_compute_pass(&Default::default());
-                pass.set_pipeline(pipe);
-                pass.set_bind_group(0, bg, &[(slot * align) as u32]);
-                pass.dispatch_workgroups_indirect(&work.args, 0);
-            };
+            let indirect =
+                |enc: &mut wgpu::CommandEncoder, pipe: &wgpu::ComputePipeline, bg: &wgpu::BindGroup, slot: usize| {
+                    let mut pass = enc.begin_compute_pass(&Default::default());
+                    pass.set_pipeline(pipe);
+                    pass.set_bind_group(0, bg, &[(slot * align) as u32]);
+                    pass.dispatch_workgroups_indirect(&work.args, 0);
+                };
             let p = &self.pipes;
             for (ci, c) in req.clusters.iter().enumerate() {
                 let bg = bind(&c.graph.buf, &self.dummy, &self.dummy_rw);
