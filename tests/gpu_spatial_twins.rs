@@ -3,8 +3,13 @@
 //! (voxflip::spatial) and a flood-fill oracle, and GpuSpatial::reduce against
 //! SpatialJob::reduce.
 //!
-//! Tolerances.
-//! - Labels, extents and the fixed-point mass sums are integers: exactly equal.
+//! Tolerances. Lavapipe gives the twins' bits exactly; real GPUs may round differently
+//! (fused multiply-add contraction, pow, division to 2.5 ulp), so every comparison of device
+//! arithmetic against the twin has a tolerance, and only integer results and comparisons of
+//! inputs are checked exactly. The device computes no pow and no division here: the size and
+//! level tables (s^E, h^H) are built on the host and uploaded.
+//! - Labels, extents and the fixed-point mass sums are integers from comparisons of inputs
+//!   (x > thr, x >= thr) and exact power-of-two scaling: exactly equal on any device.
 //! - Masses in f32: GPU and twin convert the same integers with the same operations; a
 //!   driver may fuse `a * b + c`, so 2 ulp. Twin vs the f64 reference: the fixed point's
 //!   bound n * maxabs * 2^-30 plus 2^-22 relative (see MassScale).
@@ -12,8 +17,10 @@
 //!   the partial sum, the two table factors and their product by 2^-24 each: GPU vs twin
 //!   (which may differ by a fused multiply-add per level) and twin vs the f64 reference both
 //!   within (L + 4) * 2^-24 relative, plus 1e-7 of the map maximum for the reference's
-//!   cancellation residue. Counts may differ only for (map, voxel) pairs within that band of
-//!   the observed value; the tests count them and bound the difference by them.
+//!   cancellation residue. A TFCE of exactly 0 (the voxel never rose above a level) is exact
+//!   on any device. Counts may differ only for (map, voxel) pairs within that band of the
+//!   observed value, equality included; the tests count them, bound the difference by them,
+//!   and check that the band stays narrow.
 //!
 //! Without an adapter the tests skip (print why) unless VOXFLIP_REQUIRE_GPU=1. Software
 //! adapters (lavapipe) are allowed here.
@@ -438,7 +445,14 @@ fn tfce_maps_maxima_counts() {
             for j in 0..b {
                 let x = t[j * v + i];
                 let band = tfce_tol(observed[i], levels_of[j], 0.0) * 2.0;
-                lo += (x > observed[i] + band || x == observed[i]) as u32;
+                // Certain only outside the band: a twin value equal to (or within the band
+                // of) the observed one is ambiguous, since the device's f32 sum of the same
+                // terms may round differently on real hardware (fused multiply-add of
+                // `tfce + sizepow * hpow`): on an H100 a twin value exactly equal to the
+                // observed came out just below it. An exact 0 is the exception: it means the
+                // voxel never rose above a level, which only compares inputs, so the device
+                // has exactly 0 too.
+                lo += (x > observed[i] + band || (x == 0.0 && observed[i] <= 0.0)) as u32;
                 hi += (x >= observed[i] - band) as u32;
             }
             ambiguous += hi - lo;
@@ -451,6 +465,13 @@ fn tfce_maps_maxima_counts() {
         }
         let differ = (0..v).filter(|&i| d.counts[i] != tc[i]).count();
         println!("{conn:?}: {ambiguous} (map, voxel) pairs within tolerance of observed; {differ} counts differ");
+        // The band must stay narrow for the count check to mean anything (the seventh map is
+        // the observed map itself, whose pairs are all near-ties).
+        assert!(
+            ambiguous as usize <= 2 * v,
+            "{conn:?}: {ambiguous} of {} pairs ambiguous: band too wide",
+            b * v
+        );
     }
 }
 
