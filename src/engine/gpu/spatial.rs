@@ -9,25 +9,28 @@
 //! {T > h_k}, measure sizes, accumulate size^E h_k^H), the per-map TFCE maxima and the
 //! exceedance counts. Only per-map maxima and the counts come back.
 //!
-//! The TFCE levels work on a compacted list of the (map, voxel) pairs still above the level
-//! (the set only shrinks as the levels rise), rebuilt on the device by each level's
-//! `accumulate`, and sized for the next level's dispatches by `set_args` as indirect
-//! arguments: no read-back between levels, and each level costs in proportion to its
-//! active voxels (for null maps a few percent of the batch above T = 2) plus four small
-//! dispatches. The cluster passes (one level each) run over the whole batch.
+//! The TFCE levels run from the top down over one union-find: the set {T > h_k} only grows
+//! as k falls, so components only merge, and each voxel is hooked once, when it enters (a
+//! streaming compare over the batch appends the entering voxels to the active list). Roots,
+//! sizes and the TFCE terms are then computed over the active list only, with indirect
+//! dispatches sized on the device (`set_args`): no read-back between levels, and each level
+//! costs in proportion to its active voxels (for null maps a few percent of the batch above
+//! T = 2) plus one cheap whole-batch compare and five dispatches. The cluster passes (one
+//! level each) run over the whole batch.
 //!
 //! Numerics (the CPU twins in `cpu/` reproduce them; tests/gpu_spatial_twins.rs):
 //! - labels are exact and deterministic (root = smallest voxel index of the component);
 //! - extents are exact; masses are 64-bit fixed point ([`MassScale`], one scale per map so
 //!   that a map's result does not depend on its batch), order independent, within
 //!   (maxabs / thr) 2^-30 + 2^-22 relative of the exact sum;
-//! - TFCE is summed in f32, one term per level (the CPU reference sums in f64): the GPU and
-//!   the twin differ only by the driver's rounding of `a * b + c` (it may fuse), the
-//!   reference by at most levels x 2^-24 relative.
+//! - TFCE is summed in f32, one term per level from the top level down (the CPU reference
+//!   sums in f64, bottom up; all terms are positive, so the error bound is the same): the
+//!   GPU and the twin differ only by the driver's rounding of `a * b + c` (it may fuse),
+//!   the reference by at most levels x 2^-24 relative.
 //!
 //! Limits: a sub-batch whose maximum needs more than
 //! [`MAX_LEVELS`](super::cpu::tfce::MAX_LEVELS) TFCE levels (the CPU allows 2^24) is refused
-//! with `Error::Gpu`; each level costs four dispatches. A +inf value enters a cluster with a
+//! with `Error::Gpu`; each level costs five dispatches. A +inf value enters a cluster with a
 //! clamped, finite mass contribution (the CPU's mass is infinite).
 //!
 //! Exact TFCE (`--tfce-exact`) is not done here: it needs voxels sorted by value and a
@@ -69,18 +72,24 @@ pub struct SpatialParams {
     pub hpow: f32,
     pub slot: u32,
     pub flags: u32,
-    /// Active list a TFCE list pass reads (0 or 1), or [`NO_LIST`] for whole-batch passes.
+    /// TFCE: parity of the level in processing order (the acc slot of its sizes).
     pub cur: u32,
     /// max_compute_workgroups_per_dimension (indirect arguments).
     pub maxd: u32,
-    /// TFCE: the next level's threshold, +inf after the last.
+    /// TFCE: the threshold of the level above, +inf for the top level.
     pub next_thr: f32,
-    pub pad: [u32; 5],
+    /// Voxels `hook` runs over: [`NO_LIST`] (whole batch) or [`LIST_NEW`].
+    pub sel: u32,
+    pub pad: [u32; 4],
 }
-/// `Params.cur` of the passes over the whole batch.
+/// `Params.sel` of the passes over the whole batch.
 pub const NO_LIST: u32 = u32::MAX;
-/// u32 slots before the active lists in the list buffer (`LIST_HEAD`).
-const LIST_HEAD: usize = 4;
+/// `Params.sel` of `hook` over the voxels entering at a TFCE level.
+pub const LIST_NEW: u32 = 1;
+/// u32 slots before the active list in the list buffer (`LIST_HEAD`).
+const LIST_HEAD: usize = 8;
+const FLAG_FIRST: u32 = 2;
+const FLAG_LAST: u32 = 4;
 const _: () = assert!(std::mem::size_of::<SpatialParams>() == 64);
 const FLAG_MASS: u32 = 1;
 
@@ -148,7 +157,7 @@ struct Pipes {
     compress: wgpu::ComputePipeline,
     measure: wgpu::ComputePipeline,
     cluster_max: wgpu::ComputePipeline,
-    tfce_start: wgpu::ComputePipeline,
+    enter: wgpu::ComputePipeline,
     set_args: wgpu::ComputePipeline,
     compress_measure: wgpu::ComputePipeline,
     accumulate: wgpu::ComputePipeline,
@@ -193,7 +202,7 @@ struct Work {
     acc: wgpu::Buffer,
     tfce: wgpu::Buffer,
     results: wgpu::Buffer,
-    /// TFCE active lists: LIST_HEAD counters, then two lists of nb * v batch indices.
+    /// TFCE active list: LIST_HEAD counters, then up to nb * v batch indices.
     list: wgpu::Buffer,
     /// Indirect dispatch arguments of the list passes.
     args: wgpu::Buffer,
@@ -327,7 +336,7 @@ impl GpuSpatial {
             compress: pipe("compress"),
             measure: pipe("measure"),
             cluster_max: pipe("cluster_max"),
-            tfce_start: pipe("tfce_start"),
+            enter: pipe("enter"),
             set_args: pipe("set_args"),
             compress_measure: pipe("compress_measure"),
             accumulate: pipe("accumulate"),
@@ -750,10 +759,10 @@ impl GpuSpatial {
             acc: self.storage("acc", n * 12),
             tfce: self.storage("tfce", n * 4),
             results: self.storage("results", (nb * RES_STRIDE * 4) as u64),
-            list: self.storage("active lists", (LIST_HEAD as u64 + 2 * n) * 4),
+            list: self.storage("active list", (LIST_HEAD as u64 + n) * 4),
             args: self.device.create_buffer(&wgpu::BufferDescriptor {
                 label: Some("indirect args"),
-                size: 16,
+                size: 32,
                 usage: wgpu::BufferUsages::STORAGE | wgpu::BufferUsages::INDIRECT,
                 mapped_at_creation: false,
             }),
@@ -813,12 +822,12 @@ impl GpuSpatial {
             self.queue
                 .write_buffer(&work.results, 0, bytemuck::cast_slice(&init_results));
 
-            // Parameter slots: one per cluster pass; for TFCE the start pass, set_args for
-            // either list and one per level; one for the tail.
+            // Parameter slots: one per cluster pass; for TFCE set_args and one per level (top
+            // down; or one for the zeroing `enter` when there is no level); one for the tail.
             let base = SpatialParams {
                 nmaps: nb as u32,
                 v: v as u32,
-                cur: NO_LIST,
+                sel: NO_LIST,
                 maxd: maxd.min(u32::MAX as usize) as u32,
                 ..Default::default()
             };
@@ -841,21 +850,27 @@ impl GpuSpatial {
                 let (hs, hpow) = level_table(sub, dh, h_exp).map_err(Error::Gpu)?;
                 levels = hs.into_iter().zip(hpow).filter(|&(_, hp)| hp != 0.0).collect();
                 let thr_of = |k: usize| levels.get(k).map_or(f32::INFINITY, |l| l.0);
-                params.push(SpatialParams {
-                    next_thr: thr_of(0),
-                    ..base
-                });
-                for c in 0..2 {
-                    params.push(SpatialParams { cur: c, ..base });
+                params.push(base); // set_args
+                let n = levels.len();
+                if n == 0 {
+                    params.push(SpatialParams {
+                        thr: f32::INFINITY,
+                        next_thr: f32::INFINITY,
+                        flags: FLAG_FIRST,
+                        ..base
+                    });
                 }
-                for (k, &(h, hp)) in levels.iter().enumerate() {
+                for (j, k) in (0..n).rev().enumerate() {
+                    let (h, hp) = levels[k];
                     params.push(SpatialParams {
                         width: g.width as u32,
                         mode: MODE_TFCE,
                         thr: h,
                         hpow: hp,
-                        cur: (k % 2) as u32,
+                        cur: (j % 2) as u32,
                         next_thr: thr_of(k + 1),
+                        sel: LIST_NEW,
+                        flags: if j == 0 { FLAG_FIRST } else { 0 } | if k == 0 { FLAG_LAST } else { 0 },
                         ..base
                     });
                 }
@@ -918,7 +933,7 @@ impl GpuSpatial {
             let all = groups(nb * v);
             let mut enc = self.device.create_command_encoder(&Default::default());
             if req.tfce.is_some() {
-                // The list counters (the lists themselves need no clearing).
+                // The list counters (the list itself needs no clearing).
                 enc.clear_buffer(&work.list, 0, Some(LIST_HEAD as u64 * 4));
             }
             let mut pending = 0usize;
@@ -932,13 +947,16 @@ impl GpuSpatial {
                 pass.set_bind_group(0, bg, &[(slot * align) as u32]);
                 pass.dispatch_workgroups(wx, wy, 1);
             };
-            let indirect =
-                |enc: &mut wgpu::CommandEncoder, pipe: &wgpu::ComputePipeline, bg: &wgpu::BindGroup, slot: usize| {
-                    let mut pass = enc.begin_compute_pass(&Default::default());
-                    pass.set_pipeline(pipe);
-                    pass.set_bind_group(0, bg, &[(slot * align) as u32]);
-                    pass.dispatch_workgroups_indirect(&work.args, 0);
-                };
+            let indirect = |enc: &mut wgpu::CommandEncoder,
+                            pipe: &wgpu::ComputePipeline,
+                            bg: &wgpu::BindGroup,
+                            slot: usize,
+                            at: u64| {
+                let mut pass = enc.begin_compute_pass(&Default::default());
+                pass.set_pipeline(pipe);
+                pass.set_bind_group(0, bg, &[(slot * align) as u32]);
+                pass.dispatch_workgroups_indirect(&work.args, at);
+            };
             let p = &self.pipes;
             for (ci, c) in req.clusters.iter().enumerate() {
                 let bg = bind(&c.graph.buf, &self.dummy, &self.dummy_rw);
@@ -951,17 +969,18 @@ impl GpuSpatial {
             if let Some((g, _, _, sizepow)) = req.tfce {
                 let bg = bind(&g.buf, sizepow, &self.dummy_rw);
                 let bg_args = bind(&g.buf, sizepow, &work.args);
-                let (start, set_args, first) = (n_cluster, n_cluster + 1, n_cluster + 3);
-                dispatch(&mut enc, &p.tfce_start, &bg, start, all);
-                dispatch(&mut enc, &p.set_args, &bg_args, set_args, (1, 1));
-                for k in 0..levels.len() {
-                    let slot = first + k;
-                    indirect(&mut enc, &p.hook, &bg, slot);
-                    indirect(&mut enc, &p.compress_measure, &bg, slot);
-                    indirect(&mut enc, &p.accumulate, &bg, slot);
-                    // The list accumulate filled: 1 - k % 2.
-                    dispatch(&mut enc, &p.set_args, &bg_args, set_args + 1 - k % 2, (1, 1));
-                    pending += 4;
+                let set_args = n_cluster;
+                if levels.is_empty() {
+                    dispatch(&mut enc, &p.enter, &bg, set_args + 1, all);
+                }
+                for j in 0..levels.len() {
+                    let slot = set_args + 1 + j;
+                    dispatch(&mut enc, &p.enter, &bg, slot, all);
+                    dispatch(&mut enc, &p.set_args, &bg_args, set_args, (1, 1));
+                    indirect(&mut enc, &p.hook, &bg, slot, 0);
+                    indirect(&mut enc, &p.compress_measure, &bg, slot, 16);
+                    indirect(&mut enc, &p.accumulate, &bg, slot, 16);
+                    pending += 5;
                     if pending >= DISPATCHES_PER_SUBMIT {
                         // Nothing to wait for (no read-back between levels): just hand the
                         // device work early.
@@ -979,7 +998,7 @@ impl GpuSpatial {
             if req.tfce.is_some() {
                 let head = self.read_back(&work.list, LIST_HEAD as u64 * 4, "TFCE list counters")?;
                 let head: &[u32] = bytemuck::cast_slice(&head);
-                let total = head[2] as u64 | (head[3] as u64) << 32;
+                let total = head[4] as u64 | (head[5] as u64) << 32;
                 self.tfce_work[0].fetch_add(total, Ordering::Relaxed);
             }
 
