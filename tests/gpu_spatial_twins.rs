@@ -393,7 +393,10 @@ fn tfce_maps_maxima_counts() {
         maps.extend_from_slice(&obs_map); // the observed map itself: counts tie exactly
         let b = b + 1;
         gs.max_maps_per_pass = Some(4);
+        // Two-dimensional grids (x capped at 5 workgroups) for one of the configurations.
+        gs.max_groups_per_dim = (conn == Connectivity::C18).then_some(5);
         let d = gs.tfce_batch(&g, &maps, &params, dh, Some(&observed)).unwrap();
+        gs.max_groups_per_dim = None;
         // The twin per sub-batch of 4, as the device ran it (levels depend on the sub-batch max).
         let mut t = Vec::new();
         let mut levels_of = Vec::new();
@@ -473,6 +476,66 @@ fn tfce_maps_maxima_counts() {
             b * v
         );
     }
+}
+
+/// TFCE with no level at all (nothing positive), in a sub-batch next to one with levels, and
+/// on a one-voxel graph: zero maps, maxima 0, as the twin.
+#[test]
+fn tfce_edge_cases() {
+    let Some(mut gs) = gpu() else { return };
+    let mut rng = ChaCha8Rng::seed_from_u64(6);
+    let params = TfceParams::default();
+    let dims = [7, 6, 5];
+    let g = MaskGraph::from_mask(dims, &random_mask(&mut rng, dims, 0.9), Connectivity::C6);
+    let (nbrs, width) = neighbour_table(&g);
+    let v = g.len();
+    let mut maps: Vec<f32> = (0..2 * v).map(|i| if i % 3 == 0 { f32::NAN } else { -1.0 }).collect();
+    maps.extend(smooth_maps(&mut rng, &g, 2, true));
+    let dh = 0.1;
+    gs.max_maps_per_pass = Some(2);
+    let d = gs.tfce_batch(&g, &maps, &params, dh, None).unwrap();
+    let mut t = Vec::new();
+    for sub in maps.chunks(2 * v) {
+        let (hs, hp) = ttfce::level_table(sub, dh, params.h).unwrap();
+        t.extend(ttfce::tfce(
+            &nbrs,
+            width,
+            sub,
+            v,
+            &hs,
+            &hp,
+            &ttfce::size_pow_table(v, params.e),
+        ));
+    }
+    assert!(d.tfce[..2 * v].iter().all(|&x| x == 0.0), "no level: zero TFCE");
+    assert_eq!(&d.max[..2], &[0.0, 0.0]);
+    for (i, (&a, &b)) in d.tfce.iter().zip(&t).enumerate() {
+        assert!(
+            (a - b).abs() <= tfce_tol(b, 100, 0.0),
+            "voxel-map {i}: GPU {a} vs twin {b}"
+        );
+    }
+    let g1 = MaskGraph::from_mask([1, 1, 1], &[true], Connectivity::C26);
+    let d = gs.tfce_batch(&g1, &[3.0, -1.0, 0.25], &params, dh, None).unwrap();
+    let (hs, hp) = ttfce::level_table(&[3.0, -1.0, 0.25], dh, params.h).unwrap();
+    let (n1, w1) = neighbour_table(&g1);
+    let t = ttfce::tfce(
+        &n1,
+        w1,
+        &[3.0, -1.0, 0.25],
+        1,
+        &hs,
+        &hp,
+        &ttfce::size_pow_table(1, params.e),
+    );
+    assert_eq!(d.tfce[1], 0.0);
+    for (a, b) in d.tfce.iter().zip(&t) {
+        assert!(
+            (a - b).abs() <= tfce_tol(*b, hs.len(), 0.0),
+            "one voxel: GPU {a} vs twin {b}"
+        );
+    }
+    gs.max_maps_per_pass = None;
 }
 
 #[test]

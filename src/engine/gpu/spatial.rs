@@ -229,6 +229,9 @@ pub struct GpuSpatial {
     work: Option<Work>,
     /// Most maps per sub-batch (None: as many as the limits allow). Tests force small ones.
     pub max_maps_per_pass: Option<usize>,
+    /// Most workgroups per dispatch dimension (None: the adapter's limit). Tests force small
+    /// ones to run the two-dimensional grids (direct and indirect) on small batches.
+    pub max_groups_per_dim: Option<u32>,
 }
 
 fn unsuitable(a: &wgpu::Adapter) -> Option<String> {
@@ -373,6 +376,7 @@ impl GpuSpatial {
             observed: None,
             work: None,
             max_maps_per_pass: None,
+            max_groups_per_dim: None,
         };
         s.poll_checked("compiling the spatial kernels")?;
         Ok(s)
@@ -800,7 +804,10 @@ impl GpuSpatial {
         let counts = self.storage("counts", (v * 4) as u64);
         let mut out = Output::default();
         let align = self.limits.min_uniform_buffer_offset_alignment.max(64) as usize;
-        let maxd = self.limits.max_compute_workgroups_per_dimension as usize;
+        let maxd = self
+            .max_groups_per_dim
+            .map_or(u32::MAX, |m| m.max(1))
+            .min(self.limits.max_compute_workgroups_per_dimension) as usize;
         for m0 in (0..nmaps).step_by(nb_max) {
             let nb = nb_max.min(nmaps - m0);
             let sub = &req.maps[m0 * v..(m0 + nb) * v];
