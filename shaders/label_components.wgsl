@@ -49,7 +49,11 @@ struct Params {
     next_thr: f32,
     // Which voxels `hook` runs over: NO_LIST (the whole batch) or LIST_NEW.
     sel: u32,
-    pad1: vec4<u32>,
+    // TFCE: h^H of the level above (whose terms `compress_measure` adds).
+    next_hpow: f32,
+    pad1: u32,
+    pad2: u32,
+    pad3: u32,
 }
 
 const NO_LIST: u32 = 0xffffffffu;

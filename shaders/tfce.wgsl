@@ -8,25 +8,27 @@
 // voxels above the current level are kept in a list (in entry order), so that each level
 // works in proportion to them. Per level k, top down:
 //
-//   enter (whole batch, a streaming compare: h_k < T <= h_{k+1}, T finite): parent = self,
-//     size slot reset, appended to the list (the first level also zeroes tfce and parents)
+//   enter (whole batch, a streaming compare): the voxels with h_k < T <= h_{k+1}, T finite,
+//     get parent = self and are appended to the list (the first level also zeroes tfce and
+//     parents); every voxel above h_k gets its size slot `cur` reset
 //   -> set_args (one invocation: indirect arguments for the new entries and the whole list)
 //   -> hook (the new entries: to their smaller active neighbours and to their larger ones
 //      above h_{k+1})
-//   -> compress_measure (whole list: roots, sizes into acc slot cur)
-//   -> accumulate (whole list: tfce += sizepow[size] * h_k^H; reset the next level's slot;
-//      at the last level the per-map maximum)
-//   then tfce_counts (whole batch).
+//   -> compress_measure (whole list: first the term of level k + 1 for the voxels above it,
+//      tfce += sizepow[size] * h_{k+1}^H, from the root and size slot the previous level
+//      left; then this level's root, kept in acc slot 2, and size, into slot `cur`)
+//   after the last level: accumulate (its terms, and the per-map maximum); tfce_counts.
 //
 // Determinism: a root is only ever hooked under a smaller index, so every root is the
 // smallest voxel of its component whatever the order of the unions (and of the list); sizes
 // are integer atomics; each voxel's TFCE is summed by its own invocation, one term per
 // level from the top level down, with the twin's f32 operations in the twin's order. Sizes
-// alternate between acc slots 0 and 1 by level parity, so that `accumulate` may reset the
-// next level's slot while other voxels read this level's.
+// alternate between acc slots 0 and 1 by level parity, so that a level's sizes are counted
+// while the level above's are still read.
 
 const FLAG_FIRST: u32 = 2u;
-const FLAG_LAST: u32 = 4u;
+// compress_measure: there is a level above whose terms to add.
+const FLAG_PREV: u32 = 8u;
 
 var<workgroup> wg_count: atomic<u32>;
 var<workgroup> wg_base: u32;
@@ -69,6 +71,8 @@ fn enter(
         }
         if keep {
             atomicStore(&parent[i], i % p.v);
+        }
+        if is_finite(x) && x > p.thr {
             atomicStore(&acc[3u * i + p.cur], 0u);
         }
     }
@@ -100,8 +104,10 @@ fn set_args() {
     atomicAdd(&list[5u], select(0u, 1u, lo + n < lo));
 }
 
-// Roots (compressed parents) and component sizes in one pass: after `hook` the forest no
-// longer changes, so find() gives the final root whatever the other invocations write.
+// The level above's term for the voxels above it (its root in acc slot 2, its sizes in slot
+// 1 - cur, neither written here), then roots (compressed parents) and component sizes in
+// one pass: after `hook` the forest no longer changes, so find() gives the final root
+// whatever the other invocations write.
 @compute @workgroup_size(64)
 fn compress_measure(@builtin(global_invocation_id) gid: vec3<u32>, @builtin(num_workgroups) nwg: vec3<u32>) {
     let i = active_voxel(thread_index(gid, nwg));
@@ -109,14 +115,19 @@ fn compress_measure(@builtin(global_invocation_id) gid: vec3<u32>, @builtin(num_
         return;
     }
     let base = (i / p.v) * p.v;
+    if (p.flags & FLAG_PREV) != 0u && maps[i] > p.next_thr {
+        let s = atomicLoad(&acc[3u * (base + atomicLoad(&acc[3u * i + 2u])) + 1u - p.cur]);
+        let term = sizepow[s] * p.next_hpow;
+        tfce[i] = tfce[i] + term;
+    }
     let r = find(base, i - base);
     atomicStore(&parent[i], r);
+    atomicStore(&acc[3u * i + 2u], r);
     atomicAdd(&acc[3u * (base + r) + p.cur], 1u);
 }
 
-// The level's term for every active voxel; then the next level's size slot reset, or at the
-// last level the per-map TFCE maximum (results start at key_of(0), as the CPU folds from 0;
-// voxels that never enter stay 0).
+// After the last level: its term for every active voxel, and the per-map TFCE maximum
+// (results start at key_of(0), as the CPU folds from 0; voxels that never enter stay 0).
 @compute @workgroup_size(64)
 fn accumulate(@builtin(global_invocation_id) gid: vec3<u32>, @builtin(num_workgroups) nwg: vec3<u32>) {
     let i = active_voxel(thread_index(gid, nwg));
@@ -124,19 +135,14 @@ fn accumulate(@builtin(global_invocation_id) gid: vec3<u32>, @builtin(num_workgr
         return;
     }
     let b = i / p.v;
-    let r = atomicLoad(&parent[i]);
-    let s = atomicLoad(&acc[3u * (b * p.v + r) + p.cur]);
+    let s = atomicLoad(&acc[3u * (b * p.v + atomicLoad(&acc[3u * i + 2u])) + p.cur]);
     let term = sizepow[s] * p.hpow;
     let t = tfce[i] + term;
     tfce[i] = t;
-    if (p.flags & FLAG_LAST) != 0u {
-        // Most voxels are below the map's running maximum: skip their atomic.
-        let k = key_of(t);
-        if k > atomicLoad(&results[b * RES_STRIDE + RES_TFCE]) {
-            atomicMax(&results[b * RES_STRIDE + RES_TFCE], k);
-        }
-    } else {
-        atomicStore(&acc[3u * i + 1u - p.cur], 0u);
+    // Most voxels are below the map's running maximum: skip their atomic.
+    let k = key_of(t);
+    if k > atomicLoad(&results[b * RES_STRIDE + RES_TFCE]) {
+        atomicMax(&results[b * RES_STRIDE + RES_TFCE], k);
     }
 }
 

@@ -15,8 +15,9 @@
 //! sizes and the TFCE terms are then computed over the active list only, with indirect
 //! dispatches sized on the device (`set_args`): no read-back between levels, and each level
 //! costs in proportion to its active voxels (for null maps a few percent of the batch above
-//! T = 2) plus one cheap whole-batch compare and five dispatches. The cluster passes (one
-//! level each) run over the whole batch.
+//! T = 2) plus one cheap whole-batch compare and four dispatches (the sizes of one level and
+//! the terms of the level above share a pass). The cluster passes (one level each) run over
+//! the whole batch.
 //!
 //! Numerics (the CPU twins in `cpu/` reproduce them; tests/gpu_spatial_twins.rs):
 //! - labels are exact and deterministic (root = smallest voxel index of the component);
@@ -30,7 +31,7 @@
 //!
 //! Limits: a sub-batch whose maximum needs more than
 //! [`MAX_LEVELS`](super::cpu::tfce::MAX_LEVELS) TFCE levels (the CPU allows 2^24) is refused
-//! with `Error::Gpu`; each level costs five dispatches. A +inf value enters a cluster with a
+//! with `Error::Gpu`; each level costs four dispatches. A +inf value enters a cluster with a
 //! clamped, finite mass contribution (the CPU's mass is infinite).
 //!
 //! Exact TFCE (`--tfce-exact`) is not done here: it needs voxels sorted by value and a
@@ -80,7 +81,9 @@ pub struct SpatialParams {
     pub next_thr: f32,
     /// Voxels `hook` runs over: [`NO_LIST`] (whole batch) or [`LIST_NEW`].
     pub sel: u32,
-    pub pad: [u32; 4],
+    /// TFCE: h^H of the level above.
+    pub next_hpow: f32,
+    pub pad: [u32; 3],
 }
 /// `Params.sel` of the passes over the whole batch.
 pub const NO_LIST: u32 = u32::MAX;
@@ -89,7 +92,7 @@ pub const LIST_NEW: u32 = 1;
 /// u32 slots before the active list in the list buffer (`LIST_HEAD`).
 const LIST_HEAD: usize = 8;
 const FLAG_FIRST: u32 = 2;
-const FLAG_LAST: u32 = 4;
+const FLAG_PREV: u32 = 8;
 const _: () = assert!(std::mem::size_of::<SpatialParams>() == 64);
 const FLAG_MASS: u32 = 1;
 
@@ -876,8 +879,9 @@ impl GpuSpatial {
                         hpow: hp,
                         cur: (j % 2) as u32,
                         next_thr: thr_of(k + 1),
+                        next_hpow: levels.get(k + 1).map_or(0.0, |l| l.1),
                         sel: LIST_NEW,
-                        flags: if j == 0 { FLAG_FIRST } else { 0 } | if k == 0 { FLAG_LAST } else { 0 },
+                        flags: if j == 0 { FLAG_FIRST } else { FLAG_PREV },
                         ..base
                     });
                 }
@@ -986,8 +990,7 @@ impl GpuSpatial {
                     dispatch(&mut enc, &p.set_args, &bg_args, set_args, (1, 1));
                     indirect(&mut enc, &p.hook, &bg, slot, 0);
                     indirect(&mut enc, &p.compress_measure, &bg, slot, 16);
-                    indirect(&mut enc, &p.accumulate, &bg, slot, 16);
-                    pending += 5;
+                    pending += 4;
                     if pending >= DISPATCHES_PER_SUBMIT {
                         // Nothing to wait for (no read-back between levels): just hand the
                         // device work early.
@@ -995,6 +998,10 @@ impl GpuSpatial {
                         self.queue.submit(Some(full.finish()));
                         pending = 0;
                     }
+                }
+                if !levels.is_empty() {
+                    // The last level's terms (its slot: hpow, cur) and the maxima.
+                    indirect(&mut enc, &p.accumulate, &bg, set_args + levels.len(), 16);
                 }
                 if req.observed.is_some() {
                     dispatch(&mut enc, &p.tfce_counts, &bg, tail, groups(v));

@@ -3,7 +3,7 @@
 use super::label_components::{label_components, measure, MODE_TFCE, NONE};
 use crate::spatial::workspace::pow_fast;
 
-/// Most levels a batch may need: every level costs five dispatches on the device.
+/// Most levels a batch may need: every level costs four dispatches on the device.
 pub const MAX_LEVELS: usize = 1 << 16;
 
 /// The levels of a batch, exactly as FSL forms them (and [`crate::spatial::tfce_stepwise`]):
