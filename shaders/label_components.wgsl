@@ -63,7 +63,8 @@ const LIST_NEW: u32 = 1u;
 @group(0) @binding(1) var<storage, read> nbrs: array<u32>;
 @group(0) @binding(2) var<storage, read> maps: array<f32>;
 @group(0) @binding(3) var<storage, read_write> parent: array<atomic<u32>>;
-// Per voxel [size, mass lo, mass hi]; meaningful at roots.
+// Per voxel [size, mass lo, mass hi], meaningful at roots; the TFCE levels (tfce.wgsl) use
+// [size of even levels, size of odd levels (both at roots), the voxel's root].
 @group(0) @binding(4) var<storage, read_write> acc: array<atomic<u32>>;
 @group(0) @binding(5) var<storage, read_write> tfce: array<f32>;
 @group(0) @binding(6) var<storage, read> sizepow: array<f32>;
