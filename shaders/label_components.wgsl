@@ -13,8 +13,9 @@
 // parent it displaced, so after `hook` every component has exactly one root, its smallest
 // voxel index, whatever the scheduling: the labels are deterministic.
 //
-// Passes, each its own dispatch: init -> hook -> compress -> measure -> cluster_max (or the
-// TFCE passes of tfce.wgsl).
+// Passes, each its own dispatch: init -> hook -> compress -> measure -> cluster_max over all
+// voxels of the batch. The TFCE levels (tfce.wgsl) run `hook` over the voxels that enter at
+// the level only (`Params.sel` = LIST_NEW), keeping the forest of the higher levels.
 
 const NONE: u32 = 0xffffffffu;
 const WG: u32 = 64u;
@@ -40,21 +41,69 @@ struct Params {
     hpow: f32,
     slot: u32,
     flags: u32,
-    pad0: vec4<u32>,
-    pad1: vec4<u32>,
+    // TFCE: parity of the level in processing order (which acc slot holds its sizes).
+    cur: u32,
+    // max_compute_workgroups_per_dimension, for the indirect dispatch arguments.
+    maxd: u32,
+    // TFCE: the threshold of the level above (+inf for the top level).
+    next_thr: f32,
+    // Which voxels `hook` runs over: NO_LIST (the whole batch) or LIST_NEW.
+    sel: u32,
+    // TFCE: h^H of the level above (whose terms `compress_measure` adds).
+    next_hpow: f32,
+    pad1: u32,
+    pad2: u32,
+    pad3: u32,
 }
+
+const NO_LIST: u32 = 0xffffffffu;
+const LIST_NEW: u32 = 1u;
 
 @group(0) @binding(0) var<uniform> p: Params;
 @group(0) @binding(1) var<storage, read> nbrs: array<u32>;
 @group(0) @binding(2) var<storage, read> maps: array<f32>;
 @group(0) @binding(3) var<storage, read_write> parent: array<atomic<u32>>;
-// Per voxel [size, mass lo, mass hi]; meaningful at roots.
+// Per voxel [size, mass lo, mass hi], meaningful at roots; the TFCE levels (tfce.wgsl) use
+// [size of even levels, size of odd levels (both at roots), the voxel's root].
 @group(0) @binding(4) var<storage, read_write> acc: array<atomic<u32>>;
 @group(0) @binding(5) var<storage, read_write> tfce: array<f32>;
 @group(0) @binding(6) var<storage, read> sizepow: array<f32>;
 @group(0) @binding(7) var<storage, read_write> results: array<atomic<u32>>;
 @group(0) @binding(8) var<storage, read> observed: array<f32>;
 @group(0) @binding(9) var<storage, read_write> counts: array<u32>;
+// Active list of the TFCE levels: LIST_HEAD counters (tfce.wgsl), then the batch indices of
+// the voxels above the current level, in the order they entered.
+@group(0) @binding(10) var<storage, read_write> list: array<atomic<u32>>;
+// Indirect dispatch arguments (x, y, z) of the list passes; bound (to a dummy otherwise) only
+// in `set_args`, which writes them: a buffer cannot be both in one dispatch.
+@group(0) @binding(11) var<storage, read_write> args: array<u32>;
+const LIST_HEAD: u32 = 8u;
+// list[0]: active voxels; list[1]: where the next level's entries start; list[2]: where
+// this level's entries start; list[4], list[5]: 64-bit count of voxel-levels processed.
+const L_COUNT: u32 = 0u;
+const L_NEXT: u32 = 1u;
+const L_NEW: u32 = 2u;
+
+// The batch index thread t handles: thread t of a whole-batch pass (NO_LIST), or the t-th
+// voxel that entered at this level (LIST_NEW); NONE past the end.
+fn voxel_of(t: u32) -> u32 {
+    if p.sel == NO_LIST {
+        return select(NONE, t, t < p.v * p.nmaps);
+    }
+    let s = atomicLoad(&list[L_NEW]);
+    if t >= atomicLoad(&list[L_COUNT]) - s {
+        return NONE;
+    }
+    return atomicLoad(&list[LIST_HEAD + s + t]);
+}
+
+// Entry t of the whole active list, or NONE.
+fn active_voxel(t: u32) -> u32 {
+    if t >= atomicLoad(&list[L_COUNT]) {
+        return NONE;
+    }
+    return atomicLoad(&list[LIST_HEAD + t]);
+}
 
 fn thread_index(gid: vec3<u32>, nwg: vec3<u32>) -> u32 {
     return gid.x + gid.y * nwg.x * WG;
@@ -135,8 +184,8 @@ fn init(@builtin(global_invocation_id) gid: vec3<u32>, @builtin(num_workgroups) 
 
 @compute @workgroup_size(64)
 fn hook(@builtin(global_invocation_id) gid: vec3<u32>, @builtin(num_workgroups) nwg: vec3<u32>) {
-    let i = thread_index(gid, nwg);
-    if i >= p.v * p.nmaps {
+    let i = voxel_of(thread_index(gid, nwg));
+    if i == NONE {
         return;
     }
     if atomicLoad(&parent[i]) == NONE {
@@ -147,10 +196,18 @@ fn hook(@builtin(global_invocation_id) gid: vec3<u32>, @builtin(num_workgroups) 
     let base = b * p.v;
     let row = v * p.width;
     // Each edge once, from its larger end: rows are ascending and padded with v_total > v.
+    // A voxel entering at a TFCE level also joins its larger neighbours that are above the
+    // level before (p.next_thr): their edges were not seen (the padding v_total stops).
+    let entering = p.sel == LIST_NEW;
     for (var j = 0u; j < p.width; j++) {
         let u = nbrs[row + j];
         if u >= v {
-            break;
+            if !entering || u >= p.v {
+                break;
+            }
+            if !(maps[base + u] > p.next_thr) {
+                continue;
+            }
         }
         if atomicLoad(&parent[base + u]) != NONE {
             unite(base, v, u);

@@ -9,18 +9,29 @@
 //! {T > h_k}, measure sizes, accumulate size^E h_k^H), the per-map TFCE maxima and the
 //! exceedance counts. Only per-map maxima and the counts come back.
 //!
+//! The TFCE levels run from the top down over one union-find: the set {T > h_k} only grows
+//! as k falls, so components only merge, and each voxel is hooked once, when it enters (a
+//! streaming compare over the batch appends the entering voxels to the active list). Roots,
+//! sizes and the TFCE terms are then computed over the active list only, with indirect
+//! dispatches sized on the device (`set_args`): no read-back between levels, and each level
+//! costs in proportion to its active voxels (for null maps a few percent of the batch above
+//! T = 2) plus one cheap whole-batch compare and four dispatches (the sizes of one level and
+//! the terms of the level above share a pass). The cluster passes (one level each) run over
+//! the whole batch.
+//!
 //! Numerics (the CPU twins in `cpu/` reproduce them; tests/gpu_spatial_twins.rs):
 //! - labels are exact and deterministic (root = smallest voxel index of the component);
 //! - extents are exact; masses are 64-bit fixed point ([`MassScale`], one scale per map so
 //!   that a map's result does not depend on its batch), order independent, within
 //!   (maxabs / thr) 2^-30 + 2^-22 relative of the exact sum;
-//! - TFCE is summed in f32, one term per level (the CPU reference sums in f64): the GPU and
-//!   the twin differ only by the driver's rounding of `a * b + c` (it may fuse), the
-//!   reference by at most levels x 2^-24 relative.
+//! - TFCE is summed in f32, one term per level from the top level down (the CPU reference
+//!   sums in f64, bottom up; all terms are positive, so the error bound is the same): the
+//!   GPU and the twin differ only by the driver's rounding of `a * b + c` (it may fuse),
+//!   the reference by at most levels x 2^-24 relative.
 //!
 //! Limits: a sub-batch whose maximum needs more than
 //! [`MAX_LEVELS`](super::cpu::tfce::MAX_LEVELS) TFCE levels (the CPU allows 2^24) is refused
-//! with `Error::Gpu`; each level costs five dispatches. A +inf value enters a cluster with a
+//! with `Error::Gpu`; each level costs four dispatches. A +inf value enters a cluster with a
 //! clamped, finite mass contribution (the CPU's mass is infinite).
 //!
 //! Exact TFCE (`--tfce-exact`) is not done here: it needs voxels sorted by value and a
@@ -32,6 +43,7 @@ use super::{select_adapter, AdapterChoice};
 use crate::error::{Error, Result};
 use crate::spatial::{MaskGraph, TfceParams};
 use crate::spatial_inference::{SpatialJob, SpatialNull};
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
 use wgpu::util::DeviceExt;
 
@@ -42,7 +54,7 @@ const RES_STRIDE: usize = 8;
 const RES_TFCE: usize = 4;
 const RES_SCALE: usize = 5;
 /// Storage buffers the kernels bind.
-const STORAGE_BUFFERS: u32 = 9;
+const STORAGE_BUFFERS: u32 = 11;
 /// Voxel-maps per sub-batch at most: bounds each dispatch's work (a watchdog concern on
 /// desktop GPUs) and the memory, ~24 bytes per voxel-map.
 const MAX_VOXEL_MAPS: usize = 1 << 24;
@@ -61,8 +73,26 @@ pub struct SpatialParams {
     pub hpow: f32,
     pub slot: u32,
     pub flags: u32,
-    pub pad: [u32; 8],
+    /// TFCE: parity of the level in processing order (the acc slot of its sizes).
+    pub cur: u32,
+    /// max_compute_workgroups_per_dimension (indirect arguments).
+    pub maxd: u32,
+    /// TFCE: the threshold of the level above, +inf for the top level.
+    pub next_thr: f32,
+    /// Voxels `hook` runs over: [`NO_LIST`] (whole batch) or [`LIST_NEW`].
+    pub sel: u32,
+    /// TFCE: h^H of the level above.
+    pub next_hpow: f32,
+    pub pad: [u32; 3],
 }
+/// `Params.sel` of the passes over the whole batch.
+pub const NO_LIST: u32 = u32::MAX;
+/// `Params.sel` of `hook` over the voxels entering at a TFCE level.
+pub const LIST_NEW: u32 = 1;
+/// u32 slots before the active list in the list buffer (`LIST_HEAD`).
+const LIST_HEAD: usize = 8;
+const FLAG_FIRST: u32 = 2;
+const FLAG_PREV: u32 = 8;
 const _: () = assert!(std::mem::size_of::<SpatialParams>() == 64);
 const FLAG_MASS: u32 = 1;
 
@@ -130,8 +160,10 @@ struct Pipes {
     compress: wgpu::ComputePipeline,
     measure: wgpu::ComputePipeline,
     cluster_max: wgpu::ComputePipeline,
+    enter: wgpu::ComputePipeline,
+    set_args: wgpu::ComputePipeline,
+    compress_measure: wgpu::ComputePipeline,
     accumulate: wgpu::ComputePipeline,
-    tfce_max: wgpu::ComputePipeline,
     tfce_counts: wgpu::ComputePipeline,
 }
 
@@ -173,6 +205,10 @@ struct Work {
     acc: wgpu::Buffer,
     tfce: wgpu::Buffer,
     results: wgpu::Buffer,
+    /// TFCE active list: LIST_HEAD counters, then up to nb * v batch indices.
+    list: wgpu::Buffer,
+    /// Indirect dispatch arguments of the list passes.
+    args: wgpu::Buffer,
 }
 
 /// Spatial statistics of permutation maps on the GPU (see the module docs).
@@ -186,12 +222,19 @@ pub struct GpuSpatial {
     layout: wgpu::BindGroupLayout,
     pipes: Pipes,
     dummy: wgpu::Buffer,
+    dummy_rw: wgpu::Buffer,
+    /// TFCE voxel-levels processed (sum of the active list lengths) and the whole-batch
+    /// equivalent (voxels x maps x levels), since the last [`GpuSpatial::take_tfce_work`].
+    tfce_work: [AtomicU64; 2],
     tfce: Option<TfceSetup>,
     cluster: Option<ClusterSetup>,
     observed: Option<(wgpu::Buffer, usize)>,
     work: Option<Work>,
     /// Most maps per sub-batch (None: as many as the limits allow). Tests force small ones.
     pub max_maps_per_pass: Option<usize>,
+    /// Most workgroups per dispatch dimension (None: the adapter's limit). Tests force small
+    /// ones to run the two-dimensional grids (direct and indirect) on small batches.
+    pub max_groups_per_dim: Option<u32>,
 }
 
 fn unsuitable(a: &wgpu::Adapter) -> Option<String> {
@@ -254,7 +297,7 @@ impl GpuSpatial {
             },
             count: None,
         }];
-        // nbrs, maps, parent, acc, tfce, sizepow, results, observed, counts
+        // nbrs, maps, parent, acc, tfce, sizepow, results, observed, counts, list, args
         for (b, ro) in [
             (1, true),
             (2, true),
@@ -265,6 +308,8 @@ impl GpuSpatial {
             (7, false),
             (8, true),
             (9, false),
+            (10, false),
+            (11, false),
         ] {
             entries.push(storage(b, ro));
         }
@@ -297,12 +342,22 @@ impl GpuSpatial {
             compress: pipe("compress"),
             measure: pipe("measure"),
             cluster_max: pipe("cluster_max"),
+            enter: pipe("enter"),
+            set_args: pipe("set_args"),
+            compress_measure: pipe("compress_measure"),
             accumulate: pipe("accumulate"),
-            tfce_max: pipe("tfce_max"),
             tfce_counts: pipe("tfce_counts"),
         };
         let dummy = device.create_buffer(&wgpu::BufferDescriptor {
             label: Some("unused binding"),
+            size: 16,
+            usage: wgpu::BufferUsages::STORAGE,
+            mapped_at_creation: false,
+        });
+        // A separate one for the read-write `args` binding: one buffer may not be bound
+        // read-only and read-write in the same dispatch.
+        let dummy_rw = device.create_buffer(&wgpu::BufferDescriptor {
+            label: Some("unused read-write binding"),
             size: 16,
             usage: wgpu::BufferUsages::STORAGE,
             mapped_at_creation: false,
@@ -317,11 +372,14 @@ impl GpuSpatial {
             layout,
             pipes,
             dummy,
+            dummy_rw,
+            tfce_work: Default::default(),
             tfce: None,
             cluster: None,
             observed: None,
             work: None,
             max_maps_per_pass: None,
+            max_groups_per_dim: None,
         };
         s.poll_checked("compiling the spatial kernels")?;
         Ok(s)
@@ -380,6 +438,15 @@ impl GpuSpatial {
             self.observed = Some((buf, obs.len()));
         }
         self.poll_checked("uploading the spatial tables")
+    }
+
+    /// TFCE work since the last call: (voxel-levels processed, i.e. the summed lengths of the
+    /// active lists; voxels x maps x levels, what whole-batch passes would have touched).
+    pub fn take_tfce_work(&self) -> (u64, u64) {
+        (
+            self.tfce_work[0].swap(0, Ordering::Relaxed),
+            self.tfce_work[1].swap(0, Ordering::Relaxed),
+        )
     }
 
     /// The adapter in use.
@@ -699,6 +766,13 @@ impl GpuSpatial {
             acc: self.storage("acc", n * 12),
             tfce: self.storage("tfce", n * 4),
             results: self.storage("results", (nb * RES_STRIDE * 4) as u64),
+            list: self.storage("active list", (LIST_HEAD as u64 + n) * 4),
+            args: self.device.create_buffer(&wgpu::BufferDescriptor {
+                label: Some("indirect args"),
+                size: 32,
+                usage: wgpu::BufferUsages::STORAGE | wgpu::BufferUsages::INDIRECT,
+                mapped_at_creation: false,
+            }),
         });
     }
 
@@ -733,7 +807,10 @@ impl GpuSpatial {
         let counts = self.storage("counts", (v * 4) as u64);
         let mut out = Output::default();
         let align = self.limits.min_uniform_buffer_offset_alignment.max(64) as usize;
-        let maxd = self.limits.max_compute_workgroups_per_dimension as usize;
+        let maxd = self
+            .max_groups_per_dim
+            .map_or(u32::MAX, |m| m.max(1))
+            .min(self.limits.max_compute_workgroups_per_dimension) as usize;
         for m0 in (0..nmaps).step_by(nb_max) {
             let nb = nb_max.min(nmaps - m0);
             let sub = &req.maps[m0 * v..(m0 + nb) * v];
@@ -755,10 +832,13 @@ impl GpuSpatial {
             self.queue
                 .write_buffer(&work.results, 0, bytemuck::cast_slice(&init_results));
 
-            // Parameter slots: one per cluster pass, one per TFCE level, one for the tail.
+            // Parameter slots: one per cluster pass; for TFCE set_args and one per level (top
+            // down; or one for the zeroing `enter` when there is no level); one for the tail.
             let base = SpatialParams {
                 nmaps: nb as u32,
                 v: v as u32,
+                sel: NO_LIST,
+                maxd: maxd.min(u32::MAX as usize) as u32,
                 ..Default::default()
             };
             let mut params: Vec<SpatialParams> = Vec::new();
@@ -773,19 +853,39 @@ impl GpuSpatial {
                 });
             }
             let n_cluster = params.len();
+            // (h_k, h_k^H) of the levels that add anything (h_k^H = 0 adds exactly nothing; the
+            // twin skips them too).
+            let mut levels: Vec<(f32, f32)> = Vec::new();
             if let Some((g, dh, h_exp, _)) = req.tfce {
                 let (hs, hpow) = level_table(sub, dh, h_exp).map_err(Error::Gpu)?;
-                for (k, &h) in hs.iter().enumerate() {
-                    if hpow[k] != 0.0 {
-                        params.push(SpatialParams {
-                            width: g.width as u32,
-                            mode: MODE_TFCE,
-                            thr: h,
-                            hpow: hpow[k],
-                            ..base
-                        });
-                    }
+                levels = hs.into_iter().zip(hpow).filter(|&(_, hp)| hp != 0.0).collect();
+                let thr_of = |k: usize| levels.get(k).map_or(f32::INFINITY, |l| l.0);
+                params.push(base); // set_args
+                let n = levels.len();
+                if n == 0 {
+                    params.push(SpatialParams {
+                        thr: f32::INFINITY,
+                        next_thr: f32::INFINITY,
+                        flags: FLAG_FIRST,
+                        ..base
+                    });
                 }
+                for (j, k) in (0..n).rev().enumerate() {
+                    let (h, hp) = levels[k];
+                    params.push(SpatialParams {
+                        width: g.width as u32,
+                        mode: MODE_TFCE,
+                        thr: h,
+                        hpow: hp,
+                        cur: (j % 2) as u32,
+                        next_thr: thr_of(k + 1),
+                        next_hpow: levels.get(k + 1).map_or(0.0, |l| l.1),
+                        sel: LIST_NEW,
+                        flags: if j == 0 { FLAG_FIRST } else { FLAG_PREV },
+                        ..base
+                    });
+                }
+                self.tfce_work[1].fetch_add((nb * v * levels.len()) as u64, Ordering::Relaxed);
             }
             params.push(base);
             let mut bytes = vec![0u8; params.len() * align];
@@ -797,8 +897,10 @@ impl GpuSpatial {
                 contents: &bytes,
                 usage: wgpu::BufferUsages::UNIFORM,
             });
-            let bind = |nbrs: &wgpu::Buffer, sizepow: &wgpu::Buffer| {
-                let bufs: [&wgpu::Buffer; 9] = [
+            // `args` is bound (read-write) only for set_args: the list passes read it as their
+            // indirect arguments, which excludes binding it in the same dispatch.
+            let bind = |nbrs: &wgpu::Buffer, sizepow: &wgpu::Buffer, args: &wgpu::Buffer| {
+                let bufs: [&wgpu::Buffer; 11] = [
                     nbrs,
                     &work.maps,
                     &work.parent,
@@ -808,6 +910,8 @@ impl GpuSpatial {
                     &work.results,
                     req.observed.unwrap_or(&self.dummy),
                     &counts,
+                    &work.list,
+                    args,
                 ];
                 let mut entries = vec![wgpu::BindGroupEntry {
                     binding: 0,
@@ -839,7 +943,10 @@ impl GpuSpatial {
             };
             let all = groups(nb * v);
             let mut enc = self.device.create_command_encoder(&Default::default());
-            enc.clear_buffer(&work.tfce, 0, None);
+            if req.tfce.is_some() {
+                // The list counters (the list itself needs no clearing).
+                enc.clear_buffer(&work.list, 0, Some(LIST_HEAD as u64 * 4));
+            }
             let mut pending = 0usize;
             let dispatch = |enc: &mut wgpu::CommandEncoder,
                             pipe: &wgpu::ComputePipeline,
@@ -851,9 +958,19 @@ impl GpuSpatial {
                 pass.set_bind_group(0, bg, &[(slot * align) as u32]);
                 pass.dispatch_workgroups(wx, wy, 1);
             };
+            let indirect = |enc: &mut wgpu::CommandEncoder,
+                            pipe: &wgpu::ComputePipeline,
+                            bg: &wgpu::BindGroup,
+                            slot: usize,
+                            at: u64| {
+                let mut pass = enc.begin_compute_pass(&Default::default());
+                pass.set_pipeline(pipe);
+                pass.set_bind_group(0, bg, &[(slot * align) as u32]);
+                pass.dispatch_workgroups_indirect(&work.args, at);
+            };
             let p = &self.pipes;
             for (ci, c) in req.clusters.iter().enumerate() {
-                let bg = bind(&c.graph.buf, &self.dummy);
+                let bg = bind(&c.graph.buf, &self.dummy, &self.dummy_rw);
                 for pipe in [&p.init, &p.hook, &p.compress, &p.measure, &p.cluster_max] {
                     dispatch(&mut enc, pipe, &bg, ci, all);
                 }
@@ -861,26 +978,43 @@ impl GpuSpatial {
             }
             let tail = params.len() - 1;
             if let Some((g, _, _, sizepow)) = req.tfce {
-                let bg = bind(&g.buf, sizepow);
-                for slot in n_cluster..tail {
-                    for pipe in [&p.init, &p.hook, &p.compress, &p.measure, &p.accumulate] {
-                        dispatch(&mut enc, pipe, &bg, slot, all);
-                    }
-                    pending += 5;
+                let bg = bind(&g.buf, sizepow, &self.dummy_rw);
+                let bg_args = bind(&g.buf, sizepow, &work.args);
+                let set_args = n_cluster;
+                if levels.is_empty() {
+                    dispatch(&mut enc, &p.enter, &bg, set_args + 1, all);
+                }
+                for j in 0..levels.len() {
+                    let slot = set_args + 1 + j;
+                    dispatch(&mut enc, &p.enter, &bg, slot, all);
+                    dispatch(&mut enc, &p.set_args, &bg_args, set_args, (1, 1));
+                    indirect(&mut enc, &p.hook, &bg, slot, 0);
+                    indirect(&mut enc, &p.compress_measure, &bg, slot, 16);
+                    pending += 4;
                     if pending >= DISPATCHES_PER_SUBMIT {
+                        // Nothing to wait for (no read-back between levels): just hand the
+                        // device work early.
                         let full = std::mem::replace(&mut enc, self.device.create_command_encoder(&Default::default()));
                         self.queue.submit(Some(full.finish()));
-                        self.poll_checked("TFCE levels")?;
                         pending = 0;
                     }
                 }
-                dispatch(&mut enc, &p.tfce_max, &bg, tail, all);
+                if !levels.is_empty() {
+                    // The last level's terms (its slot: hpow, cur) and the maxima.
+                    indirect(&mut enc, &p.accumulate, &bg, set_args + levels.len(), 16);
+                }
                 if req.observed.is_some() {
                     dispatch(&mut enc, &p.tfce_counts, &bg, tail, groups(v));
                 }
             }
             self.queue.submit(Some(enc.finish()));
             self.poll_checked("spatial kernels")?;
+            if req.tfce.is_some() {
+                let head = self.read_back(&work.list, LIST_HEAD as u64 * 4, "TFCE list counters")?;
+                let head: &[u32] = bytemuck::cast_slice(&head);
+                let total = head[4] as u64 | (head[5] as u64) << 32;
+                self.tfce_work[0].fetch_add(total, Ordering::Relaxed);
+            }
 
             let res = self.read_back(&work.results, (nb * RES_STRIDE * 4) as u64, "reading spatial results")?;
             out.results.extend_from_slice(bytemuck::cast_slice(&res));

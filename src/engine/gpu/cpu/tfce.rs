@@ -3,7 +3,7 @@
 use super::label_components::{label_components, measure, MODE_TFCE, NONE};
 use crate::spatial::workspace::pow_fast;
 
-/// Most levels a batch may need: every level costs five dispatches on the device.
+/// Most levels a batch may need: every level costs four dispatches on the device.
 pub const MAX_LEVELS: usize = 1 << 16;
 
 /// The levels of a batch, exactly as FSL forms them (and [`crate::spatial::tfce_stepwise`]):
@@ -43,12 +43,14 @@ pub fn size_pow_table(v: usize, e_exp: f32) -> Vec<f32> {
 }
 
 /// Stepwise TFCE of every map of the batch: for each level k with h_k^H != 0, label
-/// {x > h_k, x finite}, and add `sizepow[size] * hpow[k]` to each member voxel, in f32, in
-/// level order. Levels with h_k^H = 0 (h_0 for H > 0) add exactly nothing and are skipped,
-/// on the device too.
+/// {x > h_k, x finite}, and add `sizepow[size] * hpow[k]` to each member voxel, in f32, from
+/// the top level down (the device keeps one union-find as the set grows level by level, so
+/// it sums in that order). Levels with h_k^H = 0 (h_0 for H > 0) add exactly nothing and
+/// are skipped, on the device too. Every term is positive: the order changes the rounding
+/// of the sum, not its error bound against the f64 reference.
 pub fn tfce(nbrs: &[u32], width: usize, maps: &[f32], v: usize, hs: &[f32], hpow: &[f32], sizepow: &[f32]) -> Vec<f32> {
     let mut out = vec![0f32; maps.len()];
-    for (k, &h) in hs.iter().enumerate() {
+    for (k, &h) in hs.iter().enumerate().rev() {
         if hpow[k] == 0.0 {
             continue;
         }
