@@ -13,6 +13,7 @@ use crate::perm::{PermKind, PermSet};
 use crate::spatial::{Connectivity, MaskGraph};
 use crate::spatial_inference::{observed_cluster_values, SpatialJob, SpatialNull, SpatialOptions};
 use serde::Serialize;
+use std::ops::Range;
 use std::path::{Path, PathBuf};
 use std::time::Instant;
 
@@ -222,7 +223,7 @@ pub fn make_engine(backend: Backend, adapter: Option<&str>, quiet: bool) -> Resu
 /// statistics on its device (a hardware adapter, see `Engine::spatial_adapter`) and the job
 /// can run there (not exact TFCE). Returns the adapter's name, or None to reduce on the CPU
 /// (saying why on stderr when the GPU was wanted but failed).
-pub fn gpu_spatial_for(engine: &dyn Engine, job: &SpatialJob, slot: &mut Option<GpuSpatial>, quiet: bool) -> Option<String> {
+pub fn gpu_spatial_for(engine: &mut dyn Engine, job: &SpatialJob, slot: &mut Option<GpuSpatial>, quiet: bool) -> Option<String> {
     let choice = engine.spatial_adapter()?;
     if job.tfce.is_some_and(|(_, o, _)| o.exact) {
         if !quiet {
@@ -231,7 +232,12 @@ pub fn gpu_spatial_for(engine: &dyn Engine, job: &SpatialJob, slot: &mut Option<
         return None;
     }
     if slot.is_none() {
-        match GpuSpatial::open(&choice) {
+        // On the GPU engine's own device, so that its maps need not leave the device.
+        let opened = match engine.as_gpu() {
+            Some(g) => GpuSpatial::on_device(g.shared_device()),
+            None => GpuSpatial::open(&choice),
+        };
+        match opened {
             Ok(g) => {
                 if !quiet {
                     eprintln!("voxflip: spatial statistics (TFCE, clusters) on the GPU: {}", g.adapter_info().name);
@@ -335,7 +341,7 @@ pub fn run(ds: &Dataset, design: &Design, opts: &AnalysisOptions, prefix: &str) 
         }
         let spatial_job_wanted = sp.tfce.is_some() || extent_thr.is_some() || mass_thr.is_some();
         let mut on_gpu =
-            if spatial_job_wanted { gpu_spatial_for(&*engine, &job, &mut gpu_spatial, opts.quiet) } else { None };
+            if spatial_job_wanted { gpu_spatial_for(&mut *engine, &job, &mut gpu_spatial, opts.quiet) } else { None };
         let mut tfce_obs = vec![0f32; ds.v];
         if let Some((g, o, dh)) = job.tfce {
             // The observed TFCE map comes from where the permutations' maps are reduced, so
@@ -548,58 +554,141 @@ pub fn permute_contrast_with(
     // With spatial statistics, batch k's maps are reduced (TFCE, clusters; on the GPU
     // reducer or the CPU) on a second thread while the engine computes batch k + 1: the two
     // halves of the work overlap instead of taking turns. Reductions are appended strictly
-    // in batch order, so the result does not depend on the overlap. Two map buffers
-    // alternate; each is at most SPATIAL_BATCH x V floats.
-    type Reduced<'g> = (Vec<f32>, Option<&'g mut GpuSpatial>, SpatialNull);
+    // in batch order, so the result does not depend on the overlap. When the engine and the
+    // reducer share a GPU, the maps stay in device memory (the engine leaves each batch's
+    // maps in a buffer that the reducer reads); otherwise two host map buffers alternate,
+    // each at most SPATIAL_BATCH x V floats.
     std::thread::scope(|scope| -> Result<()> {
         let mut spare: Vec<f32> = Vec::new();
         let mut in_flight: Option<std::thread::ScopedJoinHandle<'_, Reduced<'_>>> = None;
         let mut gpu = gpu_spatial.take();
+        // Maps stay on the device while the GPU reducer works (mass needs a threshold > 0).
+        let mut device_spatial = gpu.is_some() && job.mass_thr.is_none_or(|t| t > 0.0);
         let mut done = 0;
         while done < nperm {
             let b = engine.preferred_batch().min(nperm - done).min(SPATIAL_BATCH);
-            let mut maps = std::mem::take(&mut spare);
-            maps.resize(b * v, 0f32);
-            let res = run_with_fallback(engine, problem, |e| e.run_batch(perms, done..done + b, Some(observed), Some(&mut maps[..])));
-            // Collect the previous batch's reduction before anything else can fail.
-            if let Some(h) = in_flight.take() {
-                let (buf, g, part) = h.join().expect("spatial reduction thread panicked");
-                snull.append(part);
-                gpu = g;
-                spare = buf;
+            let range = done..done + b;
+            // (The reducer itself may be out on the thread reducing the previous batch.)
+            let on_device = device_spatial && engine.as_gpu().is_some_and(|g| g.can_keep_maps(b));
+            let mut launched = false;
+            if on_device {
+                let ran = engine.as_gpu().expect("checked").run_batch_on_device(perms, range.clone(), Some(observed));
+                collect(&mut in_flight, engine, &mut gpu, &mut spare, &mut snull, (problem, perms, job))?;
+                // A reducer that failed on the previous batch is gone: this batch is redone
+                // on the host (its thread gets no reducer) and the rest stay there.
+                device_spatial &= gpu.is_some();
+                match ran {
+                    Ok((res, buf)) => {
+                        null.extend_from_slice(&res.max_stat);
+                        for (c, x) in counts.iter_mut().zip(&res.exceed) {
+                            *c += x;
+                        }
+                        let g = gpu.take();
+                        let r = range.clone();
+                        in_flight = Some(scope.spawn(move || reduce_device_maps(g, buf, res.max_stat, v, r)));
+                        launched = true;
+                    }
+                    Err(Error::Gpu(msg)) => {
+                        // The device is gone for the reducer too: both continue on the CPU.
+                        eprintln!("voxflip: GPU failed ({msg}); continuing on the CPU engine from this batch");
+                        let mut cpu: Box<dyn Engine> = Box::new(CpuEngine::new());
+                        cpu.prepare(problem)?;
+                        *engine = cpu;
+                        gpu = None;
+                        device_spatial = false;
+                    }
+                    Err(e) => return Err(e),
+                }
             }
-            let res = res?;
-            null.extend_from_slice(&res.max_stat);
-            for (c, x) in counts.iter_mut().zip(&res.exceed) {
-                *c += x;
+            if !launched {
+                let mut maps = std::mem::take(&mut spare);
+                maps.resize(b * v, 0f32);
+                let res = run_with_fallback(engine, problem, |e| e.run_batch(perms, range.clone(), Some(observed), Some(&mut maps[..])));
+                // Collect the previous batch's reduction before anything else can fail.
+                collect(&mut in_flight, engine, &mut gpu, &mut spare, &mut snull, (problem, perms, job))?;
+                let res = res?;
+                null.extend_from_slice(&res.max_stat);
+                for (c, x) in counts.iter_mut().zip(&res.exceed) {
+                    *c += x;
+                }
+                let g = gpu.take();
+                in_flight = Some(scope.spawn(move || reduce_maps(job, g, maps, v)));
             }
-            let g = gpu.take();
-            in_flight = Some(scope.spawn(move || reduce_maps(job, g, maps, v)));
             done += b;
             progress.inc(b as u64);
         }
-        if let Some(h) = in_flight.take() {
-            let (_, _, part) = h.join().expect("spatial reduction thread panicked");
-            snull.append(part);
-        }
-        Ok(())
+        collect(&mut in_flight, engine, &mut gpu, &mut spare, &mut snull, (problem, perms, job))
     })?;
     Ok((null, counts, snull))
+}
+
+/// Collect the reduction in flight (in batch order) into `snull`. A batch whose maps stayed
+/// on a device that then failed is recomputed on the host and reduced on the CPU.
+fn collect<'s, 'g>(
+    in_flight: &mut Option<std::thread::ScopedJoinHandle<'s, Reduced<'g>>>,
+    engine: &mut Box<dyn Engine>,
+    gpu: &mut Option<&'g mut GpuSpatial>,
+    spare: &mut Vec<f32>,
+    snull: &mut SpatialNull,
+    (problem, perms, job): (&ContrastProblem, &PermSet, &SpatialJob),
+) -> Result<()> {
+    let Some(h) = in_flight.take() else { return Ok(()) };
+    let (outcome, g) = h.join().expect("spatial reduction thread panicked");
+    *gpu = g;
+    match outcome {
+        Outcome::Reduced(part, buf) => {
+            snull.append(part);
+            if let Some(buf) = buf {
+                *spare = buf;
+            }
+        }
+        Outcome::Redo(range) => {
+            let v = problem.v;
+            let mut maps = vec![0f32; range.len() * v];
+            run_with_fallback(engine, problem, |e| e.run_batch(perms, range.clone(), None, Some(&mut maps[..])))?;
+            job.reduce(&maps, v, snull);
+        }
+    }
+    Ok(())
+}
+
+/// What the reduction thread hands back with the reducer (if still usable).
+type Reduced<'g> = (Outcome, Option<&'g mut GpuSpatial>);
+
+enum Outcome {
+    /// The batch's nulls, and the host map buffer for reuse (None for device maps).
+    Reduced(SpatialNull, Option<Vec<f32>>),
+    /// The GPU failed on device-resident maps: recompute this range's maps on the host.
+    Redo(Range<usize>),
+}
+
+/// The spatial statistics of a batch whose maps are in `buf` on the reducer's device.
+fn reduce_device_maps(
+    gpu: Option<&mut GpuSpatial>,
+    buf: wgpu::Buffer,
+    maxima: Vec<f32>,
+    v: usize,
+    range: Range<usize>,
+) -> Reduced<'_> {
+    let Some(gs) = gpu else { return (Outcome::Redo(range), None) };
+    let mut part = SpatialNull::default();
+    match gs.reduce_device(&buf, &maxima, v, &mut part) {
+        Ok(()) => (Outcome::Reduced(part, None), Some(gs)),
+        Err(e) => {
+            eprintln!("voxflip: GPU spatial statistics failed ({e}); continuing on the CPU from this batch");
+            (Outcome::Redo(range), None)
+        }
+    }
 }
 
 /// The spatial statistics of one batch of maps: on the GPU reducer when there is one, else
 /// (or if it fails: said on stderr, and the GPU is not used again) on the CPU. Returns the
 /// map buffer for reuse, the reducer if it is still usable, and the batch's nulls.
-fn reduce_maps<'g>(
-    job: &SpatialJob,
-    gpu: Option<&'g mut GpuSpatial>,
-    maps: Vec<f32>,
-    v: usize,
-) -> (Vec<f32>, Option<&'g mut GpuSpatial>, SpatialNull) {
+fn reduce_maps<'g>(job: &SpatialJob, gpu: Option<&'g mut GpuSpatial>, maps: Vec<f32>, v: usize) -> Reduced<'g> {
     let mut part = SpatialNull::default();
     if let Some(gs) = gpu {
         match gs.reduce(&maps, v, &mut part) {
-            Ok(()) => return (maps, Some(gs), part),
+            Ok(()) => return (Outcome::Reduced(part, Some(maps)), Some(gs)),
             Err(e) => {
                 eprintln!("voxflip: GPU spatial statistics failed ({e}); continuing on the CPU from this batch");
                 part = SpatialNull::default();
@@ -607,7 +696,7 @@ fn reduce_maps<'g>(
         }
     }
     job.reduce(&maps, v, &mut part);
-    (maps, None, part)
+    (Outcome::Reduced(part, Some(maps)), None)
 }
 
 /// Run `f` on the engine; if the GPU fails (device lost, out of memory), say so, switch to

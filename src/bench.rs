@@ -118,7 +118,7 @@ pub fn time_contrast(
     }
     let mut gs = None;
     if let (Some(slot), true) = (gpu_spatial, tfce) {
-        if gpu_spatial_for(&**engine, &job, slot, true).is_some() {
+        if gpu_spatial_for(&mut **engine, &job, slot, true).is_some() {
             gs = slot.as_mut();
         }
     }

@@ -78,7 +78,7 @@ fn gpu_pipeline_equals_cpu_pipeline() {
             &[
                 "interaction", "--pre", "data/pre.nii.gz", "--post", "data/post.nii.gz", "--participants",
                 "data/participants.tsv", "--group-column", "group", "-m", "data/mask.nii.gz", "-o", &prefix, "-n",
-                "60", "--seed", "7", "-x", "--uncorrp", "-T", "-c", "2.3", "--save-null", "--backend", backend,
+                "60", "--seed", "7", "-x", "--uncorrp", "-T", "-c", "2.3", "-C", "2.3", "--save-null", "--backend", backend,
             ],
         ));
     }
@@ -96,7 +96,7 @@ fn gpu_pipeline_equals_cpu_pipeline() {
         for (j, (a, b)) in nc.iter().zip(&ng).enumerate() {
             assert!(close(*a, *b, 1e-4), "{con}: max-T null differs at permutation {j}: {a} vs {b}");
         }
-        for what in ["tfce", "clustere"] {
+        for what in ["tfce", "clustere", "clusterm"] {
             let file = format!("ia_null_{what}_{con}.txt");
             let (sc, sg) = (null(&c, &file), null(&g, &file));
             assert_eq!(sc.len(), sg.len(), "{file}");

@@ -676,3 +676,73 @@ fn timing_reduce_brain_sized() {
         100.0 * active as f64 / full.max(1) as f64
     );
 }
+
+/// Maps left on the device by the GPU engine and reduced there (`reduce_device`, on the
+/// engine's own device) give exactly what reducing the same maps from the host gives: same
+/// kernels, same maps, and the per-map maxima from the engine fix the same levels and mass
+/// scales as the maps themselves.
+#[test]
+fn device_resident_maps_reduce_like_host_maps() {
+    use voxflip::engine::gpu::GpuEngine;
+    use voxflip::engine::{Engine, StatKind};
+    use voxflip::perm::{PermKind, PermSet};
+    if gpu().is_none() {
+        return;
+    }
+    let mut engine = GpuEngine::new(&AdapterChoice { name: None, allow_software: true }).unwrap();
+    // A smooth-ish one-sample problem on a 9 x 8 x 5 grid, all voxels in the mask.
+    let dims = [9, 8, 5];
+    let v = dims[0] * dims[1] * dims[2];
+    let n = 14;
+    let mut rng = ChaCha8Rng::seed_from_u64(21);
+    let mut y = vec![0f32; n * v];
+    for i in 0..n {
+        let shift: f32 = rng.random::<f32>() - 0.3;
+        for x in 0..v {
+            let (a, b) = ((x % 9) as f32, (x / 72) as f32);
+            y[i * v + x] = shift + 0.6 * ((a * 0.7).sin() + (b * 0.9).cos()) + 0.8 * (rng.random::<f32>() - 0.5);
+        }
+    }
+    let design = voxflip::design::Design::one_sample(n);
+    let model = voxflip::glm::ContrastModel::new(&design.m, &design.contrasts[0]).unwrap();
+    let pb = model.problem(&y, v);
+    assert_eq!(pb.kind, StatKind::T);
+    engine.prepare(&pb).unwrap();
+    let perms = PermSet::generate(n, PermKind::SignFlip, &vec![0; n], 30, 9).unwrap();
+    let mut host = vec![0f32; 30 * v];
+    engine.run_batch(&perms, 0..30, None, Some(&mut host)).unwrap();
+    let (res, buf) = engine.run_batch_on_device(&perms, 0..30, None).unwrap();
+
+    let g6 = MaskGraph::from_mask(dims, &vec![true; v], Connectivity::C6);
+    let g26 = MaskGraph::from_mask(dims, &vec![true; v], Connectivity::C26);
+    let dh = host[..v].iter().copied().fold(0f32, f32::max) / 100.0;
+    let opts = TfceOptions { params: TfceParams::default(), exact: false, step: None };
+    let observed = vec![0.5f32; v];
+    let job = SpatialJob {
+        tfce: Some((&g6, opts, dh)),
+        tfce_observed: Some(&observed),
+        cluster_graph: Some(&g26),
+        extent_thr: Some(1.0),
+        mass_thr: Some(1.5),
+    };
+    let mut from_host = SpatialNull::default();
+    let mut on_host_device = GpuSpatial::on_device(engine.shared_device()).unwrap();
+    on_host_device.configure(&job).unwrap();
+    on_host_device.reduce(&host, v, &mut from_host).unwrap();
+    let mut from_device = SpatialNull::default();
+    on_host_device.max_maps_per_pass = Some(7); // sub-batches inside the device buffer too
+    on_host_device.reduce_device(&buf, &res.max_stat, v, &mut from_device).unwrap();
+    assert_eq!(from_device.tfce_max, from_host.tfce_max);
+    assert_eq!(from_device.tfce_counts, from_host.tfce_counts);
+    assert_eq!(from_device.extent_max, from_host.extent_max);
+    assert_eq!(from_device.mass_max, from_host.mass_max);
+    assert!(from_host.tfce_max.iter().any(|&t| t > 0.0) && from_host.extent_max.iter().any(|&e| e > 1.0));
+    // And the CPU reference agrees with both (extents exactly).
+    let mut cpu = SpatialNull::default();
+    job.reduce(&host, v, &mut cpu);
+    assert_eq!(cpu.extent_max, from_device.extent_max);
+    // A non-positive mass threshold cannot be reduced from device maps: refused, not wrong.
+    let job_neg = SpatialJob { mass_thr: Some(-1.0), ..job };
+    on_host_device.configure(&job_neg).unwrap();
+    assert!(on_host_device.reduce_device(&buf, &res.max_stat, v, &mut SpatialNull::default()).is_err());
+}

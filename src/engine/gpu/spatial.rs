@@ -175,9 +175,28 @@ struct ClusterPass<'a> {
     mass: bool,
 }
 
+/// Where a batch's maps are.
+#[derive(Clone, Copy)]
+enum MapsSource<'a> {
+    /// On the host, map-major.
+    Host(&'a [f32]),
+    /// In a device buffer of the same device (map-major), with each map's maximum (which
+    /// fixes the TFCE levels and the mass fixed point without reading the maps back).
+    Device { buf: &'a wgpu::Buffer, maxima: &'a [f32] },
+}
+
+impl MapsSource<'_> {
+    fn nmaps(&self, v: usize) -> usize {
+        match self {
+            MapsSource::Host(m) => m.len() / v,
+            MapsSource::Device { maxima, .. } => maxima.len(),
+        }
+    }
+}
+
 /// What one run over a batch does and reads back.
 struct Request<'a> {
-    maps: &'a [f32],
+    maps: MapsSource<'a>,
     v: usize,
     clusters: Vec<ClusterPass<'a>>,
     tfce: Option<(&'a GraphBuf, f32, f32, &'a wgpu::Buffer)>, // graph, dh, H, sizepow
@@ -255,6 +274,12 @@ fn unsuitable(a: &wgpu::Adapter) -> Option<String> {
     None
 }
 
+/// The largest positive finite value of a map (NEG_INFINITY if none): all that the TFCE
+/// levels and (for thresholds > 0) the mass fixed point depend on.
+fn positive_max(map: &[f32]) -> f32 {
+    map.iter().copied().filter(|x| x.is_finite() && *x > 0.0).fold(f32::NEG_INFINITY, f32::max)
+}
+
 impl GpuSpatial {
     /// Open the adapter `choice` selects (the adapter's own limits) and compile the kernels;
     /// nothing is configured yet (see [`GpuSpatial::configure`]).
@@ -276,7 +301,28 @@ impl GpuSpatial {
         device.set_device_lost_callback(move |reason, msg| {
             sink.lock().unwrap().push(format!("device lost ({reason:?}): {msg}"));
         });
+        Self::build(device, queue, info, limits, errors)
+    }
 
+    /// The spatial kernels on the GPU engine's own device (see
+    /// [`super::GpuEngine::shared_device`]), so that [`GpuSpatial::reduce_device`] can read
+    /// the engine's map buffers where they are. Errors reach the engine's sink too.
+    pub fn on_device(shared: super::SharedDevice) -> Result<GpuSpatial> {
+        let super::SharedDevice { device, queue, info, limits, errors } = shared;
+        if limits.max_storage_buffers_per_shader_stage < STORAGE_BUFFERS {
+            return Err(Error::Gpu(format!("{}: fewer than {STORAGE_BUFFERS} storage buffers per stage", info.name)));
+        }
+        Self::build(device, queue, info, limits, errors)
+    }
+
+    /// Bind group layout, pipelines and fixed buffers on an open device.
+    fn build(
+        device: wgpu::Device,
+        queue: wgpu::Queue,
+        info: wgpu::AdapterInfo,
+        limits: wgpu::Limits,
+        errors: Arc<Mutex<Vec<String>>>,
+    ) -> Result<GpuSpatial> {
         let storage = |binding: u32, read_only: bool| wgpu::BindGroupLayoutEntry {
             binding,
             visibility: wgpu::ShaderStages::COMPUTE,
@@ -464,8 +510,37 @@ impl GpuSpatial {
                 maps.len()
             )));
         }
-        let nmaps = maps.len() / v;
-        self.prepare(maps, v).map_err(|e| self.fail(e))?;
+        self.reduce_source(MapsSource::Host(maps), v, null)
+    }
+
+    /// [`GpuSpatial::reduce`] of maps that are already on this device: `maps` holds
+    /// maxima.len() maps of `v` voxels (map-major; e.g. from
+    /// [`super::GpuEngine::run_batch_on_device`] on the device this reducer was made
+    /// [`GpuSpatial::on_device`] with) and `maxima` each map's maximum, which fixes its TFCE
+    /// levels and mass fixed point, so nothing is read back but the results. Cluster mass
+    /// needs a threshold > 0 here (a negative one would need each map's largest |value|).
+    pub fn reduce_device(
+        &mut self,
+        maps: &wgpu::Buffer,
+        maxima: &[f32],
+        v: usize,
+        null: &mut SpatialNull,
+    ) -> Result<()> {
+        self.check_usable()?;
+        if v == 0 || maps.size() < (4 * v * maxima.len()) as u64 {
+            return Err(Error::Gpu(format!("device maps buffer too small for {} maps of {v} voxels", maxima.len())));
+        }
+        if let Some(ClusterSetup { mass_thr: Some(thr), .. }) = &self.cluster {
+            if !(*thr > 0.0) {
+                return Err(Error::Gpu(format!("cluster mass at threshold {thr} needs the maps on the host")));
+            }
+        }
+        self.reduce_source(MapsSource::Device { buf: maps, maxima }, v, null)
+    }
+
+    fn reduce_source(&mut self, maps: MapsSource, v: usize, null: &mut SpatialNull) -> Result<()> {
+        let nmaps = maps.nmaps(v);
+        self.prepare_n(nmaps, v).map_err(|e| self.fail(e))?;
         if let Some((_, n)) = &self.observed {
             if *n != v {
                 return Err(Error::Gpu(format!("observed TFCE map has {n} voxels, maps have {v}")));
@@ -559,7 +634,7 @@ impl GpuSpatial {
         self.prepare(maps, g.len())?;
         let graph = self.upload_graph(g);
         let req = Request {
-            maps,
+            maps: MapsSource::Host(maps),
             v: g.len(),
             clusters: vec![ClusterPass {
                 graph: &graph,
@@ -584,7 +659,7 @@ impl GpuSpatial {
         let graph = self.upload_graph(g);
         let v = g.len();
         let req = Request {
-            maps,
+            maps: MapsSource::Host(maps),
             v,
             clusters: vec![ClusterPass {
                 graph: &graph,
@@ -625,7 +700,7 @@ impl GpuSpatial {
         let sizepow = self.storage_init("tfce sizepow", bytemuck::cast_slice(&size_pow_table(g.len(), params.e)));
         let obs = observed.map(|o| self.storage_init("observed tfce", bytemuck::cast_slice(o)));
         let req = Request {
-            maps,
+            maps: MapsSource::Host(maps),
             v: g.len(),
             clusters: vec![],
             tfce: Some((&graph, dh, params.h, &sizepow)),
@@ -784,7 +859,12 @@ impl GpuSpatial {
                 maps.len()
             )));
         }
-        let nb = self.maps_per_pass(v, maps.len() / v)?;
+        self.prepare_n(maps.len() / v, v)
+    }
+
+    /// Size the sub-batch buffers for `nmaps` maps of `v` voxels.
+    fn prepare_n(&mut self, nmaps: usize, v: usize) -> Result<()> {
+        let nb = self.maps_per_pass(v, nmaps)?;
         self.ensure_work(nb, v);
         Ok(())
     }
@@ -802,7 +882,7 @@ impl GpuSpatial {
             .as_ref()
             .filter(|w| w.v == v)
             .ok_or_else(|| Error::Gpu("run before prepare".into()))?;
-        let nmaps = req.maps.len() / v;
+        let nmaps = req.maps.nmaps(v);
         let nb_max = work.nb;
         let counts = self.storage("counts", (v * 4) as u64);
         let mut out = Output::default();
@@ -813,16 +893,39 @@ impl GpuSpatial {
             .min(self.limits.max_compute_workgroups_per_dimension) as usize;
         for m0 in (0..nmaps).step_by(nb_max) {
             let nb = nb_max.min(nmaps - m0);
-            let sub = &req.maps[m0 * v..(m0 + nb) * v];
-            self.queue.write_buffer(&work.maps, 0, bytemuck::cast_slice(sub));
+            // The sub-batch's maps into the work buffer, and each map's largest value.
+            let mass_thr = req.clusters.iter().find(|c| c.mass).map(|c| c.thr);
+            let (sub_maxima, mass_scales): (Vec<f32>, Vec<MassScale>) = match req.maps {
+                MapsSource::Host(maps) => {
+                    let sub = &maps[m0 * v..(m0 + nb) * v];
+                    self.queue.write_buffer(&work.maps, 0, bytemuck::cast_slice(sub));
+                    let scales = match mass_thr {
+                        Some(thr) => sub.chunks(v).map(|m| MassScale::for_map(m, thr)).collect(),
+                        None => Vec::new(),
+                    };
+                    (sub.chunks(v).map(positive_max).collect(), scales)
+                }
+                MapsSource::Device { buf, maxima } => {
+                    let mut enc = self.device.create_command_encoder(&Default::default());
+                    enc.copy_buffer_to_buffer(buf, (4 * m0 * v) as u64, &work.maps, 0, (4 * nb * v) as u64);
+                    self.queue.submit(Some(enc.finish()));
+                    let sub = &maxima[m0..m0 + nb];
+                    // For thr > 0 (reduce_device refuses others) the active voxels' largest
+                    // |value| is the map's maximum when that reaches thr: the same scale.
+                    let scales = match mass_thr {
+                        Some(thr) => sub.iter().map(|&m| MassScale::for_maxabs(if m >= thr { m } else { 0.0 })).collect(),
+                        None => Vec::new(),
+                    };
+                    (sub.to_vec(), scales)
+                }
+            };
             // Per map: maxima at their starting values, and the map's own mass fixed point (so
             // that a map's mass does not depend on the other maps of its batch).
-            let mass_thr = req.clusters.iter().find(|c| c.mass).map(|c| c.thr);
             let mut init_results = vec![0u32; nb * RES_STRIDE];
-            for (r, m) in init_results.chunks_mut(RES_STRIDE).zip(sub.chunks(v)) {
+            for (j, r) in init_results.chunks_mut(RES_STRIDE).enumerate() {
                 r[RES_TFCE] = key_of(0.0);
-                if let Some(thr) = mass_thr {
-                    let s = MassScale::for_map(m, thr);
+                if mass_thr.is_some() {
+                    let s = mass_scales[j];
                     r[RES_SCALE] = s.scale.to_bits();
                     r[RES_SCALE + 1] = s.lo_scale.to_bits();
                     r[RES_SCALE + 2] = s.hi_scale.to_bits();
@@ -857,7 +960,8 @@ impl GpuSpatial {
             // twin skips them too).
             let mut levels: Vec<(f32, f32)> = Vec::new();
             if let Some((g, dh, h_exp, _)) = req.tfce {
-                let (hs, hpow) = level_table(sub, dh, h_exp).map_err(Error::Gpu)?;
+                let top = sub_maxima.iter().copied().fold(f32::NEG_INFINITY, f32::max);
+                let (hs, hpow) = level_table(&[top], dh, h_exp).map_err(Error::Gpu)?;
                 levels = hs.into_iter().zip(hpow).filter(|&(_, hp)| hp != 0.0).collect();
                 let thr_of = |k: usize| levels.get(k).map_or(f32::INFINITY, |l| l.0);
                 params.push(base); // set_args

@@ -101,6 +101,11 @@ impl MassScale {
             .iter()
             .filter(|&&x| x.is_finite() && active(x, thr, MODE_INCLUSIVE))
             .fold(0f32, |m, &x| m.max(x.abs()));
+        Self::for_maxabs(maxabs)
+    }
+
+    /// The scale for a map whose active voxels' largest |value| is `maxabs` (0: none).
+    pub fn for_maxabs(maxabs: f32) -> Self {
         let k = if maxabs > 0.0 {
             let mut e = (maxabs as f64).log2().ceil() as i32;
             while 2f64.powi(e) < maxabs as f64 {
