@@ -205,9 +205,16 @@ pub fn make_engine(backend: Backend, adapter: Option<&str>, quiet: bool) -> Resu
             Ok(g) => Box::new(g),
             Err(e) => {
                 if !quiet {
-                    let why = e.to_string();
-                    let why = why.trim_end_matches("; use --backend cpu");
-                    eprintln!("voxflip: {why}; using the CPU engine (--backend gpu accepts software adapters)");
+                    if crate::engine::gpu::hardware_adapter_available() {
+                        // A hardware GPU exists but could not be used: say why.
+                        let why = e.to_string();
+                        eprintln!("voxflip: {}; using the CPU engine", why.trim_end_matches("; use --backend cpu"));
+                    } else {
+                        eprintln!(
+                            "voxflip: no hardware GPU adapter; using the CPU engine \
+                             (--backend gpu runs the shaders on a software adapter such as lavapipe)"
+                        );
+                    }
                 }
                 Box::new(CpuEngine::new())
             }
