@@ -159,7 +159,9 @@ pub fn run(nperm: usize, tfce: bool, tfce_perms: usize, gpu: Option<AdapterChoic
         let tw = Instant::now();
         time_contrast(engine, &study, &warm, tfce, Some(&mut gs))?;
         let warm_s = tw.elapsed().as_secs_f64();
+        let k0 = engine.as_gpu().and_then(|g| g.kernel_seconds());
         let s = time_contrast(engine, &study, &perms, false, Some(&mut gs))?;
+        let kernel = engine.as_gpu().and_then(|g| g.kernel_seconds()).zip(k0).map(|(a, b)| a - b);
         let gf = flops / s / 1e9;
         println!("{}", engine.describe());
         println!(
@@ -168,6 +170,10 @@ pub fn run(nperm: usize, tfce: bool, tfce_perms: usize, gpu: Option<AdapterChoic
             perms.len() as f64 / s,
             100.0 * gf / peak
         );
+        if let Some(k) = kernel {
+            // VOXFLIP_GPU_TIMESTAMPS=1: the glm_stat passes' own time on the GPU.
+            println!("  glm_stat passes alone: {k:.4} s on the GPU, {:.1} GFLOP/s", flops / k / 1e9);
+        }
         if tfce {
             // The maps alone: computed and brought to the host in the batches the spatial
             // statistics use, without reducing them (what the engine adds to TFCE).

@@ -460,7 +460,8 @@ fn time_1000_sign_flips_n58_q2_v228k() {
         let name = format!("{}{}", kernel.name(), if unchecked { "-unchecked" } else { "" });
         // A fresh engine per kernel: an error in one leaves the others' numbers intact.
         let mut g = gpu().unwrap();
-        let run = |g: &mut GpuEngine| -> voxflip::error::Result<(std::time::Duration, f64, Vec<f32>, Vec<u32>)> {
+        type Timed = (std::time::Duration, f64, Option<f64>, Vec<f32>, Vec<u32>);
+        let run = |g: &mut GpuEngine| -> voxflip::error::Result<Timed> {
             g.set_kernel(kernel)?;
             g.set_unchecked(unchecked)?;
             let t0 = std::time::Instant::now();
@@ -469,6 +470,7 @@ fn time_1000_sign_flips_n58_q2_v228k() {
             let batch = g.preferred_batch();
             // Warm-up: pipeline creation, first-use allocations, clocks.
             g.run_batch(&ps, 0..batch.min(ps.len()), Some(&observed), None)?;
+            let k0 = g.kernel_seconds();
             let t1 = std::time::Instant::now();
             let (mut max_stat, mut counts) = (Vec::with_capacity(ps.len()), vec![0u32; v]);
             let mut start = 0;
@@ -481,10 +483,12 @@ fn time_1000_sign_flips_n58_q2_v228k() {
                 }
                 start = end;
             }
-            Ok((t_prep, t1.elapsed().as_secs_f64(), max_stat, counts))
+            let secs = t1.elapsed().as_secs_f64();
+            let kernel = g.kernel_seconds().zip(k0).map(|(a, b)| a - b);
+            Ok((t_prep, secs, kernel, max_stat, counts))
         };
         match run(&mut g) {
-            Ok((t_prep, secs, max_stat, counts)) => {
+            Ok((t_prep, secs, kernel, max_stat, counts)) => {
                 println!(
                     "{}: prepare {:.2?}, {count} perms in {secs:.4} s ({:.1} GFLOP/s), batch {}, chunk {} voxels x {} chunks",
                     g.describe(),
@@ -494,6 +498,10 @@ fn time_1000_sign_flips_n58_q2_v228k() {
                     g.chunk_voxels(),
                     g.chunks()
                 );
+                // VOXFLIP_GPU_TIMESTAMPS=1: the passes' own GPU time, without host waits.
+                if let Some(k) = kernel {
+                    println!("  {name}: glm_stat passes alone {k:.4} s on the GPU ({:.1} GFLOP/s)", flops / k / 1e9);
+                }
                 results.push((name, secs, max_stat, counts));
             }
             Err(e) => {

@@ -374,7 +374,25 @@ pub struct GpuEngine {
     /// Largest maps buffer read back at once (bytes); a batch with maps is read back in
     /// groups of permutations that fit it. Tests shrink it to exercise the grouping.
     pub max_maps_bytes: u64,
+    /// GPU timestamps around every glm_stat pass (VOXFLIP_GPU_TIMESTAMPS=1, where the adapter
+    /// has TIMESTAMP_QUERY): the kernels' own time, for benchmarks.
+    timing: Option<KernelTiming>,
 }
+
+/// Timestamp queries around glm_stat passes, resolved and read back with each batch.
+struct KernelTiming {
+    set: wgpu::QuerySet,
+    resolve: wgpu::Buffer,
+    /// Nanoseconds per timestamp tick.
+    period: f64,
+    /// Queries written in the current batch (two per pass).
+    used: std::sync::atomic::AtomicU32,
+    /// Kernel seconds summed over all batches so far.
+    seconds: Mutex<f64>,
+}
+
+/// Passes timed per batch at most (two queries each); later passes of a batch go untimed.
+const TIMED_PASSES: u32 = 2048;
 
 impl GpuEngine {
     /// Open the adapter `choice` selects, create the device with the adapter's own limits
@@ -383,9 +401,11 @@ impl GpuEngine {
         let adapter = select_adapter(choice, unsuitable)?;
         let info = adapter.get_info();
         let limits = adapter.limits();
+        let want_timing = std::env::var("VOXFLIP_GPU_TIMESTAMPS").as_deref() == Ok("1")
+            && adapter.features().contains(wgpu::Features::TIMESTAMP_QUERY);
         let (device, queue) = pollster::block_on(adapter.request_device(&wgpu::DeviceDescriptor {
             label: Some("voxflip"),
-            required_features: wgpu::Features::empty(),
+            required_features: if want_timing { wgpu::Features::TIMESTAMP_QUERY } else { wgpu::Features::empty() },
             required_limits: limits.clone(),
             ..Default::default()
         }))
@@ -418,7 +438,24 @@ impl GpuEngine {
         } else {
             MAX_MACS_PER_DISPATCH
         };
+        let timing = want_timing.then(|| KernelTiming {
+            set: device.create_query_set(&wgpu::QuerySetDescriptor {
+                label: Some("glm_stat timestamps"),
+                ty: wgpu::QueryType::Timestamp,
+                count: 2 * TIMED_PASSES,
+            }),
+            resolve: device.create_buffer(&wgpu::BufferDescriptor {
+                label: Some("timestamps"),
+                size: 16 * TIMED_PASSES as u64,
+                usage: wgpu::BufferUsages::QUERY_RESOLVE | wgpu::BufferUsages::COPY_SRC,
+                mapped_at_creation: false,
+            }),
+            period: queue.get_timestamp_period() as f64,
+            used: Default::default(),
+            seconds: Mutex::new(0.0),
+        });
         let engine = GpuEngine {
+            timing,
             device,
             queue,
             kernels,
@@ -690,8 +727,20 @@ impl GpuEngine {
         if wx == 0 || wy == 0 {
             return;
         }
+        let mut stamps = None;
+        if let Some(t) = &self.timing {
+            let at = t.used.load(std::sync::atomic::Ordering::Relaxed);
+            if at + 2 <= 2 * TIMED_PASSES {
+                t.used.store(at + 2, std::sync::atomic::Ordering::Relaxed);
+                stamps = Some(wgpu::ComputePassTimestampWrites {
+                    query_set: &t.set,
+                    beginning_of_pass_write_index: Some(at),
+                    end_of_pass_write_index: Some(at + 1),
+                });
+            }
+        }
         let mut pass =
-            enc.begin_compute_pass(&wgpu::ComputePassDescriptor { label: Some("glm_stat"), timestamp_writes: None });
+            enc.begin_compute_pass(&wgpu::ComputePassDescriptor { label: Some("glm_stat"), timestamp_writes: stamps });
         pass.set_pipeline(&self.pipeline(params).0);
         pass.set_bind_group(0, bg, &[]);
         pass.dispatch_workgroups(wx, wy, 1);
@@ -988,7 +1037,20 @@ impl GpuEngine {
         if observed.is_some() {
             parts.extend(st.chunks.iter().map(|c| (&c.counts, 4 * c.vc as u64)));
         }
+        let stamped = self.timing.as_ref().map_or(0, |t| t.used.swap(0, std::sync::atomic::Ordering::Relaxed));
+        if let (Some(t), true) = (&self.timing, stamped > 0) {
+            enc.resolve_query_set(&t.set, 0..stamped, &t.resolve, 0);
+            parts.push((&t.resolve, 8 * stamped as u64));
+        }
         let bytes = self.submit_and_read(enc, &parts, "glm_stat results")?;
+        if let (Some(t), true) = (&self.timing, stamped > 0) {
+            let at = bytes.len() - 8 * stamped as usize;
+            // Byte-wise: the part need not be 8-byte aligned within the readback.
+            let ticks: Vec<u64> =
+                bytes[at..].chunks_exact(8).map(|w| u64::from_le_bytes(w.try_into().expect("8 bytes"))).collect();
+            let ns: f64 = ticks.chunks_exact(2).map(|p| p[1].saturating_sub(p[0]) as f64).sum::<f64>() * t.period;
+            *t.seconds.lock().unwrap() += ns * 1e-9;
+        }
         let words: &[u32] = bytemuck::cast_slice(&bytes);
         let max_stat: Vec<f32> = words[..b].iter().map(|&k| glm_stat::value_of(k)).collect();
         let mut exceed = Vec::new();
@@ -1001,6 +1063,13 @@ impl GpuEngine {
             }
         }
         Ok((BatchResult { max_stat, exceed }, if keep { maps_buf } else { None }))
+    }
+
+    /// Seconds the glm_stat passes took on the GPU so far, from timestamp queries (None unless
+    /// VOXFLIP_GPU_TIMESTAMPS=1 and the adapter supports them). Excludes host waits and
+    /// transfers: the kernels' own throughput.
+    pub fn kernel_seconds(&self) -> Option<f64> {
+        self.timing.as_ref().map(|t| *t.seconds.lock().unwrap())
     }
 
     /// Whether a batch of `b` maps can stay on the device ([`GpuEngine::run_batch_on_device`]):
