@@ -203,6 +203,28 @@ fn preferred_tiled(l: &wgpu::Limits) -> GlmKernel {
     TILED_PREFERENCE.into_iter().find(|&k| kernel_unsupported(l, k).is_none()).unwrap_or(GlmKernel::Tiles)
 }
 
+/// Map `staging` (MAP_READ, its copies already submitted) and return its bytes: `poll`
+/// waits for the device and reports its errors.
+pub(crate) fn read_staging(staging: &wgpu::Buffer, what: &str, poll: impl FnOnce() -> Result<()>) -> Result<Vec<u8>> {
+    let slice = staging.slice(..);
+    let (tx, rx) = std::sync::mpsc::channel();
+    slice.map_async(wgpu::MapMode::Read, move |r| {
+        let _ = tx.send(r);
+    });
+    poll()?;
+    match rx.recv() {
+        Ok(Ok(())) => {}
+        Ok(Err(e)) => return Err(Error::Gpu(format!("{what}: mapping the result failed: {e}"))),
+        Err(_) => return Err(Error::Gpu(format!("{what}: mapping the result never completed"))),
+    }
+    let data = slice
+        .get_mapped_range()
+        .map_err(|e| Error::Gpu(format!("{what}: mapping the result failed: {e}")))?
+        .to_vec();
+    staging.unmap();
+    Ok(data)
+}
+
 /// The adapter `choice` selects: among those whose name contains `choice.name` (any, if
 /// None), hardware first (software only if allowed), the best by [`rank`] that `unsuitable`
 /// does not reject. The error lists what was skipped and why.
@@ -648,23 +670,7 @@ impl GpuEngine {
             at += bytes;
         }
         self.submit(enc);
-        let slice = staging.slice(..);
-        let (tx, rx) = std::sync::mpsc::channel();
-        slice.map_async(wgpu::MapMode::Read, move |r| {
-            let _ = tx.send(r);
-        });
-        self.poll_checked(what)?;
-        match rx.recv() {
-            Ok(Ok(())) => {}
-            Ok(Err(e)) => return Err(Error::Gpu(format!("{what}: mapping the result failed: {e}"))),
-            Err(_) => return Err(Error::Gpu(format!("{what}: mapping the result never completed"))),
-        }
-        let data = slice
-            .get_mapped_range()
-            .map_err(|e| Error::Gpu(format!("{what}: mapping the result failed: {e}")))?
-            .to_vec();
-        staging.unmap();
-        Ok(data)
+        read_staging(&staging, what, || self.poll_checked(what))
     }
 
     /// Copy `bytes` bytes of `buf` from `offset` back to the host.
@@ -681,23 +687,7 @@ impl GpuEngine {
         let mut enc = self.encoder();
         enc.copy_buffer_to_buffer(buf, offset, &staging, 0, bytes);
         self.submit_checked(enc, what)?;
-        let slice = staging.slice(..);
-        let (tx, rx) = std::sync::mpsc::channel();
-        slice.map_async(wgpu::MapMode::Read, move |r| {
-            let _ = tx.send(r);
-        });
-        self.poll_checked(what)?;
-        match rx.recv() {
-            Ok(Ok(())) => {}
-            Ok(Err(e)) => return Err(Error::Gpu(format!("{what}: mapping the result failed: {e}"))),
-            Err(_) => return Err(Error::Gpu(format!("{what}: mapping the result never completed"))),
-        }
-        let data = slice
-            .get_mapped_range()
-            .map_err(|e| Error::Gpu(format!("{what}: mapping the result failed: {e}")))?
-            .to_vec();
-        staging.unmap();
-        Ok(data)
+        read_staging(&staging, what, || self.poll_checked(what))
     }
 
     #[allow(clippy::too_many_arguments)]

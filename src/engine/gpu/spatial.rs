@@ -787,23 +787,7 @@ impl GpuSpatial {
         let mut enc = self.device.create_command_encoder(&Default::default());
         enc.copy_buffer_to_buffer(buf, 0, &staging, 0, bytes);
         self.queue.submit(Some(enc.finish()));
-        let slice = staging.slice(..);
-        let (tx, rx) = std::sync::mpsc::channel();
-        slice.map_async(wgpu::MapMode::Read, move |r| {
-            let _ = tx.send(r);
-        });
-        self.poll_checked(what)?;
-        match rx.recv() {
-            Ok(Ok(())) => {}
-            Ok(Err(e)) => return Err(Error::Gpu(format!("{what}: mapping the result failed: {e}"))),
-            Err(_) => return Err(Error::Gpu(format!("{what}: mapping the result never completed"))),
-        }
-        let data = slice
-            .get_mapped_range()
-            .map_err(|e| Error::Gpu(format!("{what}: mapping the result failed: {e}")))?
-            .to_vec();
-        staging.unmap();
-        Ok(data)
+        super::read_staging(&staging, what, || self.poll_checked(what))
     }
 
     /// Maps per sub-batch for maps of `v` voxels: the per-voxel accumulators (12 bytes per
