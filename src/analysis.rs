@@ -9,7 +9,7 @@ use crate::error::{Error, Result};
 use crate::glm::{identical_row_labels, ContrastModel};
 use crate::inference::{corrected_p, uncorrected_p, MaxStatNull, PScale};
 use crate::io::OutputSet;
-use crate::perm::{PermKind, PermSet};
+use crate::perm::{Blocks, PermKind, PermSet};
 use crate::spatial::{Connectivity, MaskGraph};
 use crate::spatial_inference::{observed_cluster_values, SpatialJob, SpatialNull, SpatialOptions};
 use serde::Serialize;
@@ -39,6 +39,8 @@ pub struct AnalysisOptions {
     pub perm_kind: PermKind,
     /// Why that kind was chosen (for stderr and the sidecar).
     pub perm_reason: String,
+    /// Exchangeability blocks (randomise -e, --permuteBlocks); None: every row exchangeable.
+    pub blocks: Option<Blocks>,
     /// Write voxelwise FWE-corrected p maps (randomise -x).
     pub vox_corrp: bool,
     /// Write uncorrected p maps (--uncorrp).
@@ -53,6 +55,15 @@ pub struct AnalysisOptions {
     pub command_line: Vec<String>,
     /// TFCE and cluster inference.
     pub spatial: SpatialOptions,
+}
+
+/// The exchangeability blocks of a run, as the sidecar records them.
+#[derive(Clone, Debug, Serialize)]
+pub struct ExchangeBlocks {
+    /// Number of blocks.
+    pub count: usize,
+    /// Whole blocks exchanged (--permuteBlocks) rather than rows within blocks.
+    pub whole: bool,
 }
 
 /// What a run found, for the user's summary on stderr.
@@ -176,6 +187,8 @@ pub struct RunReport {
     pub exhaustive: bool,
     pub permutation_kind: PermKind,
     pub permutation_reason: String,
+    /// Exchangeability blocks (-e), if any.
+    pub exchangeability_blocks: Option<ExchangeBlocks>,
     pub backend: String,
     /// Where TFCE / cluster statistics ran (None without them).
     pub spatial_backend: Option<String>,
@@ -292,18 +305,25 @@ pub fn run(ds: &Dataset, design: &Design, opts: &AnalysisOptions, prefix: &str) 
     let mut outputs = OutputSet::new();
     OutputSet::check_dir(Path::new(prefix))?;
     let labels = if opts.perm_kind.permutes() { identical_row_labels(&design.m) } else { vec![0; ds.n] };
-    let perms = PermSet::generate(ds.n, opts.perm_kind, &labels, opts.n_perm, opts.seed).map_err(Error::usage)?;
+    let blocks = opts.blocks.clone().unwrap_or_else(|| Blocks::single(ds.n));
+    let perms = PermSet::generate_in_blocks(ds.n, opts.perm_kind, &labels, &blocks, opts.n_perm, opts.seed)
+        .map_err(Error::usage)?;
     let nperm = perms.len();
     let what = match opts.perm_kind {
         PermKind::SignFlip => "sign flips",
         PermKind::Permute => "permutations",
         PermKind::Both => "permutations with sign flips",
     };
+    let within = match &opts.blocks {
+        Some(b) if b.whole => format!(" of {} whole exchangeability blocks", b.len()),
+        Some(b) => format!(" within {} exchangeability blocks", b.len()),
+        None => String::new(),
+    };
     if !opts.quiet {
         if perms.exhaustive {
-            eprintln!("voxflip: exhaustive: all {nperm} distinct {what} (asked for {})", opts.n_perm);
+            eprintln!("voxflip: exhaustive: all {nperm} distinct {what}{within} (asked for {})", opts.n_perm);
         } else {
-            eprintln!("voxflip: {nperm} random {what} (seed {}); {}", opts.seed, opts.perm_reason);
+            eprintln!("voxflip: {nperm} random {what}{within} (seed {}); {}", opts.seed, opts.perm_reason);
         }
     }
     let mut engine = make_engine(opts.backend, opts.adapter.as_deref(), opts.quiet)?;
@@ -464,6 +484,7 @@ pub fn run(ds: &Dataset, design: &Design, opts: &AnalysisOptions, prefix: &str) 
         exhaustive: perms.exhaustive,
         permutation_kind: opts.perm_kind,
         permutation_reason: opts.perm_reason.clone(),
+        exchangeability_blocks: opts.blocks.as_ref().map(|b| ExchangeBlocks { count: b.len(), whole: b.whole }),
         backend: engine.describe(),
         spatial_backend,
         p_values: match opts.scale {

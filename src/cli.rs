@@ -7,7 +7,7 @@ use crate::design::Design;
 use crate::error::{Error, Result};
 use crate::inference::PScale;
 use crate::io::{self, participants};
-use crate::perm::PermKind;
+use crate::perm::{Blocks, PermKind};
 use crate::simulate;
 use crate::spatial::{Connectivity, TfceParams};
 use crate::spatial_inference::{SpatialOptions, TfceOptions};
@@ -207,6 +207,14 @@ pub struct GlmArgs {
     /// Override what is exchanged: flip (sign flips), permute (rows), both.
     #[arg(long = "perm-kind", value_enum)]
     pub perm_kind: Option<PermKindArg>,
+    /// Exchangeability blocks (randomise -e): one integer per volume (VEST design.grp); rows
+    /// are exchanged only within their block.
+    #[arg(short = 'e', value_name = "design.grp")]
+    pub blocks: Option<PathBuf>,
+    /// Exchange whole blocks instead (randomise --permuteBlocks): blocks of equal size are
+    /// reordered as units and sign-flipped as units.
+    #[arg(long = "permuteBlocks")]
+    pub permute_blocks: bool,
     #[command(flatten)]
     pub common: CommonArgs,
 }
@@ -323,6 +331,7 @@ pub fn run(args: Vec<String>) -> Result<()> {
 
 fn analysis_options(c: &CommonArgs, kind: PermKind, reason: String, args: &[String]) -> Result<AnalysisOptions> {
     Ok(AnalysisOptions {
+        blocks: None,
         spatial: c.spatial.options()?,
         n_perm: c.n_perm,
         seed: c.seed,
@@ -372,10 +381,26 @@ fn run_glm(g: &GlmArgs, args: &[String]) -> Result<()> {
     } else {
         (PermKind::Permute, "permutations of rows (exchangeable errors)".to_string())
     };
-    let opts = analysis_options(&g.common, kind, reason, args)?;
+    let mut opts = analysis_options(&g.common, kind, reason, args)?;
+    opts.blocks = read_blocks(g, ds.n)?;
     let report = analysis::run(&ds, &design, &opts, &prefix)?;
     print_summary(&report, opts.quiet);
     Ok(())
+}
+
+/// Exchangeability blocks from -e (and --permuteBlocks), checked against the input's volumes.
+fn read_blocks(g: &GlmArgs, n: usize) -> Result<Option<Blocks>> {
+    let Some(path) = &g.blocks else {
+        if g.permute_blocks {
+            return Err(Error::usage("--permuteBlocks needs exchangeability blocks: give -e design.grp"));
+        }
+        return Ok(None);
+    };
+    let labels = io::read_grp(path)?;
+    if labels.len() != n {
+        return Err(Error::input(path, format!("{} rows, but the input has {n} volumes (one block number per volume)", labels.len())));
+    }
+    Blocks::from_labels(&labels, g.permute_blocks).map(Some).map_err(|e| Error::input(path, e))
 }
 
 /// Load --pre/--post as 4D files or per-subject patterns, in participants.tsv order.

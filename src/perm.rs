@@ -111,14 +111,30 @@ impl PermSet {
         }
     }
 
-    /// Build the set. `labels`: for permutations, rows with equal labels are interchangeable
-    /// (identical rows of the design), so only distinct relabelings count. `requested`: the
-    /// number of permutations asked for (0 = all). Exhaustive when the number of distinct
-    /// transformations is at most `requested` (or requested == 0 and it is enumerable).
+    /// Build the set with every row exchangeable with every other (one block). `labels`: for
+    /// permutations, rows with equal labels are interchangeable (identical rows of the
+    /// design), so only distinct relabelings count. `requested`: the number of permutations
+    /// asked for (0 = all). Exhaustive when the number of distinct transformations is at most
+    /// `requested` (or requested == 0 and it is enumerable).
     pub fn generate(n: usize, kind: PermKind, labels: &[u32], requested: usize, seed: u64) -> Result<PermSet, String> {
+        PermSet::generate_in_blocks(n, kind, labels, &Blocks::single(n), requested, seed)
+    }
+
+    /// Build the set under exchangeability blocks (randomise -e, --permuteBlocks): rows are
+    /// reordered only within their block, or whole blocks are reordered (and sign-flipped)
+    /// as units. With [`Blocks::single`] this is [`PermSet::generate`], draw for draw.
+    pub fn generate_in_blocks(
+        n: usize,
+        kind: PermKind,
+        labels: &[u32],
+        blocks: &Blocks,
+        requested: usize,
+        seed: u64,
+    ) -> Result<PermSet, String> {
         assert_eq!(labels.len(), n);
+        assert_eq!(blocks.of_row.len(), n);
         let words_per_perm = if kind.flips() { n.div_ceil(32) } else { 0 };
-        let distinct = count_distinct(n, kind, labels);
+        let distinct = count_distinct_in_blocks(kind, labels, blocks);
         let exhaustive = match distinct {
             Some(d) => requested == 0 || d <= requested as u128,
             None => false,
@@ -136,9 +152,9 @@ impl PermSet {
         }
         let mut set = PermSet { n, kind, exhaustive, words_per_perm, flip_words: Vec::new(), src: Vec::new() };
         if exhaustive {
-            set.enumerate_all(labels);
+            set.enumerate_all(labels, blocks);
         } else {
-            set.draw_random(labels, requested, seed);
+            set.draw_random(labels, blocks, requested, seed);
         }
         Ok(set)
     }
@@ -150,20 +166,20 @@ impl PermSet {
         }
     }
 
-    fn enumerate_all(&mut self, labels: &[u32]) {
+    fn enumerate_all(&mut self, labels: &[u32], blocks: &Blocks) {
         let n = self.n;
-        let relabelings: Vec<Vec<u32>> = if self.kind.permutes() {
-            multiset_permutations(labels)
-        } else {
-            vec![(0..n as u32).collect()]
-        };
-        let nflip: u64 = if self.kind.flips() { 1u64 << n } else { 1 };
+        let relabelings: Vec<Vec<u32>> =
+            if self.kind.permutes() { blocks.relabelings(labels) } else { vec![(0..n as u32).collect()] };
+        // Sign patterns over the units that flip together: rows, or whole blocks.
+        let units = if blocks.whole { blocks.len() } else { n };
+        let nflip: u64 = if self.kind.flips() { 1u64 << units } else { 1 };
         let wpp = self.words_per_perm;
         for src in &relabelings {
             for f in 0..nflip {
                 let mut words = vec![0u32; wpp];
                 for m in 0..n {
-                    if (f >> m) & 1 == 1 {
+                    let unit = if blocks.whole { blocks.of_row[m] as usize } else { m };
+                    if (f >> unit) & 1 == 1 {
                         words[m / 32] |= 1 << (m % 32);
                     }
                 }
@@ -173,7 +189,7 @@ impl PermSet {
         }
     }
 
-    fn draw_random(&mut self, labels: &[u32], requested: usize, seed: u64) {
+    fn draw_random(&mut self, labels: &[u32], blocks: &Blocks, requested: usize, seed: u64) {
         let n = self.n;
         let wpp = self.words_per_perm;
         let mut rng = ChaCha20Rng::seed_from_u64(seed);
@@ -189,29 +205,213 @@ impl PermSet {
         let id_src: Vec<u32> = if self.kind.permutes() { identity.clone() } else { Vec::new() };
         seen.insert(key_of(&id_words, &id_src));
         self.push(&id_words, if self.kind.permutes() { Some(&identity) } else { None });
-        let mut order = identity.clone();
+        // What is shuffled, kept from draw to draw: each block's rows (within blocks), or the
+        // order of the blocks (whole blocks).
+        let mut orders: Vec<Vec<u32>> =
+            if blocks.whole { vec![(0..blocks.len() as u32).collect()] } else { blocks.members.clone() };
+        let mut src = identity.clone();
+        let nb = blocks.len();
+        let mut block_words = vec![0u32; nb.div_ceil(32)];
         while self.len() < requested {
             let mut words = vec![0u32; wpp];
             if self.kind.flips() {
-                for w in words.iter_mut() {
+                // One random bit per unit that flips: per row, or per block (spread to its rows).
+                let bits: &mut [u32] = if blocks.whole { &mut block_words } else { &mut words };
+                let units = if blocks.whole { nb } else { n };
+                for w in bits.iter_mut() {
                     *w = rng.random::<u32>();
                 }
-                if n % 32 != 0 {
-                    let last = wpp - 1;
-                    words[last] &= (1u32 << (n % 32)) - 1;
+                if units % 32 != 0 {
+                    let last = bits.len() - 1;
+                    bits[last] &= (1u32 << (units % 32)) - 1;
+                }
+                if blocks.whole {
+                    for m in 0..n {
+                        let b = blocks.of_row[m] as usize;
+                        if (block_words[b / 32] >> (b % 32)) & 1 == 1 {
+                            words[m / 32] |= 1 << (m % 32);
+                        }
+                    }
                 }
             }
-            let src: Vec<u32> = if self.kind.permutes() {
-                order.shuffle(&mut rng);
-                order.clone()
-            } else {
-                Vec::new()
-            };
+            if self.kind.permutes() {
+                for o in orders.iter_mut() {
+                    o.shuffle(&mut rng);
+                }
+                blocks.fill_src(&orders, &mut src);
+            }
             // A sign pattern s applied to P E negates rows i; in the coefficient form the bit
             // belongs to row m = pi(i), i.e. sign_j(m) = s[src[m]]. Drawing the bits directly
-            // per m gives the same distribution, so no remapping is needed.
-            if seen.insert(key_of(&words, &src)) {
+            // per m gives the same distribution (for whole blocks: per destination block,
+            // whose rows all come from one source block), so no remapping is needed.
+            let s: &[u32] = if self.kind.permutes() { &src } else { &[] };
+            if seen.insert(key_of(&words, s)) {
                 self.push(&words, if self.kind.permutes() { Some(&src) } else { None });
+            }
+        }
+    }
+}
+
+/// Exchangeability blocks (randomise `-e design.grp`, with `--permuteBlocks`; PALM `-eb`
+/// with `-within` or `-whole`): which rows may be exchanged with which under the null.
+///
+/// - Within blocks (the default): rows are reordered only among rows of the same block;
+///   sign flips are per row, as without blocks.
+/// - Whole blocks: blocks (all of one size) are reordered as units, each keeping its rows'
+///   order; sign flips give all the rows of a block one sign.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Blocks {
+    /// The rows of each block in increasing order; blocks in order of first appearance.
+    members: Vec<Vec<u32>>,
+    /// The block of each row.
+    of_row: Vec<u32>,
+    /// Exchange whole blocks rather than rows within blocks.
+    pub whole: bool,
+}
+
+impl Blocks {
+    /// Every row in one block: no restriction.
+    pub fn single(n: usize) -> Blocks {
+        Blocks { members: vec![(0..n as u32).collect()], of_row: vec![0; n], whole: false }
+    }
+
+    /// Blocks from one label per row (equal labels = same block, any integers). Whole-block
+    /// exchange needs every block to have the same number of rows.
+    pub fn from_labels(labels: &[i64], whole: bool) -> Result<Blocks, String> {
+        let mut ids: Vec<i64> = Vec::new();
+        let mut members: Vec<Vec<u32>> = Vec::new();
+        let mut of_row = Vec::with_capacity(labels.len());
+        for (i, &l) in labels.iter().enumerate() {
+            let b = match ids.iter().position(|&x| x == l) {
+                Some(b) => b,
+                None => {
+                    ids.push(l);
+                    members.push(Vec::new());
+                    ids.len() - 1
+                }
+            };
+            members[b].push(i as u32);
+            of_row.push(b as u32);
+        }
+        if whole {
+            if let Some(b) = members.iter().position(|m| m.len() != members[0].len()) {
+                return Err(format!(
+                    "whole-block exchange (--permuteBlocks) needs blocks of equal size, but block {} has {} rows and block {} has {}",
+                    ids[0],
+                    members[0].len(),
+                    ids[b],
+                    members[b].len()
+                ));
+            }
+        }
+        Ok(Blocks { members, of_row, whole })
+    }
+
+    /// Number of blocks.
+    pub fn len(&self) -> usize {
+        self.members.len()
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.members.is_empty()
+    }
+
+    /// Whether this restricts nothing (one block, rows exchanged within it).
+    pub fn is_single(&self) -> bool {
+        self.members.len() <= 1 && !self.whole
+    }
+
+    /// Row sources from the shuffled `orders`: for within-block exchange, `orders[b]` is the
+    /// sequence of rows of block b placed at its positions; for whole blocks, `orders[0][i]`
+    /// is the block whose rows (in order) go to block i's positions.
+    fn fill_src(&self, orders: &[Vec<u32>], src: &mut [u32]) {
+        if self.whole {
+            for (i, &from) in orders[0].iter().enumerate() {
+                for (&dst, &s) in self.members[i].iter().zip(&self.members[from as usize]) {
+                    src[dst as usize] = s;
+                }
+            }
+        } else {
+            for (rows, order) in self.members.iter().zip(orders) {
+                for (&dst, &s) in rows.iter().zip(order) {
+                    src[dst as usize] = s;
+                }
+            }
+        }
+    }
+
+    /// Label of each block's label sequence (blocks with the same sequence of design-row
+    /// labels are interchangeable as wholes), in order of first appearance.
+    fn block_signatures(&self, labels: &[u32]) -> Vec<u32> {
+        let mut seen: Vec<Vec<u32>> = Vec::new();
+        self.members
+            .iter()
+            .map(|rows| {
+                let sig: Vec<u32> = rows.iter().map(|&r| labels[r as usize]).collect();
+                match seen.iter().position(|s| *s == sig) {
+                    Some(p) => p as u32,
+                    None => {
+                        seen.push(sig);
+                        (seen.len() - 1) as u32
+                    }
+                }
+            })
+            .collect()
+    }
+
+    /// Number of distinct relabelings allowed, or None on overflow.
+    fn count_relabelings(&self, labels: &[u32]) -> Option<u128> {
+        if self.whole {
+            multinomial(&self.block_signatures(labels))
+        } else {
+            self.members.iter().try_fold(1u128, |acc, rows| {
+                let l: Vec<u32> = rows.iter().map(|&r| labels[r as usize]).collect();
+                acc.checked_mul(multinomial(&l)?)
+            })
+        }
+    }
+
+    /// Every distinct relabeling allowed, as row sources, the identity first.
+    fn relabelings(&self, labels: &[u32]) -> Vec<Vec<u32>> {
+        let n = self.of_row.len();
+        let mut out = Vec::new();
+        let mut src: Vec<u32> = (0..n as u32).collect();
+        if self.whole {
+            for order in multiset_permutations(&self.block_signatures(labels)) {
+                self.fill_src(&[order], &mut src);
+                out.push(src.clone());
+            }
+            return out;
+        }
+        // Within blocks: the product of each block's distinct orderings, odometer style
+        // (all-first = the identity comes first).
+        let per_block: Vec<Vec<Vec<u32>>> = self
+            .members
+            .iter()
+            .map(|rows| {
+                let l: Vec<u32> = rows.iter().map(|&r| labels[r as usize]).collect();
+                multiset_permutations(&l)
+                    .into_iter()
+                    .map(|local| local.iter().map(|&k| rows[k as usize]).collect())
+                    .collect()
+            })
+            .collect();
+        let mut digit = vec![0usize; per_block.len()];
+        loop {
+            let orders: Vec<Vec<u32>> = digit.iter().zip(&per_block).map(|(&d, o)| o[d].clone()).collect();
+            self.fill_src(&orders, &mut src);
+            out.push(src.clone());
+            let mut b = 0;
+            loop {
+                if b == digit.len() {
+                    return out;
+                }
+                digit[b] += 1;
+                if digit[b] < per_block[b].len() {
+                    break;
+                }
+                digit[b] = 0;
+                b += 1;
             }
         }
     }
@@ -219,8 +419,14 @@ impl PermSet {
 
 /// Number of distinct transformations, or None if it exceeds u128.
 pub fn count_distinct(n: usize, kind: PermKind, labels: &[u32]) -> Option<u128> {
-    let flips: Option<u128> = if kind.flips() { if n < 127 { Some(1u128 << n) } else { None } } else { Some(1) };
-    let perms: Option<u128> = if kind.permutes() { multinomial(labels) } else { Some(1) };
+    count_distinct_in_blocks(kind, labels, &Blocks::single(n))
+}
+
+/// Number of distinct transformations under exchangeability blocks, or None if it exceeds u128.
+pub fn count_distinct_in_blocks(kind: PermKind, labels: &[u32], blocks: &Blocks) -> Option<u128> {
+    let units = if blocks.whole { blocks.len() } else { labels.len() };
+    let flips: Option<u128> = if kind.flips() { if units < 127 { Some(1u128 << units) } else { None } } else { Some(1) };
+    let perms: Option<u128> = if kind.permutes() { blocks.count_relabelings(labels) } else { Some(1) };
     flips?.checked_mul(perms?)
 }
 
@@ -338,5 +544,127 @@ mod tests {
             (0..p.len()).map(|j| p.src(j).unwrap().iter().map(|&s| labels[s as usize]).collect()).collect();
         assert_eq!(keys.len(), 20);
         assert_eq!(p.src(0).unwrap(), &[0, 1, 2, 3, 4, 5]);
+    }
+
+    /// Every permutation of 0..n (Heap's algorithm), as row sources.
+    fn all_orderings(n: usize) -> Vec<Vec<u32>> {
+        let mut a: Vec<u32> = (0..n as u32).collect();
+        let mut out = vec![a.clone()];
+        let mut c = vec![0usize; n];
+        let mut i = 0;
+        while i < n {
+            if c[i] < i {
+                if i % 2 == 0 { a.swap(0, i) } else { a.swap(c[i], i) }
+                out.push(a.clone());
+                c[i] += 1;
+                i = 0;
+            } else {
+                c[i] = 0;
+                i += 1;
+            }
+        }
+        out
+    }
+
+    /// The brute-force oracle: of all n! orderings, those that respect the blocks, as the
+    /// distinct label sequences they produce.
+    fn allowed_label_sequences(block_of: &[i64], labels: &[u32], whole: bool) -> HashSet<Vec<u32>> {
+        let n = labels.len();
+        all_orderings(n)
+            .into_iter()
+            .filter(|src| {
+                if !whole {
+                    return (0..n).all(|m| block_of[src[m] as usize] == block_of[m]);
+                }
+                // Whole blocks: rows of one block all come from one block, in order.
+                let rows_of = |b: i64| (0..n).filter(move |&r| block_of[r] == b).collect::<Vec<_>>();
+                let mut ok = true;
+                for m in 0..n {
+                    let dst = rows_of(block_of[m]);
+                    let from = rows_of(block_of[src[dst[0]] as usize]);
+                    ok &= dst.iter().zip(&from).all(|(&d, &f)| src[d] as usize == f);
+                }
+                ok
+            })
+            .map(|src| src.iter().map(|&s| labels[s as usize]).collect())
+            .collect()
+    }
+
+    #[test]
+    fn exhaustive_blocked_relabelings_equal_brute_force() {
+        let labels = [0, 1, 1, 2, 0, 1, 3, 3];
+        for (block_of, whole) in [
+            (vec![1i64, 1, 1, 2, 2, 2, 5, 5], false),
+            (vec![7i64, 7, 3, 3, 9, 9, 4, 4], true),
+            (vec![1i64, 2, 1, 2, 1, 2, 1, 2], false),
+        ] {
+            let blocks = Blocks::from_labels(&block_of, whole).unwrap();
+            let want = allowed_label_sequences(&block_of, &labels, whole);
+            let p = PermSet::generate_in_blocks(8, PermKind::Permute, &labels, &blocks, 100_000, 1).unwrap();
+            assert!(p.exhaustive);
+            let got: Vec<Vec<u32>> = (0..p.len()).map(|j| p.src(j).unwrap().iter().map(|&s| labels[s as usize]).collect()).collect();
+            let got_set: HashSet<Vec<u32>> = got.iter().cloned().collect();
+            assert_eq!(got.len(), got_set.len(), "repeats in {block_of:?}");
+            assert_eq!(got_set, want, "blocks {block_of:?} whole {whole}");
+            assert_eq!(p.src(0).unwrap(), &[0, 1, 2, 3, 4, 5, 6, 7]);
+            assert!(want.len() > 1 && want.len() < 8 * 7 * 6 * 5 * 4 * 3 * 2);
+        }
+    }
+
+    #[test]
+    fn random_blocked_draws_respect_the_blocks() {
+        let n = 40;
+        let block_of: Vec<i64> = (0..n).map(|i| (i / 4) as i64).collect();
+        let labels: Vec<u32> = (0..n as u32).collect();
+        for whole in [false, true] {
+            let blocks = Blocks::from_labels(&block_of, whole).unwrap();
+            let p = PermSet::generate_in_blocks(n, PermKind::Both, &labels, &blocks, 500, 3).unwrap();
+            assert!(!p.exhaustive);
+            assert_eq!(p.len(), 500);
+            let mut moved_block = false;
+            for j in 0..p.len() {
+                let src = p.src(j).unwrap();
+                for m in 0..n {
+                    let s = src[m] as usize;
+                    if whole {
+                        // Same offset within the block; all rows of a block share a sign.
+                        assert_eq!(s % 4, m % 4);
+                        assert_eq!(src[m - m % 4] as usize + m % 4, s);
+                        assert_eq!(p.sign(j, m), p.sign(j, m - m % 4));
+                        moved_block |= s / 4 != m / 4;
+                    } else {
+                        assert_eq!(block_of[s], block_of[m]);
+                    }
+                }
+            }
+            assert!(!whole || moved_block);
+            // Signs vary within a block unless blocks flip as wholes.
+            let mixed = (1..p.len()).any(|j| (0..n).any(|m| p.sign(j, m) != p.sign(j, m - m % 4)));
+            assert_eq!(mixed, !whole);
+        }
+    }
+
+    #[test]
+    fn whole_block_sign_flips_enumerate_two_to_the_blocks() {
+        let blocks = Blocks::from_labels(&[1, 1, 1, 2, 2, 2, 3, 3, 3], true).unwrap();
+        let p = PermSet::generate_in_blocks(9, PermKind::SignFlip, &[0; 9], &blocks, 1000, 1).unwrap();
+        assert!(p.exhaustive);
+        assert_eq!(p.len(), 8);
+        let words: HashSet<u32> = (0..8).map(|j| p.flip_words(j)[0]).collect();
+        assert_eq!(words.len(), 8);
+        // Each block's three rows are all negated or none.
+        assert!(words.iter().all(|&w| [0o7u32, 0o70, 0o700].iter().all(|&b| w & b == 0 || w & b == b)));
+    }
+
+    #[test]
+    fn one_block_is_no_restriction_and_unequal_whole_blocks_are_refused() {
+        let labels = [0, 0, 1, 1, 2, 2, 3, 3, 4, 4, 5, 5];
+        let one = Blocks::from_labels(&[4; 12], false).unwrap();
+        let a = PermSet::generate_in_blocks(12, PermKind::Both, &labels, &one, 300, 9).unwrap();
+        let b = PermSet::generate(12, PermKind::Both, &labels, 300, 9).unwrap();
+        assert_eq!(a.all_src(), b.all_src());
+        assert_eq!(a.all_flip_words(), b.all_flip_words());
+        let err = Blocks::from_labels(&[1, 1, 2, 2, 2], true).unwrap_err();
+        assert!(err.contains("equal size") && err.contains("block 2 has 3"), "{err}");
     }
 }

@@ -237,3 +237,36 @@ fn interaction_from_per_subject_files_runs() {
     let json: serde_json::Value = serde_json::from_str(&std::fs::read_to_string(c.p("out/r_voxflip.json")).unwrap()).unwrap();
     assert_eq!(json["permutations"], 64);
 }
+
+#[test]
+fn exchangeability_blocks_restrict_and_are_checked() {
+    let c = Case::new();
+    // Five blocks of two (one subject of each group per block): within-block exchange gives
+    // 2^5 = 32 relabelings, exhaustive for -n 50; without blocks there are C(10,5) = 252.
+    c.text("design.grp", "/NumWaves 1\n/NumPoints 10\n/Matrix\n1\n2\n3\n4\n5\n1\n2\n3\n4\n5\n");
+    let (code, err) = c.run(&glm_with(&["-e", "design.grp", "--backend", "cpu"]));
+    assert_eq!(code, 0, "{err}");
+    assert!(err.contains("exhaustive: all 32 distinct permutations within 5 exchangeability blocks"), "{err}");
+    let json: serde_json::Value = serde_json::from_str(&std::fs::read_to_string(c.p("out/r_voxflip.json")).unwrap()).unwrap();
+    assert_eq!(json["permutations"], 32);
+    assert_eq!(json["exchangeability_blocks"]["count"], 5);
+    assert_eq!(json["exchangeability_blocks"]["whole"], false);
+    for f in c.outputs() {
+        std::fs::remove_file(c.p("out").join(f)).unwrap();
+    }
+    // Whole blocks of two, one-sample sign flips: one sign per block, 2^5 patterns.
+    c.text("pairs.grp", "1\n1\n2\n2\n3\n3\n4\n4\n5\n5\n");
+    let (code, err) = c.run(&["-i", "in.nii.gz", "-o", "out/r", "-1", "-e", "pairs.grp", "--permuteBlocks", "-n", "100", "--backend", "cpu"]);
+    assert_eq!(code, 0, "{err}");
+    assert!(err.contains("exhaustive: all 32 distinct sign flips of 5 whole exchangeability blocks"), "{err}");
+    for f in c.outputs() {
+        std::fs::remove_file(c.p("out").join(f)).unwrap();
+    }
+    c.text("grp9.grp", "1\n1\n2\n2\n3\n3\n4\n4\n5\n");
+    c.fails(&glm_with(&["-e", "grp9.grp"]), "grp9.grp", "9 rows, but the input has 10 volumes");
+    c.text("uneq.grp", "1\n1\n1\n2\n2\n3\n3\n4\n4\n4\n");
+    c.fails(&glm_with(&["-e", "uneq.grp", "--permuteBlocks"]), "uneq.grp", "equal size");
+    c.fails(&glm_with(&["--permuteBlocks"]), "--permuteBlocks", "-e design.grp");
+    c.text("frac.grp", "1\n1\n1.5\n2\n2\n3\n3\n4\n4\n4\n");
+    c.fails(&glm_with(&["-e", "frac.grp"]), "frac.grp", "not an integer");
+}

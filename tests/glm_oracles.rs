@@ -8,7 +8,7 @@ use rand_chacha::ChaCha8Rng;
 use voxflip::analysis::permutation_test;
 use voxflip::engine::StatKind;
 use voxflip::glm::{Contrast, ContrastModel};
-use voxflip::perm::{PermKind, PermSet};
+use voxflip::perm::{Blocks, PermKind, PermSet};
 
 // ---------- independent f64 helpers ----------
 
@@ -277,6 +277,180 @@ fn exhaustive_two_sample_permutations_match_brute_force() {
     let want_fwe: Vec<f64> = obs.iter().map(|&o| maxes.iter().filter(|&&mm| mm >= o).count() as f64 / 252.0).collect();
     let got_fwe: Vec<f64> = res.observed.iter().map(|&o| null.corrected_p(o)).collect();
     assert_p_close(&got_fwe, &want_fwe, &fwe_ties, 252, "FWE");
+}
+
+// ---------- exchangeability blocks vs brute force ----------
+
+/// Every ordering of 0..n (Heap's algorithm).
+fn all_orderings(n: usize) -> Vec<Vec<usize>> {
+    let mut a: Vec<usize> = (0..n).collect();
+    let mut out = vec![a.clone()];
+    let mut c = vec![0usize; n];
+    let mut i = 0;
+    while i < n {
+        if c[i] < i {
+            if i % 2 == 0 {
+                a.swap(0, i);
+            } else {
+                a.swap(c[i], i);
+            }
+            out.push(a.clone());
+            c[i] += 1;
+            i = 0;
+        } else {
+            c[i] = 0;
+            i += 1;
+        }
+    }
+    out
+}
+
+/// Uncorrected and FWE p-values by brute force: for every transformation (pi, s) of the
+/// group, Y* = s ∘ E[pi] + H_Z Y, refit the full model explicitly. Returns (observed,
+/// uncorrected p, FWE p, near-ties per voxel for each). Each distinct transformation of the
+/// data may appear several times (orderings that differ only among identical design rows
+/// give the same statistic); every class has the same size, so the fractions are those of
+/// the distinct set.
+#[allow(clippy::type_complexity)]
+fn brute_force_p(
+    m: &[Vec<f64>],
+    z: &[Vec<f64>],
+    crows: &[Vec<f64>],
+    kind: StatKind,
+    y: &[f32],
+    v: usize,
+    transforms: &[(Vec<usize>, Vec<f64>)],
+) -> (Vec<f64>, Vec<f64>, Vec<f64>, Vec<usize>, Vec<usize>) {
+    let n = m.len();
+    let mut stats = vec![vec![0f64; v]; transforms.len()];
+    for x in 0..v {
+        let yv = column(y, n, v, x);
+        let e = resid(z, &yv);
+        for (j, (pi, s)) in transforms.iter().enumerate() {
+            let ystar: Vec<f64> = (0..n).map(|i| s[i] * e[pi[i]] + (yv[i] - e[i])).collect();
+            stats[j][x] = glm_stat(m, &ystar, crows, kind);
+        }
+    }
+    let obs: Vec<f64> = (0..v).map(|x| glm_stat(m, &column(y, n, v, x), crows, kind)).collect();
+    let p = transforms.len() as f64;
+    let near = |a: f64, b: f64| (a - b).abs() < 1e-4 * b.abs().max(1.0);
+    let maxes: Vec<f64> = stats.iter().map(|row| row.iter().copied().fold(f64::NEG_INFINITY, f64::max)).collect();
+    let unc: Vec<f64> = (0..v).map(|x| stats.iter().filter(|r| r[x] >= obs[x]).count() as f64 / p).collect();
+    let fwe: Vec<f64> = obs.iter().map(|&o| maxes.iter().filter(|&&mm| mm >= o).count() as f64 / p).collect();
+    // Near-ties, scaled to the distinct set's size by the caller's slack (fractions).
+    let unc_ties: Vec<usize> = (0..v).map(|x| stats.iter().filter(|r| near(r[x], obs[x])).count()).collect();
+    let fwe_ties: Vec<usize> = obs.iter().map(|&o| maxes.iter().filter(|&&mm| near(mm, o)).count()).collect();
+    (obs, unc, fwe, unc_ties, fwe_ties)
+}
+
+/// p-values from the library for `perms`, compared with the brute-force ones. `z`: a basis
+/// of the contrast's nuisance space (what Beckmann partitioning leaves: M's column space
+/// minus the tested direction).
+#[allow(clippy::too_many_arguments)]
+fn check_blocked(
+    m: &[Vec<f64>],
+    z: &[Vec<f64>],
+    crows: &[Vec<f64>],
+    kind: StatKind,
+    y: &[f32],
+    v: usize,
+    perms: &PermSet,
+    transforms: &[(Vec<usize>, Vec<f64>)],
+    what: &str,
+) -> Vec<f64> {
+    let r = m[0].len();
+    let contrast = Contrast { name: "c".into(), kind, c: DMatrix::from_fn(r, crows.len(), |i, j| crows[j][i]) };
+    let model = ContrastModel::new(&to_dmatrix(m), &contrast).unwrap();
+    // The contrast's nuisance must be what the oracle regresses out.
+    assert_eq!(model.dof as usize, m.len() - r);
+    let res = permutation_test(&model.problem(y, v), perms).unwrap();
+    let (obs, unc, fwe, unc_ties, fwe_ties) = brute_force_p(m, z, crows, kind, y, v, transforms);
+    let np = perms.len();
+    let total = transforms.len();
+    for x in 0..v {
+        assert!((res.observed[x] as f64 - obs[x]).abs() < 1e-4 * obs[x].abs().max(1.0), "{what}: observed voxel {x}");
+        // A statistic within float rounding of the observed one may fall on either side:
+        // each near-tie (ignoring the identity, which always counts) can move p by 1/total.
+        let slack = |t: usize| t.saturating_sub(1) as f64 / total as f64 + 1e-12;
+        let got_unc = res.counts[x] as f64 / np as f64;
+        assert!((got_unc - unc[x]).abs() <= slack(unc_ties[x]), "{what} uncorrected voxel {x}: {got_unc} vs {}", unc[x]);
+        let got_fwe = voxflip::inference::MaxStatNull::new(res.null.clone()).corrected_p(res.observed[x]);
+        assert!((got_fwe - fwe[x]).abs() <= slack(fwe_ties[x]), "{what} FWE voxel {x}: {got_fwe} vs {}", fwe[x]);
+    }
+    unc
+}
+
+/// randomise -e: rows exchanged only within blocks (a repeated-measures design, subjects as
+/// blocks and as nuisance), t and F, against every block-respecting ordering of 8 rows.
+#[test]
+fn exhaustive_within_block_permutations_match_brute_force() {
+    let mut rng = ChaCha8Rng::seed_from_u64(21);
+    let (n, v) = (8, 10);
+    let block_of: Vec<i64> = vec![3, 3, 3, 3, 8, 8, 8, 8];
+    // M = [condition trend, subject 1, subject 2, covariate]
+    let m: Vec<Vec<f64>> = (0..n)
+        .map(|i| vec![(i % 4) as f64 - 1.5, (i < 4) as u8 as f64, (i >= 4) as u8 as f64, rng.random::<f64>()])
+        .collect();
+    let y: Vec<f32> = random_data(&mut rng, n, v).iter().enumerate().map(|(k, &a)| a + 0.4 * ((k / v) % 4) as f32).collect();
+    let transforms: Vec<(Vec<usize>, Vec<f64>)> = all_orderings(n)
+        .into_iter()
+        .filter(|pi| (0..n).all(|i| block_of[pi[i]] == block_of[i]))
+        .map(|pi| (pi, vec![1.0; n]))
+        .collect();
+    assert_eq!(transforms.len(), 576);
+    let labels = voxflip::glm::identical_row_labels(&to_dmatrix(&m));
+    let blocks = Blocks::from_labels(&block_of, false).unwrap();
+    let perms = PermSet::generate_in_blocks(n, PermKind::Permute, &labels, &blocks, 1000, 1).unwrap();
+    assert!(perms.exhaustive);
+    assert_eq!(perms.len(), 576);
+    let cols = |ks: &[usize]| -> Vec<Vec<f64>> { m.iter().map(|row| ks.iter().map(|&k| row[k]).collect()).collect() };
+    let unc = check_blocked(&m, &cols(&[1, 2, 3]), &[vec![1., 0., 0., 0.]], StatKind::T, &y, v, &perms, &transforms, "within t");
+    // The test must be able to fail: p-values spread out.
+    assert!(unc.iter().any(|&q| q < 0.2) && unc.iter().any(|&q| q > 0.5), "{unc:?}");
+    let f = [vec![1., 0., 0., 0.], vec![0., 0., 0., 1.]];
+    check_blocked(&m, &cols(&[1, 2]), &f, StatKind::F, &y, v, &perms, &transforms, "within F");
+    // Unrestricted permutations give other p-values (the blocks matter here).
+    let free = PermSet::generate(n, PermKind::Permute, &labels, 100_000, 1).unwrap();
+    let contrast = Contrast { name: "c".into(), kind: StatKind::T, c: DMatrix::from_column_slice(4, 1, &[1., 0., 0., 0.]) };
+    let model = ContrastModel::new(&to_dmatrix(&m), &contrast).unwrap();
+    let res = permutation_test(&model.problem(&y, v), &free).unwrap();
+    let free_unc: Vec<f64> = res.counts.iter().map(|&c| c as f64 / free.len() as f64).collect();
+    assert!(free_unc.iter().zip(&unc).any(|(a, b)| (a - b).abs() > 0.02));
+}
+
+/// randomise --permuteBlocks: whole blocks (subjects with two scans each) exchanged and
+/// sign-flipped as units, for a between-subject effect, against every whole-block ordering
+/// times every per-block sign pattern.
+#[test]
+fn exhaustive_whole_block_permutations_and_flips_match_brute_force() {
+    let mut rng = ChaCha8Rng::seed_from_u64(22);
+    let (n, v) = (8, 12);
+    let block_of: Vec<i64> = vec![1, 1, 2, 2, 3, 3, 4, 4];
+    // M = [group A, group B, time]: subjects 1 and 2 in A, 3 and 4 in B; two scans each.
+    let m: Vec<Vec<f64>> = (0..n).map(|i| vec![(i < 4) as u8 as f64, (i >= 4) as u8 as f64, if i % 2 == 0 { -1.0 } else { 1.0 }]).collect();
+    let y: Vec<f32> = random_data(&mut rng, n, v).iter().enumerate().map(|(k, &a)| a + if k / v < 4 { 0.5 } else { 0.0 }).collect();
+    let mut transforms = Vec::new();
+    for pi in all_orderings(n) {
+        // Whole blocks in order: the two rows of block b come from one block, in order.
+        if !(0..n).step_by(2).all(|i| pi[i] % 2 == 0 && pi[i + 1] == pi[i] + 1) {
+            continue;
+        }
+        for f in 0..16u32 {
+            let s: Vec<f64> = (0..n).map(|i| if (f >> (i / 2)) & 1 == 1 { -1.0 } else { 1.0 }).collect();
+            transforms.push((pi.clone(), s));
+        }
+    }
+    assert_eq!(transforms.len(), 24 * 16);
+    let labels = voxflip::glm::identical_row_labels(&to_dmatrix(&m));
+    let blocks = Blocks::from_labels(&block_of, true).unwrap();
+    let perms = PermSet::generate_in_blocks(n, PermKind::Both, &labels, &blocks, 1000, 1).unwrap();
+    assert!(perms.exhaustive);
+    // 4! / (2! 2!) distinct block orders (two subjects per group) times 2^4 block signs.
+    assert_eq!(perms.len(), 6 * 16);
+    // Nuisance of A - B: the intercept (A + B) and time.
+    let z: Vec<Vec<f64>> = m.iter().map(|row| vec![row[0] + row[1], row[2]]).collect();
+    let unc = check_blocked(&m, &z, &[vec![1., -1., 0.]], StatKind::T, &y, v, &perms, &transforms, "whole t");
+    assert!(unc.iter().any(|&q| q < 0.3) && unc.iter().any(|&q| q > 0.5), "{unc:?}");
 }
 
 // ---------- closed-form observed t ----------
