@@ -41,6 +41,9 @@ pub struct AnalysisOptions {
     pub perm_reason: String,
     /// Exchangeability blocks (randomise -e, --permuteBlocks); None: every row exchangeable.
     pub blocks: Option<Blocks>,
+    /// When `perm_kind` is Permute by default (not the user's choice): contrasts that test
+    /// the constant (a mean, see ContrastModel::tests_constant) are sign-flipped instead.
+    pub flip_constant_contrasts: bool,
     /// Write voxelwise FWE-corrected p maps (randomise -x).
     pub vox_corrp: bool,
     /// Write uncorrected p maps (--uncorrp).
@@ -73,6 +76,12 @@ pub struct ContrastSummary {
     pub label: String,
     pub kind: StatKind,
     pub dof: f64,
+    /// What this contrast's permutations exchanged, and why.
+    pub permutation_kind: PermKind,
+    pub permutation_reason: String,
+    /// Number of permutations (the identity included) and whether they were all of them.
+    pub permutations: usize,
+    pub exhaustive: bool,
     pub max_stat: f32,
     pub fwe05_threshold: f32,
     pub voxels_fwe05: usize,
@@ -304,39 +313,80 @@ pub fn run(ds: &Dataset, design: &Design, opts: &AnalysisOptions, prefix: &str) 
     let start = Instant::now();
     let mut outputs = OutputSet::new();
     OutputSet::check_dir(Path::new(prefix))?;
-    let labels = if opts.perm_kind.permutes() { identical_row_labels(&design.m) } else { vec![0; ds.n] };
+    // Each contrast's model, and what its permutations exchange: the kind asked for, except
+    // that a contrast testing the constant (a mean) is sign-flipped when the kind was not
+    // chosen by the user (randomise's one-sample rule, made per contrast).
+    let models: Vec<ContrastModel> =
+        design.contrasts.iter().map(|c| ContrastModel::new(&design.m, c).map_err(Error::usage)).collect::<Result<_>>()?;
+    let kinds: Vec<PermKind> = models
+        .iter()
+        .map(|m| {
+            if opts.flip_constant_contrasts && opts.perm_kind == PermKind::Permute && m.tests_constant() {
+                PermKind::SignFlip
+            } else {
+                opts.perm_kind
+            }
+        })
+        .collect();
     let blocks = opts.blocks.clone().unwrap_or_else(|| Blocks::single(ds.n));
-    let perms = PermSet::generate_in_blocks(ds.n, opts.perm_kind, &labels, &blocks, opts.n_perm, opts.seed)
-        .map_err(Error::usage)?;
-    let nperm = perms.len();
-    let what = match opts.perm_kind {
-        PermKind::SignFlip => "sign flips",
-        PermKind::Permute => "permutations",
-        PermKind::Both => "permutations with sign flips",
-    };
     let within = match &opts.blocks {
         Some(b) if b.whole => format!(" of {} whole exchangeability blocks", b.len()),
         Some(b) => format!(" within {} exchangeability blocks", b.len()),
         None => String::new(),
     };
-    if !opts.quiet {
-        if perms.exhaustive {
-            eprintln!("voxflip: exhaustive: all {nperm} distinct {what}{within} (asked for {})", opts.n_perm);
+    let reason_of = |kind: PermKind| -> String {
+        if kind == opts.perm_kind {
+            opts.perm_reason.clone()
         } else {
-            eprintln!("voxflip: {nperm} random {what}{within} (seed {}); {}", opts.seed, opts.perm_reason);
+            "sign flips: the contrast tests the mean (the constant is not in its nuisance), which reordering rows cannot test".into()
         }
+    };
+    // One permutation set per kind used (the same seed, so the same draws where they agree).
+    let mut sets: Vec<(PermKind, PermSet)> = Vec::new();
+    for &kind in &kinds {
+        if sets.iter().any(|(k, _)| *k == kind) {
+            continue;
+        }
+        let labels = if kind.permutes() { identical_row_labels(&design.m) } else { vec![0; ds.n] };
+        let perms =
+            PermSet::generate_in_blocks(ds.n, kind, &labels, &blocks, opts.n_perm, opts.seed).map_err(Error::usage)?;
+        if !opts.quiet {
+            let nperm = perms.len();
+            let what = match kind {
+                PermKind::SignFlip => "sign flips",
+                PermKind::Permute => "permutations",
+                PermKind::Both => "permutations with sign flips",
+            };
+            let for_which = if kinds.iter().all(|&k| k == kind) {
+                String::new()
+            } else {
+                let names: Vec<&str> =
+                    design.contrasts.iter().zip(&kinds).filter(|(_, &k)| k == kind).map(|(c, _)| c.name.as_str()).collect();
+                format!(" for {}", names.join(", "))
+            };
+            if perms.exhaustive {
+                eprintln!("voxflip: exhaustive: all {nperm} distinct {what}{within}{for_which} (asked for {})", opts.n_perm);
+            } else {
+                eprintln!("voxflip: {nperm} random {what}{within}{for_which} (seed {}); {}", opts.seed, reason_of(kind));
+            }
+        }
+        sets.push((kind, perms));
     }
+    let set_of = |ci: usize| -> &PermSet { &sets.iter().find(|(k, _)| *k == kinds[ci]).expect("generated above").1 };
+    let total: usize = (0..kinds.len()).map(|ci| set_of(ci).len()).sum();
     let mut engine = make_engine(opts.backend, opts.adapter.as_deref(), opts.quiet)?;
     let mut graphs: Vec<(Connectivity, MaskGraph)> = Vec::new();
     let mut tables: Vec<ClusterTableJob> = Vec::new();
-    let progress = crate::progress::bar((nperm * design.contrasts.len()) as u64, opts.quiet);
+    let progress = crate::progress::bar(total as u64, opts.quiet);
     let mut summaries = Vec::new();
     // Spatial statistics run on the GPU engine's adapter when it is hardware (opened once).
     let mut gpu_spatial: Option<GpuSpatial> = None;
     let mut spatial_backend: Option<String> = None;
     for (ci, contrast) in design.contrasts.iter().enumerate() {
         let t0 = Instant::now();
-        let model = ContrastModel::new(&design.m, contrast).map_err(Error::usage)?;
+        let model = &models[ci];
+        let perms = set_of(ci);
+        let nperm = perms.len();
         let problem = model.problem(&ds.y, ds.v);
         engine.prepare(&problem)?;
         let observed = observed_map(&mut engine, &problem)?;
@@ -405,7 +455,7 @@ pub fn run(ds: &Dataset, design: &Design, opts: &AnalysisOptions, prefix: &str) 
         }
         let gs = if on_gpu.is_some() { gpu_spatial.as_mut() } else { None };
         let (null, counts, snull) =
-            permute_contrast_with(&mut engine, &problem, &perms, &observed, spatial_job, gs, &progress)?;
+            permute_contrast_with(&mut engine, &problem, perms, &observed, spatial_job, gs, &progress)?;
         let seconds = t0.elapsed().as_secs_f64();
         let null = MaxStatNull::new(with_identity_floor(null, &observed));
         let mut spatial_summary = Vec::new();
@@ -461,6 +511,10 @@ pub fn run(ds: &Dataset, design: &Design, opts: &AnalysisOptions, prefix: &str) 
             label: design.contrast_labels.get(ci).cloned().unwrap_or_default(),
             kind: contrast.kind,
             dof: model.dof,
+            permutation_kind: kinds[ci],
+            permutation_reason: reason_of(kinds[ci]),
+            permutations: nperm,
+            exhaustive: perms.exhaustive,
             max_stat: observed.iter().copied().fold(f32::NEG_INFINITY, f32::max),
             fwe05_threshold: th,
             voxels_fwe05: pcorr.iter().filter(|&&p| p <= 0.05).count(),
@@ -479,11 +533,11 @@ pub fn run(ds: &Dataset, design: &Design, opts: &AnalysisOptions, prefix: &str) 
         n_images: ds.n,
         n_voxels: ds.v,
         seed: opts.seed,
-        permutations: nperm,
+        permutations: set_of(0).len(),
         permutations_requested: opts.n_perm,
-        exhaustive: perms.exhaustive,
-        permutation_kind: opts.perm_kind,
-        permutation_reason: opts.perm_reason.clone(),
+        exhaustive: set_of(0).exhaustive,
+        permutation_kind: kinds[0],
+        permutation_reason: reason_of(kinds[0]),
         exchangeability_blocks: opts.blocks.as_ref().map(|b| ExchangeBlocks { count: b.len(), whole: b.whole }),
         backend: engine.describe(),
         spatial_backend,

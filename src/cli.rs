@@ -332,6 +332,7 @@ pub fn run(args: Vec<String>) -> Result<()> {
 fn analysis_options(c: &CommonArgs, kind: PermKind, reason: String, args: &[String]) -> Result<AnalysisOptions> {
     Ok(AnalysisOptions {
         blocks: None,
+        flip_constant_contrasts: false,
         spatial: c.spatial.options()?,
         n_perm: c.n_perm,
         seed: c.seed,
@@ -383,6 +384,8 @@ fn run_glm(g: &GlmArgs, args: &[String]) -> Result<()> {
     };
     let mut opts = analysis_options(&g.common, kind, reason, args)?;
     opts.blocks = read_blocks(g, ds.n)?;
+    // randomise's default: permute rows, but sign-flip a test of the mean.
+    opts.flip_constant_contrasts = g.perm_kind.is_none();
     let report = analysis::run(&ds, &design, &opts, &prefix)?;
     print_summary(&report, opts.quiet);
     Ok(())
@@ -562,17 +565,24 @@ fn print_summary(r: &analysis::RunReport, quiet: bool) {
     if quiet {
         return;
     }
-    eprintln!(
-        "voxflip: {} images, {} voxels, {} {} ({}), {:.1} s on {}",
-        r.n_images,
-        r.n_voxels,
-        r.permutations,
-        match r.permutation_kind {
+    // Contrasts may differ in what was exchanged (a mean is sign-flipped): list each kind once.
+    let mut parts: Vec<String> = Vec::new();
+    for c in &r.contrasts {
+        let what = match c.permutation_kind {
             PermKind::SignFlip => "sign flips",
             PermKind::Permute => "permutations",
             PermKind::Both => "permutations+flips",
-        },
-        if r.exhaustive { "exhaustive" } else { "random" },
+        };
+        let part = format!("{} {what} ({})", c.permutations, if c.exhaustive { "exhaustive" } else { "random" });
+        if !parts.contains(&part) {
+            parts.push(part);
+        }
+    }
+    eprintln!(
+        "voxflip: {} images, {} voxels, {}, {:.1} s on {}",
+        r.n_images,
+        r.n_voxels,
+        parts.join(" and "),
         r.seconds_total,
         r.backend
     );

@@ -137,6 +137,23 @@ impl ContrastModel {
         Ok(ContrastModel { n, q, s, kind: contrast.kind, dof: (n - rk) as f64, qbasis, x, z_basis })
     }
 
+    /// Whether the effect tested includes the constant: the column of ones lies in the
+    /// design's space but not in the nuisance space. Row permutations leave the constant
+    /// where it is, so they cannot build a null for such an effect (for a mean tested with
+    /// demeaned covariates every permutation gives the observed statistic); sign flips can.
+    pub fn tests_constant(&self) -> bool {
+        let ones = DVector::from_element(self.n, 1.0);
+        // Residual of 1 after projecting on an orthonormal basis, relative to |1| = sqrt(n).
+        let off = |basis: &DMatrix<f64>| -> f64 {
+            if basis.ncols() == 0 {
+                return 1.0;
+            }
+            let proj = basis * (basis.transpose() * &ones);
+            (&ones - proj).norm() / (self.n as f64).sqrt()
+        };
+        off(&self.qbasis) < 1e-8 && off(&self.z_basis) > 1e-8
+    }
+
     /// The engine's problem for data `y` (N x V, row-major f32): E = R_Z Y and ||E_v||^2,
     /// computed in f64 and stored as f32.
     pub fn problem(&self, y: &[f32], v: usize) -> ContrastProblem {
@@ -249,5 +266,35 @@ mod tests {
         let c = Contrast { name: "tstat1".into(), kind: StatKind::T, c: DMatrix::from_column_slice(3, 1, &[0., 1., 0.]) };
         let e = ContrastModel::new(&m, &c).unwrap_err();
         assert!(e.contains("rank deficient"), "{e}");
+    }
+
+    #[test]
+    fn contrasts_that_test_the_constant_are_recognised() {
+        let n = 8;
+        let age = [31.0, 45.0, 28.0, 52.0, 39.0, 60.0, 24.0, 41.0];
+        let mean_age = age.iter().sum::<f64>() / n as f64;
+        let design = |cols: &[&dyn Fn(usize) -> f64]| DMatrix::from_fn(n, cols.len(), |i, k| cols[k](i));
+        let one = |_: usize| 1.0;
+        let raw = |i: usize| age[i];
+        let dm = |i: usize| age[i] - mean_age;
+        let ga = |i: usize| (i < 4) as u8 as f64;
+        let gb = |i: usize| (i >= 4) as u8 as f64;
+        let tests = |m: &DMatrix<f64>, rows: &[&[f64]]| {
+            let r = m.ncols();
+            let kind = if rows.len() == 1 { StatKind::T } else { StatKind::F };
+            let c = Contrast { name: "c".into(), kind, c: DMatrix::from_fn(r, rows.len(), |i, j| rows[j][i]) };
+            ContrastModel::new(m, &c).unwrap().tests_constant()
+        };
+        // The mean, with a demeaned or a raw covariate: sign flips.
+        assert!(tests(&design(&[&one, &dm]), &[&[1., 0.]]));
+        assert!(tests(&design(&[&one, &raw]), &[&[1., 0.]]));
+        // The covariate's slope, a group difference: permutations.
+        assert!(!tests(&design(&[&one, &dm]), &[&[0., 1.]]));
+        assert!(!tests(&design(&[&ga, &gb]), &[&[1., -1.]]));
+        // One group's mean, both means at once (F): the constant is tested.
+        assert!(tests(&design(&[&ga, &gb]), &[&[1., 0.]]));
+        assert!(tests(&design(&[&ga, &gb]), &[&[1., 0.], &[0., 1.]]));
+        // No constant in the design at all: nothing to flip for.
+        assert!(!tests(&design(&[&raw]), &[&[1.]]));
     }
 }

@@ -270,3 +270,42 @@ fn exchangeability_blocks_restrict_and_are_checked() {
     c.text("frac.grp", "1\n1\n1.5\n2\n2\n3\n3\n4\n4\n4\n");
     c.fails(&glm_with(&["-e", "frac.grp"]), "frac.grp", "not an integer");
 }
+
+#[test]
+fn a_mean_with_covariates_is_sign_flipped_unless_told_otherwise() {
+    let c = Case::new();
+    // Intercept and a demeaned covariate; contrasts: the mean, then the slope.
+    let age = [-4.5, 2.0, 7.5, -1.0, 3.0, -6.0, 0.5, 5.0, -3.5, -3.0];
+    let rows: String = age.iter().map(|a| format!("1 {a}\n")).collect();
+    c.text("cov.mat", &format!("/NumWaves 2\n/NumPoints 10\n/Matrix\n{rows}"));
+    c.text("cov.con", "/NumWaves 2\n/NumContrasts 2\n/Matrix\n1 0\n0 1\n");
+    let args = ["-i", "in.nii.gz", "-o", "out/r", "-d", "cov.mat", "-t", "cov.con", "-n", "200", "--uncorrp", "--backend", "cpu"];
+    // Uncorrected 1 - p of tstat1 at the voxels where t > 0.
+    let positive_p = |c: &Case| -> Vec<f32> {
+        let t = voxflip::io::read_image(&c.p("out/r_tstat1.nii.gz")).unwrap();
+        let p = voxflip::io::read_image(&c.p("out/r_vox_p_tstat1.nii.gz")).unwrap();
+        t.data.iter().zip(&p.data).filter(|(&t, _)| t > 0.0).map(|(_, &p)| p).collect()
+    };
+    let (code, err) = c.run(&args);
+    assert_eq!(code, 0, "{err}");
+    assert!(err.contains("sign flips for tstat1"), "{err}");
+    assert!(err.contains("permutations for tstat2"), "{err}");
+    let json: serde_json::Value = serde_json::from_str(&std::fs::read_to_string(c.p("out/r_voxflip.json")).unwrap()).unwrap();
+    let con = json["contrasts"].as_array().unwrap();
+    assert_eq!(con[0]["permutation_kind"], "sign-flip");
+    assert_eq!(con[1]["permutation_kind"], "permute");
+    let flipped = positive_p(&c);
+    assert!(flipped.len() > 10 && flipped.iter().filter(|&&p| p > 0.5).count() > flipped.len() / 4, "{flipped:?}");
+    for f in c.outputs() {
+        std::fs::remove_file(c.p("out").join(f)).unwrap();
+    }
+    // Asked for permutations, the user gets them, and this is why they are useless here: the
+    // mean of the reordered residuals never changes and the observed residuals have the
+    // largest RSS, so every reordering has t >= the observed t: p = 1 wherever t > 0.
+    let mut forced = args.to_vec();
+    forced.extend(["--perm-kind", "permute"]);
+    let (code, err) = c.run(&forced);
+    assert_eq!(code, 0, "{err}");
+    let permuted = positive_p(&c);
+    assert!(permuted.iter().all(|&p| p == 0.0), "{permuted:?}");
+}
