@@ -87,9 +87,15 @@ pub struct CommonArgs {
     /// Write -log10(p) instead of randomise's 1-p.
     #[arg(long)]
     pub logp: bool,
-    /// Write each contrast's maximum-statistic null distribution as text.
-    #[arg(long = "save-null")]
+    /// Write each contrast's maximum-statistic null distribution as text (randomise -N).
+    #[arg(short = 'N', long = "save-null")]
     pub save_null: bool,
+    /// Accepted for randomise scripts: the raw statistic images are always written.
+    #[arg(short = 'R', hide = true)]
+    pub raw_stats: bool,
+    /// Accepted for randomise scripts (diagnostic messages are on unless -q).
+    #[arg(short = 'V', hide = true)]
+    pub verbose: bool,
     /// No progress bar or messages (errors are still printed).
     #[arg(short = 'q', long = "quiet")]
     pub quiet: bool,
@@ -207,6 +213,9 @@ pub struct GlmArgs {
     /// Override what is exchanged: flip (sign flips), permute (rows), both.
     #[arg(long = "perm-kind", value_enum)]
     pub perm_kind: Option<PermKindArg>,
+    /// F-tests only (randomise --fonly): the t contrasts only define the F-tests.
+    #[arg(long = "fonly")]
+    pub f_only: bool,
     /// Exchangeability blocks (randomise -e): one integer per volume (VEST design.grp); rows
     /// are exchanged only within their block.
     #[arg(short = 'e', value_name = "design.grp")]
@@ -370,6 +379,12 @@ fn run_glm(g: &GlmArgs, args: &[String]) -> Result<()> {
         (None, None) => return Err(Error::usage("no design: give -d design.mat -t design.con, or -1 for a one-sample test")),
         _ => return Err(Error::usage("-d and -t go together")),
     };
+    if g.f_only {
+        if g.fts.is_none() {
+            return Err(Error::usage("--fonly needs F-tests: give -f design.fts"));
+        }
+        design = design.f_tests_only();
+    }
     if g.demean {
         design = design.demeaned(g.design.as_deref().unwrap_or(Path::new("design")))?;
     }
@@ -528,6 +543,8 @@ fn run_example(a: &ExampleArgs, args: &[String]) -> Result<()> {
             seed: 0,
             logp: false,
             save_null: false,
+            raw_stats: false,
+            verbose: false,
             quiet: a.quiet,
             backend: a.backend,
             adapter: None,

@@ -33,6 +33,16 @@ impl Design {
     }
 
     /// Read design.mat, design.con and optionally design.fts, checked against `n` images.
+    /// The same design with the t contrasts dropped (randomise --fonly).
+    pub fn f_tests_only(mut self) -> Design {
+        let keep: Vec<bool> = self.contrasts.iter().map(|c| c.kind == StatKind::F).collect();
+        let mut k = keep.iter();
+        self.contrasts.retain(|_| *k.next().unwrap());
+        let mut k = keep.iter();
+        self.contrast_labels.retain(|_| *k.next().unwrap());
+        self
+    }
+
     pub fn from_vest(mat: &Path, con: &Path, fts: Option<&Path>, n: usize) -> Result<Design> {
         let dm = vest::read_design(mat)?;
         if dm.rows.len() != n {

@@ -309,3 +309,20 @@ fn a_mean_with_covariates_is_sign_flipped_unless_told_otherwise() {
     let permuted = positive_p(&c);
     assert!(permuted.iter().all(|&p| p == 0.0), "{permuted:?}");
 }
+
+#[test]
+fn randomise_flags_fonly_n_r_v_are_understood() {
+    let c = Case::new();
+    c.text("design.fts", "/NumWaves 1\n/NumContrasts 1\n/Matrix\n1\n");
+    let (code, err) = c.run(&glm_with(&["-f", "design.fts", "--fonly", "-N", "-R", "-V", "-x", "--backend", "cpu"]));
+    assert_eq!(code, 0, "{err}");
+    // Only the F-test's outputs; -N writes the null as --save-null does.
+    assert_eq!(
+        c.outputs(),
+        vec!["r_clusters_fstat1.tsv", "r_fstat1.nii.gz", "r_lmax_fstat1.tsv", "r_null_fstat1.txt", "r_vox_corrp_fstat1.nii.gz", "r_voxflip.json"]
+    );
+    for f in c.outputs() {
+        std::fs::remove_file(c.p("out").join(f)).unwrap();
+    }
+    c.fails(&glm_with(&["--fonly"]), "--fonly", "-f design.fts");
+}
