@@ -495,6 +495,9 @@ fn run_interaction(a: &InteractionArgs, args: &[String]) -> Result<()> {
     };
     let mut opts = analysis_options(&a.common, kind, reason, args)?;
     opts.vox_corrp = true;
+    // With --permute, the time effect (tstat3, a mean) is still sign-flipped: exchanging
+    // group labels cannot test a mean.
+    opts.flip_constant_contrasts = true;
     let report = analysis::run(&ds, &design, &opts, &prefix)?;
     print_summary(&report, opts.quiet);
     Ok(())

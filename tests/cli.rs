@@ -236,6 +236,23 @@ fn interaction_from_per_subject_files_runs() {
     // 2^6 = 64 sign flips <= 5000: exhaustive.
     let json: serde_json::Value = serde_json::from_str(&std::fs::read_to_string(c.p("out/r_voxflip.json")).unwrap()).unwrap();
     assert_eq!(json["permutations"], 64);
+    // --permute exchanges group labels for the interaction (C(6,3) = 20 relabelings), but
+    // the time effect (a mean) is sign-flipped: relabeling cannot test it.
+    for f in c.outputs() {
+        std::fs::remove_file(c.p("out").join(f)).unwrap();
+    }
+    let mut permuted = a.to_vec();
+    permuted.push("--permute");
+    let (code, err) = c.run(&permuted);
+    assert_eq!(code, 0, "{err}");
+    let json: serde_json::Value = serde_json::from_str(&std::fs::read_to_string(c.p("out/r_voxflip.json")).unwrap()).unwrap();
+    let kinds: Vec<(&str, u64)> = json["contrasts"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|c| (c["permutation_kind"].as_str().unwrap(), c["permutations"].as_u64().unwrap()))
+        .collect();
+    assert_eq!(kinds, vec![("permute", 20), ("permute", 20), ("sign-flip", 64)]);
 }
 
 #[test]
@@ -325,4 +342,21 @@ fn randomise_flags_fonly_n_r_v_are_understood() {
         std::fs::remove_file(c.p("out").join(f)).unwrap();
     }
     c.fails(&glm_with(&["--fonly"]), "--fonly", "-f design.fts");
+}
+
+#[test]
+fn adapter_probing_prints_no_window_system_noise() {
+    // The default backend enumerates GPU adapters; without XDG_RUNTIME_DIR the GL/Vulkan
+    // window-system probes used to print "error: XDG_RUNTIME_DIR is invalid" lines.
+    let c = Case::new();
+    let out = Command::new(env!("CARGO_BIN_EXE_voxflip"))
+        .args(glm_with(&[]))
+        .current_dir(c.dir.path())
+        .env_remove("XDG_RUNTIME_DIR")
+        .output()
+        .unwrap();
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert_eq!(out.status.code(), Some(0), "{err}");
+    assert!(!err.contains("XDG_RUNTIME_DIR"), "{err}");
+    assert!(!err.to_lowercase().lines().any(|l| l.starts_with("error")), "{err}");
 }
