@@ -121,8 +121,28 @@ impl Design {
     /// -D: demean the design's columns, drop those that become zero (an intercept), and
     /// model the mean with an intercept as nuisance, so the fit equals the model with an
     /// intercept (and the degrees of freedom count it).
+    ///
+    /// A design whose columns already span the constant (an intercept column, or group
+    /// indicators that sum to one) models the mean already: demeaned, its columns would be
+    /// linearly dependent. Then the design is kept as it is, which gives what demeaning
+    /// means for every contrast that leaves the mean as nuisance; a contrast that tests the
+    /// mean is refused (demeaned data have none to test).
     pub fn demeaned(&self, mat: &Path) -> Result<Design> {
         let (n, r) = self.m.shape();
+        let ones = nalgebra::DVector::from_element(n, 1.0);
+        let basis = crate::glm::column_basis(&self.m);
+        if (&ones - &basis * (basis.transpose() * &ones)).norm() <= 1e-8 * (n as f64).sqrt() {
+            for c in &self.contrasts {
+                let model = ContrastModel::new(&self.m, c).map_err(|e| Error::input(mat, e))?;
+                if model.tests_constant() {
+                    return Err(Error::input(
+                        mat,
+                        format!("-D removes the mean, but contrast {} tests it: drop -D (or that contrast)", c.name),
+                    ));
+                }
+            }
+            return Ok(self.clone());
+        }
         let mut cols: Vec<Vec<f64>> = Vec::new();
         let mut kept = Vec::new();
         for k in 0..r {

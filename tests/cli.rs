@@ -360,3 +360,41 @@ fn adapter_probing_prints_no_window_system_noise() {
     assert!(!err.contains("XDG_RUNTIME_DIR"), "{err}");
     assert!(!err.to_lowercase().lines().any(|l| l.starts_with("error")), "{err}");
 }
+
+#[test]
+fn demean_models_the_mean_once() {
+    let c = Case::new();
+    let age = [31.0, 45.0, 28.0, 52.0, 39.0, 60.0, 24.0, 41.0, 35.0, 48.0];
+    let vest = |name: &str, rows: Vec<String>| {
+        let cols = rows[0].split(' ').count();
+        c.text(name, &format!("/NumWaves {cols}\n/NumPoints {}\n/Matrix\n{}\n", rows.len(), rows.join("\n")));
+    };
+    vest("age.mat", age.iter().map(|a| format!("{a}")).collect());
+    c.text("age.con", "/NumWaves 1\n/NumContrasts 1\n/Matrix\n1\n");
+    vest("iage.mat", age.iter().map(|a| format!("1 {a}")).collect());
+    c.text("iage.con", "/NumWaves 2\n/NumContrasts 2\n/Matrix\n0 1\n1 0\n");
+    c.text("slope.con", "/NumWaves 2\n/NumContrasts 1\n/Matrix\n0 1\n");
+    let tmap = |args: &[&str]| -> Vec<f32> {
+        let mut all = vec!["-i", "in.nii.gz", "-o", "out/r", "-n", "20", "-q", "--backend", "cpu"];
+        all.extend_from_slice(args);
+        let (code, err) = c.run(&all);
+        assert_eq!(code, 0, "{args:?}: {err}");
+        let t = voxflip::io::read_image(&c.p("out/r_tstat1.nii.gz")).unwrap().data;
+        for f in c.outputs() {
+            std::fs::remove_file(c.p("out").join(f)).unwrap();
+        }
+        t
+    };
+    let close = |a: &[f32], b: &[f32]| a.iter().zip(b).all(|(x, y)| (x - y).abs() <= 1e-4 * y.abs().max(1.0));
+    // A design without the mean: -D adds it, so the slope's t is the one with an intercept.
+    let with_intercept = tmap(&["-d", "iage.mat", "-t", "slope.con"]);
+    assert!(with_intercept.iter().any(|&t| t.abs() > 0.5));
+    assert!(close(&tmap(&["-d", "age.mat", "-t", "age.con", "-D"]), &with_intercept));
+    assert!(!close(&tmap(&["-d", "age.mat", "-t", "age.con"]), &with_intercept));
+    // Designs that model the mean already (group indicators, an intercept column) are kept.
+    let groups = tmap(&["-d", "design.mat", "-t", "design.con"]);
+    assert!(close(&tmap(&["-d", "design.mat", "-t", "design.con", "-D"]), &groups));
+    assert!(close(&tmap(&["-d", "iage.mat", "-t", "slope.con", "-D"]), &with_intercept));
+    // ... but a contrast of the mean has nothing left to test.
+    c.fails(&["-i", "in.nii.gz", "-o", "out/r", "-d", "iage.mat", "-t", "iage.con", "-D"], "iage.mat", "contrast tstat2 tests it");
+}
