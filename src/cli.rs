@@ -18,11 +18,16 @@ use std::path::{Path, PathBuf};
 #[command(
     name = "voxflip",
     version,
+    // `-V` is randomise's verbose flag (accepted below); the version is `--version` only.
+    disable_version_flag = true,
     about = "Whole-brain permutation inference (max-T, cluster, TFCE) on the GPU and CPU; randomise-compatible",
     args_conflicts_with_subcommands = true,
     after_help = "Examples:\n  voxflip example                      simulate the two-group, two-time study and analyse it\n  voxflip -i all.nii.gz -o out -d design.mat -t design.con -m mask.nii.gz -n 5000 -x\n  voxflip -i diffs.nii.gz -o out -1 -m mask.nii.gz -x          (one-sample, sign flips)\n  voxflip interaction --pre pre.nii.gz --post post.nii.gz --participants participants.tsv --group-column group -o out"
 )]
 pub struct Cli {
+    /// Print the version.
+    #[arg(long = "version", action = clap::ArgAction::Version)]
+    pub version: Option<bool>,
     #[command(subcommand)]
     pub command: Option<Command>,
     #[command(flatten)]
@@ -213,6 +218,14 @@ pub struct GlmArgs {
     /// Override what is exchanged: flip (sign flips), permute (rows), both.
     #[arg(long = "perm-kind", value_enum)]
     pub perm_kind: Option<PermKindArg>,
+    /// randomise's variance smoothing: refused with a clear message (not implemented).
+    #[arg(short = 'v', value_name = "STD", hide = true)]
+    pub variance_smoothing: Option<String>,
+    /// randomise's voxelwise EVs: refused with a clear message (not implemented).
+    #[arg(long = "vxl", value_name = "COLS", hide = true)]
+    pub voxelwise_evs: Option<String>,
+    #[arg(long = "vxf", value_name = "FILES", hide = true)]
+    pub voxelwise_ev_files: Option<String>,
     /// F-tests only (randomise --fonly): the t contrasts only define the F-tests.
     #[arg(long = "fonly")]
     pub f_only: bool,
@@ -367,6 +380,14 @@ fn read_mask(path: &Option<PathBuf>) -> Result<Option<io::Image>> {
 }
 
 fn run_glm(g: &GlmArgs, args: &[String]) -> Result<()> {
+    if g.variance_smoothing.is_some() {
+        return Err(Error::usage(
+            "-v (variance smoothing) is not supported: run without it (t statistics use each voxel's own variance)",
+        ));
+    }
+    if g.voxelwise_evs.is_some() || g.voxelwise_ev_files.is_some() {
+        return Err(Error::usage("--vxl/--vxf (voxelwise regressors) are not supported: every regressor must be in -d"));
+    }
     let input = g.input.as_ref().ok_or_else(|| Error::usage("no input: give -i 4D.nii.gz (or a subcommand; see --help)"))?;
     let prefix = require_out(&g.common)?;
     let img = io::read_image(input)?;
@@ -616,4 +637,16 @@ fn print_summary(r: &analysis::RunReport, quiet: bool) {
         }
     }
     eprintln!("  outputs: {} files, e.g. {}", r.outputs.len(), r.outputs.first().map(|p| p.display().to_string()).unwrap_or_default());
+}
+
+#[cfg(test)]
+mod tests {
+    /// clap's consistency checks of the argument table (unique short flags: randomise's -V
+    /// once collided with clap's version flag, and panicked at parse time in debug builds
+    /// only). Cargo.toml keeps clap's debug assertions on in release so this runs in CI.
+    #[test]
+    fn argument_table_is_consistent() {
+        use clap::CommandFactory;
+        super::Cli::command().debug_assert();
+    }
 }

@@ -342,6 +342,9 @@ fn randomise_flags_fonly_n_r_v_are_understood() {
         std::fs::remove_file(c.p("out").join(f)).unwrap();
     }
     c.fails(&glm_with(&["--fonly"]), "--fonly", "-f design.fts");
+    // randomise features voxflip lacks are named, not met with a parser error.
+    c.fails(&glm_with(&["-v", "5"]), "-v", "not supported");
+    c.fails(&glm_with(&["--vxl", "3", "--vxf", "ev.nii.gz"]), "--vxl", "not supported");
 }
 
 #[test]
