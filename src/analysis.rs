@@ -307,17 +307,27 @@ fn out_path(prefix: &str, what: &str, ext: &str) -> PathBuf {
     PathBuf::from(format!("{prefix}_{what}{ext}"))
 }
 
-/// Run all contrasts of `design` on `ds`; write outputs under `prefix`. Nothing is written
-/// unless everything succeeds (outputs are renamed into place at the end).
-pub fn run(ds: &Dataset, design: &Design, opts: &AnalysisOptions, prefix: &str) -> Result<RunReport> {
-    let start = Instant::now();
-    let mut outputs = OutputSet::new();
-    OutputSet::check_dir(Path::new(prefix))?;
-    // Each contrast's model, and what its permutations exchange: the kind asked for, except
-    // that a contrast testing the constant (a mean) is sign-flipped when the kind was not
-    // chosen by the user (randomise's one-sample rule, made per contrast).
-    let models: Vec<ContrastModel> =
-        design.contrasts.iter().map(|c| ContrastModel::new(&design.m, c).map_err(Error::usage)).collect::<Result<_>>()?;
+/// Why a contrast's permutations are of `kind` (for stderr and the sidecar).
+fn reason_for(kind: PermKind, opts: &AnalysisOptions) -> String {
+    if kind == opts.perm_kind {
+        opts.perm_reason.clone()
+    } else {
+        "sign flips: the contrast tests the mean (the constant is not in its nuisance), which reordering rows cannot test".into()
+    }
+}
+
+/// What each contrast's permutations exchange, and one permutation set per kind used.
+///
+/// The kind asked for, except that a contrast testing the constant (a mean; see
+/// ContrastModel::tests_constant) is sign-flipped when the kind was not the user's choice:
+/// randomise's one-sample rule, made per contrast. Every set comes from the same seed, so
+/// the draws agree where the kinds do. Each set is announced on stderr.
+fn permutation_sets(
+    design: &Design,
+    models: &[ContrastModel],
+    opts: &AnalysisOptions,
+    n: usize,
+) -> Result<(Vec<PermKind>, Vec<(PermKind, PermSet)>)> {
     let kinds: Vec<PermKind> = models
         .iter()
         .map(|m| {
@@ -328,28 +338,20 @@ pub fn run(ds: &Dataset, design: &Design, opts: &AnalysisOptions, prefix: &str) 
             }
         })
         .collect();
-    let blocks = opts.blocks.clone().unwrap_or_else(|| Blocks::single(ds.n));
+    let blocks = opts.blocks.clone().unwrap_or_else(|| Blocks::single(n));
     let within = match &opts.blocks {
         Some(b) if b.whole => format!(" of {} whole exchangeability blocks", b.len()),
         Some(b) => format!(" within {} exchangeability blocks", b.len()),
         None => String::new(),
     };
-    let reason_of = |kind: PermKind| -> String {
-        if kind == opts.perm_kind {
-            opts.perm_reason.clone()
-        } else {
-            "sign flips: the contrast tests the mean (the constant is not in its nuisance), which reordering rows cannot test".into()
-        }
-    };
-    // One permutation set per kind used (the same seed, so the same draws where they agree).
     let mut sets: Vec<(PermKind, PermSet)> = Vec::new();
     for &kind in &kinds {
         if sets.iter().any(|(k, _)| *k == kind) {
             continue;
         }
-        let labels = if kind.permutes() { identical_row_labels(&design.m) } else { vec![0; ds.n] };
+        let labels = if kind.permutes() { identical_row_labels(&design.m) } else { vec![0; n] };
         let perms =
-            PermSet::generate_in_blocks(ds.n, kind, &labels, &blocks, opts.n_perm, opts.seed).map_err(Error::usage)?;
+            PermSet::generate_in_blocks(n, kind, &labels, &blocks, opts.n_perm, opts.seed).map_err(Error::usage)?;
         if !opts.quiet {
             let nperm = perms.len();
             let what = match kind {
@@ -367,11 +369,24 @@ pub fn run(ds: &Dataset, design: &Design, opts: &AnalysisOptions, prefix: &str) 
             if perms.exhaustive {
                 eprintln!("voxflip: exhaustive: all {nperm} distinct {what}{within}{for_which} (asked for {})", opts.n_perm);
             } else {
-                eprintln!("voxflip: {nperm} random {what}{within}{for_which} (seed {}); {}", opts.seed, reason_of(kind));
+                eprintln!("voxflip: {nperm} random {what}{within}{for_which} (seed {}); {}", opts.seed, reason_for(kind, opts));
             }
         }
         sets.push((kind, perms));
     }
+    Ok((kinds, sets))
+}
+
+/// Run all contrasts of `design` on `ds`; write outputs under `prefix`. Nothing is written
+/// unless everything succeeds (outputs are renamed into place at the end).
+pub fn run(ds: &Dataset, design: &Design, opts: &AnalysisOptions, prefix: &str) -> Result<RunReport> {
+    let start = Instant::now();
+    let mut outputs = OutputSet::new();
+    OutputSet::check_dir(Path::new(prefix))?;
+    let models: Vec<ContrastModel> =
+        design.contrasts.iter().map(|c| ContrastModel::new(&design.m, c).map_err(Error::usage)).collect::<Result<_>>()?;
+    let (kinds, sets) = permutation_sets(design, &models, opts, ds.n)?;
+    let reason_of = |kind: PermKind| reason_for(kind, opts);
     let set_of = |ci: usize| -> &PermSet { &sets.iter().find(|(k, _)| *k == kinds[ci]).expect("generated above").1 };
     let total: usize = (0..kinds.len()).map(|ci| set_of(ci).len()).sum();
     let mut engine = make_engine(opts.backend, opts.adapter.as_deref(), opts.quiet)?;
