@@ -5,7 +5,7 @@ Not part of CI. Run in a throwaway environment:
 
     python3 -m venv /tmp/nl && /tmp/nl/bin/pip install nilearn
     cargo run --release -- simulate --out /tmp/sim --grid small
-    /tmp/nl/bin/python benches/nilearn_agree.py /tmp/sim 2000 target/release/voxflip
+    /tmp/nl/bin/python benches/nilearn_agree.py /tmp/sim 2000 target/release/voxflip [tfce]
 
 Three second-level designs on the simulated study, each run by both tools with the same
 number of permutations (different random draws):
@@ -16,6 +16,15 @@ number of permutations (different random draws):
 It prints the largest difference of the observed t maps (float rounding only) and of the
 FWE-corrected p-values (Monte Carlo error only: about sqrt(p(1-p)/P) per tool), and the
 number of voxels each calls significant at 0.05.
+
+With a fourth argument `tfce`, it also runs the first design with TFCE in both tools and
+compares the observed TFCE maps (the same discretization for the observed map: 100 steps
+of max/100, not multiplied by dh, 6-connectivity) and the TFCE FWE p-values. Those differ by
+design: nilearn gives every permuted map its own step (its own max / 100) without
+multiplying by it, so a null map with a lower maximum gets the same 100 steps and a
+relatively larger TFCE; randomise and voxflip keep the observed step for every map (PALM
+uses each map's step but multiplies by it), so their nulls approximate the same integral.
+voxflip's exact integral (--tfce-exact) is printed as the reference for that.
 """
 import sys, os, subprocess, json, numpy as np, nibabel as nib
 from nilearn.mass_univariate import permuted_ols
@@ -58,3 +67,20 @@ for name, data, M, c, tested, conf in cases:
     print(f'{name}: voxflip {kind}; max |t diff| {np.max(np.abs(t_vf - t_nl)):.2e} (max t {t_nl.max():.2f}); '
           f'FWE p: max |diff| {np.max(np.abs(p_vf - p_nl)):.3f}, mean |diff| where p<0.5 {np.mean(np.abs(p_vf-p_nl)[sel]) if sel.any() else 0:.4f}; '
           f'sig(0.05) voxflip {np.sum(p_vf<=0.05)} nilearn {np.sum(p_nl<=0.05)}; fwe thr quantile null: {np.sort(res["h0_max_t"][0])[int(0.95*nperm)]:.3f}')
+
+if len(sys.argv) > 4 and sys.argv[4] == 'tfce':
+    from nilearn.maskers import NiftiMasker
+    name, data, M, c, tested, conf = cases[0]
+    runs = {}
+    for tag, extra in [('step', []), ('exact', ['--tfce-exact'])]:
+        r = subprocess.run([V, '-i', f'{out}/diff.nii.gz', '-m', f'{sim}/mask.nii.gz', '-d', f'{out}/{name}.mat', '-t', f'{out}/{name}.con',
+                            '-o', f'{out}/{name}_{tag}', '-n', str(nperm), '-T', '-q', '--backend', 'cpu'] + extra, capture_output=True, text=True)
+        assert r.returncode == 0, r.stderr
+        runs[tag] = (nib.load(f'{out}/{name}_{tag}_tfce_tstat1.nii.gz').get_fdata()[mask],
+                     1 - nib.load(f'{out}/{name}_{tag}_tfce_corrp_tstat1.nii.gz').get_fdata()[mask])
+    res = permuted_ols(tested, data[mask].T, confounding_vars=conf, model_intercept=False, n_perm=nperm, two_sided_test=False,
+                       random_state=0, n_jobs=2, verbose=0, output_type='dict', tfce=True, masker=NiftiMasker(mimg).fit())
+    tf_nl, p_nl = res['tfce'][0], 10 ** -res['logp_max_tfce'][0]
+    tf_vf, p_vf = runs['step']
+    print(f'{name} TFCE: observed maps max |diff| {np.max(np.abs(tf_vf - tf_nl)):.3g} (max {tf_nl.max():.1f}); '
+          f'FWE-significant voxels: voxflip {np.sum(p_vf <= 0.05)}, voxflip exact integral {np.sum(runs["exact"][1] <= 0.05)}, nilearn {np.sum(p_nl <= 0.05)}')
