@@ -1,18 +1,15 @@
 //! The command line: randomise's flags for the general GLM (so a randomise script switches
 //! by changing the program name), plus subcommands for the group-by-time study, the
 //! simulator, the built-in example, the device list and the benchmark.
-use crate::analysis::{self, AnalysisOptions, Backend};
-use crate::data::{self, Dataset};
-use crate::design::Design;
+use crate::commands;
 use crate::error::{Error, Result};
-use crate::inference::PScale;
-use crate::io::{self, participants};
-use crate::perm::{Blocks, PermKind};
-use crate::simulate;
-use crate::spatial::{Connectivity, TfceParams};
-use crate::spatial_inference::{SpatialOptions, TfceOptions};
+use crate::options::AnalysisOptions;
 use clap::{Args, Parser, Subcommand};
-use std::path::{Path, PathBuf};
+use std::path::PathBuf;
+use std::process::ExitCode;
+use voxflip_engines::{Backend, EngineOptions, GlmKernel, GpuOptions, SpatialPlacement};
+use voxflip_stats::spatial::{Connectivity, SpatialOptions, TfceOptions, TfceParams};
+use voxflip_stats::{PScale, PermKind};
 
 #[derive(Parser, Debug)]
 #[command(
@@ -61,11 +58,13 @@ pub struct BenchArgs {
     pub tfce_perms: Option<usize>,
     /// Engines: auto (CPU, plus a hardware GPU if present), gpu (CPU plus any GPU adapter,
     /// software included), or cpu.
-    #[arg(long, value_enum, default_value_t = Backend::Auto)]
-    pub backend: Backend,
+    #[arg(long, value_enum, default_value_t = BackendArg::Auto)]
+    pub backend: BackendArg,
     /// Pick the GPU adapter whose name contains this.
     #[arg(long)]
     pub adapter: Option<String>,
+    #[command(flatten)]
+    pub gpu: GpuArgs,
 }
 
 /// Options shared by every analysis.
@@ -105,13 +104,96 @@ pub struct CommonArgs {
     #[arg(short = 'q', long = "quiet")]
     pub quiet: bool,
     /// Engine: auto (hardware GPU if present, else CPU), gpu, or cpu.
-    #[arg(long, value_enum, default_value_t = Backend::Auto)]
-    pub backend: Backend,
+    #[arg(long, value_enum, default_value_t = BackendArg::Auto)]
+    pub backend: BackendArg,
     /// Pick the GPU adapter whose name contains this (see `voxflip devices`).
     #[arg(long)]
     pub adapter: Option<String>,
     #[command(flatten)]
     pub spatial: SpatialArgs,
+    #[command(flatten)]
+    pub gpu: GpuArgs,
+}
+
+/// How the GPU engine runs: where its maps' spatial statistics go, and switches for tests
+/// and benchmarks (hidden from --help).
+#[derive(Args, Debug, Clone, Default)]
+pub struct GpuArgs {
+    /// Where TFCE and cluster statistics of the GPU engine's maps run: auto (on a hardware
+    /// GPU; on the CPU after a software adapter), gpu (on the GPU engine's adapter, software
+    /// included), or cpu.
+    #[arg(long = "spatial-backend", value_enum, default_value_t = SpatialArg::Auto)]
+    pub spatial: SpatialArg,
+    /// glm_stat kernel: direct, tiles, wide or wide128 (default: the fastest the adapter allows).
+    #[arg(long = "glm-kernel", hide = true, value_parser = parse_kernel)]
+    pub kernel: Option<GlmKernel>,
+    /// Compile the Wide kernels without wgpu's runtime checks (benchmarks).
+    #[arg(long = "gpu-unchecked", hide = true)]
+    pub unchecked: bool,
+    /// Time the glm_stat passes with GPU timestamps (benchmarks).
+    #[arg(long = "gpu-timestamps", hide = true)]
+    pub timestamps: bool,
+    /// Tests: the GPU device fails (as if lost) at this batch, counting from 1.
+    #[arg(long = "gpu-fail-at-batch", hide = true)]
+    pub fail_at_batch: Option<usize>,
+}
+
+fn parse_kernel(s: &str) -> std::result::Result<GlmKernel, String> {
+    GlmKernel::parse(s).ok_or_else(|| format!("'{s}': expected direct, tiles, wide or wide128"))
+}
+
+impl GpuArgs {
+    pub fn options(&self, adapter: Option<String>) -> GpuOptions {
+        GpuOptions {
+            adapter,
+            kernel: self.kernel,
+            unchecked: self.unchecked,
+            timestamps: self.timestamps,
+            spatial: self.spatial.into(),
+            tuning: Default::default(),
+            fail_at_batch: self.fail_at_batch,
+        }
+    }
+}
+
+/// `--backend`.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, clap::ValueEnum)]
+pub enum BackendArg {
+    /// A hardware GPU when one exists, else the CPU engine.
+    Auto,
+    /// The GPU engine (a software adapter such as lavapipe is accepted when asked for).
+    Gpu,
+    /// The multithreaded CPU engine.
+    Cpu,
+}
+
+impl From<BackendArg> for Backend {
+    fn from(b: BackendArg) -> Backend {
+        match b {
+            BackendArg::Auto => Backend::Auto,
+            BackendArg::Gpu => Backend::Gpu,
+            BackendArg::Cpu => Backend::Cpu,
+        }
+    }
+}
+
+/// `--spatial-backend`.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, clap::ValueEnum)]
+pub enum SpatialArg {
+    #[default]
+    Auto,
+    Gpu,
+    Cpu,
+}
+
+impl From<SpatialArg> for SpatialPlacement {
+    fn from(s: SpatialArg) -> SpatialPlacement {
+        match s {
+            SpatialArg::Auto => SpatialPlacement::Auto,
+            SpatialArg::Gpu => SpatialPlacement::Gpu,
+            SpatialArg::Cpu => SpatialPlacement::Cpu,
+        }
+    }
 }
 
 /// randomise's spatial inference flags.
@@ -312,8 +394,8 @@ pub struct ExampleArgs {
     /// Permutations.
     #[arg(short = 'n', default_value_t = 1000)]
     pub n_perm: usize,
-    #[arg(long, value_enum, default_value_t = Backend::Auto)]
-    pub backend: Backend,
+    #[arg(long, value_enum, default_value_t = BackendArg::Auto)]
+    pub backend: BackendArg,
     #[arg(short = 'q', long = "quiet")]
     pub quiet: bool,
     /// Also run TFCE (randomise -T).
@@ -321,322 +403,80 @@ pub struct ExampleArgs {
     pub tfce: bool,
 }
 
-/// Parse and run; errors come back for `main` to print.
-pub fn run(args: Vec<String>) -> Result<()> {
+/// Parse, validate and run; an error is printed as one line and exits with 2.
+pub fn main(args: Vec<String>) -> ExitCode {
     let cli = match Cli::try_parse_from(&args) {
         Ok(c) => c,
         Err(e) => {
-            // --help and --version are not errors.
-            let code = e.exit_code();
+            // --help and --version are not errors (exit 0); parse errors exit with 2.
             let _ = e.print();
-            std::process::exit(code);
+            return ExitCode::from(e.exit_code().clamp(0, 255) as u8);
         }
     };
+    crate::logger::init(cli_quiet(&cli));
+    match run(cli, &args) {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(e) => {
+            eprintln!("voxflip: error: {e}");
+            ExitCode::from(2)
+        }
+    }
+}
+
+/// Whether messages are off (-q), for the logger.
+fn cli_quiet(cli: &Cli) -> bool {
+    match &cli.command {
+        Some(Command::Interaction(a)) => a.common.quiet,
+        Some(Command::Example(a)) => a.quiet,
+        Some(_) => false,
+        None => cli.glm.common.quiet,
+    }
+}
+
+fn run(cli: Cli, args: &[String]) -> Result<()> {
     match cli.command {
-        Some(Command::Interaction(a)) => run_interaction(&a, &args),
-        Some(Command::Simulate(a)) => run_simulate(&a),
-        Some(Command::Example(a)) => run_example(&a, &args),
+        Some(Command::Interaction(a)) => commands::interaction::run(&a, args),
+        Some(Command::Simulate(a)) => commands::simulate::run(&a),
+        Some(Command::Example(a)) => commands::example::run(&a, args),
         Some(Command::Devices) => {
-            print!("{}", crate::engine::describe_devices());
+            print!("{}", voxflip_engines::gpu::describe_adapters());
             Ok(())
         }
-        Some(Command::Bench(a)) => {
-            let gpu = match a.backend {
-                Backend::Cpu => None,
-                b => Some(crate::engine::gpu::AdapterChoice { name: a.adapter.clone(), allow_software: b == Backend::Gpu }),
-            };
-            crate::bench::run(a.n_perm, a.tfce, a.tfce_perms.unwrap_or(a.n_perm), gpu)
-        }
-        None => run_glm(&cli.glm, &args),
+        Some(Command::Bench(a)) => commands::bench::run(&a),
+        None => commands::glm::run(&cli.glm, args),
     }
 }
 
-fn analysis_options(c: &CommonArgs, kind: PermKind, reason: String, args: &[String]) -> Result<AnalysisOptions> {
-    Ok(AnalysisOptions {
-        blocks: None,
-        flip_constant_contrasts: false,
-        spatial: c.spatial.options()?,
-        n_perm: c.n_perm,
-        seed: c.seed,
-        perm_kind: kind,
-        perm_reason: reason,
-        vox_corrp: c.vox_corrp,
-        uncorrp: c.uncorrp,
-        scale: if c.logp { PScale::NegLog10 } else { PScale::OneMinusP },
-        save_null: c.save_null,
-        quiet: c.quiet,
-        backend: c.backend,
-        adapter: c.adapter.clone(),
-        command_line: args.to_vec(),
-    })
-}
+impl CommonArgs {
+    /// The engines these flags ask for.
+    pub fn engine_options(&self) -> EngineOptions {
+        EngineOptions { backend: self.backend.into(), gpu: self.gpu.options(self.adapter.clone()) }
+    }
 
-fn require_out(c: &CommonArgs) -> Result<String> {
-    c.out.clone().ok_or_else(|| Error::usage("no output prefix: give -o PREFIX"))
-}
+    /// The analysis options of these flags, with the permutation kind the command chose.
+    pub fn analysis_options(&self, kind: PermKind, reason: String, args: &[String]) -> Result<AnalysisOptions> {
+        Ok(AnalysisOptions {
+            blocks: None,
+            flip_constant_contrasts: false,
+            spatial: self.spatial.options()?,
+            n_perm: self.n_perm,
+            seed: self.seed,
+            perm_kind: kind,
+            perm_reason: reason,
+            vox_corrp: self.vox_corrp,
+            uncorrp: self.uncorrp,
+            scale: if self.logp { PScale::NegLog10 } else { PScale::OneMinusP },
+            save_null: self.save_null,
+            quiet: self.quiet,
+            engine: self.engine_options(),
+            command_line: args.to_vec(),
+        })
+    }
 
-fn read_mask(path: &Option<PathBuf>) -> Result<Option<io::Image>> {
-    path.as_ref().map(|p| io::read_image(p)).transpose()
-}
-
-fn run_glm(g: &GlmArgs, args: &[String]) -> Result<()> {
-    if g.variance_smoothing.is_some() {
-        return Err(Error::usage(
-            "-v (variance smoothing) is not supported: run without it (t statistics use each voxel's own variance)",
-        ));
+    /// The output prefix, required.
+    pub fn out(&self) -> Result<String> {
+        self.out.clone().ok_or_else(|| Error::usage("no output prefix: give -o PREFIX"))
     }
-    if g.voxelwise_evs.is_some() || g.voxelwise_ev_files.is_some() {
-        return Err(Error::usage("--vxl/--vxf (voxelwise regressors) are not supported: every regressor must be in -d"));
-    }
-    let input = g.input.as_ref().ok_or_else(|| Error::usage("no input: give -i 4D.nii.gz (or a subcommand; see --help)"))?;
-    let prefix = require_out(&g.common)?;
-    let img = io::read_image(input)?;
-    let mask = read_mask(&g.common.mask)?;
-    let ds = Dataset::from_image(&img, input, mask.as_ref().zip(g.common.mask.as_deref()))?;
-    drop(img);
-    let mut design = match (&g.design, &g.contrasts) {
-        (Some(d), Some(t)) => Design::from_vest(d, t, g.fts.as_deref(), ds.n)?,
-        (None, None) if g.one_sample => Design::one_sample(ds.n),
-        (None, None) => return Err(Error::usage("no design: give -d design.mat -t design.con, or -1 for a one-sample test")),
-        _ => return Err(Error::usage("-d and -t go together")),
-    };
-    if g.f_only {
-        if g.fts.is_none() {
-            return Err(Error::usage("--fonly needs F-tests: give -f design.fts"));
-        }
-        design = design.f_tests_only();
-    }
-    if g.demean {
-        design = design.demeaned(g.design.as_deref().unwrap_or(Path::new("design")))?;
-    }
-    let (kind, reason) = if let Some(k) = g.perm_kind {
-        (k.into(), "chosen with --perm-kind".to_string())
-    } else if g.one_sample {
-        (PermKind::SignFlip, "sign flips (-1)".to_string())
-    } else if design.m.ncols() == 1 && design.m.column(0).iter().all(|&x| x == design.m[(0, 0)]) {
-        (PermKind::SignFlip, "sign flips: the design is a single constant column (one-sample test)".to_string())
-    } else {
-        (PermKind::Permute, "permutations of rows (exchangeable errors)".to_string())
-    };
-    let mut opts = analysis_options(&g.common, kind, reason, args)?;
-    opts.blocks = read_blocks(g, ds.n)?;
-    // randomise's default: permute rows, but sign-flip a test of the mean.
-    opts.flip_constant_contrasts = g.perm_kind.is_none();
-    let report = analysis::run(&ds, &design, &opts, &prefix)?;
-    print_summary(&report, opts.quiet);
-    Ok(())
-}
-
-/// Exchangeability blocks from -e (and --permuteBlocks), checked against the input's volumes.
-fn read_blocks(g: &GlmArgs, n: usize) -> Result<Option<Blocks>> {
-    let Some(path) = &g.blocks else {
-        if g.permute_blocks {
-            return Err(Error::usage("--permuteBlocks needs exchangeability blocks: give -e design.grp"));
-        }
-        return Ok(None);
-    };
-    let labels = io::read_grp(path)?;
-    if labels.len() != n {
-        return Err(Error::input(path, format!("{} rows, but the input has {n} volumes (one block number per volume)", labels.len())));
-    }
-    Blocks::from_labels(&labels, g.permute_blocks).map(Some).map_err(|e| Error::input(path, e))
-}
-
-/// Load --pre/--post as 4D files or per-subject patterns, in participants.tsv order.
-fn load_session(spec: &str, ids: &[String]) -> Result<(io::Image, PathBuf)> {
-    if spec.contains("{participant_id}") {
-        let mut imgs = Vec::with_capacity(ids.len());
-        for id in ids {
-            let p = PathBuf::from(spec.replace("{participant_id}", id));
-            if !p.exists() {
-                return Err(Error::input(&p, format!("no such file for participant {id}")));
-            }
-            imgs.push((io::read_image(&p)?, p));
-        }
-        Ok((data::stack(imgs)?, PathBuf::from(spec)))
-    } else {
-        let p = PathBuf::from(spec);
-        let img = io::read_image(&p)?;
-        if img.nvol != ids.len() {
-            return Err(Error::input(
-                &p,
-                format!("has {} volumes but participants.tsv lists {} participants (one volume per participant, in that order)", img.nvol, ids.len()),
-            ));
-        }
-        Ok((img, p))
-    }
-}
-
-fn run_interaction(a: &InteractionArgs, args: &[String]) -> Result<()> {
-    let prefix = require_out(&a.common)?;
-    let parts = participants::read_participants(&a.participants, &a.group_column)?;
-    let levels = parts.group_levels();
-    let names: Vec<String> = match &a.groups {
-        Some(g) => {
-            if g.len() != 2 {
-                return Err(Error::usage(format!("--groups takes two names, got {}", g.len())));
-            }
-            g.clone()
-        }
-        None => levels.clone(),
-    };
-    if names.len() != 2 {
-        return Err(Error::input(
-            &a.participants,
-            format!("column '{}' has {} groups ({}); the interaction needs exactly two (or name them with --groups)", a.group_column, levels.len(), levels.join(", ")),
-        ));
-    }
-    let mut groups = Vec::with_capacity(parts.ids.len());
-    for (id, g) in parts.ids.iter().zip(&parts.groups) {
-        match names.iter().position(|n| n == g) {
-            Some(k) => groups.push(k),
-            None => {
-                return Err(Error::input(&a.participants, format!("participant {id} is in group '{g}', which is not one of {}", names.join(", "))))
-            }
-        }
-    }
-    for (k, name) in names.iter().enumerate() {
-        let c = groups.iter().filter(|&&g| g == k).count();
-        if c < 2 {
-            return Err(Error::input(&a.participants, format!("group '{name}' has {c} participant(s); at least 2 are needed")));
-        }
-    }
-    let (pre, pre_path) = load_session(&a.pre, &parts.ids)?;
-    let (post, post_path) = load_session(&a.post, &parts.ids)?;
-    let diff = data::difference(&pre, &pre_path, &post, &post_path)?;
-    drop((pre, post));
-    let mask = read_mask(&a.common.mask)?;
-    let ds = Dataset::from_image(&diff, &post_path, mask.as_ref().zip(a.common.mask.as_deref()))?;
-    drop(diff);
-    let design = Design::group_by_time(&groups, &[names[0].clone(), names[1].clone()]);
-    let (kind, reason) = if a.permute {
-        (PermKind::Permute, "group labels exchanged (--permute)".to_string())
-    } else {
-        (PermKind::SignFlip, "sign flips of post - pre (Freedman-Lane, group means as nuisance)".to_string())
-    };
-    let mut opts = analysis_options(&a.common, kind, reason, args)?;
-    opts.vox_corrp = true;
-    // With --permute, the time effect (tstat3, a mean) is still sign-flipped: exchanging
-    // group labels cannot test a mean.
-    opts.flip_constant_contrasts = true;
-    let report = analysis::run(&ds, &design, &opts, &prefix)?;
-    print_summary(&report, opts.quiet);
-    Ok(())
-}
-
-fn parse_grid(s: &str) -> Result<simulate::SimGrid> {
-    match s {
-        "2mm" | "mni2mm" => Ok(simulate::SimGrid::Mni2mm),
-        "small" | "4mm" => Ok(simulate::SimGrid::Small),
-        other => Err(Error::usage(format!("--grid {other}: expected 2mm or small"))),
-    }
-}
-
-fn run_simulate(a: &SimulateArgs) -> Result<()> {
-    let cfg = simulate::SimConfig { grid: parse_grid(&a.grid)?, n_a: a.n_a, n_b: a.n_b, seed: a.seed, ..Default::default() };
-    let data = simulate::simulate(&cfg);
-    let files = simulate::write_dataset(&data, &a.out)?;
-    eprintln!("voxflip: wrote {} files to {}", files.len(), a.out.display());
-    Ok(())
-}
-
-fn run_example(a: &ExampleArgs, args: &[String]) -> Result<()> {
-    let cfg = simulate::SimConfig { grid: parse_grid(&a.grid)?, ..Default::default() };
-    let data_dir = a.dir.join("data");
-    if !a.quiet {
-        eprintln!("voxflip: simulating the study ({} and {} subjects, pre and post) into {}", cfg.n_a, cfg.n_b, data_dir.display());
-    }
-    let sim = simulate::simulate(&cfg);
-    simulate::write_dataset(&sim, &data_dir)?;
-    let results = a.dir.join("results");
-    std::fs::create_dir_all(&results).map_err(|e| Error::output(&results, e.to_string()))?;
-    let prefix = results.join("interaction").display().to_string();
-    let ia = InteractionArgs {
-        pre: data_dir.join("pre.nii.gz").display().to_string(),
-        post: data_dir.join("post.nii.gz").display().to_string(),
-        participants: data_dir.join("participants.tsv"),
-        group_column: "group".into(),
-        groups: None,
-        permute: false,
-        common: CommonArgs {
-            out: Some(prefix.clone()),
-            mask: Some(data_dir.join("mask.nii.gz")),
-            n_perm: a.n_perm,
-            vox_corrp: true,
-            uncorrp: false,
-            seed: 0,
-            logp: false,
-            save_null: false,
-            raw_stats: false,
-            verbose: false,
-            quiet: a.quiet,
-            backend: a.backend,
-            adapter: None,
-            spatial: SpatialArgs { tfce: a.tfce, ..Default::default() },
-        },
-    };
-    run_interaction(&ia, args)?;
-    // What the outputs show, against the truth the simulator planted.
-    let truth = io::read_image(&data_dir.join("truth_interaction.nii.gz"))?;
-    let true_n = truth.data.iter().filter(|&&t| t > 0.0).count();
-    let against_truth = |map: &str| -> Result<(usize, usize)> {
-        let corrp = io::read_image(Path::new(&format!("{prefix}_{map}_tstat1.nii.gz")))?;
-        let sig: Vec<bool> = corrp.data.iter().map(|&x| x >= 0.95).collect();
-        let hits = sig.iter().zip(&truth.data).filter(|(&s, &t)| s && t > 0.0).count();
-        let false_pos = sig.iter().zip(&truth.data).filter(|(&s, &t)| s && t <= 0.0).count();
-        Ok((hits, false_pos))
-    };
-    let (hits, false_pos) = against_truth("vox_corrp")?;
-    println!("\nResults in {}:", results.display());
-    println!("  interaction_tstat1.nii.gz          t map, {} > {} in post - pre", sim.groups[0], sim.groups.iter().find(|g| **g != sim.groups[0]).cloned().unwrap_or_default());
-    println!("  interaction_vox_corrp_tstat1.nii.gz  1 - FWE-corrected p (>= 0.95 is significant at 0.05)");
-    println!("  tstat2: the other direction; tstat3: time effect across all subjects; interaction_voxflip.json: provenance");
-    println!("Against the simulated truth (data/truth_interaction.nii.gz):");
-    println!("  voxelwise max-T: {hits} of {true_n} true-effect voxels significant (FWE 0.05), {false_pos} significant voxels outside the true effect");
-    if a.tfce {
-        let (hits, false_pos) = against_truth("tfce_corrp")?;
-        println!("  TFCE:            {hits} of {true_n} true-effect voxels significant (FWE 0.05), {false_pos} significant voxels outside the true effect");
-        println!("  (TFCE spreads support to the effect's tapered edges; its FWE control is per image, so voxels just outside a true blob can be significant.)");
-    }
-    println!("  interaction_clusters_tstat1.tsv / _lmax_tstat1.tsv: the clusters and local maxima in MNI mm, for a results table");
-    Ok(())
-}
-
-fn print_summary(r: &analysis::RunReport, quiet: bool) {
-    if quiet {
-        return;
-    }
-    // Contrasts may differ in what was exchanged (a mean is sign-flipped): list each kind once.
-    let mut parts: Vec<String> = Vec::new();
-    for c in &r.contrasts {
-        let what = match c.permutation_kind {
-            PermKind::SignFlip => "sign flips",
-            PermKind::Permute => "permutations",
-            PermKind::Both => "permutations+flips",
-        };
-        let part = format!("{} {what} ({})", c.permutations, if c.exhaustive { "exhaustive" } else { "random" });
-        if !parts.contains(&part) {
-            parts.push(part);
-        }
-    }
-    eprintln!(
-        "voxflip: {} images, {} voxels, {}, {:.1} s on {}",
-        r.n_images,
-        r.n_voxels,
-        parts.join(" and "),
-        r.seconds_total,
-        r.backend
-    );
-    for c in &r.contrasts {
-        eprintln!(
-            "  {:8} {:45} max {:7.3}  FWE 0.05 threshold {:7.3}  {:7} voxels significant",
-            c.name, c.label, c.max_stat, c.fwe05_threshold, c.voxels_fwe05
-        );
-        for s in &c.spatial {
-            eprintln!("  {:8} {:>45} {:>36}  {:7} voxels significant", "", format!("{} (FWE from its own null)", s.statistic), "", s.voxels_fwe05);
-        }
-    }
-    eprintln!("  outputs: {} files, e.g. {}", r.outputs.len(), r.outputs.first().map(|p| p.display().to_string()).unwrap_or_default());
 }
 
 #[cfg(test)]

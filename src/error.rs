@@ -1,33 +1,31 @@
-//! One error type for the whole tool. Every variant prints as a single line that names
-//! the file (where there is one) and says what is wrong, so `main` can print it and exit 2.
-use std::path::{Path, PathBuf};
+//! The binary's error: every failure a user can meet, as one line (`main` prints it after
+//! "voxflip: error: " and exits with 2).
+use std::path::Path;
+use voxflip_engines::EngineError;
 
 #[derive(Debug, thiserror::Error)]
 pub enum Error {
-    /// A problem with one input file: `{path}: {msg}`.
-    #[error("{}: {msg}", path.display())]
-    Input { path: PathBuf, msg: String },
-    /// A problem with the command line or the combination of inputs.
+    /// An input file or an output (names the file).
+    #[error(transparent)]
+    Io(#[from] voxflip_io::Error),
+    /// The command line or the combination of inputs.
     #[error("{0}")]
     Usage(String),
-    /// The GPU engine could not run (no adapter, device lost, out of memory...).
-    #[error("GPU: {0}")]
-    Gpu(String),
-    /// Writing an output failed.
-    #[error("{}: cannot write: {msg}", path.display())]
-    Output { path: PathBuf, msg: String },
+    /// An engine that could not do the work (and had no other path).
+    #[error(transparent)]
+    Engine(#[from] EngineError),
 }
 
 pub type Result<T, E = Error> = std::result::Result<T, E>;
 
 impl Error {
     pub fn input(path: impl AsRef<Path>, msg: impl Into<String>) -> Self {
-        Error::Input { path: path.as_ref().to_path_buf(), msg: msg.into() }
+        Error::Io(voxflip_io::Error::input(path, msg))
+    }
+    pub fn output(path: impl AsRef<Path>, msg: impl Into<String>) -> Self {
+        Error::Io(voxflip_io::Error::output(path, msg))
     }
     pub fn usage(msg: impl Into<String>) -> Self {
         Error::Usage(msg.into())
-    }
-    pub fn output(path: impl AsRef<Path>, msg: impl Into<String>) -> Self {
-        Error::Output { path: path.as_ref().to_path_buf(), msg: msg.into() }
     }
 }

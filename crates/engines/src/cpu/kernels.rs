@@ -1,0 +1,205 @@
+//! The CPU engine's inner loops: register-blocked microkernels (AVX-512, AVX2+FMA, portable),
+//! the epilogue, and one tile's work over a batch.
+use super::{PERM_BLOCK, ROWS, TILE};
+use voxflip_stats::{statistic_of_sums, ContrastProblem, StatKind};
+
+/// A raw pointer that rayon tasks may share because each task writes a disjoint range.
+#[derive(Clone, Copy)]
+pub(super) struct Disjoint<T>(pub(super) *mut T);
+unsafe impl<T> Send for Disjoint<T> {}
+unsafe impl<T> Sync for Disjoint<T> {}
+
+macro_rules! microkernel {
+    ($name:ident, $fma:expr) => {
+        /// out[r][w] = sum_i a[r*n + i] * e[i*TILE + w] for r < ROWS, w < TILE.
+        #[inline(always)]
+        fn $name(a: &[f32], e: &[f32], n: usize, out: &mut [f32]) {
+            let mut acc = [[0f32; TILE]; ROWS];
+            let a = &a[..ROWS * n];
+            let e = &e[..n * TILE];
+            for i in 0..n {
+                let er: &[f32; TILE] = e[i * TILE..(i + 1) * TILE].try_into().unwrap();
+                for r in 0..ROWS {
+                    let av = a[r * n + i];
+                    for w in 0..TILE {
+                        acc[r][w] = $fma(av, er[w], acc[r][w]);
+                    }
+                }
+            }
+            for r in 0..ROWS {
+                out[r * TILE..(r + 1) * TILE].copy_from_slice(&acc[r]);
+            }
+        }
+    };
+}
+
+microkernel!(micro_fma, |a: f32, b: f32, c: f32| a.mul_add(b, c));
+microkernel!(micro_plain, |a: f32, b: f32, c: f32| a * b + c);
+
+/// The statistic for one permutation over a tile, from its q rows of U (each TILE long):
+/// |u|^2 and aux folded in the order k = 0, 1, ..., then the one formula
+/// ([`statistic_of_sums`]) per voxel, in a loop the compiler vectorizes.
+#[inline(always)]
+fn epilogue_tile(kind: StatKind, u: &[f32], q: usize, s: usize, ss: &[f32; TILE], dof: f32, out: &mut [f32; TILE]) {
+    let mut usq = [0f32; TILE];
+    let mut num = [0f32; TILE];
+    for k in 0..q {
+        let uk: &[f32; TILE] = u[k * TILE..(k + 1) * TILE].try_into().unwrap();
+        for w in 0..TILE {
+            usq[w] += uk[w] * uk[w];
+        }
+        if k + 1 == s {
+            num = usq;
+        }
+    }
+    let aux: &[f32; TILE] = match kind {
+        StatKind::T => u[..TILE].try_into().unwrap(),
+        StatKind::F => &num,
+    };
+    let inv_s = 1.0 / s as f32;
+    for w in 0..TILE {
+        out[w] = statistic_of_sums(kind, usq[w], aux[w], ss[w], dof, inv_s);
+    }
+}
+
+/// One tile, all permutations of the batch. Generic over the microkernel so each ISA gets
+/// its own fully inlined copy.
+#[allow(clippy::too_many_arguments)]
+#[inline(always)]
+pub(super) fn tile_body(
+    micro: fn(&[f32], &[f32], usize, &mut [f32]),
+    p: &ContrastProblem,
+    a: &[f32],
+    nperm: usize,
+    v0: usize,
+    observed: Option<&[f32]>,
+    maps: Option<Disjoint<f32>>,
+    counts: Option<Disjoint<u32>>,
+    packed: &mut Vec<f32>,
+    ubuf: &mut Vec<f32>,
+    maxes: &mut [f32],
+) {
+    let (n, v, q) = (p.n, p.v, p.q);
+    let w = TILE.min(v - v0);
+    packed.clear();
+    packed.resize(n * TILE, 0.0);
+    for i in 0..n {
+        packed[i * TILE..i * TILE + w].copy_from_slice(&p.e[i * v + v0..i * v + v0 + w]);
+    }
+    // Padding voxels get ss = 0 so their statistic is 0 and never counted.
+    let mut ss = [0f32; TILE];
+    ss[..w].copy_from_slice(&p.ss[v0..v0 + w]);
+    let mut obs = [f32::INFINITY; TILE];
+    if let Some(o) = observed {
+        obs[..w].copy_from_slice(&o[v0..v0 + w]);
+    }
+    let mut cnt = [0u32; TILE];
+    let rows_per_block = PERM_BLOCK * q;
+    let padded_rows = rows_per_block.div_ceil(ROWS) * ROWS;
+    ubuf.resize(padded_rows * TILE, 0.0);
+    let total_rows = a.len() / n;
+    let mut stat = [0f32; TILE];
+    for pb in (0..nperm).step_by(PERM_BLOCK) {
+        let np = PERM_BLOCK.min(nperm - pb);
+        let r0 = pb * q;
+        let nrows = np * q;
+        for r in (0..nrows).step_by(ROWS) {
+            // A is padded to a multiple of ROWS rows, so the kernel always has ROWS rows.
+            debug_assert!(r0 + r + ROWS <= total_rows);
+            micro(&a[(r0 + r) * n..], packed, n, &mut ubuf[r * TILE..(r + ROWS) * TILE]);
+        }
+        for j in 0..np {
+            epilogue_tile(p.kind, &ubuf[j * q * TILE..(j + 1) * q * TILE], q, p.s, &ss, p.dof, &mut stat);
+            let mut mx = f32::NEG_INFINITY;
+            for x in 0..w {
+                mx = mx.max(stat[x]);
+            }
+            let pj = pb + j;
+            maxes[pj] = maxes[pj].max(mx);
+            for x in 0..TILE {
+                cnt[x] += (stat[x] >= obs[x]) as u32;
+            }
+            if let Some(m) = maps {
+                // SAFETY: this task owns voxels v0..v0+w of every map in the batch.
+                unsafe {
+                    std::ptr::copy_nonoverlapping(stat.as_ptr(), m.0.add(pj * v + v0), w);
+                }
+            }
+        }
+    }
+    if let Some(c) = counts {
+        // SAFETY: this task owns voxels v0..v0+w of the counts.
+        unsafe {
+            for x in 0..w {
+                *c.0.add(v0 + x) = cnt[x];
+            }
+        }
+    }
+}
+
+/// The AVX-512 microkernel with explicit intrinsics: each residual vector is loaded once
+/// per row i into a register and reused by the ROWS broadcasts (auto-vectorized code
+/// re-loaded it for every FMA, making the loop load-port bound).
+#[cfg(target_arch = "x86_64")]
+#[inline(always)]
+fn micro_avx512(a: &[f32], e: &[f32], n: usize, out: &mut [f32]) {
+    use std::arch::x86_64::*;
+    const _: () = assert!(ROWS == 6 && TILE == 64);
+    assert!(a.len() >= ROWS * n && e.len() >= n * TILE && out.len() >= ROWS * TILE);
+    // SAFETY: bounds asserted above; only called from tile_avx512, which requires avx512f.
+    unsafe {
+        let mut c = [[_mm512_setzero_ps(); 4]; ROWS];
+        let ap = a.as_ptr();
+        let ep = e.as_ptr();
+        for i in 0..n {
+            let e0 = _mm512_loadu_ps(ep.add(i * TILE));
+            let e1 = _mm512_loadu_ps(ep.add(i * TILE + 16));
+            let e2 = _mm512_loadu_ps(ep.add(i * TILE + 32));
+            let e3 = _mm512_loadu_ps(ep.add(i * TILE + 48));
+            for (r, cr) in c.iter_mut().enumerate() {
+                let av = _mm512_set1_ps(*ap.add(r * n + i));
+                cr[0] = _mm512_fmadd_ps(av, e0, cr[0]);
+                cr[1] = _mm512_fmadd_ps(av, e1, cr[1]);
+                cr[2] = _mm512_fmadd_ps(av, e2, cr[2]);
+                cr[3] = _mm512_fmadd_ps(av, e3, cr[3]);
+            }
+        }
+        let op = out.as_mut_ptr();
+        for (r, cr) in c.iter().enumerate() {
+            for (k, v) in cr.iter().enumerate() {
+                _mm512_storeu_ps(op.add(r * TILE + 16 * k), *v);
+            }
+        }
+    }
+}
+
+#[cfg(target_arch = "x86_64")]
+#[target_feature(enable = "avx512f,avx512vl,avx2,fma")]
+#[allow(clippy::too_many_arguments)]
+pub(super) unsafe fn tile_avx512(
+    p: &ContrastProblem, a: &[f32], nperm: usize, v0: usize, observed: Option<&[f32]>,
+    maps: Option<Disjoint<f32>>, counts: Option<Disjoint<u32>>, packed: &mut Vec<f32>, ubuf: &mut Vec<f32>, maxes: &mut [f32],
+) {
+    tile_body(micro_avx512, p, a, nperm, v0, observed, maps, counts, packed, ubuf, maxes)
+}
+
+#[cfg(target_arch = "x86_64")]
+#[target_feature(enable = "avx2,fma")]
+#[allow(clippy::too_many_arguments)]
+pub(super) unsafe fn tile_avx2(
+    p: &ContrastProblem, a: &[f32], nperm: usize, v0: usize, observed: Option<&[f32]>,
+    maps: Option<Disjoint<f32>>, counts: Option<Disjoint<u32>>, packed: &mut Vec<f32>, ubuf: &mut Vec<f32>, maxes: &mut [f32],
+) {
+    microkernel!(micro_avx2, |a: f32, b: f32, c: f32| a.mul_add(b, c));
+    tile_body(micro_avx2, p, a, nperm, v0, observed, maps, counts, packed, ubuf, maxes)
+}
+
+#[allow(clippy::too_many_arguments)]
+pub(super) fn tile_portable(
+    p: &ContrastProblem, a: &[f32], nperm: usize, v0: usize, observed: Option<&[f32]>,
+    maps: Option<Disjoint<f32>>, counts: Option<Disjoint<u32>>, packed: &mut Vec<f32>, ubuf: &mut Vec<f32>, maxes: &mut [f32],
+) {
+    let _ = micro_fma; // kept for machines with FMA but without the x86 paths
+    tile_body(micro_plain, p, a, nperm, v0, observed, maps, counts, packed, ubuf, maxes)
+}
+

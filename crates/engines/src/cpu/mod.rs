@@ -1,0 +1,209 @@
+//! The CPU engine: the reference and the fallback.
+//!
+//! Work is split into voxel tiles of [`TILE`] voxels, processed in parallel (rayon). For a
+//! tile, the residuals are packed into a contiguous N x TILE block (L1-resident), then the
+//! batch's coefficient rows A (B*q x N) are multiplied into it [`ROWS`] rows at a time by a
+//! register-blocked microkernel (ROWS x TILE accumulators live in vector registers), into a
+//! small buffer of [`PERM_BLOCK`] permutations. A separate, vectorizable epilogue pass turns
+//! that buffer into statistics and keeps only the reductions (per-permutation maximum,
+//! per-voxel exceedance counts) and, on request, the maps. Nothing of size
+//! permutations x voxels is ever held, except the maps a caller explicitly asks for.
+//!
+//! The microkernel is compiled for AVX-512 and AVX2+FMA and picked at run time; elsewhere a
+//! portable version (no FMA) runs.
+use crate::error::{EngineError, Result};
+use crate::BatchResult;
+use kernels::Disjoint;
+use rayon::prelude::*;
+use std::ops::Range;
+use voxflip_stats::{ContrastProblem, PermSet};
+
+mod kernels;
+
+/// Voxels per tile (4 AVX-512 vectors).
+pub const TILE: usize = 64;
+/// Coefficient rows per microkernel call (ROWS x TILE accumulators = 24 zmm registers).
+pub const ROWS: usize = 6;
+/// Permutations per epilogue block: the U buffer is PERM_BLOCK*q x TILE floats (L1).
+pub const PERM_BLOCK: usize = 24;
+
+pub struct CpuEngine {
+    problem: Option<ContrastProblem>,
+    batch: usize,
+}
+
+impl Default for CpuEngine {
+    fn default() -> Self {
+        Self::new()
+    }
+}
+
+impl CpuEngine {
+    pub fn new() -> Self {
+        CpuEngine { problem: None, batch: 240 }
+    }
+    /// Which microkernel this machine runs.
+    pub fn isa() -> &'static str {
+        #[cfg(target_arch = "x86_64")]
+        {
+            if std::is_x86_feature_detected!("avx512f") {
+                return "avx512f";
+            }
+            if std::is_x86_feature_detected!("avx2") && std::is_x86_feature_detected!("fma") {
+                return "avx2+fma";
+            }
+        }
+        "portable"
+    }
+}
+
+impl CpuEngine {
+    /// What the engine is, for stderr and the sidecar.
+    pub fn describe(&self) -> String {
+        format!("cpu ({} threads, {})", rayon::current_num_threads(), Self::isa())
+    }
+
+    /// Keep `problem` for the batches that follow.
+    pub fn prepare(&mut self, problem: &ContrastProblem) -> Result<()> {
+        self.problem = Some(problem.clone());
+        Ok(())
+    }
+
+    /// The batch this engine prefers (permutations per call).
+    pub fn preferred_batch(&self) -> usize {
+        self.batch
+    }
+
+    /// Run permutations `range` of `perms`: the maximum statistic of each, with `observed`
+    /// the per-voxel exceedance counts, with `maps` (range.len() x V) every map.
+    pub fn run_batch(
+        &mut self,
+        perms: &PermSet,
+        range: Range<usize>,
+        observed: Option<&[f32]>,
+        maps: Option<&mut [f32]>,
+    ) -> Result<BatchResult> {
+        let p = self.problem.as_ref().ok_or_else(|| EngineError::Invalid("run_batch before prepare".into()))?;
+        let (n, v, q) = (p.n, p.v, p.q);
+        let nperm = range.len();
+        // Coefficient rows for the batch, padded with zero rows to a multiple of ROWS.
+        let rows = (nperm * q).div_ceil(ROWS) * ROWS + ROWS;
+        let mut a = vec![0f32; rows * n];
+        for (jj, j) in range.clone().enumerate() {
+            perms.coefficient_rows(j, &p.qbasis, q, &mut a[jj * q * n..(jj + 1) * q * n]);
+        }
+        let mut exceed = if observed.is_some() { vec![0u32; v] } else { Vec::new() };
+        let counts = observed.map(|_| Disjoint(exceed.as_mut_ptr()));
+        if range.end > perms.len() || perms.n != n {
+            return Err(EngineError::Invalid(format!("permutations {range:?} of {} with N = {} for N = {n}", perms.len(), perms.n)));
+        }
+        if observed.is_some_and(|o| o.len() != v) || maps.as_deref().is_some_and(|m| m.len() != nperm * v) {
+            return Err(EngineError::Invalid("observed map or maps buffer of the wrong size".into()));
+        }
+        let maps_ptr = maps.map(|m| Disjoint(m.as_mut_ptr()));
+        let ntiles = v.div_ceil(TILE);
+        let isa = Self::isa();
+        let max_stat = (0..ntiles)
+            .into_par_iter()
+            .fold(
+                || (vec![f32::NEG_INFINITY; nperm], Vec::new(), Vec::new()),
+                |(mut maxes, mut packed, mut ubuf), t| {
+                    let v0 = t * TILE;
+                    match isa {
+                        #[cfg(target_arch = "x86_64")]
+                        // SAFETY: the feature was detected at run time.
+                        "avx512f" => unsafe { kernels::tile_avx512(p, &a, nperm, v0, observed, maps_ptr, counts, &mut packed, &mut ubuf, &mut maxes) },
+                        #[cfg(target_arch = "x86_64")]
+                        "avx2+fma" => unsafe { kernels::tile_avx2(p, &a, nperm, v0, observed, maps_ptr, counts, &mut packed, &mut ubuf, &mut maxes) },
+                        _ => kernels::tile_portable(p, &a, nperm, v0, observed, maps_ptr, counts, &mut packed, &mut ubuf, &mut maxes),
+                    }
+                    (maxes, packed, ubuf)
+                },
+            )
+            .map(|(m, _, _)| m)
+            .reduce(|| vec![f32::NEG_INFINITY; nperm], |mut x, y| {
+                for (a, b) in x.iter_mut().zip(y) {
+                    *a = a.max(b);
+                }
+                x
+            });
+        Ok(BatchResult { max_stat, exceed })
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use voxflip_stats::{statistic, PermKind, StatKind};
+    use rand::{Rng, SeedableRng};
+
+    fn random_problem(n: usize, v: usize, q: usize, s: usize, kind: StatKind, seed: u64) -> ContrastProblem {
+        let mut rng = rand_chacha::ChaCha8Rng::seed_from_u64(seed);
+        let e: Vec<f32> = (0..n * v).map(|_| rng.random::<f32>() - 0.5).collect();
+        let qbasis: Vec<f32> = (0..n * q).map(|_| rng.random::<f32>() - 0.5).collect();
+        let ss: Vec<f32> = (0..v).map(|x| (0..n).map(|i| e[i * v + x] * e[i * v + x]).sum::<f32>() * 2.0).collect();
+        ContrastProblem { n, v, q, s, kind, dof: (n - q) as f32, qbasis, e, ss }
+    }
+
+    /// The engine equals a naive loop (coefficient rows, dot products, `statistic`), for odd
+    /// sizes that exercise partial tiles, partial row blocks and partial perm blocks.
+    #[test]
+    fn engine_matches_naive_loop() {
+        for &(n, v, q, s, kind, pk) in &[
+            (7usize, 1usize, 1usize, 1usize, StatKind::T, PermKind::SignFlip),
+            (13, 130, 2, 1, StatKind::T, PermKind::Permute),
+            (29, 65, 4, 3, StatKind::F, PermKind::Both),
+            (58, 200, 2, 1, StatKind::T, PermKind::SignFlip),
+        ] {
+            let p = random_problem(n, v, q, s, kind, n as u64);
+            let labels: Vec<u32> = (0..n as u32).collect();
+            let perms = PermSet::generate(n, pk, &labels, 53, 5).unwrap();
+            let mut eng = CpuEngine::new();
+            eng.prepare(&p).unwrap();
+            let observed: Vec<f32> = (0..v).map(|x| (x % 7) as f32 * 0.3 - 0.6).collect();
+            let mut maps = vec![0f32; perms.len() * v];
+            let res = eng.run_batch(&perms, 0..perms.len(), Some(&observed), Some(&mut maps)).unwrap();
+            let mut a = vec![0f32; q * n];
+            let mut u = vec![0f32; q];
+            let mut counts = vec![0u32; v];
+            for j in 0..perms.len() {
+                perms.coefficient_rows(j, &p.qbasis, q, &mut a);
+                let mut mx = f32::NEG_INFINITY;
+                for x in 0..v {
+                    for k in 0..q {
+                        // f64 accumulation: the oracle is more exact than the engine.
+                        u[k] = (0..n).map(|i| a[k * n + i] as f64 * p.e[i * v + x] as f64).sum::<f64>() as f32;
+                    }
+                    let t = statistic(kind, &u, s, p.ss[x], p.dof);
+                    let got = maps[j * v + x];
+                    // f32 sums of n terms of size ~0.25: error ~ n * 2^-24 * 0.25, relative
+                    // to u ~ sqrt(n) * 0.1; 1e-4 relative (plus 1e-5 absolute) is ample.
+                    assert!((got - t).abs() <= 1e-4 * t.abs() + 1e-5, "n={n} j={j} v={x}: {got} vs {t}");
+                    mx = mx.max(got);
+                    counts[x] += (got >= observed[x]) as u32;
+                }
+                assert_eq!(res.max_stat[j], mx);
+            }
+            assert_eq!(res.exceed, counts);
+        }
+    }
+
+    /// Splitting the permutations into batches changes nothing.
+    #[test]
+    fn batches_are_independent() {
+        let p = random_problem(20, 300, 2, 1, StatKind::T, 9);
+        let perms = PermSet::generate(20, PermKind::SignFlip, &[0; 20], 100, 1).unwrap();
+        let mut eng = CpuEngine::new();
+        eng.prepare(&p).unwrap();
+        let obs = vec![0.5f32; 300];
+        let whole = eng.run_batch(&perms, 0..100, Some(&obs), None).unwrap();
+        let a = eng.run_batch(&perms, 0..37, Some(&obs), None).unwrap();
+        let b = eng.run_batch(&perms, 37..100, Some(&obs), None).unwrap();
+        let mut joined = a.max_stat.clone();
+        joined.extend(&b.max_stat);
+        assert_eq!(whole.max_stat, joined);
+        let sum: Vec<u32> = a.exceed.iter().zip(&b.exceed).map(|(x, y)| x + y).collect();
+        assert_eq!(whole.exceed, sum);
+    }
+}
+

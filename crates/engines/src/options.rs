@@ -1,0 +1,81 @@
+//! How engines are chosen and tuned: option structs the binary fills from its flags and
+//! records in the sidecar. Nothing here is read from the environment.
+use serde::Serialize;
+use voxflip_shaders::GlmKernel;
+
+/// Which engine runs the permutations.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Serialize)]
+#[serde(rename_all = "lowercase")]
+pub enum Backend {
+    /// A hardware GPU when one exists, else the CPU engine.
+    #[default]
+    Auto,
+    /// The GPU engine (a software adapter such as lavapipe is accepted when asked for).
+    Gpu,
+    /// The multithreaded CPU engine.
+    Cpu,
+}
+
+/// Where the spatial statistics (TFCE, clusters) of the GPU engine's maps run.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Serialize)]
+#[serde(rename_all = "lowercase")]
+pub enum SpatialPlacement {
+    /// On the GPU engine's adapter when it is hardware; on the CPU after a software adapter
+    /// (lavapipe), where the CPU is far faster.
+    #[default]
+    Auto,
+    /// On the GPU engine's adapter, software adapters included (the tests run the spatial
+    /// shaders on lavapipe this way).
+    Gpu,
+    /// Always on the CPU.
+    Cpu,
+}
+
+/// Limits that size the GPU engine's work, overridden by tests so that small problems
+/// exercise chunking, dispatch splitting and grouped read-back. None: from the adapter.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Serialize)]
+pub struct GpuTuning {
+    /// Voxels per chunk of E at most.
+    pub chunk_voxels: Option<usize>,
+    /// Multiply-adds per dispatch and per submission at most.
+    pub max_macs_per_dispatch: Option<u64>,
+    /// Bytes of maps read back at once at most.
+    pub max_maps_bytes: Option<u64>,
+    /// Permutations per batch (instead of the size that keeps per-batch costs small).
+    pub batch: Option<usize>,
+}
+
+/// The GPU engine's options.
+#[derive(Clone, Debug, Default, PartialEq, Eq, Serialize)]
+pub struct GpuOptions {
+    /// Use the adapter whose name contains this (case-insensitive); None: the best one.
+    pub adapter: Option<String>,
+    /// The glm_stat kernel; None: the fastest the adapter allows.
+    #[serde(serialize_with = "kernel_name")]
+    pub kernel: Option<GlmKernel>,
+    /// Compile the Wide kernels without wgpu's runtime checks (benchmarks; see
+    /// `GpuEngine::set_unchecked`).
+    pub unchecked: bool,
+    /// Time every glm_stat pass with GPU timestamps, where the adapter has them.
+    pub timestamps: bool,
+    /// Where the spatial statistics of this engine's maps run.
+    pub spatial: SpatialPlacement,
+    pub tuning: GpuTuning,
+    /// Test harness: the device fails (as if lost) at this batch, counting from 1, and stays
+    /// failed, so that the fallback to the CPU can be tested on any adapter.
+    pub fail_at_batch: Option<usize>,
+}
+
+fn kernel_name<S: serde::Serializer>(k: &Option<GlmKernel>, s: S) -> Result<S::Ok, S::Error> {
+    match k {
+        Some(k) => s.serialize_some(k.name()),
+        None => s.serialize_none(),
+    }
+}
+
+/// Everything that chooses and configures the engines of a run.
+#[derive(Clone, Debug, Default, PartialEq, Eq, Serialize)]
+pub struct EngineOptions {
+    pub backend: Backend,
+    pub gpu: GpuOptions,
+}

@@ -1,0 +1,182 @@
+//! The data matrix Y (N images x V in-mask voxels) and the grid it came from.
+use crate::error::{Error, Result};
+use crate::nifti::{Header, Image};
+use std::path::{Path, PathBuf};
+
+/// In-mask data, ready for the GLM.
+#[derive(Clone, Debug)]
+pub struct Dataset {
+    /// Images (rows).
+    pub n: usize,
+    /// In-mask voxels (columns).
+    pub v: usize,
+    /// N x V, row-major: y[i * v + vox].
+    pub y: Vec<f32>,
+    pub dims: [usize; 3],
+    /// Linear grid indices (x fastest) of the in-mask voxels, ascending.
+    pub voxels: Vec<u32>,
+    pub affine: [[f64; 4]; 3],
+    pub pixdim: [f32; 3],
+    /// Header outputs are written with (the input's sform/qform).
+    pub reference: Header,
+    /// Where the data came from, for messages.
+    pub source: PathBuf,
+}
+
+fn same_grid(a: &Image, b: &Image) -> bool {
+    a.dims == b.dims && (0..3).all(|r| (0..4).all(|c| (a.affine[r][c] - b.affine[r][c]).abs() < 1e-3))
+}
+
+fn voxel_xyz(dims: [usize; 3], lin: usize) -> (usize, usize, usize) {
+    (lin % dims[0], (lin / dims[0]) % dims[1], lin / (dims[0] * dims[1]))
+}
+
+impl Dataset {
+    /// Build from a 4D image and an optional mask image. Without a mask, every voxel whose
+    /// values are finite and not all equal is used (as randomise does). With a mask, every
+    /// in-mask voxel must be finite and vary across images: an error says which do not.
+    pub fn from_image(img: &Image, img_path: &Path, mask: Option<(&Image, &Path)>) -> Result<Dataset> {
+        let n = img.nvol;
+        if n < 2 {
+            return Err(Error::input(img_path, format!("has {} volume(s); a group analysis needs a 4D image with one volume per image", n)));
+        }
+        let nvox = img.nvox();
+        let varies = |lin: usize| -> (bool, bool) {
+            let first = img.data[lin];
+            let mut finite = first.is_finite();
+            let mut differs = false;
+            for t in 1..n {
+                let x = img.data[t * nvox + lin];
+                finite &= x.is_finite();
+                differs |= x != first;
+            }
+            (finite, differs)
+        };
+        let voxels: Vec<u32> = match mask {
+            Some((m, mpath)) => {
+                if m.nvol != 1 {
+                    return Err(Error::input(mpath, format!("a mask must be 3D, this has {} volumes", m.nvol)));
+                }
+                if !same_grid(m, img) {
+                    return Err(Error::input(
+                        mpath,
+                        format!(
+                            "mask grid {}x{}x{} (or its orientation) does not match the data {} ({}x{}x{})",
+                            m.dims[0], m.dims[1], m.dims[2], img_path.display(), img.dims[0], img.dims[1], img.dims[2]
+                        ),
+                    ));
+                }
+                let vox: Vec<u32> = (0..nvox).filter(|&l| m.data[l].is_finite() && m.data[l] > 0.0).map(|l| l as u32).collect();
+                if vox.is_empty() {
+                    return Err(Error::input(mpath, "the mask is empty (no voxel > 0)"));
+                }
+                let mut nonfinite = (0usize, None);
+                let mut constant = (0usize, None);
+                for &l in &vox {
+                    let (finite, differs) = varies(l as usize);
+                    if !finite {
+                        nonfinite.0 += 1;
+                        nonfinite.1.get_or_insert(l);
+                    } else if !differs {
+                        constant.0 += 1;
+                        constant.1.get_or_insert(l);
+                    }
+                }
+                if let (c, Some(l)) = nonfinite {
+                    let (x, y, z) = voxel_xyz(img.dims, l as usize);
+                    return Err(Error::input(
+                        img_path,
+                        format!("{c} in-mask voxels hold NaN or Inf (first at voxel {x},{y},{z}); fix the data or exclude them from {}", mpath.display()),
+                    ));
+                }
+                if let (c, Some(l)) = constant {
+                    let (x, y, z) = voxel_xyz(img.dims, l as usize);
+                    return Err(Error::input(
+                        img_path,
+                        format!(
+                            "{c} in-mask voxels are constant across all {n} volumes (first at voxel {x},{y},{z}); exclude them from {} or omit -m to use every varying voxel",
+                            mpath.display()
+                        ),
+                    ));
+                }
+                vox
+            }
+            None => {
+                let vox: Vec<u32> = (0..nvox).filter(|&l| { let (f, d) = varies(l); f && d }).map(|l| l as u32).collect();
+                if vox.is_empty() {
+                    return Err(Error::input(img_path, "no voxel varies across volumes (and none is finite and non-constant): nothing to test"));
+                }
+                vox
+            }
+        };
+        let v = voxels.len();
+        let mut y = vec![0f32; n * v];
+        for i in 0..n {
+            let vol = img.volume(i);
+            let row = &mut y[i * v..(i + 1) * v];
+            for (r, &l) in row.iter_mut().zip(&voxels) {
+                *r = vol[l as usize];
+            }
+        }
+        Ok(Dataset {
+            n,
+            v,
+            y,
+            dims: img.dims,
+            voxels,
+            affine: img.affine,
+            pixdim: img.pixdim,
+            reference: img.header.clone(),
+            source: img_path.to_path_buf(),
+        })
+    }
+
+    /// Put in-mask values back on the full grid (0 outside the mask).
+    pub fn expand(&self, values: &[f32]) -> Vec<f32> {
+        let mut full = vec![0f32; self.dims[0] * self.dims[1] * self.dims[2]];
+        for (&l, &x) in self.voxels.iter().zip(values) {
+            full[l as usize] = x;
+        }
+        full
+    }
+
+    /// Volume of one voxel in mm^3.
+    pub fn voxel_volume(&self) -> f64 {
+        self.pixdim.iter().map(|&p| p.abs() as f64).product()
+    }
+}
+
+/// Stack 3D images (one per subject) into one 4D image; all must share the first's grid.
+pub fn stack(images: Vec<(Image, PathBuf)>) -> Result<Image> {
+    let (first, _) = &images[0];
+    let nvox = first.nvox();
+    let mut data = Vec::with_capacity(nvox * images.len());
+    for (img, path) in &images {
+        if img.nvol != 1 {
+            return Err(Error::input(path, format!("expected one 3D map per subject, found {} volumes", img.nvol)));
+        }
+        if !same_grid(img, first) {
+            return Err(Error::input(path, format!("grid differs from {}", images[0].1.display())));
+        }
+        data.extend_from_slice(&img.data);
+    }
+    let mut out = first.clone();
+    out.nvol = images.len();
+    out.data = data;
+    Ok(out)
+}
+
+/// post - pre, volume by volume; both must be on the same grid with the same count.
+pub fn difference(pre: &Image, pre_path: &Path, post: &Image, post_path: &Path) -> Result<Image> {
+    if !same_grid(pre, post) {
+        return Err(Error::input(post_path, format!("grid differs from {}", pre_path.display())));
+    }
+    if pre.nvol != post.nvol {
+        return Err(Error::input(post_path, format!("has {} volumes but {} has {}", post.nvol, pre_path.display(), pre.nvol)));
+    }
+    let mut out = pre.clone();
+    for (o, &b) in out.data.iter_mut().zip(&post.data) {
+        *o = b - *o;
+    }
+    Ok(out)
+}

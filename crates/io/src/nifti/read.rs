@@ -1,0 +1,330 @@
+//! Reading NIfTI-1 and NIfTI-2 files of any supported datatype into f32.
+use super::affine::affine_of;
+use super::Image;
+use crate::error::{io_msg, Error, Result};
+use flate2::read::MultiGzDecoder;
+use nifti::{Endianness, NiftiHeader};
+use std::io::Read;
+use std::path::Path;
+
+/// NIfTI datatype codes this reader decodes (the same codes in NIfTI-1 and NIfTI-2).
+const DT_UINT8: i64 = 2;
+const DT_INT16: i64 = 4;
+const DT_INT32: i64 = 8;
+const DT_FLOAT32: i64 = 16;
+const DT_FLOAT64: i64 = 64;
+const DT_INT8: i64 = 256;
+const DT_UINT16: i64 = 512;
+const DT_UINT32: i64 = 768;
+const DT_INT64: i64 = 1024;
+const DT_UINT64: i64 = 1280;
+
+/// Bytes per element for a supported datatype; `None` for the rest (complex, RGB, float128).
+fn datatype_size(dt: i64) -> Option<usize> {
+    Some(match dt {
+        DT_UINT8 | DT_INT8 => 1,
+        DT_INT16 | DT_UINT16 => 2,
+        DT_INT32 | DT_UINT32 | DT_FLOAT32 => 4,
+        DT_FLOAT64 | DT_INT64 | DT_UINT64 => 8,
+        _ => return None,
+    })
+}
+
+/// A name for the datatype code, so "unsupported datatype" messages are readable.
+fn datatype_name(dt: i64) -> String {
+    let name = match dt {
+        0 => "unknown",
+        1 => "binary",
+        32 => "complex64",
+        128 => "RGB24",
+        1536 => "float128",
+        1792 => "complex128",
+        2048 => "complex256",
+        2304 => "RGBA32",
+        _ => return format!("code {dt}"),
+    };
+    format!("{name} (code {dt})")
+}
+
+/// The parts of either header version that reading needs, in wide types.
+struct Layout {
+    /// dim[0..8] as stored (dim[0] = number of dimensions).
+    dim: [i64; 8],
+    datatype: i64,
+    vox_offset: u64,
+    /// Minimum legal vox_offset for this version (header plus 4-byte extension flag).
+    min_offset: u64,
+    scl_slope: f64,
+    scl_inter: f64,
+    big_endian: bool,
+}
+
+/// Read a .nii or .nii.gz (NIfTI-1 or NIfTI-2). Errors name the file and the problem.
+///
+/// Compression is detected from the gzip magic bytes, not the file name, so a mislabelled
+/// file still reads. scl_slope/scl_inter are applied as the NIfTI standard says (a slope of
+/// 0 or a non-finite slope means "no scaling"), computing in f64 before rounding to f32.
+pub fn read_image(path: &Path) -> Result<Image> {
+    let bytes = read_all(path)?;
+    let err = |msg: String| Error::input(path, msg);
+
+    if bytes.len() < 4 {
+        return Err(err(format!("not a NIfTI file (only {} bytes)", bytes.len())));
+    }
+    let le = i32::from_le_bytes(bytes[0..4].try_into().unwrap());
+    let be = i32::from_be_bytes(bytes[0..4].try_into().unwrap());
+    let (layout, header) = if le == 348 || be == 348 {
+        parse_nifti1(&bytes, be == 348 && le != 348).map_err(err)?
+    } else if le == 540 || be == 540 {
+        parse_nifti2(&bytes, be == 540 && le != 540).map_err(err)?
+    } else {
+        return Err(err("not a NIfTI file (header size is neither 348 nor 540)".into()));
+    };
+
+    let (dims, nvol) = shape_of(&layout.dim).map_err(err)?;
+    let esize = datatype_size(layout.datatype)
+        .ok_or_else(|| err(format!("unsupported datatype {}", datatype_name(layout.datatype))))?;
+    let n = dims[0]
+        .checked_mul(dims[1])
+        .and_then(|v| v.checked_mul(dims[2]))
+        .and_then(|v| v.checked_mul(nvol))
+        .ok_or_else(|| err("image dimensions are too large".into()))?;
+    let nbytes = n.checked_mul(esize).ok_or_else(|| err("image dimensions are too large".into()))?;
+    let offset = layout.vox_offset.max(layout.min_offset);
+    let offset = usize::try_from(offset).map_err(|_| err("vox_offset is too large".into()))?;
+    let available = bytes.len().saturating_sub(offset);
+    if available < nbytes {
+        return Err(err(format!(
+            "data shorter than the header says (expected {nbytes} bytes after offset {offset}, found {available}): truncated file?"
+        )));
+    }
+    let raw = &bytes[offset..offset + nbytes];
+    let scale = if layout.scl_slope != 0.0 && layout.scl_slope.is_finite() {
+        let inter = if layout.scl_inter.is_finite() { layout.scl_inter } else { 0.0 };
+        Some((layout.scl_slope, inter))
+    } else {
+        None
+    };
+    let data = decode(raw, layout.datatype, layout.big_endian, scale);
+
+    let pixdim = [header.pixdim[1], header.pixdim[2], header.pixdim[3]];
+    let affine = affine_of(&header);
+    Ok(Image { dims, nvol, pixdim, affine, header, data })
+}
+
+/// Read the file, decompressing if it starts with the gzip magic. Multi-member gzip
+/// streams (as some tools write) are read whole.
+fn read_all(path: &Path) -> Result<Vec<u8>> {
+    let raw = std::fs::read(path).map_err(|e| Error::input(path, format!("cannot read: {}", io_msg(&e))))?;
+    if raw.len() >= 2 && raw[0] == 0x1f && raw[1] == 0x8b {
+        // The gzip trailer holds the uncompressed size mod 2^32: a good capacity hint for
+        // images under 4 GiB, which avoids repeated reallocation of large 4D files.
+        let isize = u32::from_le_bytes(raw[raw.len().saturating_sub(4)..].try_into().unwrap_or([0; 4])) as usize;
+        let hint = if isize >= raw.len() && isize / 1100 <= raw.len() { isize } else { raw.len().saturating_mul(3) };
+        let mut out = Vec::with_capacity(hint);
+        MultiGzDecoder::new(&raw[..])
+            .read_to_end(&mut out)
+            .map_err(|e| Error::input(path, format!("corrupt or truncated gzip data ({})", io_msg(&e))))?;
+        Ok(out)
+    } else {
+        Ok(raw)
+    }
+}
+
+/// NIfTI-1: header via the nifti crate, after checking the magic and that the byte order
+/// the crate inferred (from dim[0]) agrees with the one sizeof_hdr implies.
+fn parse_nifti1(bytes: &[u8], big_endian: bool) -> std::result::Result<(Layout, NiftiHeader), String> {
+    if bytes.len() < 348 {
+        return Err(format!("truncated NIfTI-1 header ({} of 348 bytes)", bytes.len()));
+    }
+    match &bytes[344..348] {
+        b"n+1\0" => {}
+        b"ni1\0" => return Err("header/image pairs (.hdr/.img) are not supported; convert to .nii".into()),
+        _ => return Err("not a NIfTI file (bad magic)".into()),
+    }
+    let h = NiftiHeader::from_reader(&bytes[..348]).map_err(|e| format!("corrupt NIfTI-1 header ({e})"))?;
+    let crate_big = h.endianness == Endianness::Big;
+    if crate_big != big_endian {
+        return Err(format!("corrupt NIfTI-1 header (invalid dim[0] = {})", h.dim[0]));
+    }
+    let mut dim = [0i64; 8];
+    for (d, &v) in dim.iter_mut().zip(h.dim.iter()) {
+        // dim is signed short in the standard; the crate reads it unsigned.
+        *d = v as i16 as i64;
+    }
+    let vox_offset = if h.vox_offset.is_finite() && h.vox_offset > 0.0 { h.vox_offset as u64 } else { 0 };
+    let layout = Layout {
+        dim,
+        datatype: h.datatype as i64,
+        vox_offset,
+        min_offset: 352,
+        scl_slope: h.scl_slope as f64,
+        scl_inter: h.scl_inter as f64,
+        big_endian,
+    };
+    Ok((layout, h))
+}
+
+/// Fixed-offset reads from a header in a given byte order.
+struct Fields<'a> {
+    b: &'a [u8],
+    big: bool,
+}
+
+impl Fields<'_> {
+    fn arr<const N: usize>(&self, off: usize) -> [u8; N] {
+        self.b[off..off + N].try_into().unwrap()
+    }
+    fn i32(&self, off: usize) -> i32 {
+        let a = self.arr(off);
+        if self.big { i32::from_be_bytes(a) } else { i32::from_le_bytes(a) }
+    }
+    fn i64(&self, off: usize) -> i64 {
+        let a = self.arr(off);
+        if self.big { i64::from_be_bytes(a) } else { i64::from_le_bytes(a) }
+    }
+    fn i16(&self, off: usize) -> i16 {
+        let a = self.arr(off);
+        if self.big { i16::from_be_bytes(a) } else { i16::from_le_bytes(a) }
+    }
+    fn f64(&self, off: usize) -> f64 {
+        let a = self.arr(off);
+        if self.big { f64::from_be_bytes(a) } else { f64::from_le_bytes(a) }
+    }
+}
+
+/// NIfTI-2: parse the 540-byte header by hand and build the equivalent NIfTI-1 header.
+fn parse_nifti2(bytes: &[u8], big_endian: bool) -> std::result::Result<(Layout, NiftiHeader), String> {
+    if bytes.len() < 540 {
+        return Err(format!("truncated NIfTI-2 header ({} of 540 bytes)", bytes.len()));
+    }
+    if &bytes[4..12] != b"n+2\0\r\n\x1a\n" {
+        return Err("not a NIfTI file (bad magic)".into());
+    }
+    let f = Fields { b: bytes, big: big_endian };
+    let datatype = f.i16(12) as i64;
+    let mut dim = [0i64; 8];
+    for (i, d) in dim.iter_mut().enumerate() {
+        *d = f.i64(16 + 8 * i);
+    }
+    let mut pixdim = [0f32; 8];
+    for (i, p) in pixdim.iter_mut().enumerate() {
+        *p = f.f64(104 + 8 * i) as f32;
+    }
+    let vox_offset = f.i64(168);
+    let scl_slope = f.f64(176);
+    let scl_inter = f.f64(184);
+    let srow = |off: usize| [f.f64(off) as f32, f.f64(off + 8) as f32, f.f64(off + 16) as f32, f.f64(off + 24) as f32];
+
+    // The NIfTI-1 form stores dims as 16-bit; validate the shape first so the messages
+    // about 5D or zero-sized images take precedence over this representation limit.
+    shape_of(&dim)?;
+    let mut dim16 = [1u16; 8];
+    for (i, &d) in dim.iter().enumerate() {
+        if i <= dim[0] as usize {
+            dim16[i] = u16::try_from(d)
+                .ok()
+                .filter(|&v| v <= i16::MAX as u16)
+                .ok_or_else(|| format!("dimension {d} is too large (at most {} supported)", i16::MAX))?;
+        }
+    }
+    let clamp16 = |v: i64| v.clamp(i16::MIN as i64, i16::MAX as i64) as i16;
+    let header = NiftiHeader {
+        sizeof_hdr: 348,
+        dim_info: bytes[524],
+        dim: dim16,
+        intent_p1: f.f64(80) as f32,
+        intent_p2: f.f64(88) as f32,
+        intent_p3: f.f64(96) as f32,
+        intent_code: clamp16(f.i32(504) as i64),
+        datatype: clamp16(datatype),
+        bitpix: f.i16(14),
+        slice_start: clamp16(f.i64(224)),
+        pixdim,
+        vox_offset: 352.0,
+        scl_slope: scl_slope as f32,
+        scl_inter: scl_inter as f32,
+        slice_end: clamp16(f.i64(232)),
+        slice_code: f.i32(496).clamp(0, 255) as u8,
+        xyzt_units: f.i32(500).clamp(0, 255) as u8,
+        cal_max: f.f64(192) as f32,
+        cal_min: f.f64(200) as f32,
+        slice_duration: f.f64(208) as f32,
+        toffset: f.f64(216) as f32,
+        descrip: bytes[240..320].to_vec(),
+        aux_file: bytes[320..344].try_into().unwrap(),
+        qform_code: clamp16(f.i32(344) as i64),
+        sform_code: clamp16(f.i32(348) as i64),
+        quatern_b: f.f64(352) as f32,
+        quatern_c: f.f64(360) as f32,
+        quatern_d: f.f64(368) as f32,
+        quatern_x: f.f64(376) as f32,
+        quatern_y: f.f64(384) as f32,
+        quatern_z: f.f64(392) as f32,
+        srow_x: srow(400),
+        srow_y: srow(432),
+        srow_z: srow(464),
+        intent_name: bytes[508..524].try_into().unwrap(),
+        magic: *b"n+1\0",
+        endianness: Endianness::Little,
+        ..NiftiHeader::default()
+    };
+    let layout = Layout {
+        dim,
+        datatype,
+        vox_offset: vox_offset.max(0) as u64,
+        min_offset: 544,
+        scl_slope,
+        scl_inter,
+        big_endian,
+    };
+    Ok((layout, header))
+}
+
+/// Spatial dims and volume count from a dim[] array; 5D+ (any dim[5..] > 1) is refused,
+/// as is any zero or negative extent in the used dimensions.
+fn shape_of(dim: &[i64; 8]) -> std::result::Result<([usize; 3], usize), String> {
+    let nd = dim[0];
+    if !(1..=7).contains(&nd) {
+        return Err(format!("invalid number of dimensions (dim[0] = {nd})"));
+    }
+    let nd = nd as usize;
+    let used = &dim[1..=nd];
+    if used.iter().any(|&d| d <= 0) {
+        return Err(format!("zero-sized or negative dimension (dim = {:?})", used));
+    }
+    if nd > 4 && used[4..].iter().any(|&d| d > 1) {
+        return Err(format!("5D images are not supported (dim = {:?})", used));
+    }
+    let get = |i: usize| if i <= nd { dim[i] as usize } else { 1 };
+    Ok(([get(1), get(2), get(3)], get(4)))
+}
+
+/// Convert raw voxel bytes to f32, applying (slope, inter) in f64 when given.
+fn decode(raw: &[u8], dt: i64, big: bool, scale: Option<(f64, f64)>) -> Vec<f32> {
+    macro_rules! conv {
+        ($t:ty, $n:expr) => {{
+            let it = raw.chunks_exact($n).map(|c| {
+                let a: [u8; $n] = c.try_into().unwrap();
+                if big { <$t>::from_be_bytes(a) } else { <$t>::from_le_bytes(a) }
+            });
+            match scale {
+                Some((s, i)) => it.map(|v| (v as f64 * s + i) as f32).collect(),
+                None => it.map(|v| v as f32).collect(),
+            }
+        }};
+    }
+    match dt {
+        DT_UINT8 => conv!(u8, 1),
+        DT_INT8 => conv!(i8, 1),
+        DT_INT16 => conv!(i16, 2),
+        DT_UINT16 => conv!(u16, 2),
+        DT_INT32 => conv!(i32, 4),
+        DT_UINT32 => conv!(u32, 4),
+        DT_FLOAT32 => conv!(f32, 4),
+        DT_FLOAT64 => conv!(f64, 8),
+        DT_INT64 => conv!(i64, 8),
+        DT_UINT64 => conv!(u64, 8),
+        _ => unreachable!("datatype checked by datatype_size"),
+    }
+}

@@ -1,0 +1,204 @@
+//! A set of output files written under temporary names and renamed together at the end,
+//! so a failed run leaves nothing partial behind.
+//!
+//! Each output is written to a hidden temporary file in the same directory as its final
+//! name (same directory, so the rename is atomic on one filesystem), named
+//! `.voxflip-{pid}-{stem}{ext}`: the pid keeps concurrent runs apart, and the extension
+//! stays last because the NIfTI writer picks compression from it. `commit` renames them
+//! all; dropping an uncommitted set (an error, a panic unwinding) deletes the temporaries.
+use crate::error::{Error, Result};
+use std::path::{Path, PathBuf};
+
+/// Outputs pending under temporary names. See the module documentation.
+#[derive(Debug, Default)]
+pub struct OutputSet {
+    /// (temporary, final) pairs not yet renamed, in the order they were first requested.
+    pending: Vec<(PathBuf, PathBuf)>,
+}
+
+impl OutputSet {
+    pub fn new() -> Self {
+        Self::default()
+    }
+
+    /// Check, before any work is done, that the directory an output prefix points into
+    /// exists and is writable. See [`check_dir`].
+    pub fn check_dir(prefix_path: &Path) -> Result<()> {
+        check_dir(prefix_path)
+    }
+
+    /// Final paths of everything written so far (for the provenance record).
+    pub fn planned(&self) -> Vec<PathBuf> {
+        self.pending.iter().map(|(_, f)| f.clone()).collect()
+    }
+
+    /// The temporary path for `final_path`, registering it for `commit`/cleanup. Asking
+    /// twice for the same final path returns the same temporary.
+    pub fn temp_for(&mut self, final_path: &Path) -> PathBuf {
+        if let Some((tmp, _)) = self.pending.iter().find(|(_, f)| f == final_path) {
+            return tmp.clone();
+        }
+        let name = final_path.file_name().map(|n| n.to_string_lossy().into_owned()).unwrap_or_default();
+        let (stem, ext) = split_ext(&name);
+        let tmp_name = format!(".voxflip-{}-{stem}{ext}", std::process::id());
+        let tmp = final_path.with_file_name(tmp_name);
+        self.pending.push((tmp.clone(), final_path.to_path_buf()));
+        tmp
+    }
+
+    /// Write a text output (a table, provenance JSON, a report) under its temporary name.
+    pub fn write_text(&mut self, final_path: &Path, text: &str) -> Result<()> {
+        let tmp = self.temp_for(final_path);
+        std::fs::write(&tmp, text).map_err(|e| Error::output(final_path, crate::io_msg(&e)))
+    }
+
+    /// Write a 3D float32 map (see [`crate::nifti::write_map`]) under its temporary name.
+    pub fn write_map(&mut self, final_path: &Path, reference: &crate::Header, dims: [usize; 3], data: &[f32]) -> Result<()> {
+        self.write_image(final_path, reference, dims, 1, data)
+    }
+
+    /// Write a 3D or 4D float32 image (see [`crate::nifti::write_image`]) under its
+    /// temporary name.
+    pub fn write_image(&mut self, final_path: &Path, reference: &crate::Header, dims: [usize; 3], nvol: usize, data: &[f32]) -> Result<()> {
+        let tmp = self.temp_for(final_path);
+        crate::nifti::write_image(&tmp, reference, dims, nvol, data).map_err(|e| match e {
+            // Name the file the user asked for, not the hidden temporary.
+            Error::Output { msg, .. } => Error::output(final_path, msg),
+            other => other,
+        })
+    }
+
+    /// Rename every temporary to its final name and return the final paths, in the order
+    /// they were first requested. If a rename fails, the outputs already renamed stay and the
+    /// rest are deleted (when the set drops); the error names the output that failed.
+    pub fn commit(mut self) -> Result<Vec<PathBuf>> {
+        let mut done = Vec::with_capacity(self.pending.len());
+        while !self.pending.is_empty() {
+            let (tmp, fin) = self.pending.remove(0);
+            if let Err(e) = std::fs::rename(&tmp, &fin) {
+                let _ = std::fs::remove_file(&tmp);
+                return Err(Error::output(&fin, format!("cannot rename from {}: {}", tmp.display(), crate::io_msg(&e))));
+            }
+            done.push(fin);
+        }
+        Ok(done)
+    }
+}
+
+impl Drop for OutputSet {
+    /// Remove temporaries that were never committed; a missing one (never written) is fine.
+    fn drop(&mut self) {
+        for (tmp, _) in self.pending.drain(..) {
+            let _ = std::fs::remove_file(tmp);
+        }
+    }
+}
+
+/// Split a file name into stem and extension, treating ".nii.gz" as one extension.
+fn split_ext(name: &str) -> (&str, &str) {
+    if let Some(stem) = name.strip_suffix(".nii.gz") {
+        return (stem, &name[stem.len()..]);
+    }
+    match name.rfind('.') {
+        Some(i) if i > 0 => (&name[..i], &name[i..]),
+        _ => (name, ""),
+    }
+}
+
+/// Check that the directory an output prefix points into exists and is writable, so a
+/// run fails in its first second rather than after hours of permutations. `prefix_path` is
+/// the output prefix (e.g. `results/study1`, whose directory is `results`; a bare name
+/// means the current directory). Writability is tested by creating and removing a file.
+pub fn check_dir(prefix_path: &Path) -> Result<()> {
+    let dir = match prefix_path.parent() {
+        Some(p) if !p.as_os_str().is_empty() => p,
+        _ => Path::new("."),
+    };
+    match std::fs::metadata(dir) {
+        Ok(m) if m.is_dir() => {}
+        Ok(_) => return Err(Error::output(dir, "output directory is not a directory")),
+        Err(_) => return Err(Error::output(dir, "output directory does not exist")),
+    }
+    let probe = dir.join(format!(".voxflip-{}-probe", std::process::id()));
+    match std::fs::OpenOptions::new().write(true).create_new(true).open(&probe) {
+        Ok(_) => {
+            let _ = std::fs::remove_file(&probe);
+            Ok(())
+        }
+        Err(e) if e.kind() == std::io::ErrorKind::AlreadyExists => Ok(()),
+        Err(e) => Err(Error::output(dir, format!("output directory is not writable ({})", crate::io_msg(&e)))),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn names(dir: &Path) -> Vec<String> {
+        let mut v: Vec<String> = std::fs::read_dir(dir).unwrap().map(|e| e.unwrap().file_name().to_string_lossy().into_owned()).collect();
+        v.sort();
+        v
+    }
+
+    fn header() -> crate::Header {
+        crate::nifti::header_from_affine([2, 2, 2], [1.0; 3], [[1.0, 0.0, 0.0, 0.0], [0.0, 1.0, 0.0, 0.0], [0.0, 0.0, 1.0, 0.0]], 4)
+    }
+
+    #[test]
+    fn temp_names_keep_extension() {
+        let mut o = OutputSet::new();
+        let pid = std::process::id();
+        assert_eq!(o.temp_for(Path::new("d/out_tstat1.nii.gz")), PathBuf::from(format!("d/.voxflip-{pid}-out_tstat1.nii.gz")));
+        assert_eq!(o.temp_for(Path::new("d/out.clusters.tsv")), PathBuf::from(format!("d/.voxflip-{pid}-out.clusters.tsv")));
+        assert_eq!(o.temp_for(Path::new("README")), PathBuf::from(format!(".voxflip-{pid}-README")));
+        assert_eq!(o.temp_for(Path::new("d/out_tstat1.nii.gz")), PathBuf::from(format!("d/.voxflip-{pid}-out_tstat1.nii.gz")));
+        assert_eq!(o.pending.len(), 3);
+        o.pending.clear();
+    }
+
+    #[test]
+    fn commit_renames_all() {
+        let d = tempfile::tempdir().unwrap();
+        let mut o = OutputSet::new();
+        let map = d.path().join("out_tstat1.nii.gz");
+        let txt = d.path().join("out_provenance.json");
+        o.write_map(&map, &header(), [2, 2, 2], &[1.5; 8]).unwrap();
+        o.write_text(&txt, "{}\n").unwrap();
+        assert!(!map.exists() && !txt.exists());
+        assert_eq!(names(d.path()).len(), 2);
+        let done = o.commit().unwrap();
+        assert_eq!(done, vec![map.clone(), txt.clone()]);
+        assert_eq!(names(d.path()), vec!["out_provenance.json", "out_tstat1.nii.gz"]);
+        assert_eq!(crate::nifti::read_image(&map).unwrap().data, vec![1.5; 8]);
+        assert_eq!(std::fs::read_to_string(&txt).unwrap(), "{}\n");
+    }
+
+    #[test]
+    fn drop_removes_uncommitted() {
+        let d = tempfile::tempdir().unwrap();
+        {
+            let mut o = OutputSet::new();
+            o.write_map(&d.path().join("a.nii.gz"), &header(), [2, 2, 2], &[0.0; 8]).unwrap();
+            o.write_text(&d.path().join("b.txt"), "x").unwrap();
+            // A failed write names the final file, not the temporary.
+            let e = o.write_map(&d.path().join("c.nii.gz"), &header(), [2, 2, 2], &[0.0; 3]).unwrap_err().to_string();
+            assert!(e.contains("c.nii.gz: cannot write") && !e.contains(".voxflip-"), "{e}");
+            assert_eq!(names(d.path()).len(), 2);
+        }
+        assert!(names(d.path()).is_empty());
+    }
+
+    #[test]
+    fn check_dir_reports_missing_and_accepts_existing() {
+        let d = tempfile::tempdir().unwrap();
+        OutputSet::check_dir(&d.path().join("prefix")).unwrap();
+        check_dir(Path::new("bare_prefix")).unwrap();
+        let e = check_dir(&d.path().join("nope/prefix")).unwrap_err().to_string();
+        assert!(e.contains("nope: cannot write: output directory does not exist") && !e.contains('\n'), "{e}");
+        let f = d.path().join("file");
+        std::fs::write(&f, "").unwrap();
+        let e = check_dir(&f.join("prefix")).unwrap_err().to_string();
+        assert!(e.contains("not a directory"), "{e}");
+        assert_eq!(names(d.path()), vec!["file"]);
+    }
+}

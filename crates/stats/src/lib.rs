@@ -1,0 +1,23 @@
+//! voxflip's statistics, from a design to p-values (DESIGN.md): pure Rust, no GPU, no I/O,
+//! no printing.
+//!
+//! - [`design`]: designs and contrasts, validated (VEST matrices, the one-sample test, the
+//!   group-by-time interaction, `-D`);
+//! - [`model`]: the partitioned GLM of one contrast (Beckmann partitioning, Freedman–Lane),
+//!   and the [`problem`] it hands to an engine with the one statistic formula;
+//! - [`perm`]: seeded permutation sets, exhaustive or random, with exchangeability blocks;
+//! - [`inference`]: max-statistic nulls and p-values;
+//! - [`spatial`]: mask graphs, cluster extent and mass, TFCE, cluster tables, and the
+//!   spatial nulls of permutation maps.
+pub mod design;
+pub mod inference;
+pub mod model;
+pub mod perm;
+pub mod problem;
+pub mod spatial;
+
+pub use design::{Contrast, Design, DesignError};
+pub use inference::{corrected_p, uncorrected_p, with_identity_floor, MaxStatNull, PScale};
+pub use model::{column_basis, identical_row_labels, rank, ContrastModel};
+pub use perm::{Blocks, PermKind, PermSet};
+pub use problem::{statistic, statistic_of_sums, ContrastProblem, StatKind};

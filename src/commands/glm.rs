@@ -1,0 +1,97 @@
+//! The randomise-style general GLM: `voxflip -i 4D -d design.mat -t design.con ...`.
+use super::read_mask;
+use crate::cli::GlmArgs;
+use crate::error::{Error, Result};
+use crate::pipeline;
+use crate::summary::print_summary;
+use std::path::Path;
+use voxflip_io::{Dataset, Vest};
+use voxflip_stats::design::Matrix;
+use voxflip_stats::{Blocks, Design, DesignError, PermKind};
+
+pub fn run(g: &GlmArgs, args: &[String]) -> Result<()> {
+    if g.variance_smoothing.is_some() {
+        return Err(Error::usage(
+            "-v (variance smoothing) is not supported: run without it (t statistics use each voxel's own variance)",
+        ));
+    }
+    if g.voxelwise_evs.is_some() || g.voxelwise_ev_files.is_some() {
+        return Err(Error::usage("--vxl/--vxf (voxelwise regressors) are not supported: every regressor must be in -d"));
+    }
+    let input = g.input.as_ref().ok_or_else(|| Error::usage("no input: give -i 4D.nii.gz (or a subcommand; see --help)"))?;
+    let prefix = g.common.out()?;
+    let img = voxflip_io::read_image(input)?;
+    let mask = read_mask(&g.common.mask)?;
+    let ds = Dataset::from_image(&img, input, mask.as_ref().zip(g.common.mask.as_deref()))?;
+    drop(img);
+    let mut design = match (&g.design, &g.contrasts) {
+        (Some(d), Some(t)) => read_design(d, t, g.fts.as_deref(), ds.n)?,
+        (None, None) if g.one_sample => Design::one_sample(ds.n),
+        (None, None) => return Err(Error::usage("no design: give -d design.mat -t design.con, or -1 for a one-sample test")),
+        _ => return Err(Error::usage("-d and -t go together")),
+    };
+    if g.f_only {
+        if g.fts.is_none() {
+            return Err(Error::usage("--fonly needs F-tests: give -f design.fts"));
+        }
+        design = design.f_tests_only();
+    }
+    if g.demean {
+        let mat = g.design.as_deref().unwrap_or(Path::new("design"));
+        design = design.demeaned().map_err(|e| design_error(e, mat, mat, mat))?;
+    }
+    let (kind, reason) = if let Some(k) = g.perm_kind {
+        (k.into(), "chosen with --perm-kind".to_string())
+    } else if g.one_sample {
+        (PermKind::SignFlip, "sign flips (-1)".to_string())
+    } else if design.m.ncols() == 1 && design.m.column(0).iter().all(|&x| x == design.m[(0, 0)]) {
+        (PermKind::SignFlip, "sign flips: the design is a single constant column (one-sample test)".to_string())
+    } else {
+        (PermKind::Permute, "permutations of rows (exchangeable errors)".to_string())
+    };
+    let mut opts = g.common.analysis_options(kind, reason, args)?;
+    opts.blocks = read_blocks(g, ds.n)?;
+    // randomise's default: permute rows, but sign-flip a test of the mean.
+    opts.flip_constant_contrasts = g.perm_kind.is_none();
+    let report = pipeline::run(&ds, &design, &opts, &prefix)?;
+    print_summary(&report, opts.quiet);
+    Ok(())
+}
+
+/// design.mat, design.con and optionally design.fts, as a validated design for `n` images.
+fn read_design(mat: &Path, con: &Path, fts: Option<&Path>, n: usize) -> Result<Design> {
+    let dm = voxflip_io::read_design(mat)?;
+    let cm = voxflip_io::read_contrasts(con)?;
+    let fm = fts.map(voxflip_io::read_fts).transpose()?;
+    let labels = [mat, con, fts.unwrap_or(con)].map(|p| p.display().to_string());
+    fn matrix<'a>(v: &'a Vest, label: &'a str) -> Matrix<'a> {
+        Matrix { label, rows: &v.rows, ncols: v.ncols, names: &v.names }
+    }
+    let f = fm.as_ref().map(|v| matrix(v, &labels[2]));
+    Design::from_matrices(n, &matrix(&dm, &labels[0]), &matrix(&cm, &labels[1]), f.as_ref())
+        .map_err(|e| design_error(e, mat, con, fts.unwrap_or(con)))
+}
+
+/// A design error as an input error naming the file at fault.
+fn design_error(e: DesignError, mat: &Path, con: &Path, fts: &Path) -> Error {
+    match e {
+        DesignError::Design(m) => Error::input(mat, m),
+        DesignError::Contrasts(m) => Error::input(con, m),
+        DesignError::FTests(m) => Error::input(fts, m),
+    }
+}
+
+/// Exchangeability blocks from -e (and --permuteBlocks), checked against the input's volumes.
+fn read_blocks(g: &GlmArgs, n: usize) -> Result<Option<Blocks>> {
+    let Some(path) = &g.blocks else {
+        if g.permute_blocks {
+            return Err(Error::usage("--permuteBlocks needs exchangeability blocks: give -e design.grp"));
+        }
+        return Ok(None);
+    };
+    let labels = voxflip_io::read_grp(path)?;
+    if labels.len() != n {
+        return Err(Error::input(path, format!("{} rows, but the input has {n} volumes (one block number per volume)", labels.len())));
+    }
+    Blocks::from_labels(&labels, g.permute_blocks).map(Some).map_err(|e| Error::input(path, e))
+}

@@ -1,0 +1,93 @@
+//! `voxflip interaction`: the driving study's group-by-time interaction, post - pre per
+//! subject, two groups, sign flips.
+use super::read_mask;
+use crate::cli::InteractionArgs;
+use crate::error::{Error, Result};
+use crate::pipeline;
+use crate::summary::print_summary;
+use std::path::PathBuf;
+use voxflip_io::Dataset;
+use voxflip_stats::{Design, PermKind};
+
+/// Load --pre/--post as 4D files or per-subject patterns, in participants.tsv order.
+fn load_session(spec: &str, ids: &[String]) -> Result<(voxflip_io::Image, PathBuf)> {
+    if spec.contains("{participant_id}") {
+        let mut imgs = Vec::with_capacity(ids.len());
+        for id in ids {
+            let p = PathBuf::from(spec.replace("{participant_id}", id));
+            if !p.exists() {
+                return Err(Error::input(&p, format!("no such file for participant {id}")));
+            }
+            imgs.push((voxflip_io::read_image(&p)?, p));
+        }
+        Ok((voxflip_io::dataset::stack(imgs)?, PathBuf::from(spec)))
+    } else {
+        let p = PathBuf::from(spec);
+        let img = voxflip_io::read_image(&p)?;
+        if img.nvol != ids.len() {
+            return Err(Error::input(
+                &p,
+                format!("has {} volumes but participants.tsv lists {} participants (one volume per participant, in that order)", img.nvol, ids.len()),
+            ));
+        }
+        Ok((img, p))
+    }
+}
+
+pub fn run(a: &InteractionArgs, args: &[String]) -> Result<()> {
+    let prefix = a.common.out()?;
+    let parts = voxflip_io::read_participants(&a.participants, &a.group_column)?;
+    let levels = parts.group_levels();
+    let names: Vec<String> = match &a.groups {
+        Some(g) => {
+            if g.len() != 2 {
+                return Err(Error::usage(format!("--groups takes two names, got {}", g.len())));
+            }
+            g.clone()
+        }
+        None => levels.clone(),
+    };
+    if names.len() != 2 {
+        return Err(Error::input(
+            &a.participants,
+            format!("column '{}' has {} groups ({}); the interaction needs exactly two (or name them with --groups)", a.group_column, levels.len(), levels.join(", ")),
+        ));
+    }
+    let mut groups = Vec::with_capacity(parts.ids.len());
+    for (id, g) in parts.ids.iter().zip(&parts.groups) {
+        match names.iter().position(|n| n == g) {
+            Some(k) => groups.push(k),
+            None => {
+                return Err(Error::input(&a.participants, format!("participant {id} is in group '{g}', which is not one of {}", names.join(", "))))
+            }
+        }
+    }
+    for (k, name) in names.iter().enumerate() {
+        let c = groups.iter().filter(|&&g| g == k).count();
+        if c < 2 {
+            return Err(Error::input(&a.participants, format!("group '{name}' has {c} participant(s); at least 2 are needed")));
+        }
+    }
+    let (pre, pre_path) = load_session(&a.pre, &parts.ids)?;
+    let (post, post_path) = load_session(&a.post, &parts.ids)?;
+    let diff = voxflip_io::dataset::difference(&pre, &pre_path, &post, &post_path)?;
+    drop((pre, post));
+    let mask = read_mask(&a.common.mask)?;
+    let ds = Dataset::from_image(&diff, &post_path, mask.as_ref().zip(a.common.mask.as_deref()))?;
+    drop(diff);
+    let design = Design::group_by_time(&groups, &[names[0].clone(), names[1].clone()]);
+    let (kind, reason) = if a.permute {
+        (PermKind::Permute, "group labels exchanged (--permute)".to_string())
+    } else {
+        (PermKind::SignFlip, "sign flips of post - pre (Freedman-Lane, group means as nuisance)".to_string())
+    };
+    let mut opts = a.common.analysis_options(kind, reason, args)?;
+    opts.vox_corrp = true;
+    // With --permute, the time effect (tstat3, a mean) is still sign-flipped: exchanging
+    // group labels cannot test a mean.
+    opts.flip_constant_contrasts = true;
+    let report = pipeline::run(&ds, &design, &opts, &prefix)?;
+    print_summary(&report, opts.quiet);
+    Ok(())
+}
+

@@ -1,6 +1,0 @@
-//! CPU twins of the WGSL stages: one module per shader, same name, same buffers in and out,
-//! same arithmetic order where the language allows. They are the oracle the GPU stages are
-//! tested against (tests/gpu_twins.rs), written for clarity rather than speed.
-pub mod glm_stat;
-pub mod label_components;
-pub mod tfce;

@@ -1,0 +1,158 @@
+//! A run's outputs under randomise's names: maps, p-maps, nulls, cluster tables and the
+//! sidecar, written into one atomic [`OutputSet`] (nothing appears unless the whole run
+//! succeeded).
+use crate::error::Result;
+use std::path::PathBuf;
+use voxflip_io::{Dataset, OutputSet};
+use voxflip_stats::spatial::{cluster_table, local_maxima_table, Connectivity, MaskGraph};
+use voxflip_stats::PScale;
+
+/// The outputs of one run with prefix `prefix` on the grid of `ds`.
+pub struct Outputs<'a> {
+    set: OutputSet,
+    prefix: &'a str,
+    ds: &'a Dataset,
+    scale: PScale,
+}
+
+impl<'a> Outputs<'a> {
+    /// Checks, before any work, that the prefix's directory exists and is writable.
+    pub fn new(prefix: &'a str, ds: &'a Dataset, scale: PScale) -> Result<Self> {
+        OutputSet::check_dir(std::path::Path::new(prefix))?;
+        Ok(Outputs { set: OutputSet::new(), prefix, ds, scale })
+    }
+
+    /// randomise's output file `{prefix}_{what}{ext}`.
+    pub fn path(&self, what: &str, ext: &str) -> PathBuf {
+        PathBuf::from(format!("{}_{what}{ext}", self.prefix))
+    }
+
+    /// `{prefix}_{what}.nii.gz`: in-mask values on the full grid (0 outside the mask).
+    pub fn map(&mut self, what: &str, values: &[f32]) -> Result<()> {
+        let path = self.path(what, ".nii.gz");
+        self.set.write_map(&path, &self.ds.reference, self.ds.dims, &self.ds.expand(values))?;
+        Ok(())
+    }
+
+    /// `{prefix}_{what}.nii.gz` of p-values in the run's convention (1 - p, or -log10 p).
+    pub fn p_map(&mut self, what: &str, p: &[f64]) -> Result<()> {
+        let m: Vec<f32> = p.iter().map(|&p| self.scale.apply(p)).collect();
+        self.map(what, &m)
+    }
+
+    /// `{prefix}_{what}.txt`: a null distribution, one value per line.
+    pub fn null(&mut self, what: &str, values: &[f32]) -> Result<()> {
+        let text: String = values.iter().map(|x| format!("{x}\n")).collect();
+        self.text(what, ".txt", &text)
+    }
+
+    /// `{prefix}_{what}{ext}` holding `text`.
+    pub fn text(&mut self, what: &str, ext: &str, text: &str) -> Result<()> {
+        let path = self.path(what, ext);
+        self.set.write_text(&path, text)?;
+        Ok(())
+    }
+
+    /// The final paths of everything written so far.
+    pub fn planned(&self) -> Vec<PathBuf> {
+        self.set.planned()
+    }
+
+    /// Rename everything into place.
+    pub fn commit(self) -> Result<Vec<PathBuf>> {
+        Ok(self.set.commit()?)
+    }
+}
+
+/// The mask graphs of a run, one per connectivity, built on first use.
+pub struct Graphs<'a> {
+    ds: &'a Dataset,
+    graphs: Vec<MaskGraph>,
+}
+
+impl<'a> Graphs<'a> {
+    pub fn new(ds: &'a Dataset) -> Self {
+        Graphs { ds, graphs: Vec::new() }
+    }
+
+    /// Builds the graph of connectivity `conn` if it is not there yet.
+    pub fn ensure(&mut self, conn: Connectivity) {
+        if !self.graphs.iter().any(|g| g.connectivity() == conn) {
+            self.graphs.push(MaskGraph::new(self.ds.dims, self.ds.voxels.clone(), conn));
+        }
+    }
+
+    /// The graph of connectivity `conn` (after [`Graphs::ensure`]).
+    pub fn get(&self, conn: Connectivity) -> Option<&MaskGraph> {
+        self.graphs.iter().find(|g| g.connectivity() == conn)
+    }
+}
+
+/// One corrected map whose clusters go into the tables.
+pub struct ClusterTableJob {
+    /// vox, tfce, clustere or clusterm.
+    pub correction: &'static str,
+    /// tstat1, fstat1, ...
+    pub contrast: String,
+    pub stat: Vec<f32>,
+    /// Corrected p per voxel.
+    pub corrp: Vec<f64>,
+    /// The cluster-forming threshold (cluster inference), or None: the clusters of voxels
+    /// with corrected p <= 0.05 (voxelwise and TFCE maps).
+    pub threshold: Option<f32>,
+}
+
+/// `{out}_clusters_{contrast}.tsv` (clusters of each corrected map) and
+/// `{out}_lmax_{contrast}.tsv` (local maxima within them), like FSL's `cluster` tool,
+/// clusters 26-connected.
+pub fn write_cluster_tables(out: &mut Outputs, graphs: &mut Graphs, jobs: &[ClusterTableJob]) -> Result<()> {
+    graphs.ensure(Connectivity::C26);
+    let g = graphs.get(Connectivity::C26).expect("built above");
+    let ds = out.ds;
+    let mut by_contrast: Vec<(String, String, String)> = Vec::new();
+    for job in jobs {
+        let (map, t): (Vec<f32>, f32) = match job.threshold {
+            Some(thr) => (job.stat.clone(), thr),
+            None => (
+                job.stat.iter().zip(&job.corrp).map(|(&x, &p)| if p <= 0.05 { x } else { f32::NEG_INFINITY }).collect(),
+                f32::MIN,
+            ),
+        };
+        let pcf: Vec<f32> = job.corrp.iter().map(|&p| p as f32).collect();
+        let table = cluster_table(g, &map, t, &pcf, &ds.affine, ds.voxel_volume());
+        let lmax = local_maxima_table(g, &map, t, &pcf, &ds.affine, 3, 8.0);
+        let at = match by_contrast.iter().position(|e| e.0 == job.contrast) {
+            Some(i) => i,
+            None => {
+                by_contrast.push((job.contrast.clone(), String::new(), String::new()));
+                by_contrast.len() - 1
+            }
+        };
+        let entry = &mut by_contrast[at];
+        prefix_rows(&mut entry.1, job.correction, &table);
+        prefix_rows(&mut entry.2, job.correction, &lmax);
+    }
+    for (name, table, lmax) in by_contrast {
+        out.text(&format!("clusters_{name}"), ".tsv", &table)?;
+        out.text(&format!("lmax_{name}"), ".tsv", &lmax)?;
+    }
+    Ok(())
+}
+
+/// Append a TSV produced by the table functions with a leading `correction` column
+/// (the header once).
+fn prefix_rows(out: &mut String, what: &str, tsv: &str) {
+    let mut lines = tsv.lines();
+    let header = lines.next().unwrap_or("");
+    if out.is_empty() {
+        out.push_str("correction\t");
+        out.push_str(header);
+        out.push('\n');
+    }
+    for l in lines {
+        out.push_str(what);
+        out.push('\t');
+        out.push_str(l);
+        out.push('\n');
+    }
+}

@@ -1,0 +1,19 @@
+//! voxflip's integration tests, one binary (one link) with shared helpers in `common`:
+//! - oracles: `glm_oracles` (closed forms, brute-force enumeration, explicit refits),
+//!   `spatial_calibration` (FWE rates of cluster and TFCE inference under the null);
+//! - the command line: `cli` (errors and runs), `backends` (the GPU pipeline equals the CPU
+//!   pipeline), `fallback` (a GPU lost mid-run changes nothing);
+//! - the shaders against their CPU ports on a real adapter: `gpu_twins`, `gpu_spatial_twins`.
+//!
+//! GPU tests run on any adapter, software ones (lavapipe) included. Without one they skip,
+//! saying so on the terminal (not in the captured output), unless VOXFLIP_REQUIRE_GPU=1,
+//! which CI sets.
+mod common;
+
+mod backends;
+mod cli;
+mod fallback;
+mod glm_oracles;
+mod gpu_spatial_twins;
+mod gpu_twins;
+mod spatial_calibration;
