@@ -240,7 +240,8 @@ pub struct SpatialArgs {
 impl SpatialArgs {
     pub fn options(&self) -> Result<SpatialOptions> {
         let conn = |c: u32, flag: &str| {
-            Connectivity::from_count(c).ok_or_else(|| Error::usage(format!("{flag} {c}: connectivity must be 6, 18 or 26")))
+            Connectivity::from_count(c)
+                .ok_or_else(|| Error::usage(format!("{flag} {c}: connectivity must be 6, 18 or 26")))
         };
         let tfce = if self.tfce || self.tfce2 || self.tfce_exact {
             let mut params = if self.tfce2 { TfceParams::t2() } else { TfceParams::default() };

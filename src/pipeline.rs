@@ -69,8 +69,13 @@ fn permutation_sets(
             let for_which = if kinds.iter().all(|&k| k == kind) {
                 String::new()
             } else {
-                let names: Vec<&str> =
-                    design.contrasts.iter().zip(&kinds).filter(|(_, &k)| k == kind).map(|(c, _)| c.name.as_str()).collect();
+                let names: Vec<&str> = design
+                    .contrasts
+                    .iter()
+                    .zip(&kinds)
+                    .filter(|(_, &k)| k == kind)
+                    .map(|(c, _)| c.name.as_str())
+                    .collect();
                 format!(" for {}", names.join(", "))
             };
             if perms.exhaustive {
@@ -89,8 +94,11 @@ fn permutation_sets(
 pub fn run(ds: &Dataset, design: &Design, opts: &AnalysisOptions, prefix: &str) -> Result<RunReport> {
     let start = Instant::now();
     let mut outputs = Outputs::new(prefix, ds, opts.scale)?;
-    let models: Vec<ContrastModel> =
-        design.contrasts.iter().map(|c| ContrastModel::new(&design.m, c).map_err(Error::usage)).collect::<Result<_>>()?;
+    let models: Vec<ContrastModel> = design
+        .contrasts
+        .iter()
+        .map(|c| ContrastModel::new(&design.m, c).map_err(Error::usage))
+        .collect::<Result<_>>()?;
     let (kinds, sets) = permutation_sets(design, &models, opts, ds.n)?;
     let reason_of = |kind: PermKind| reason_for(kind, opts);
     let set_of = |ci: usize| -> &PermSet { &sets.iter().find(|(k, _)| *k == kinds[ci]).expect("generated above").1 };

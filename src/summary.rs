@@ -48,15 +48,14 @@ pub struct SpatialSummary {
 impl SpatialSummary {
     /// The summary of a spatial statistic's null and its corrected p per voxel.
     pub fn of(statistic: &'static str, null: &MaxStatNull, pc: &[f64]) -> SpatialSummary {
-    SpatialSummary {
-        statistic,
-        null_quantiles: [0.5, 0.9, 0.95, 0.99, 1.0].iter().map(|&q| (q, null.quantile(q))).collect(),
-        fwe05_threshold: null.threshold(0.05),
-        voxels_fwe05: pc.iter().filter(|&&p| p <= 0.05).count(),
+        SpatialSummary {
+            statistic,
+            null_quantiles: [0.5, 0.9, 0.95, 0.99, 1.0].iter().map(|&q| (q, null.quantile(q))).collect(),
+            fwe05_threshold: null.threshold(0.05),
+            voxels_fwe05: pc.iter().filter(|&&p| p <= 0.05).count(),
+        }
     }
 }
-}
-
 
 #[derive(Clone, Debug, Serialize)]
 pub struct RunReport {
@@ -116,8 +115,18 @@ pub fn print_summary(r: &RunReport, quiet: bool) {
             c.name, c.label, c.max_stat, c.fwe05_threshold, c.voxels_fwe05
         );
         for s in &c.spatial {
-            eprintln!("  {:8} {:>45} {:>36}  {:7} voxels significant", "", format!("{} (FWE from its own null)", s.statistic), "", s.voxels_fwe05);
+            eprintln!(
+                "  {:8} {:>45} {:>36}  {:7} voxels significant",
+                "",
+                format!("{} (FWE from its own null)", s.statistic),
+                "",
+                s.voxels_fwe05
+            );
         }
     }
-    eprintln!("  outputs: {} files, e.g. {}", r.outputs.len(), r.outputs.first().map(|p| p.display().to_string()).unwrap_or_default());
+    eprintln!(
+        "  outputs: {} files, e.g. {}",
+        r.outputs.len(),
+        r.outputs.first().map(|p| p.display().to_string()).unwrap_or_default()
+    );
 }

@@ -8,7 +8,12 @@ pub fn run(a: &ExampleArgs, args: &[String]) -> Result<()> {
     let cfg = voxflip_simulate::SimConfig { grid: super::simulate::parse_grid(&a.grid)?, ..Default::default() };
     let data_dir = a.dir.join("data");
     if !a.quiet {
-        eprintln!("voxflip: simulating the study ({} and {} subjects, pre and post) into {}", cfg.n_a, cfg.n_b, data_dir.display());
+        eprintln!(
+            "voxflip: simulating the study ({} and {} subjects, pre and post) into {}",
+            cfg.n_a,
+            cfg.n_b,
+            data_dir.display()
+        );
     }
     let sim = voxflip_simulate::simulate(&cfg);
     voxflip_simulate::write_dataset(&sim, &data_dir)?;
@@ -53,9 +58,15 @@ pub fn run(a: &ExampleArgs, args: &[String]) -> Result<()> {
     };
     let (hits, false_pos) = against_truth("vox_corrp")?;
     println!("\nResults in {}:", results.display());
-    println!("  interaction_tstat1.nii.gz          t map, {} > {} in post - pre", sim.groups[0], sim.groups.iter().find(|g| **g != sim.groups[0]).cloned().unwrap_or_default());
+    println!(
+        "  interaction_tstat1.nii.gz          t map, {} > {} in post - pre",
+        sim.groups[0],
+        sim.groups.iter().find(|g| **g != sim.groups[0]).cloned().unwrap_or_default()
+    );
     println!("  interaction_vox_corrp_tstat1.nii.gz  1 - FWE-corrected p (>= 0.95 is significant at 0.05)");
-    println!("  tstat2: the other direction; tstat3: time effect across all subjects; interaction_voxflip.json: provenance");
+    println!(
+        "  tstat2: the other direction; tstat3: time effect across all subjects; interaction_voxflip.json: provenance"
+    );
     println!("Against the simulated truth (data/truth_interaction.nii.gz):");
     println!("  voxelwise max-T: {hits} of {true_n} true-effect voxels significant (FWE 0.05), {false_pos} significant voxels outside the true effect");
     if a.tfce {
@@ -66,4 +77,3 @@ pub fn run(a: &ExampleArgs, args: &[String]) -> Result<()> {
     println!("  interaction_clusters_tstat1.tsv / _lmax_tstat1.tsv: the clusters and local maxima in MNI mm, for a results table");
     Ok(())
 }
-

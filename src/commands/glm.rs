@@ -16,9 +16,12 @@ pub fn run(g: &GlmArgs, args: &[String]) -> Result<()> {
         ));
     }
     if g.voxelwise_evs.is_some() || g.voxelwise_ev_files.is_some() {
-        return Err(Error::usage("--vxl/--vxf (voxelwise regressors) are not supported: every regressor must be in -d"));
+        return Err(Error::usage(
+            "--vxl/--vxf (voxelwise regressors) are not supported: every regressor must be in -d",
+        ));
     }
-    let input = g.input.as_ref().ok_or_else(|| Error::usage("no input: give -i 4D.nii.gz (or a subcommand; see --help)"))?;
+    let input =
+        g.input.as_ref().ok_or_else(|| Error::usage("no input: give -i 4D.nii.gz (or a subcommand; see --help)"))?;
     let prefix = g.common.out()?;
     let img = voxflip_io::read_image(input)?;
     let mask = read_mask(&g.common.mask)?;
@@ -27,7 +30,9 @@ pub fn run(g: &GlmArgs, args: &[String]) -> Result<()> {
     let mut design = match (&g.design, &g.contrasts) {
         (Some(d), Some(t)) => read_design(d, t, g.fts.as_deref(), ds.n)?,
         (None, None) if g.one_sample => Design::one_sample(ds.n),
-        (None, None) => return Err(Error::usage("no design: give -d design.mat -t design.con, or -1 for a one-sample test")),
+        (None, None) => {
+            return Err(Error::usage("no design: give -d design.mat -t design.con, or -1 for a one-sample test"))
+        }
         _ => return Err(Error::usage("-d and -t go together")),
     };
     if g.f_only {
@@ -91,7 +96,10 @@ fn read_blocks(g: &GlmArgs, n: usize) -> Result<Option<Blocks>> {
     };
     let labels = voxflip_io::read_grp(path)?;
     if labels.len() != n {
-        return Err(Error::input(path, format!("{} rows, but the input has {n} volumes (one block number per volume)", labels.len())));
+        return Err(Error::input(
+            path,
+            format!("{} rows, but the input has {n} volumes (one block number per volume)", labels.len()),
+        ));
     }
     Blocks::from_labels(&labels, g.permute_blocks).map(Some).map_err(|e| Error::input(path, e))
 }

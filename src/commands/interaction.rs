@@ -50,7 +50,12 @@ pub fn run(a: &InteractionArgs, args: &[String]) -> Result<()> {
     if names.len() != 2 {
         return Err(Error::input(
             &a.participants,
-            format!("column '{}' has {} groups ({}); the interaction needs exactly two (or name them with --groups)", a.group_column, levels.len(), levels.join(", ")),
+            format!(
+                "column '{}' has {} groups ({}); the interaction needs exactly two (or name them with --groups)",
+                a.group_column,
+                levels.len(),
+                levels.join(", ")
+            ),
         ));
     }
     let mut groups = Vec::with_capacity(parts.ids.len());
@@ -58,14 +63,20 @@ pub fn run(a: &InteractionArgs, args: &[String]) -> Result<()> {
         match names.iter().position(|n| n == g) {
             Some(k) => groups.push(k),
             None => {
-                return Err(Error::input(&a.participants, format!("participant {id} is in group '{g}', which is not one of {}", names.join(", "))))
+                return Err(Error::input(
+                    &a.participants,
+                    format!("participant {id} is in group '{g}', which is not one of {}", names.join(", ")),
+                ))
             }
         }
     }
     for (k, name) in names.iter().enumerate() {
         let c = groups.iter().filter(|&&g| g == k).count();
         if c < 2 {
-            return Err(Error::input(&a.participants, format!("group '{name}' has {c} participant(s); at least 2 are needed")));
+            return Err(Error::input(
+                &a.participants,
+                format!("group '{name}' has {c} participant(s); at least 2 are needed"),
+            ));
         }
     }
     let (pre, pre_path) = load_session(&a.pre, &parts.ids)?;
@@ -90,4 +101,3 @@ pub fn run(a: &InteractionArgs, args: &[String]) -> Result<()> {
     print_summary(&report, opts.quiet);
     Ok(())
 }
-

@@ -57,12 +57,37 @@ fn gpu_pipeline_equals_cpu_pipeline() {
         logs.push(voxflip(
             d,
             &[
-                "interaction", "--pre", "data/pre.nii.gz", "--post", "data/post.nii.gz", "--participants",
-                "data/participants.tsv", "--group-column", "group", "-m", "data/mask.nii.gz", "-o", &prefix, "-n",
-                "60", "--seed", "7", "-x", "--uncorrp", "-T", "-c", "2.3", "-C", "2.3", "--save-null", "--backend", backend,
+                "interaction",
+                "--pre",
+                "data/pre.nii.gz",
+                "--post",
+                "data/post.nii.gz",
+                "--participants",
+                "data/participants.tsv",
+                "--group-column",
+                "group",
+                "-m",
+                "data/mask.nii.gz",
+                "-o",
+                &prefix,
+                "-n",
+                "60",
+                "--seed",
+                "7",
+                "-x",
+                "--uncorrp",
+                "-T",
+                "-c",
+                "2.3",
+                "-C",
+                "2.3",
+                "--save-null",
+                "--backend",
+                backend,
                 // TFCE and clusters on the GPU too, even on a software adapter (where the
                 // default is the CPU, which is much faster there).
-                "--spatial-backend", "gpu",
+                "--spatial-backend",
+                "gpu",
             ],
         ));
     }
@@ -118,8 +143,25 @@ fn gpu_glm_with_blocks_equals_cpu() {
         let log = voxflip(
             d,
             &[
-                "-i", "data/post.nii.gz", "-m", "data/mask.nii.gz", "-d", "d.mat", "-t", "d.con", "-e", "d.grp", "-o", &prefix,
-                "-n", "80", "--seed", "3", "-N", "--backend", backend,
+                "-i",
+                "data/post.nii.gz",
+                "-m",
+                "data/mask.nii.gz",
+                "-d",
+                "d.mat",
+                "-t",
+                "d.con",
+                "-e",
+                "d.grp",
+                "-o",
+                &prefix,
+                "-n",
+                "80",
+                "--seed",
+                "3",
+                "-N",
+                "--backend",
+                backend,
             ],
         );
         assert!(log.contains("within 29 exchangeability blocks"), "{log}");
@@ -133,5 +175,8 @@ fn gpu_glm_with_blocks_equals_cpu() {
         assert!(nc.iter().zip(&ng).all(|(a, b)| close(*a, *b, 1e-4)), "{con} nulls differ");
     }
     let json = std::fs::read_to_string(g.join("g_voxflip.json")).unwrap();
-    assert!(json.contains("\"permutation_kind\": \"sign-flip\"") && json.contains("\"permutation_kind\": \"permute\""), "{json}");
+    assert!(
+        json.contains("\"permutation_kind\": \"sign-flip\"") && json.contains("\"permutation_kind\": \"permute\""),
+        "{json}"
+    );
 }

@@ -56,7 +56,10 @@ impl Case {
         (out.status.code().unwrap_or(-1), String::from_utf8_lossy(&out.stderr).to_string())
     }
     fn outputs(&self) -> Vec<String> {
-        let mut v: Vec<String> = std::fs::read_dir(self.p("out")).unwrap().map(|e| e.unwrap().file_name().to_string_lossy().to_string()).collect();
+        let mut v: Vec<String> = std::fs::read_dir(self.p("out"))
+            .unwrap()
+            .map(|e| e.unwrap().file_name().to_string_lossy().to_string())
+            .collect();
         v.sort();
         v
     }
@@ -98,7 +101,8 @@ fn good_run_writes_randomise_outputs_and_provenance() {
             "r_voxflip.json"
         ]
     );
-    let json: serde_json::Value = serde_json::from_str(&std::fs::read_to_string(c.p("out/r_voxflip.json")).unwrap()).unwrap();
+    let json: serde_json::Value =
+        serde_json::from_str(&std::fs::read_to_string(c.p("out/r_voxflip.json")).unwrap()).unwrap();
     assert_eq!(json["permutations"], 50);
     assert_eq!(json["seed"], 0);
     assert!(json["command_line"].as_array().unwrap().iter().any(|a| a == "design.mat"));
@@ -121,7 +125,8 @@ fn exhaustive_enumeration_is_announced() {
     args[9] = "500";
     let (code, err) = c.run(&args);
     assert_eq!(code, 0, "{err}");
-    let json: serde_json::Value = serde_json::from_str(&std::fs::read_to_string(c.p("out/r_voxflip.json")).unwrap()).unwrap();
+    let json: serde_json::Value =
+        serde_json::from_str(&std::fs::read_to_string(c.p("out/r_voxflip.json")).unwrap()).unwrap();
     assert_eq!(json["permutations"], 252);
     assert_eq!(json["exhaustive"], true);
     let (_, err) = c.run(&args[..args.len() - 1]);
@@ -146,7 +151,10 @@ fn design_rows_differ_from_volumes() {
 #[test]
 fn rank_deficient_design() {
     let c = Case::new();
-    c.text("rd.mat", "/NumWaves 3\n/NumPoints 10\n/Matrix\n1 1 0\n1 1 0\n1 1 0\n1 1 0\n1 1 0\n1 0 1\n1 0 1\n1 0 1\n1 0 1\n1 0 1\n");
+    c.text(
+        "rd.mat",
+        "/NumWaves 3\n/NumPoints 10\n/Matrix\n1 1 0\n1 1 0\n1 1 0\n1 1 0\n1 1 0\n1 0 1\n1 0 1\n1 0 1\n1 0 1\n1 0 1\n",
+    );
     c.text("c3.con", "/NumWaves 3\n/NumContrasts 1\n/Matrix\n0 1 -1\n");
     c.fails(&["-i", "in.nii.gz", "-o", "out/r", "-d", "rd.mat", "-t", "c3.con"], "rd.mat", "rank deficient");
 }
@@ -208,13 +216,33 @@ fn unknown_participants_and_missing_subject_files() {
     c.text("participants.tsv", "participant_id\tgroup\nsub-01\tA\nsub-02\tA\nsub-03\tB\nsub-04\tC\n");
     write(&c.p("pre4.nii.gz"), DIMS, 4, &data(4, 2));
     write(&c.p("post4.nii.gz"), DIMS, 4, &data(4, 3));
-    let base = ["interaction", "--pre", "pre4.nii.gz", "--post", "post4.nii.gz", "--participants", "participants.tsv", "-o", "out/r"];
+    let base = [
+        "interaction",
+        "--pre",
+        "pre4.nii.gz",
+        "--post",
+        "post4.nii.gz",
+        "--participants",
+        "participants.tsv",
+        "-o",
+        "out/r",
+    ];
     let mut a = base.to_vec();
     a.extend(["--groups", "A,B"]);
     c.fails(&a, "participants.tsv", "sub-04");
     c.text("p2.tsv", "participant_id\tgroup\nsub-01\tA\nsub-02\tA\nsub-03\tB\nsub-04\tB\n");
     write(&c.p("sub-01_pre.nii.gz"), DIMS, 1, &data(1, 4));
-    let a = ["interaction", "--pre", "{participant_id}_pre.nii.gz", "--post", "post4.nii.gz", "--participants", "p2.tsv", "-o", "out/r"];
+    let a = [
+        "interaction",
+        "--pre",
+        "{participant_id}_pre.nii.gz",
+        "--post",
+        "post4.nii.gz",
+        "--participants",
+        "p2.tsv",
+        "-o",
+        "out/r",
+    ];
     c.fails(&a, "sub-02_pre.nii.gz", "sub-02");
 }
 
@@ -226,15 +254,30 @@ fn interaction_from_per_subject_files_runs() {
         write(&c.p(&format!("{id}_pre.nii.gz")), DIMS, 1, &data(1, 10 + i as u32));
         write(&c.p(&format!("{id}_post.nii.gz")), DIMS, 1, &data(1, 20 + i as u32));
     }
-    let a = ["interaction", "--pre", "{participant_id}_pre.nii.gz", "--post", "{participant_id}_post.nii.gz", "--participants", "p.tsv", "-o", "out/r", "-q"];
+    let a = [
+        "interaction",
+        "--pre",
+        "{participant_id}_pre.nii.gz",
+        "--post",
+        "{participant_id}_post.nii.gz",
+        "--participants",
+        "p.tsv",
+        "-o",
+        "out/r",
+        "-q",
+    ];
     let (code, err) = c.run(&a);
     assert_eq!(code, 0, "{err}");
     let outs = c.outputs();
     for k in 1..=3 {
-        assert!(outs.contains(&format!("r_tstat{k}.nii.gz")) && outs.contains(&format!("r_vox_corrp_tstat{k}.nii.gz")), "{outs:?}");
+        assert!(
+            outs.contains(&format!("r_tstat{k}.nii.gz")) && outs.contains(&format!("r_vox_corrp_tstat{k}.nii.gz")),
+            "{outs:?}"
+        );
     }
     // 2^6 = 64 sign flips <= 5000: exhaustive.
-    let json: serde_json::Value = serde_json::from_str(&std::fs::read_to_string(c.p("out/r_voxflip.json")).unwrap()).unwrap();
+    let json: serde_json::Value =
+        serde_json::from_str(&std::fs::read_to_string(c.p("out/r_voxflip.json")).unwrap()).unwrap();
     assert_eq!(json["permutations"], 64);
     // --permute exchanges group labels for the interaction (C(6,3) = 20 relabelings), but
     // the time effect (a mean) is sign-flipped: relabeling cannot test it.
@@ -245,7 +288,8 @@ fn interaction_from_per_subject_files_runs() {
     permuted.push("--permute");
     let (code, err) = c.run(&permuted);
     assert_eq!(code, 0, "{err}");
-    let json: serde_json::Value = serde_json::from_str(&std::fs::read_to_string(c.p("out/r_voxflip.json")).unwrap()).unwrap();
+    let json: serde_json::Value =
+        serde_json::from_str(&std::fs::read_to_string(c.p("out/r_voxflip.json")).unwrap()).unwrap();
     let kinds: Vec<(&str, u64)> = json["contrasts"]
         .as_array()
         .unwrap()
@@ -264,7 +308,8 @@ fn exchangeability_blocks_restrict_and_are_checked() {
     let (code, err) = c.run(&glm_with(&["-e", "design.grp", "--backend", "cpu"]));
     assert_eq!(code, 0, "{err}");
     assert!(err.contains("exhaustive: all 32 distinct permutations within 5 exchangeability blocks"), "{err}");
-    let json: serde_json::Value = serde_json::from_str(&std::fs::read_to_string(c.p("out/r_voxflip.json")).unwrap()).unwrap();
+    let json: serde_json::Value =
+        serde_json::from_str(&std::fs::read_to_string(c.p("out/r_voxflip.json")).unwrap()).unwrap();
     assert_eq!(json["permutations"], 32);
     assert_eq!(json["exchangeability_blocks"]["count"], 5);
     assert_eq!(json["exchangeability_blocks"]["whole"], false);
@@ -273,7 +318,20 @@ fn exchangeability_blocks_restrict_and_are_checked() {
     }
     // Whole blocks of two, one-sample sign flips: one sign per block, 2^5 patterns.
     c.text("pairs.grp", "1\n1\n2\n2\n3\n3\n4\n4\n5\n5\n");
-    let (code, err) = c.run(&["-i", "in.nii.gz", "-o", "out/r", "-1", "-e", "pairs.grp", "--permuteBlocks", "-n", "100", "--backend", "cpu"]);
+    let (code, err) = c.run(&[
+        "-i",
+        "in.nii.gz",
+        "-o",
+        "out/r",
+        "-1",
+        "-e",
+        "pairs.grp",
+        "--permuteBlocks",
+        "-n",
+        "100",
+        "--backend",
+        "cpu",
+    ]);
     assert_eq!(code, 0, "{err}");
     assert!(err.contains("exhaustive: all 32 distinct sign flips of 5 whole exchangeability blocks"), "{err}");
     for f in c.outputs() {
@@ -296,7 +354,21 @@ fn a_mean_with_covariates_is_sign_flipped_unless_told_otherwise() {
     let rows: String = age.iter().map(|a| format!("1 {a}\n")).collect();
     c.text("cov.mat", &format!("/NumWaves 2\n/NumPoints 10\n/Matrix\n{rows}"));
     c.text("cov.con", "/NumWaves 2\n/NumContrasts 2\n/Matrix\n1 0\n0 1\n");
-    let args = ["-i", "in.nii.gz", "-o", "out/r", "-d", "cov.mat", "-t", "cov.con", "-n", "200", "--uncorrp", "--backend", "cpu"];
+    let args = [
+        "-i",
+        "in.nii.gz",
+        "-o",
+        "out/r",
+        "-d",
+        "cov.mat",
+        "-t",
+        "cov.con",
+        "-n",
+        "200",
+        "--uncorrp",
+        "--backend",
+        "cpu",
+    ];
     // Uncorrected 1 - p of tstat1 at the voxels where t > 0.
     let positive_p = |c: &Case| -> Vec<f32> {
         let t = voxflip_io::read_image(&c.p("out/r_tstat1.nii.gz")).unwrap();
@@ -307,7 +379,8 @@ fn a_mean_with_covariates_is_sign_flipped_unless_told_otherwise() {
     assert_eq!(code, 0, "{err}");
     assert!(err.contains("sign flips for tstat1"), "{err}");
     assert!(err.contains("permutations for tstat2"), "{err}");
-    let json: serde_json::Value = serde_json::from_str(&std::fs::read_to_string(c.p("out/r_voxflip.json")).unwrap()).unwrap();
+    let json: serde_json::Value =
+        serde_json::from_str(&std::fs::read_to_string(c.p("out/r_voxflip.json")).unwrap()).unwrap();
     let con = json["contrasts"].as_array().unwrap();
     assert_eq!(con[0]["permutation_kind"], "sign-flip");
     assert_eq!(con[1]["permutation_kind"], "permute");
@@ -336,7 +409,14 @@ fn randomise_flags_fonly_n_r_v_are_understood() {
     // Only the F-test's outputs; -N writes the null as --save-null does.
     assert_eq!(
         c.outputs(),
-        vec!["r_clusters_fstat1.tsv", "r_fstat1.nii.gz", "r_lmax_fstat1.tsv", "r_null_fstat1.txt", "r_vox_corrp_fstat1.nii.gz", "r_voxflip.json"]
+        vec![
+            "r_clusters_fstat1.tsv",
+            "r_fstat1.nii.gz",
+            "r_lmax_fstat1.tsv",
+            "r_null_fstat1.txt",
+            "r_vox_corrp_fstat1.nii.gz",
+            "r_voxflip.json"
+        ]
     );
     for f in c.outputs() {
         std::fs::remove_file(c.p("out").join(f)).unwrap();
@@ -399,7 +479,11 @@ fn demean_models_the_mean_once() {
     assert!(close(&tmap(&["-d", "design.mat", "-t", "design.con", "-D"]), &groups));
     assert!(close(&tmap(&["-d", "iage.mat", "-t", "slope.con", "-D"]), &with_intercept));
     // ... but a contrast of the mean has nothing left to test.
-    c.fails(&["-i", "in.nii.gz", "-o", "out/r", "-d", "iage.mat", "-t", "iage.con", "-D"], "iage.mat", "contrast tstat2 tests it");
+    c.fails(
+        &["-i", "in.nii.gz", "-o", "out/r", "-d", "iage.mat", "-t", "iage.con", "-D"],
+        "iage.mat",
+        "contrast tstat2 tests it",
+    );
 }
 
 /// Nothing a user types may panic: odd and hostile values of every numeric flag and
@@ -443,7 +527,17 @@ fn nothing_a_user_types_panics() {
         vec!["simulate", "--out", "sim2", "--grid", "1mm"],
         vec!["example", "--dir", "ex", "--grid", "tiny"],
         vec!["interaction", "--pre", "in.nii.gz", "--post", "in.nii.gz", "--participants", "design.mat", "-o", "out/r"],
-        vec!["interaction", "--pre", "{participant_id}.nii.gz", "--post", "x", "--participants", "nope.tsv", "-o", "out/r"],
+        vec![
+            "interaction",
+            "--pre",
+            "{participant_id}.nii.gz",
+            "--post",
+            "x",
+            "--participants",
+            "nope.tsv",
+            "-o",
+            "out/r",
+        ],
         vec!["bench", "-n", "0"],
         vec!["--version"],
         vec!["--help"],

@@ -43,7 +43,12 @@ fn flaky(what: &str, fail_at: usize) -> Option<Engine> {
 }
 
 /// Maxima, counts and maps of permutations `range` on `engine`, in batches of BATCH.
-fn run_range(engine: &mut Engine, perms: &PermSet, range: std::ops::Range<usize>, obs: &[f32]) -> (Vec<f32>, Vec<u32>, Vec<f32>) {
+fn run_range(
+    engine: &mut Engine,
+    perms: &PermSet,
+    range: std::ops::Range<usize>,
+    obs: &[f32],
+) -> (Vec<f32>, Vec<u32>, Vec<f32>) {
     let v = obs.len();
     let (mut null, mut counts, mut maps) = (Vec::new(), vec![0u32; v], vec![0f32; range.len() * v]);
     let mut at = range.start;

@@ -12,11 +12,15 @@ use voxflip_stats::{Blocks, Contrast, ContrastModel, PermKind, PermSet, StatKind
 
 fn gauss_inverse(a: &[Vec<f64>]) -> Vec<Vec<f64>> {
     let n = a.len();
-    let mut m: Vec<Vec<f64>> = a.iter().enumerate().map(|(i, r)| {
-        let mut row = r.clone();
-        row.extend((0..n).map(|j| if i == j { 1.0 } else { 0.0 }));
-        row
-    }).collect();
+    let mut m: Vec<Vec<f64>> = a
+        .iter()
+        .enumerate()
+        .map(|(i, r)| {
+            let mut row = r.clone();
+            row.extend((0..n).map(|j| if i == j { 1.0 } else { 0.0 }));
+            row
+        })
+        .collect();
     for c in 0..n {
         let p = (c..n).max_by(|&x, &y| m[x][c].abs().total_cmp(&m[y][c].abs())).unwrap();
         m.swap(c, p);
@@ -48,10 +52,14 @@ fn ols(x: &[Vec<f64>], y: &[f64]) -> (Vec<f64>, f64) {
     let r = x[0].len();
     let xty: Vec<f64> = (0..r).map(|a| x.iter().zip(y).map(|(row, &yy)| row[a] * yy).sum()).collect();
     let beta: Vec<f64> = (0..r).map(|a| (0..r).map(|b| inv[a][b] * xty[b]).sum()).collect();
-    let rss = x.iter().zip(y).map(|(row, &yy)| {
-        let f: f64 = row.iter().zip(&beta).map(|(a, b)| a * b).sum();
-        (yy - f).powi(2)
-    }).sum();
+    let rss = x
+        .iter()
+        .zip(y)
+        .map(|(row, &yy)| {
+            let f: f64 = row.iter().zip(&beta).map(|(a, b)| a * b).sum();
+            (yy - f).powi(2)
+        })
+        .sum();
     (beta, rss)
 }
 
@@ -64,9 +72,11 @@ fn glm_stat(x: &[Vec<f64>], y: &[f64], c: &[Vec<f64>], kind: StatKind) -> f64 {
     let inv = gauss_inverse(&xtx(x));
     let cb: Vec<f64> = c.iter().map(|row| row.iter().zip(&beta).map(|(a, b)| a * b).sum()).collect();
     let s = c.len();
-    let cvc: Vec<Vec<f64>> = (0..s).map(|a| (0..s).map(|b| {
-        (0..r).map(|i| (0..r).map(|j| c[a][i] * inv[i][j] * c[b][j]).sum::<f64>()).sum()
-    }).collect()).collect();
+    let cvc: Vec<Vec<f64>> = (0..s)
+        .map(|a| {
+            (0..s).map(|b| (0..r).map(|i| (0..r).map(|j| c[a][i] * inv[i][j] * c[b][j]).sum::<f64>()).sum()).collect()
+        })
+        .collect();
     match kind {
         StatKind::T => cb[0] / (sigma2 * cvc[0][0]).sqrt(),
         StatKind::F => {
@@ -108,7 +118,8 @@ fn freedman_lane_equals_explicit_refit() {
     let n = 17;
     let v = 9;
     // M = [intercept, group, covariate, covariate2]
-    let m: Vec<Vec<f64>> = (0..n).map(|i| vec![1.0, (i % 2) as f64, rng.random::<f64>() * 3.0, rng.random::<f64>() - 0.5]).collect();
+    let m: Vec<Vec<f64>> =
+        (0..n).map(|i| vec![1.0, (i % 2) as f64, rng.random::<f64>() * 3.0, rng.random::<f64>() - 0.5]).collect();
     // (contrast rows, kind, nuisance columns of M that span Z)
     let cases: Vec<(Vec<Vec<f64>>, StatKind, Vec<usize>)> = vec![
         (vec![vec![0., 1., 0., 0.]], StatKind::T, vec![0, 2, 3]),
@@ -119,11 +130,8 @@ fn freedman_lane_equals_explicit_refit() {
     let y = random_data(&mut rng, n, v);
     for (ci, (crows, kind, zcols)) in cases.iter().enumerate() {
         for pk in [PermKind::SignFlip, PermKind::Permute, PermKind::Both] {
-            let contrast = Contrast {
-                name: "c".into(),
-                kind: *kind,
-                c: DMatrix::from_fn(4, crows.len(), |i, j| crows[j][i]),
-            };
+            let contrast =
+                Contrast { name: "c".into(), kind: *kind, c: DMatrix::from_fn(4, crows.len(), |i, j| crows[j][i]) };
             let model = ContrastModel::new(&to_dmatrix(&m), &contrast).unwrap();
             let problem = model.problem(&y, v);
             let labels: Vec<u32> = (0..n as u32).collect();
@@ -147,7 +155,10 @@ fn freedman_lane_equals_explicit_refit() {
                     let got = maps[j * v + x] as f64;
                     // f32 data and f32 accumulation over 17 rows: ~1e-6 relative; 1e-4
                     // leaves room for the statistic's amplification of RSS rounding.
-                    assert!((got - want).abs() <= 1e-4 * want.abs().max(1.0), "case {ci} {pk:?} perm {j} voxel {x}: {got} vs {want}");
+                    assert!(
+                        (got - want).abs() <= 1e-4 * want.abs().max(1.0),
+                        "case {ci} {pk:?} perm {j} voxel {x}: {got} vs {want}"
+                    );
                 }
             }
         }
@@ -191,7 +202,8 @@ fn exhaustive_sign_flips_match_brute_force() {
     for f in 0..(1u32 << n) {
         let mut mx = f64::NEG_INFINITY;
         for x in 0..v {
-            let vals: Vec<f64> = column(&y, n, v, x).iter().enumerate().map(|(i, &a)| if (f >> i) & 1 == 1 { -a } else { a }).collect();
+            let vals: Vec<f64> =
+                column(&y, n, v, x).iter().enumerate().map(|(i, &a)| if (f >> i) & 1 == 1 { -a } else { a }).collect();
             let t = t_of(&vals);
             unc[x] += (t >= obs[x]) as usize;
             if (t - obs[x]).abs() < 1e-4 * obs[x].abs().max(1.0) && f != 0 {
@@ -203,7 +215,8 @@ fn exhaustive_sign_flips_match_brute_force() {
     }
     let p = 512usize;
     let want_unc: Vec<f64> = unc.iter().map(|&c| c as f64 / p as f64).collect();
-    let want_fwe: Vec<f64> = obs.iter().map(|&o| maxes.iter().filter(|&&mm| mm >= o).count() as f64 / p as f64).collect();
+    let want_fwe: Vec<f64> =
+        obs.iter().map(|&o| maxes.iter().filter(|&&mm| mm >= o).count() as f64 / p as f64).collect();
     let got_unc: Vec<f64> = res.counts.iter().map(|&c| c as f64 / p as f64).collect();
     let null = voxflip_stats::MaxStatNull::new(res.null.clone());
     let got_fwe: Vec<f64> = res.observed.iter().map(|&o| null.corrected_p(o)).collect();
@@ -211,7 +224,8 @@ fn exhaustive_sign_flips_match_brute_force() {
         assert!((res.observed[x] as f64 - obs[x]).abs() < 1e-4 * obs[x].abs().max(1.0));
     }
     // Near-ties in the FWE null: maxima within rounding of the observed value.
-    let fwe_ties: Vec<usize> = obs.iter().map(|&o| maxes.iter().filter(|&&mm| (mm - o).abs() < 1e-4 * o.abs().max(1.0)).count()).collect();
+    let fwe_ties: Vec<usize> =
+        obs.iter().map(|&o| maxes.iter().filter(|&&mm| (mm - o).abs() < 1e-4 * o.abs().max(1.0)).count()).collect();
     assert_p_close(&got_unc, &want_unc, &ties, p, "uncorrected");
     assert_p_close(&got_fwe, &want_fwe, &fwe_ties, p, "FWE");
     // The test must be able to fail: p-values vary across voxels and are not all 1.
@@ -235,7 +249,10 @@ fn exhaustive_two_sample_permutations_match_brute_force() {
     let res = permutation_test(&model.problem(&y, v), &perms).unwrap();
     // Brute force: every choice of 5 subjects as group A, pooled-variance t.
     let t2 = |vals: &[f64], a: &[bool]| {
-        let (xa, xb): (Vec<f64>, Vec<f64>) = (vals.iter().zip(a).filter(|p| *p.1).map(|p| *p.0).collect(), vals.iter().zip(a).filter(|p| !*p.1).map(|p| *p.0).collect());
+        let (xa, xb): (Vec<f64>, Vec<f64>) = (
+            vals.iter().zip(a).filter(|p| *p.1).map(|p| *p.0).collect(),
+            vals.iter().zip(a).filter(|p| !*p.1).map(|p| *p.0).collect(),
+        );
         let ma = xa.iter().sum::<f64>() / xa.len() as f64;
         let mb = xb.iter().sum::<f64>() / xb.len() as f64;
         let ss = xa.iter().map(|x| (x - ma).powi(2)).sum::<f64>() + xb.iter().map(|x| (x - mb).powi(2)).sum::<f64>();
@@ -270,7 +287,8 @@ fn exhaustive_two_sample_permutations_match_brute_force() {
     let got_unc: Vec<f64> = res.counts.iter().map(|&c| c as f64 / 252.0).collect();
     assert_p_close(&got_unc, &want_unc, &ties, 252, "uncorrected");
     let null = voxflip_stats::MaxStatNull::new(res.null.clone());
-    let fwe_ties: Vec<usize> = obs.iter().map(|&o| maxes.iter().filter(|&&mm| (mm - o).abs() < 1e-4 * o.abs().max(1.0)).count()).collect();
+    let fwe_ties: Vec<usize> =
+        obs.iter().map(|&o| maxes.iter().filter(|&&mm| (mm - o).abs() < 1e-4 * o.abs().max(1.0)).count()).collect();
     let want_fwe: Vec<f64> = obs.iter().map(|&o| maxes.iter().filter(|&&mm| mm >= o).count() as f64 / 252.0).collect();
     let got_fwe: Vec<f64> = res.observed.iter().map(|&o| null.corrected_p(o)).collect();
     assert_p_close(&got_fwe, &want_fwe, &fwe_ties, 252, "FWE");
@@ -370,7 +388,11 @@ fn check_blocked(
         // each near-tie (ignoring the identity, which always counts) can move p by 1/total.
         let slack = |t: usize| t.saturating_sub(1) as f64 / total as f64 + 1e-12;
         let got_unc = res.counts[x] as f64 / np as f64;
-        assert!((got_unc - unc[x]).abs() <= slack(unc_ties[x]), "{what} uncorrected voxel {x}: {got_unc} vs {}", unc[x]);
+        assert!(
+            (got_unc - unc[x]).abs() <= slack(unc_ties[x]),
+            "{what} uncorrected voxel {x}: {got_unc} vs {}",
+            unc[x]
+        );
         let got_fwe = voxflip_stats::MaxStatNull::new(res.null.clone()).corrected_p(res.observed[x]);
         assert!((got_fwe - fwe[x]).abs() <= slack(fwe_ties[x]), "{what} FWE voxel {x}: {got_fwe} vs {}", fwe[x]);
     }
@@ -388,7 +410,8 @@ fn exhaustive_within_block_permutations_match_brute_force() {
     let m: Vec<Vec<f64>> = (0..n)
         .map(|i| vec![(i % 4) as f64 - 1.5, (i < 4) as u8 as f64, (i >= 4) as u8 as f64, rng.random::<f64>()])
         .collect();
-    let y: Vec<f32> = random_data(&mut rng, n, v).iter().enumerate().map(|(k, &a)| a + 0.4 * ((k / v) % 4) as f32).collect();
+    let y: Vec<f32> =
+        random_data(&mut rng, n, v).iter().enumerate().map(|(k, &a)| a + 0.4 * ((k / v) % 4) as f32).collect();
     let transforms: Vec<(Vec<usize>, Vec<f64>)> = all_orderings(n)
         .into_iter()
         .filter(|pi| (0..n).all(|i| block_of[pi[i]] == block_of[i]))
@@ -401,14 +424,25 @@ fn exhaustive_within_block_permutations_match_brute_force() {
     assert!(perms.exhaustive);
     assert_eq!(perms.len(), 576);
     let cols = |ks: &[usize]| -> Vec<Vec<f64>> { m.iter().map(|row| ks.iter().map(|&k| row[k]).collect()).collect() };
-    let unc = check_blocked(&m, &cols(&[1, 2, 3]), &[vec![1., 0., 0., 0.]], StatKind::T, &y, v, &perms, &transforms, "within t");
+    let unc = check_blocked(
+        &m,
+        &cols(&[1, 2, 3]),
+        &[vec![1., 0., 0., 0.]],
+        StatKind::T,
+        &y,
+        v,
+        &perms,
+        &transforms,
+        "within t",
+    );
     // The test must be able to fail: p-values spread out.
     assert!(unc.iter().any(|&q| q < 0.2) && unc.iter().any(|&q| q > 0.5), "{unc:?}");
     let f = [vec![1., 0., 0., 0.], vec![0., 0., 0., 1.]];
     check_blocked(&m, &cols(&[1, 2]), &f, StatKind::F, &y, v, &perms, &transforms, "within F");
     // Unrestricted permutations give other p-values (the blocks matter here).
     let free = PermSet::generate(n, PermKind::Permute, &labels, 100_000, 1).unwrap();
-    let contrast = Contrast { name: "c".into(), kind: StatKind::T, c: DMatrix::from_column_slice(4, 1, &[1., 0., 0., 0.]) };
+    let contrast =
+        Contrast { name: "c".into(), kind: StatKind::T, c: DMatrix::from_column_slice(4, 1, &[1., 0., 0., 0.]) };
     let model = ContrastModel::new(&to_dmatrix(&m), &contrast).unwrap();
     let res = permutation_test(&model.problem(&y, v), &free).unwrap();
     let free_unc: Vec<f64> = res.counts.iter().map(|&c| c as f64 / free.len() as f64).collect();
@@ -424,8 +458,11 @@ fn exhaustive_whole_block_permutations_and_flips_match_brute_force() {
     let (n, v) = (8, 12);
     let block_of: Vec<i64> = vec![1, 1, 2, 2, 3, 3, 4, 4];
     // M = [group A, group B, time]: subjects 1 and 2 in A, 3 and 4 in B; two scans each.
-    let m: Vec<Vec<f64>> = (0..n).map(|i| vec![(i < 4) as u8 as f64, (i >= 4) as u8 as f64, if i % 2 == 0 { -1.0 } else { 1.0 }]).collect();
-    let y: Vec<f32> = random_data(&mut rng, n, v).iter().enumerate().map(|(k, &a)| a + if k / v < 4 { 0.5 } else { 0.0 }).collect();
+    let m: Vec<Vec<f64>> = (0..n)
+        .map(|i| vec![(i < 4) as u8 as f64, (i >= 4) as u8 as f64, if i % 2 == 0 { -1.0 } else { 1.0 }])
+        .collect();
+    let y: Vec<f32> =
+        random_data(&mut rng, n, v).iter().enumerate().map(|(k, &a)| a + if k / v < 4 { 0.5 } else { 0.0 }).collect();
     let mut transforms = Vec::new();
     for pi in all_orderings(n) {
         // Whole blocks in order: the two rows of block b come from one block, in order.
@@ -476,11 +513,20 @@ fn observed_t_equals_closed_form_one_and_two_sample() {
         let (a, b): (Vec<f64>, Vec<f64>) = (vals[..11].to_vec(), vals[11..].to_vec());
         let ma = a.iter().sum::<f64>() / 11.0;
         let mb = b.iter().sum::<f64>() / 12.0;
-        let sp2 = (a.iter().map(|x| (x - ma).powi(2)).sum::<f64>() + b.iter().map(|x| (x - mb).powi(2)).sum::<f64>()) / (n - 2) as f64;
+        let sp2 = (a.iter().map(|x| (x - ma).powi(2)).sum::<f64>() + b.iter().map(|x| (x - mb).powi(2)).sum::<f64>())
+            / (n - 2) as f64;
         let t2 = (ma - mb) / (sp2 * (1.0 / 11.0 + 1.0 / 12.0)).sqrt();
         // f32 data: 1e-5 relative is a few hundred f32 ulps, ample for sums of 23 terms.
-        assert!((r1.observed[x] as f64 - t1).abs() <= 1e-5 * t1.abs().max(1.0), "one-sample voxel {x}: {} vs {t1}", r1.observed[x]);
-        assert!((r2.observed[x] as f64 - t2).abs() <= 1e-5 * t2.abs().max(1.0), "two-sample voxel {x}: {} vs {t2}", r2.observed[x]);
+        assert!(
+            (r1.observed[x] as f64 - t1).abs() <= 1e-5 * t1.abs().max(1.0),
+            "one-sample voxel {x}: {} vs {t1}",
+            r1.observed[x]
+        );
+        assert!(
+            (r2.observed[x] as f64 - t2).abs() <= 1e-5 * t2.abs().max(1.0),
+            "two-sample voxel {x}: {} vs {t2}",
+            r2.observed[x]
+        );
     }
 }
 
@@ -496,16 +542,22 @@ fn fwe_rejection_rate(kind: PermKind, datasets: usize, seed: u64) -> usize {
         let mut rng = ChaCha8Rng::seed_from_u64(seed * 100_000 + d as u64);
         // Symmetric noise (needed for sign flips), correlated across neighbouring voxels.
         let raw: Vec<f32> = (0..n * (v + 2)).map(|_| rng.random::<f32>() - 0.5).collect();
-        let y: Vec<f32> = (0..n * v).map(|k| {
-            let (i, x) = (k / v, k % v);
-            raw[i * (v + 2) + x] + raw[i * (v + 2) + x + 1] + raw[i * (v + 2) + x + 2]
-        }).collect();
+        let y: Vec<f32> = (0..n * v)
+            .map(|k| {
+                let (i, x) = (k / v, k % v);
+                raw[i * (v + 2) + x] + raw[i * (v + 2) + x + 1] + raw[i * (v + 2) + x + 2]
+            })
+            .collect();
         let (m, c, labels) = match kind {
             PermKind::SignFlip => (DMatrix::from_element(n, 1, 1.0), DMatrix::from_element(1, 1, 1.0), vec![0u32; n]),
             _ => {
                 // Two groups with a nuisance covariate: Freedman-Lane.
                 let cov: Vec<f64> = (0..n).map(|_| rng.random::<f64>()).collect();
-                let m = DMatrix::from_fn(n, 3, |i, k| match k { 0 => (i < 7) as u8 as f64, 1 => (i >= 7) as u8 as f64, _ => cov[i] });
+                let m = DMatrix::from_fn(n, 3, |i, k| match k {
+                    0 => (i < 7) as u8 as f64,
+                    1 => (i >= 7) as u8 as f64,
+                    _ => cov[i],
+                });
                 let labels = voxflip_stats::identical_row_labels(&m);
                 (m, DMatrix::from_column_slice(3, 1, &[1.0, -1.0, 0.0]), labels)
             }

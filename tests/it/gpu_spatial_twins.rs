@@ -68,9 +68,7 @@ fn flood_fill(g: &MaskGraph, maps: &[f32], thr: f32, mode: u32) -> Vec<u32> {
 }
 
 fn random_mask(rng: &mut ChaCha8Rng, dims: [usize; 3], p: f64) -> Vec<bool> {
-    (0..dims.iter().product::<usize>())
-        .map(|_| rng.random_bool(p))
-        .collect()
+    (0..dims.iter().product::<usize>()).map(|_| rng.random_bool(p)).collect()
 }
 
 /// Smooth random maps on the full grid (box blur), restricted to the mask, scaled to about
@@ -131,26 +129,12 @@ fn labels_random_masks_and_maps() {
             gs.tuning.max_maps_per_pass = sub;
             let maps = smooth_maps(&mut rng, &g, b, true);
             for thr in [0.0f32, 1.0, 2.5] {
-                check_labels(
-                    &mut gs,
-                    &g,
-                    &maps,
-                    thr,
-                    MODE_INCLUSIVE,
-                    &format!("{conn:?} B={b} thr={thr}"),
-                );
+                check_labels(&mut gs, &g, &maps, thr, MODE_INCLUSIVE, &format!("{conn:?} B={b} thr={thr}"));
             }
             check_labels(&mut gs, &g, &maps, 1.0, MODE_TFCE, &format!("{conn:?} B={b} tfce mode"));
             // White noise: many small clusters.
             let noise: Vec<f32> = (0..b * g.len()).map(|_| rng.random::<f32>()).collect();
-            check_labels(
-                &mut gs,
-                &g,
-                &noise,
-                0.5,
-                MODE_INCLUSIVE,
-                &format!("{conn:?} B={b} noise"),
-            );
+            check_labels(&mut gs, &g, &noise, 0.5, MODE_INCLUSIVE, &format!("{conn:?} B={b} noise"));
         }
     }
 }
@@ -222,10 +206,7 @@ fn labels_adversarial() {
     let sp = spiral(11);
     let cases: Vec<(&str, Vec<f32>)> = vec![
         ("spiral", lit(dims, |x, y, z| z == 1 && sp.contains(&(x, y)))),
-        (
-            "single voxels",
-            lit(dims, |x, y, z| x % 2 == 0 && y % 2 == 0 && z % 2 == 0),
-        ),
+        ("single voxels", lit(dims, |x, y, z| x % 2 == 0 && y % 2 == 0 && z % 2 == 0)),
         // Touch by faces only along x, by edges in (x,y), by corners in (x,y,z).
         ("checkerboard (edges)", lit(dims, |x, y, _| (x + y) % 2 == 0)),
         ("3-D checkerboard (corners)", lit(dims, |x, y, z| (x + y + z) % 2 == 0)),
@@ -242,37 +223,16 @@ fn labels_adversarial() {
         let g = MaskGraph::from_mask(dims, &full, conn);
         for (name, m) in &cases {
             check_labels(&mut gs, &g, m, 0.5, MODE_INCLUSIVE, &format!("{name} {conn:?}"));
-            check_labels(
-                &mut gs,
-                &g,
-                m,
-                1.0,
-                MODE_INCLUSIVE,
-                &format!("{name} {conn:?} at 1.0 (inclusive)"),
-            );
+            check_labels(&mut gs, &g, m, 1.0, MODE_INCLUSIVE, &format!("{name} {conn:?} at 1.0 (inclusive)"));
         }
         // Several adversarial maps in one batch.
         let batch: Vec<f32> = cases.iter().flat_map(|(_, m)| m.iter().copied()).collect();
-        check_labels(
-            &mut gs,
-            &g,
-            &batch,
-            0.5,
-            MODE_INCLUSIVE,
-            &format!("adversarial batch {conn:?}"),
-        );
+        check_labels(&mut gs, &g, &batch, 0.5, MODE_INCLUSIVE, &format!("adversarial batch {conn:?}"));
         // The spiral over a sparse mask made of the spiral itself (V tiny, odd).
         let mask: Vec<bool> = cases[0].1.iter().map(|&x| x == 1.0).collect();
         let gm = MaskGraph::from_mask(dims, &mask, conn);
         let ones = vec![1.0f32; gm.len()];
-        check_labels(
-            &mut gs,
-            &gm,
-            &ones,
-            0.5,
-            MODE_INCLUSIVE,
-            &format!("spiral mask {conn:?}"),
-        );
+        check_labels(&mut gs, &gm, &ones, 0.5, MODE_INCLUSIVE, &format!("spiral mask {conn:?}"));
         let t = twin::label_components(&neighbour_table(&gm).0, neighbour_table(&gm).1, &ones, gm.len(), 0.5, 0);
         assert!(t.iter().all(|&r| r == 0), "the spiral is one component ({conn:?})");
     }
@@ -308,10 +268,7 @@ fn extents_and_masses() {
                 let (ge, gm) = d.max[j];
                 let (te, tm) = tmax[j];
                 assert_eq!(ge, te, "{conn:?} thr={thr} map {j}: extent");
-                assert!(
-                    gm == tm || (gm - tm).abs() <= 2.0 * f32::EPSILON * tm.abs(),
-                    "mass {gm} vs twin {tm}"
-                );
+                assert!(gm == tm || (gm - tm).abs() <= 2.0 * f32::EPSILON * tm.abs(), "mass {gm} vs twin {tm}");
                 let m = &maps[j * v..(j + 1) * v];
                 let (re, rm) = cluster_sizes_masses(&g, m, thr, &mut ws);
                 assert_eq!(te, re, "{conn:?} thr={thr} map {j}: twin extent vs reference");
@@ -319,15 +276,9 @@ fn extents_and_masses() {
                     assert_eq!(tm, f32::NEG_INFINITY);
                     continue;
                 }
-                let maxabs = m
-                    .iter()
-                    .filter(|x| x.is_finite() && **x >= thr)
-                    .fold(0f32, |a, x| a.max(x.abs()));
+                let maxabs = m.iter().filter(|x| x.is_finite() && **x >= thr).fold(0f32, |a, x| a.max(x.abs()));
                 let bound = v as f32 * maxabs * 2f32.powi(-30) + 2f32.powi(-22) * rm.abs() + 1e-30;
-                assert!(
-                    (tm - rm).abs() <= bound,
-                    "{conn:?} thr={thr} map {j}: mass {tm} vs reference {rm}"
-                );
+                assert!((tm - rm).abs() <= bound, "{conn:?} thr={thr} map {j}: mass {tm} vs reference {rm}");
             }
         }
     }
@@ -345,14 +296,7 @@ fn tfce_maps_maxima_counts() {
     for (conn, params) in [
         (Connectivity::C6, TfceParams::default()),
         (Connectivity::C26, TfceParams::t2()),
-        (
-            Connectivity::C18,
-            TfceParams {
-                h: 1.5,
-                e: 0.7,
-                conn: Connectivity::C18,
-            },
-        ),
+        (Connectivity::C18, TfceParams { h: 1.5, e: 0.7, conn: Connectivity::C18 }),
     ] {
         let dims = [11, 10, 8];
         let mask = random_mask(&mut rng, dims, 0.92);
@@ -387,32 +331,16 @@ fn tfce_maps_maxima_counts() {
             for i in 0..v {
                 let (gv, tv, rv) = (d.tfce[j * v + i], t[j * v + i], r[i]);
                 let l = levels_of[j];
-                assert!(
-                    (gv - tv).abs() <= tfce_tol(tv, l, 0.0),
-                    "{conn:?} map {j} voxel {i}: GPU {gv} vs twin {tv}"
-                );
-                assert!(
-                    (tv - rv).abs() <= tfce_tol(rv, l, rmax),
-                    "{conn:?} map {j} voxel {i}: twin {tv} vs ref {rv}"
-                );
+                assert!((gv - tv).abs() <= tfce_tol(tv, l, 0.0), "{conn:?} map {j} voxel {i}: GPU {gv} vs twin {tv}");
+                assert!((tv - rv).abs() <= tfce_tol(rv, l, rmax), "{conn:?} map {j} voxel {i}: twin {tv} vs ref {rv}");
                 worst.0 = worst.0.max((gv - tv).abs() / tv.abs().max(1e-30));
                 worst.1 = worst.1.max((tv - rv).abs() / rv.abs().max(1e-30));
             }
             let tm = ttfce::tfce_max(&t[j * v..(j + 1) * v], v)[0];
-            assert!(
-                (d.max[j] - tm).abs() <= tfce_tol(tm, levels_of[j], 0.0),
-                "max {} vs twin {tm}",
-                d.max[j]
-            );
-            assert!(
-                (tm - rmax).abs() <= tfce_tol(rmax, levels_of[j], rmax),
-                "twin max {tm} vs ref {rmax}"
-            );
+            assert!((d.max[j] - tm).abs() <= tfce_tol(tm, levels_of[j], 0.0), "max {} vs twin {tm}", d.max[j]);
+            assert!((tm - rmax).abs() <= tfce_tol(rmax, levels_of[j], rmax), "twin max {tm} vs ref {rmax}");
         }
-        println!(
-            "{conn:?}: worst relative TFCE difference GPU/twin {:e}, twin/reference {:e}",
-            worst.0, worst.1
-        );
+        println!("{conn:?}: worst relative TFCE difference GPU/twin {:e}, twin/reference {:e}", worst.0, worst.1);
         // Counts: GPU vs twin, within the band of near-ties.
         let mut tc = vec![0u32; v];
         ttfce::tfce_counts(&t, &observed, &mut tc);
@@ -433,22 +361,14 @@ fn tfce_maps_maxima_counts() {
                 hi += (x >= observed[i] - band) as u32;
             }
             ambiguous += hi - lo;
-            assert!(
-                lo <= d.counts[i] && d.counts[i] <= hi,
-                "voxel {i}: count {} outside [{lo}, {hi}]",
-                d.counts[i]
-            );
+            assert!(lo <= d.counts[i] && d.counts[i] <= hi, "voxel {i}: count {} outside [{lo}, {hi}]", d.counts[i]);
             assert!(lo <= tc[i] && tc[i] <= hi);
         }
         let differ = (0..v).filter(|&i| d.counts[i] != tc[i]).count();
         println!("{conn:?}: {ambiguous} (map, voxel) pairs within tolerance of observed; {differ} counts differ");
         // The band must stay narrow for the count check to mean anything (the seventh map is
         // the observed map itself, whose pairs are all near-ties).
-        assert!(
-            ambiguous as usize <= 2 * v,
-            "{conn:?}: {ambiguous} of {} pairs ambiguous: band too wide",
-            b * v
-        );
+        assert!(ambiguous as usize <= 2 * v, "{conn:?}: {ambiguous} of {} pairs ambiguous: band too wide", b * v);
     }
 }
 
@@ -471,43 +391,21 @@ fn tfce_edge_cases() {
     let mut t = Vec::new();
     for sub in maps.chunks(2 * v) {
         let (hs, hp) = ttfce::level_table(sub, dh, params.h).unwrap();
-        t.extend(ttfce::tfce(
-            &nbrs,
-            width,
-            sub,
-            v,
-            &hs,
-            &hp,
-            &ttfce::size_pow_table(v, params.e),
-        ));
+        t.extend(ttfce::tfce(&nbrs, width, sub, v, &hs, &hp, &ttfce::size_pow_table(v, params.e)));
     }
     assert!(d.tfce[..2 * v].iter().all(|&x| x == 0.0), "no level: zero TFCE");
     assert_eq!(&d.max[..2], &[0.0, 0.0]);
     for (i, (&a, &b)) in d.tfce.iter().zip(&t).enumerate() {
-        assert!(
-            (a - b).abs() <= tfce_tol(b, 100, 0.0),
-            "voxel-map {i}: GPU {a} vs twin {b}"
-        );
+        assert!((a - b).abs() <= tfce_tol(b, 100, 0.0), "voxel-map {i}: GPU {a} vs twin {b}");
     }
     let g1 = MaskGraph::from_mask([1, 1, 1], &[true], Connectivity::C26);
     let d = gs.tfce_batch(&g1, &[3.0, -1.0, 0.25], &params, dh, None).unwrap();
     let (hs, hp) = ttfce::level_table(&[3.0, -1.0, 0.25], dh, params.h).unwrap();
     let (n1, w1) = neighbour_table(&g1);
-    let t = ttfce::tfce(
-        &n1,
-        w1,
-        &[3.0, -1.0, 0.25],
-        1,
-        &hs,
-        &hp,
-        &ttfce::size_pow_table(1, params.e),
-    );
+    let t = ttfce::tfce(&n1, w1, &[3.0, -1.0, 0.25], 1, &hs, &hp, &ttfce::size_pow_table(1, params.e));
     assert_eq!(d.tfce[1], 0.0);
     for (a, b) in d.tfce.iter().zip(&t) {
-        assert!(
-            (a - b).abs() <= tfce_tol(*b, hs.len(), 0.0),
-            "one voxel: GPU {a} vs twin {b}"
-        );
+        assert!((a - b).abs() <= tfce_tol(*b, hs.len(), 0.0), "one voxel: GPU {a} vs twin {b}");
     }
     gs.tuning.max_maps_per_pass = None;
 }
@@ -523,11 +421,7 @@ fn reduce_matches_cpu() {
     let g26 = MaskGraph::from_mask(dims, &mask, Connectivity::C26);
     let v = g6.len();
     let obs_map = smooth_maps(&mut rng, &g6, 1, false);
-    let opts = TfceOptions {
-        params: TfceParams::default(),
-        exact: false,
-        step: None,
-    };
+    let opts = TfceOptions { params: TfceParams::default(), exact: false, step: None };
     let dh = voxflip_stats::spatial::tfce_step_from_observed(&obs_map);
     let observed = tfce_stepwise(&g6, &obs_map, &opts.params, dh, &mut ws).unwrap();
     let job = SpatialJob {
@@ -553,12 +447,7 @@ fn reduce_matches_cpu() {
     for (a, b) in dev.tfce_max.iter().zip(&cpu.tfce_max) {
         assert!((a - b).abs() <= tfce_tol(*b, 110, *b), "tfce max {a} vs {b}");
     }
-    let differ: u32 = dev
-        .tfce_counts
-        .iter()
-        .zip(&cpu.tfce_counts)
-        .map(|(a, b)| a.abs_diff(*b))
-        .sum();
+    let differ: u32 = dev.tfce_counts.iter().zip(&cpu.tfce_counts).map(|(a, b)| a.abs_diff(*b)).sum();
     println!("reduce: counts differ by {differ} in total over {v} voxels x 14 maps");
     assert!(differ as usize <= v * 14 / 1000 + 2, "counts differ by {differ}");
     assert_eq!(dev.tfce_counts.len(), cpu.tfce_counts.len());
@@ -572,15 +461,9 @@ fn reduce_matches_cpu() {
         let bits = |x: &[f32]| x.iter().map(|f| f.to_bits()).collect::<Vec<_>>();
         runs.push((bits(&n.tfce_max), n.tfce_counts, bits(&n.extent_max), bits(&n.mass_max)));
     }
-    assert!(
-        runs.windows(2).all(|w| w[0] == w[1]),
-        "results depend on the sub-batch size"
-    );
+    assert!(runs.windows(2).all(|w| w[0] == w[1]), "results depend on the sub-batch size");
     // Exact TFCE is refused.
-    let exact = SpatialJob {
-        tfce: Some((&g6, TfceOptions { exact: true, ..opts }, dh)),
-        ..job
-    };
+    let exact = SpatialJob { tfce: Some((&g6, TfceOptions { exact: true, ..opts }, dh)), ..job };
     assert!(gs.configure(&exact).is_err());
 }
 
@@ -595,11 +478,7 @@ fn timing_reduce_brain_sized() {
     for z in 0..dims[2] {
         for y in 0..dims[1] {
             for x in 0..dims[0] {
-                let (a, b, c) = (
-                    (x as f32 - 45.0) / 40.0,
-                    (y as f32 - 54.0) / 50.0,
-                    (z as f32 - 45.0) / 38.0,
-                );
+                let (a, b, c) = ((x as f32 - 45.0) / 40.0, (y as f32 - 54.0) / 50.0, (z as f32 - 45.0) / 38.0);
                 mask[x + dims[0] * (y + dims[1] * z)] = a * a + b * b + c * c <= 1.0;
             }
         }
@@ -607,16 +486,9 @@ fn timing_reduce_brain_sized() {
     let g6 = MaskGraph::from_mask(dims, &mask, Connectivity::C6);
     let g26 = MaskGraph::from_mask(dims, &mask, Connectivity::C26);
     let v = g6.len();
-    let nmaps: usize = std::env::var("VOXFLIP_SPATIAL_MAPS")
-        .ok()
-        .and_then(|s| s.parse().ok())
-        .unwrap_or(4);
+    let nmaps: usize = std::env::var("VOXFLIP_SPATIAL_MAPS").ok().and_then(|s| s.parse().ok()).unwrap_or(4);
     let obs_map = smooth_maps(&mut rng, &g6, 1, false);
-    let opts = TfceOptions {
-        params: TfceParams::default(),
-        exact: false,
-        step: None,
-    };
+    let opts = TfceOptions { params: TfceParams::default(), exact: false, step: None };
     let dh = voxflip_stats::spatial::tfce_step_from_observed(&obs_map);
     let mut ws = Workspace::new();
     let observed = tfce_stepwise(&g6, &obs_map, &opts.params, dh, &mut ws).unwrap();

@@ -11,9 +11,9 @@
 //!
 //! Without an adapter the tests skip (print why) unless VOXFLIP_REQUIRE_GPU=1. Software
 //! adapters (lavapipe) are allowed here.
+use crate::common::Tolerance;
 use rand::{Rng, SeedableRng};
 use rand_chacha::ChaCha8Rng;
-use crate::common::Tolerance;
 use voxflip_engines::gpu::{AdapterChoice, GpuEngine};
 use voxflip_engines::{GlmKernel, GpuOptions};
 use voxflip_shaders::cpu::glm_stat as twin;
@@ -396,7 +396,10 @@ fn engine_setups(g: &mut GpuEngine) {
 
 #[test]
 fn engine_rejects_bad_calls_and_missing_adapters() {
-    let e = GpuEngine::new(&AdapterChoice { name: Some("no-such-adapter-xyz".into()), allow_software: true }, &GpuOptions::default());
+    let e = GpuEngine::new(
+        &AdapterChoice { name: Some("no-such-adapter-xyz".into()), allow_software: true },
+        &GpuOptions::default(),
+    );
     let msg = e.err().expect("no adapter should match").to_string();
     assert!(msg.contains("no GPU adapter found") && msg.contains("--backend cpu"), "{msg}");
     let Some(mut g) = gpu() else { return };
@@ -466,7 +469,8 @@ fn time_1000_sign_flips_n58_q2_v228k() {
         // A fresh engine per kernel: an error in one leaves the others' numbers intact.
         // VOXFLIP_GPU_TIMESTAMPS=1 also times the passes on the GPU itself.
         let timestamps = std::env::var("VOXFLIP_GPU_TIMESTAMPS").as_deref() == Ok("1");
-        let mut g = crate::common::gpu_engine_with(module_path!(), &GpuOptions { timestamps, ..Default::default() }).unwrap();
+        let mut g =
+            crate::common::gpu_engine_with(module_path!(), &GpuOptions { timestamps, ..Default::default() }).unwrap();
         type Timed = (std::time::Duration, f64, Option<f64>, Vec<f32>, Vec<u32>);
         let run = |g: &mut GpuEngine| -> voxflip_engines::Result<Timed> {
             g.set_kernel(kernel)?;

@@ -8,7 +8,9 @@ use rand_chacha::ChaCha8Rng;
 use voxflip_engines::cpu::CpuEngine;
 use voxflip_engines::scheduler::{observed_map, permute_contrast};
 use voxflip_engines::Engine;
-use voxflip_stats::spatial::{observed_cluster_values, Connectivity, MaskGraph, SpatialJob, TfceOptions, TfceParams, Workspace};
+use voxflip_stats::spatial::{
+    observed_cluster_values, Connectivity, MaskGraph, SpatialJob, TfceOptions, TfceParams, Workspace,
+};
 use voxflip_stats::{Contrast, ContrastModel, MaxStatNull, PermKind, PermSet, StatKind};
 
 const D: usize = 14;
@@ -27,7 +29,10 @@ fn smooth_noise(rng: &mut ChaCha8Rng, n: usize) -> Vec<f32> {
                         for dy in -1i32..=1 {
                             for dx in -1i32..=1 {
                                 let (a, b, c) = (x as i32 + dx, yy as i32 + dy, z as i32 + dz);
-                                if (0..D as i32).contains(&a) && (0..D as i32).contains(&b) && (0..D as i32).contains(&c) {
+                                if (0..D as i32).contains(&a)
+                                    && (0..D as i32).contains(&b)
+                                    && (0..D as i32).contains(&c)
+                                {
                                     s += raw[a as usize + D * (b as usize + D * c as usize)];
                                 }
                             }
@@ -64,7 +69,13 @@ fn tfce_and_cluster_extent_fwe_rates_are_calibrated() {
         let dh = observed.iter().copied().fold(0f32, f32::max) / 100.0;
         // Cluster-forming threshold t = 2.2 (about p = 0.025 at 11 dof).
         let thr = 2.2;
-        let job = SpatialJob { tfce: Some((&g6, tfce, dh)), tfce_observed: None, cluster_graph: Some(&g26), extent_thr: Some(thr), mass_thr: None };
+        let job = SpatialJob {
+            tfce: Some((&g6, tfce, dh)),
+            tfce_observed: None,
+            cluster_graph: Some(&g26),
+            extent_thr: Some(thr),
+            mass_thr: None,
+        };
         let snull = permute_contrast(&mut engine, &problem, &perms, &observed, Some(&job), None, &()).unwrap().spatial;
         let mut tf = vec![0f32; nv];
         job.tfce_map(&observed, &mut Workspace::new(), &mut tf).unwrap();

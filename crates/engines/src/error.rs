@@ -25,7 +25,10 @@ impl EngineError {
     /// The message without the "GPU: " the display adds.
     pub fn message(&self) -> &str {
         match self {
-            EngineError::DeviceLost(m) | EngineError::OutOfMemory(m) | EngineError::Unsupported(m) | EngineError::Invalid(m) => m,
+            EngineError::DeviceLost(m)
+            | EngineError::OutOfMemory(m)
+            | EngineError::Unsupported(m)
+            | EngineError::Invalid(m) => m,
         }
     }
 

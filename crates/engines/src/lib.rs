@@ -96,7 +96,9 @@ pub fn make_engine(opts: &EngineOptions) -> Result<Engine> {
     let name = opts.gpu.adapter.clone();
     let engine = match opts.backend {
         Backend::Cpu => Engine::Cpu(cpu::CpuEngine::new()),
-        Backend::Gpu => Engine::Gpu(Box::new(GpuEngine::new(&AdapterChoice { name, allow_software: true }, &opts.gpu)?)),
+        Backend::Gpu => {
+            Engine::Gpu(Box::new(GpuEngine::new(&AdapterChoice { name, allow_software: true }, &opts.gpu)?))
+        }
         Backend::Auto => match GpuEngine::new(&AdapterChoice { name, allow_software: false }, &opts.gpu) {
             Ok(g) => Engine::Gpu(Box::new(g)),
             Err(e @ EngineError::Invalid(_)) => return Err(e),

@@ -199,8 +199,8 @@ pub fn spatial_adapter_of(engine: &Engine) -> Option<AdapterChoice> {
 
 /// The observed statistic map of `problem` on `engine` (the identity permutation).
 pub fn observed_map(engine: &mut Engine, problem: &ContrastProblem) -> Result<Vec<f32>> {
-    let identity = PermSet::generate(problem.n, PermKind::SignFlip, &vec![0; problem.n], 1, 0)
-        .map_err(EngineError::Invalid)?;
+    let identity =
+        PermSet::generate(problem.n, PermKind::SignFlip, &vec![0; problem.n], 1, 0).map_err(EngineError::Invalid)?;
     let mut observed = vec![0f32; problem.v];
     run_with_fallback(engine, problem, |e| e.run_batch(&identity, 0..1, None, Some(&mut observed)).map(|_| ()))?;
     Ok(observed)

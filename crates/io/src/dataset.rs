@@ -38,7 +38,10 @@ impl Dataset {
     pub fn from_image(img: &Image, img_path: &Path, mask: Option<(&Image, &Path)>) -> Result<Dataset> {
         let n = img.nvol;
         if n < 2 {
-            return Err(Error::input(img_path, format!("has {} volume(s); a group analysis needs a 4D image with one volume per image", n)));
+            return Err(Error::input(
+                img_path,
+                format!("has {} volume(s); a group analysis needs a 4D image with one volume per image", n),
+            ));
         }
         let nvox = img.nvox();
         let varies = |lin: usize| -> (bool, bool) {
@@ -62,11 +65,18 @@ impl Dataset {
                         mpath,
                         format!(
                             "mask grid {}x{}x{} (or its orientation) does not match the data {} ({}x{}x{})",
-                            m.dims[0], m.dims[1], m.dims[2], img_path.display(), img.dims[0], img.dims[1], img.dims[2]
+                            m.dims[0],
+                            m.dims[1],
+                            m.dims[2],
+                            img_path.display(),
+                            img.dims[0],
+                            img.dims[1],
+                            img.dims[2]
                         ),
                     ));
                 }
-                let vox: Vec<u32> = (0..nvox).filter(|&l| m.data[l].is_finite() && m.data[l] > 0.0).map(|l| l as u32).collect();
+                let vox: Vec<u32> =
+                    (0..nvox).filter(|&l| m.data[l].is_finite() && m.data[l] > 0.0).map(|l| l as u32).collect();
                 if vox.is_empty() {
                     return Err(Error::input(mpath, "the mask is empty (no voxel > 0)"));
                 }
@@ -102,9 +112,18 @@ impl Dataset {
                 vox
             }
             None => {
-                let vox: Vec<u32> = (0..nvox).filter(|&l| { let (f, d) = varies(l); f && d }).map(|l| l as u32).collect();
+                let vox: Vec<u32> = (0..nvox)
+                    .filter(|&l| {
+                        let (f, d) = varies(l);
+                        f && d
+                    })
+                    .map(|l| l as u32)
+                    .collect();
                 if vox.is_empty() {
-                    return Err(Error::input(img_path, "no voxel varies across volumes (and none is finite and non-constant): nothing to test"));
+                    return Err(Error::input(
+                        img_path,
+                        "no voxel varies across volumes (and none is finite and non-constant): nothing to test",
+                    ));
                 }
                 vox
             }
@@ -172,7 +191,10 @@ pub fn difference(pre: &Image, pre_path: &Path, post: &Image, post_path: &Path) 
         return Err(Error::input(post_path, format!("grid differs from {}", pre_path.display())));
     }
     if pre.nvol != post.nvol {
-        return Err(Error::input(post_path, format!("has {} volumes but {} has {}", post.nvol, pre_path.display(), pre.nvol)));
+        return Err(Error::input(
+            post_path,
+            format!("has {} volumes but {} has {}", post.nvol, pre_path.display(), pre.nvol),
+        ));
     }
     let mut out = pre.clone();
     for (o, &b) in out.data.iter_mut().zip(&post.data) {

@@ -53,13 +53,26 @@ impl OutputSet {
     }
 
     /// Write a 3D float32 map (see [`crate::nifti::write_map`]) under its temporary name.
-    pub fn write_map(&mut self, final_path: &Path, reference: &crate::Header, dims: [usize; 3], data: &[f32]) -> Result<()> {
+    pub fn write_map(
+        &mut self,
+        final_path: &Path,
+        reference: &crate::Header,
+        dims: [usize; 3],
+        data: &[f32],
+    ) -> Result<()> {
         self.write_image(final_path, reference, dims, 1, data)
     }
 
     /// Write a 3D or 4D float32 image (see [`crate::nifti::write_image`]) under its
     /// temporary name.
-    pub fn write_image(&mut self, final_path: &Path, reference: &crate::Header, dims: [usize; 3], nvol: usize, data: &[f32]) -> Result<()> {
+    pub fn write_image(
+        &mut self,
+        final_path: &Path,
+        reference: &crate::Header,
+        dims: [usize; 3],
+        nvol: usize,
+        data: &[f32],
+    ) -> Result<()> {
         let tmp = self.temp_for(final_path);
         crate::nifti::write_image(&tmp, reference, dims, nvol, data).map_err(|e| match e {
             // Name the file the user asked for, not the hidden temporary.
@@ -77,7 +90,10 @@ impl OutputSet {
             let (tmp, fin) = self.pending.remove(0);
             if let Err(e) = std::fs::rename(&tmp, &fin) {
                 let _ = std::fs::remove_file(&tmp);
-                return Err(Error::output(&fin, format!("cannot rename from {}: {}", tmp.display(), crate::io_msg(&e))));
+                return Err(Error::output(
+                    &fin,
+                    format!("cannot rename from {}: {}", tmp.display(), crate::io_msg(&e)),
+                ));
             }
             done.push(fin);
         }
@@ -135,23 +151,38 @@ mod tests {
     use super::*;
 
     fn names(dir: &Path) -> Vec<String> {
-        let mut v: Vec<String> = std::fs::read_dir(dir).unwrap().map(|e| e.unwrap().file_name().to_string_lossy().into_owned()).collect();
+        let mut v: Vec<String> =
+            std::fs::read_dir(dir).unwrap().map(|e| e.unwrap().file_name().to_string_lossy().into_owned()).collect();
         v.sort();
         v
     }
 
     fn header() -> crate::Header {
-        crate::nifti::header_from_affine([2, 2, 2], [1.0; 3], [[1.0, 0.0, 0.0, 0.0], [0.0, 1.0, 0.0, 0.0], [0.0, 0.0, 1.0, 0.0]], 4)
+        crate::nifti::header_from_affine(
+            [2, 2, 2],
+            [1.0; 3],
+            [[1.0, 0.0, 0.0, 0.0], [0.0, 1.0, 0.0, 0.0], [0.0, 0.0, 1.0, 0.0]],
+            4,
+        )
     }
 
     #[test]
     fn temp_names_keep_extension() {
         let mut o = OutputSet::new();
         let pid = std::process::id();
-        assert_eq!(o.temp_for(Path::new("d/out_tstat1.nii.gz")), PathBuf::from(format!("d/.voxflip-{pid}-out_tstat1.nii.gz")));
-        assert_eq!(o.temp_for(Path::new("d/out.clusters.tsv")), PathBuf::from(format!("d/.voxflip-{pid}-out.clusters.tsv")));
+        assert_eq!(
+            o.temp_for(Path::new("d/out_tstat1.nii.gz")),
+            PathBuf::from(format!("d/.voxflip-{pid}-out_tstat1.nii.gz"))
+        );
+        assert_eq!(
+            o.temp_for(Path::new("d/out.clusters.tsv")),
+            PathBuf::from(format!("d/.voxflip-{pid}-out.clusters.tsv"))
+        );
         assert_eq!(o.temp_for(Path::new("README")), PathBuf::from(format!(".voxflip-{pid}-README")));
-        assert_eq!(o.temp_for(Path::new("d/out_tstat1.nii.gz")), PathBuf::from(format!("d/.voxflip-{pid}-out_tstat1.nii.gz")));
+        assert_eq!(
+            o.temp_for(Path::new("d/out_tstat1.nii.gz")),
+            PathBuf::from(format!("d/.voxflip-{pid}-out_tstat1.nii.gz"))
+        );
         assert_eq!(o.pending.len(), 3);
         o.pending.clear();
     }

@@ -35,28 +35,28 @@ impl Participants {
 /// Read `path` and take the groups from `group_column`. Blank lines are skipped; fields are
 /// trimmed of surrounding spaces (and a UTF-8 byte-order mark on the header).
 pub fn read_participants(path: &Path, group_column: &str) -> Result<Participants> {
-    let bytes = std::fs::read(path)
-        .map_err(|e| Error::input(path, format!("cannot read: {}", crate::io_msg(&e))))?;
+    let bytes = std::fs::read(path).map_err(|e| Error::input(path, format!("cannot read: {}", crate::io_msg(&e))))?;
     let text = String::from_utf8(bytes).map_err(|_| Error::input(path, "not UTF-8 text"))?;
     parse(&text, group_column).map_err(|msg| Error::input(path, msg))
 }
 
 fn parse(text: &str, group_column: &str) -> std::result::Result<Participants, String> {
     let split = |line: &str| -> Vec<String> { line.split('\t').map(|f| f.trim().to_string()).collect() };
-    let mut lines = text
-        .lines()
-        .enumerate()
-        .map(|(i, l)| (i + 1, l.trim_end_matches('\r')))
-        .filter(|(_, l)| !l.trim().is_empty());
+    let mut lines =
+        text.lines().enumerate().map(|(i, l)| (i + 1, l.trim_end_matches('\r'))).filter(|(_, l)| !l.trim().is_empty());
     let (_, header) = lines.next().ok_or("empty file (no header row)")?;
     let columns = split(header.trim_start_matches('\u{feff}'));
     let find = |name: &str| columns.iter().position(|c| c == name);
     let id_col = find("participant_id").ok_or_else(|| {
-        let hint = if columns.len() == 1 && header.contains([',', ';']) { " (is it comma-separated? it must be tab-separated)" } else { "" };
+        let hint = if columns.len() == 1 && header.contains([',', ';']) {
+            " (is it comma-separated? it must be tab-separated)"
+        } else {
+            ""
+        };
         format!("no participant_id column (columns: {}){hint}", columns.join(", "))
     })?;
-    let group_col = find(group_column)
-        .ok_or_else(|| format!("no column '{group_column}' (columns: {})", columns.join(", ")))?;
+    let group_col =
+        find(group_column).ok_or_else(|| format!("no column '{group_column}' (columns: {})", columns.join(", ")))?;
 
     let mut ids = Vec::new();
     let mut groups = Vec::new();

@@ -94,8 +94,7 @@ fn fill_names(v: &mut Vest) {
 }
 
 fn parse(path: &Path, rows_key: RowsKey) -> Result<Vest> {
-    let text = std::fs::read(path)
-        .map_err(|e| Error::input(path, format!("cannot read: {}", crate::io_msg(&e))))?;
+    let text = std::fs::read(path).map_err(|e| Error::input(path, format!("cannot read: {}", crate::io_msg(&e))))?;
     let text = String::from_utf8_lossy(&text);
     parse_text(&text, rows_key).map_err(|msg| Error::input(path, msg))
 }
@@ -127,9 +126,7 @@ fn parse_text(text: &str, rows_key: RowsKey) -> std::result::Result<Vest, String
                 None => (rest, ""),
             };
             let count = |what: &str| -> std::result::Result<usize, String> {
-                value
-                    .parse::<usize>()
-                    .map_err(|_| format!("line {lineno}: /{what} '{value}' is not a whole number"))
+                value.parse::<usize>().map_err(|_| format!("line {lineno}: /{what} '{value}' is not a whole number"))
             };
             match key {
                 "Matrix" => in_matrix = true,
@@ -137,11 +134,9 @@ fn parse_text(text: &str, rows_key: RowsKey) -> std::result::Result<Vest, String
                 "NumPoints" => num_points = Some(count("NumPoints")?),
                 "NumContrasts" => num_contrasts = Some(count("NumContrasts")?),
                 k if k.starts_with("ContrastName") => {
-                    let idx = k["ContrastName".len()..]
-                        .parse::<usize>()
-                        .ok()
-                        .filter(|&n| n >= 1)
-                        .ok_or_else(|| format!("line {lineno}: '/{k}' should be /ContrastName1, /ContrastName2, ..."))?;
+                    let idx = k["ContrastName".len()..].parse::<usize>().ok().filter(|&n| n >= 1).ok_or_else(|| {
+                        format!("line {lineno}: '/{k}' should be /ContrastName1, /ContrastName2, ...")
+                    })?;
                     names.push((idx, value.to_string()));
                 }
                 // /PPheights, /RequiredEffect and others carry nothing we use.

@@ -26,8 +26,9 @@ fn every_shader_variant_compiles() {
             .validate(&module)
             .unwrap_or_else(|e| panic!("{}: {}", v.label, e.emit_to_string(&v.source)));
         let constants: naga::back::PipelineConstants = v.overrides.iter().map(|&(k, x)| (k.to_string(), x)).collect();
-        let (resolved, resolved_info) = naga::back::pipeline_constants::process_overrides(&module, &info, None, &constants)
-            .unwrap_or_else(|e| panic!("{}: pipeline constants: {e}", v.label));
+        let (resolved, resolved_info) =
+            naga::back::pipeline_constants::process_overrides(&module, &info, None, &constants)
+                .unwrap_or_else(|e| panic!("{}: pipeline constants: {e}", v.label));
         // Every constant the host sets exists in the module (a renamed one would be ignored
         // by the driver), and every one without a default is set.
         let declared: Vec<&str> = module.overrides.iter().filter_map(|(_, o)| o.name.as_deref()).collect();
@@ -39,8 +40,7 @@ fn every_shader_variant_compiles() {
             assert!(o.init.is_some() || constants.contains_key(name), "{}: {name} left unset", v.label);
         }
         for ep in &resolved.entry_points {
-            let pipeline =
-                naga::back::spv::PipelineOptions { shader_stage: ep.stage, entry_point: ep.name.clone() };
+            let pipeline = naga::back::spv::PipelineOptions { shader_stage: ep.stage, entry_point: ep.name.clone() };
             naga::back::spv::write_vec(&resolved, &resolved_info, &Default::default(), Some(&pipeline))
                 .unwrap_or_else(|e| panic!("{} ({}): SPIR-V: {e}", v.label, ep.name));
         }

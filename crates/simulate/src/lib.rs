@@ -22,15 +22,15 @@ mod noise;
 
 mod study;
 
-pub use study::{driving_study, DrivingStudy};
 pub use anatomy::{in_brain, profile, Region, SimGrid, ACTIVATION_REGIONS, INTERACTION_REGIONS, PLATEAU_FRACTION};
+pub use study::{driving_study, DrivingStudy};
 
-use voxflip_io::{Error, Result};
 use rand::SeedableRng;
 use rand_chacha::ChaCha20Rng;
 use rayon::prelude::*;
 use std::fmt::Write as _;
 use std::path::{Path, PathBuf};
+use voxflip_io::{Error, Result};
 
 /// Correlation of a subject's pre and post noise.
 pub const PRE_POST_CORRELATION: f64 = 0.5;
@@ -150,29 +150,26 @@ pub fn simulate(cfg: &SimConfig) -> SimData {
 
     let mut pre = vec![0.0f32; nvox * n];
     let mut post = vec![0.0f32; nvox * n];
-    pre.par_chunks_mut(nvox)
-        .zip(post.par_chunks_mut(nvox))
-        .enumerate()
-        .for_each_init(
-            || (vec![0.0f32; nvox], vec![0.0f32; nvox], vec![0.0f32; nvox]),
-            |(subj, sess, scratch), (s, (pre_s, post_s))| {
-                let mut rng = stream(cfg.seed, s, 0);
-                let mut offset = [0.0f32; 1];
-                noise::fill_normal(&mut rng, &mut offset);
-                let offset = offset[0] * OFFSET_SD as f32;
-                smoother.field(&mut rng, subj, scratch);
-                let in_a = s < cfg.n_a;
-                for (t, out) in [pre_s, post_s].into_iter().enumerate() {
-                    smoother.field(&mut stream(cfg.seed, s, 1 + t as u64), sess, scratch);
-                    let gain = if in_a && t == 1 { 1.0 } else { 0.0 };
-                    for v in 0..nvox {
-                        if mask[v] {
-                            out[v] = ws * subj[v] + offset + we * sess[v] + activation[v] + gain * interaction[v];
-                        }
+    pre.par_chunks_mut(nvox).zip(post.par_chunks_mut(nvox)).enumerate().for_each_init(
+        || (vec![0.0f32; nvox], vec![0.0f32; nvox], vec![0.0f32; nvox]),
+        |(subj, sess, scratch), (s, (pre_s, post_s))| {
+            let mut rng = stream(cfg.seed, s, 0);
+            let mut offset = [0.0f32; 1];
+            noise::fill_normal(&mut rng, &mut offset);
+            let offset = offset[0] * OFFSET_SD as f32;
+            smoother.field(&mut rng, subj, scratch);
+            let in_a = s < cfg.n_a;
+            for (t, out) in [pre_s, post_s].into_iter().enumerate() {
+                smoother.field(&mut stream(cfg.seed, s, 1 + t as u64), sess, scratch);
+                let gain = if in_a && t == 1 { 1.0 } else { 0.0 };
+                for v in 0..nvox {
+                    if mask[v] {
+                        out[v] = ws * subj[v] + offset + we * sess[v] + activation[v] + gain * interaction[v];
                     }
                 }
-            },
-        );
+            }
+        },
+    );
 
     let width = n.to_string().len().max(2);
     SimData {
@@ -580,8 +577,9 @@ mod tests {
         let (na, n) = (cfg.n_a, d.n_subjects());
         let nb = n - na;
         // Changes post - pre, subject-major over in-mask voxels.
-        let diff: Vec<Vec<f64>> =
-            (0..n).map(|s| vox.iter().map(|&v| (d.post[s * nvox + v] - d.pre[s * nvox + v]) as f64).collect()).collect();
+        let diff: Vec<Vec<f64>> = (0..n)
+            .map(|s| vox.iter().map(|&v| (d.post[s * nvox + v] - d.pre[s * nvox + v]) as f64).collect())
+            .collect();
         let total: Vec<f64> = (0..vox.len()).map(|i| diff.iter().map(|x| x[i]).sum()).collect();
         let total_ss: Vec<f64> = (0..vox.len()).map(|i| diff.iter().map(|x| x[i] * x[i]).sum()).collect();
         let tmap = |in_a: &[usize]| -> Vec<f64> {

@@ -46,7 +46,11 @@ impl AxisKernel {
         let taps: Vec<f32> = (0..=2 * radius)
             .map(|j| {
                 let d = j as f64 - radius as f64;
-                if sigma_vox > 0.0 { (-0.5 * d * d / (sigma_vox * sigma_vox)).exp() as f32 } else { 1.0 }
+                if sigma_vox > 0.0 {
+                    (-0.5 * d * d / (sigma_vox * sigma_vox)).exp() as f32
+                } else {
+                    1.0
+                }
             })
             .collect();
         let inv_norm = (0..n)

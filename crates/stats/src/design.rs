@@ -124,10 +124,12 @@ impl Design {
                 }
                 let c = DMatrix::from_fn(r, picked.len(), |i, j| con.rows[picked[j]][i]);
                 contrasts.push(Contrast { name: format!("fstat{}", k + 1), kind: StatKind::F, c });
-                labels.push(format!("F({})", picked.iter().map(|p| format!("C{}", p + 1)).collect::<Vec<_>>().join(",")));
+                labels
+                    .push(format!("F({})", picked.iter().map(|p| format!("C{}", p + 1)).collect::<Vec<_>>().join(",")));
             }
         }
-        let design = Design { m, contrasts, column_names: (1..=r).map(|k| format!("EV{k}")).collect(), contrast_labels: labels };
+        let design =
+            Design { m, contrasts, column_names: (1..=r).map(|k| format!("EV{k}")).collect(), contrast_labels: labels };
         design.validate()?;
         Ok(design)
     }
@@ -141,7 +143,11 @@ impl Design {
         let na = groups.iter().filter(|&&g| g == 0).count() as f64;
         let nb = n as f64 - na;
         let m = DMatrix::from_fn(n, 2, |i, k| if groups[i] == k { 1.0 } else { 0.0 });
-        let t = |name: &str, w: [f64; 2]| Contrast { name: name.into(), kind: StatKind::T, c: DMatrix::from_column_slice(2, 1, &w) };
+        let t = |name: &str, w: [f64; 2]| Contrast {
+            name: name.into(),
+            kind: StatKind::T,
+            c: DMatrix::from_column_slice(2, 1, &w),
+        };
         Design {
             m,
             contrasts: vec![
@@ -227,7 +233,11 @@ impl Design {
     pub fn validate(&self) -> std::result::Result<(), DesignError> {
         for c in &self.contrasts {
             if let Err(msg) = ContrastModel::new(&self.m, c) {
-                return Err(if msg.contains("design") { DesignError::Design(msg) } else { DesignError::Contrasts(msg) });
+                return Err(if msg.contains("design") {
+                    DesignError::Design(msg)
+                } else {
+                    DesignError::Contrasts(msg)
+                });
             }
         }
         Ok(())

@@ -81,7 +81,12 @@ impl ContrastModel {
         let (n, r) = m.shape();
         let c = &contrast.c;
         if c.nrows() != r {
-            return Err(format!("contrast {} has {} weights but the design has {} columns", contrast.name, c.nrows(), r));
+            return Err(format!(
+                "contrast {} has {} weights but the design has {} columns",
+                contrast.name,
+                c.nrows(),
+                r
+            ));
         }
         let rk = rank(m);
         if rk < r {
@@ -202,7 +207,8 @@ impl ContrastModel {
             }
             ss[v0..v0 + w].copy_from_slice(&ssb);
         }
-        let qbasis: Vec<f32> = (0..n).flat_map(|i| (0..self.q).map(move |k| (i, k))).map(|(i, k)| self.qbasis[(i, k)] as f32).collect();
+        let qbasis: Vec<f32> =
+            (0..n).flat_map(|i| (0..self.q).map(move |k| (i, k))).map(|(i, k)| self.qbasis[(i, k)] as f32).collect();
         ContrastProblem { n, v, q: self.q, s: self.s, kind: self.kind, dof: self.dof as f32, qbasis, e, ss }
     }
 }
@@ -233,8 +239,13 @@ mod tests {
 
     #[test]
     fn partition_spans_design_and_orders_effect_first() {
-        let m = DMatrix::from_row_slice(6, 3, &[1., 0., 0.3, 1., 0., -1.2, 1., 1., 0.5, 1., 1., 2.0, 1., 0., 0.1, 1., 1., -0.7]);
-        let c = Contrast { name: "tstat1".into(), kind: StatKind::T, c: DMatrix::from_column_slice(3, 1, &[0., 1., 0.]) };
+        let m = DMatrix::from_row_slice(
+            6,
+            3,
+            &[1., 0., 0.3, 1., 0., -1.2, 1., 1., 0.5, 1., 1., 2.0, 1., 0., 0.1, 1., 1., -0.7],
+        );
+        let c =
+            Contrast { name: "tstat1".into(), kind: StatKind::T, c: DMatrix::from_column_slice(3, 1, &[0., 1., 0.]) };
         let cm = ContrastModel::new(&m, &c).unwrap();
         assert_eq!((cm.q, cm.s), (3, 1));
         let qtq = cm.qbasis.transpose() * &cm.qbasis;
@@ -250,7 +261,8 @@ mod tests {
     #[test]
     fn rank_deficient_design_is_rejected() {
         let m = DMatrix::from_row_slice(4, 3, &[1., 0., 1., 1., 0., 1., 1., 1., 0., 1., 1., 0.]);
-        let c = Contrast { name: "tstat1".into(), kind: StatKind::T, c: DMatrix::from_column_slice(3, 1, &[0., 1., 0.]) };
+        let c =
+            Contrast { name: "tstat1".into(), kind: StatKind::T, c: DMatrix::from_column_slice(3, 1, &[0., 1., 0.]) };
         let e = ContrastModel::new(&m, &c).unwrap_err();
         assert!(e.contains("rank deficient"), "{e}");
     }

@@ -177,8 +177,16 @@ fn micro_avx512(a: &[f32], e: &[f32], n: usize, out: &mut [f32]) {
 #[target_feature(enable = "avx512f,avx512vl,avx2,fma")]
 #[allow(clippy::too_many_arguments)]
 pub(super) unsafe fn tile_avx512(
-    p: &ContrastProblem, a: &[f32], nperm: usize, v0: usize, observed: Option<&[f32]>,
-    maps: Option<Disjoint<f32>>, counts: Option<Disjoint<u32>>, packed: &mut Vec<f32>, ubuf: &mut Vec<f32>, maxes: &mut [f32],
+    p: &ContrastProblem,
+    a: &[f32],
+    nperm: usize,
+    v0: usize,
+    observed: Option<&[f32]>,
+    maps: Option<Disjoint<f32>>,
+    counts: Option<Disjoint<u32>>,
+    packed: &mut Vec<f32>,
+    ubuf: &mut Vec<f32>,
+    maxes: &mut [f32],
 ) {
     tile_body(micro_avx512, p, a, nperm, v0, observed, maps, counts, packed, ubuf, maxes)
 }
@@ -187,8 +195,16 @@ pub(super) unsafe fn tile_avx512(
 #[target_feature(enable = "avx2,fma")]
 #[allow(clippy::too_many_arguments)]
 pub(super) unsafe fn tile_avx2(
-    p: &ContrastProblem, a: &[f32], nperm: usize, v0: usize, observed: Option<&[f32]>,
-    maps: Option<Disjoint<f32>>, counts: Option<Disjoint<u32>>, packed: &mut Vec<f32>, ubuf: &mut Vec<f32>, maxes: &mut [f32],
+    p: &ContrastProblem,
+    a: &[f32],
+    nperm: usize,
+    v0: usize,
+    observed: Option<&[f32]>,
+    maps: Option<Disjoint<f32>>,
+    counts: Option<Disjoint<u32>>,
+    packed: &mut Vec<f32>,
+    ubuf: &mut Vec<f32>,
+    maxes: &mut [f32],
 ) {
     microkernel!(micro_avx2, |a: f32, b: f32, c: f32| a.mul_add(b, c));
     tile_body(micro_avx2, p, a, nperm, v0, observed, maps, counts, packed, ubuf, maxes)
@@ -196,10 +212,17 @@ pub(super) unsafe fn tile_avx2(
 
 #[allow(clippy::too_many_arguments)]
 pub(super) fn tile_portable(
-    p: &ContrastProblem, a: &[f32], nperm: usize, v0: usize, observed: Option<&[f32]>,
-    maps: Option<Disjoint<f32>>, counts: Option<Disjoint<u32>>, packed: &mut Vec<f32>, ubuf: &mut Vec<f32>, maxes: &mut [f32],
+    p: &ContrastProblem,
+    a: &[f32],
+    nperm: usize,
+    v0: usize,
+    observed: Option<&[f32]>,
+    maps: Option<Disjoint<f32>>,
+    counts: Option<Disjoint<u32>>,
+    packed: &mut Vec<f32>,
+    ubuf: &mut Vec<f32>,
+    maxes: &mut [f32],
 ) {
     let _ = micro_fma; // kept for machines with FMA but without the x86 paths
     tile_body(micro_plain, p, a, nperm, v0, observed, maps, counts, packed, ubuf, maxes)
 }
-

@@ -95,7 +95,11 @@ impl CpuEngine {
         let mut exceed = if observed.is_some() { vec![0u32; v] } else { Vec::new() };
         let counts = observed.map(|_| Disjoint(exceed.as_mut_ptr()));
         if range.end > perms.len() || perms.n != n {
-            return Err(EngineError::Invalid(format!("permutations {range:?} of {} with N = {} for N = {n}", perms.len(), perms.n)));
+            return Err(EngineError::Invalid(format!(
+                "permutations {range:?} of {} with N = {} for N = {n}",
+                perms.len(),
+                perms.n
+            )));
         }
         if observed.is_some_and(|o| o.len() != v) || maps.as_deref().is_some_and(|m| m.len() != nperm * v) {
             return Err(EngineError::Invalid("observed map or maps buffer of the wrong size".into()));
@@ -112,21 +116,61 @@ impl CpuEngine {
                     match isa {
                         #[cfg(target_arch = "x86_64")]
                         // SAFETY: the feature was detected at run time.
-                        "avx512f" => unsafe { kernels::tile_avx512(p, &a, nperm, v0, observed, maps_ptr, counts, &mut packed, &mut ubuf, &mut maxes) },
+                        "avx512f" => unsafe {
+                            kernels::tile_avx512(
+                                p,
+                                &a,
+                                nperm,
+                                v0,
+                                observed,
+                                maps_ptr,
+                                counts,
+                                &mut packed,
+                                &mut ubuf,
+                                &mut maxes,
+                            )
+                        },
                         #[cfg(target_arch = "x86_64")]
-                        "avx2+fma" => unsafe { kernels::tile_avx2(p, &a, nperm, v0, observed, maps_ptr, counts, &mut packed, &mut ubuf, &mut maxes) },
-                        _ => kernels::tile_portable(p, &a, nperm, v0, observed, maps_ptr, counts, &mut packed, &mut ubuf, &mut maxes),
+                        "avx2+fma" => unsafe {
+                            kernels::tile_avx2(
+                                p,
+                                &a,
+                                nperm,
+                                v0,
+                                observed,
+                                maps_ptr,
+                                counts,
+                                &mut packed,
+                                &mut ubuf,
+                                &mut maxes,
+                            )
+                        },
+                        _ => kernels::tile_portable(
+                            p,
+                            &a,
+                            nperm,
+                            v0,
+                            observed,
+                            maps_ptr,
+                            counts,
+                            &mut packed,
+                            &mut ubuf,
+                            &mut maxes,
+                        ),
                     }
                     (maxes, packed, ubuf)
                 },
             )
             .map(|(m, _, _)| m)
-            .reduce(|| vec![f32::NEG_INFINITY; nperm], |mut x, y| {
-                for (a, b) in x.iter_mut().zip(y) {
-                    *a = a.max(b);
-                }
-                x
-            });
+            .reduce(
+                || vec![f32::NEG_INFINITY; nperm],
+                |mut x, y| {
+                    for (a, b) in x.iter_mut().zip(y) {
+                        *a = a.max(b);
+                    }
+                    x
+                },
+            );
         Ok(BatchResult { max_stat, exceed })
     }
 }
@@ -134,8 +178,8 @@ impl CpuEngine {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use voxflip_stats::{statistic, PermKind, StatKind};
     use rand::{Rng, SeedableRng};
+    use voxflip_stats::{statistic, PermKind, StatKind};
 
     fn random_problem(n: usize, v: usize, q: usize, s: usize, kind: StatKind, seed: u64) -> ContrastProblem {
         let mut rng = rand_chacha::ChaCha8Rng::seed_from_u64(seed);
@@ -206,4 +250,3 @@ mod tests {
         assert_eq!(whole.exceed, sum);
     }
 }
-

@@ -138,4 +138,3 @@ fn rank(info: &wgpu::AdapterInfo) -> (u32, u32) {
     let b = if info.backend == wgpu::Backend::Gl { 1 } else { 0 };
     (t, b)
 }
-

@@ -304,11 +304,13 @@ impl GpuEngine {
     /// Bound on multiply-adds per dispatch and per submission: small enough on every device
     /// that no submission trips a display driver's watchdog (see MAX_MACS_PER_DISPATCH).
     fn max_macs_per_dispatch(&self) -> u64 {
-        self.tuning.max_macs_per_dispatch.unwrap_or(if self.device.info().device_type == wgpu::DeviceType::DiscreteGpu {
-            MAX_MACS_PER_DISPATCH_DISCRETE
-        } else {
-            MAX_MACS_PER_DISPATCH
-        })
+        self.tuning.max_macs_per_dispatch.unwrap_or(
+            if self.device.info().device_type == wgpu::DeviceType::DiscreteGpu {
+                MAX_MACS_PER_DISPATCH_DISCRETE
+            } else {
+                MAX_MACS_PER_DISPATCH
+            },
+        )
     }
 
     /// This engine's device, for other GPU stages that must read its buffers (the spatial
@@ -535,7 +537,9 @@ impl GpuEngine {
             chunk_v = chunk_v.min(c.max(1));
         }
         if chunk_v == 0 {
-            return Err(EngineError::Unsupported(format!("N = {n} rows do not fit one storage binding of {binding} bytes")));
+            return Err(EngineError::Unsupported(format!(
+                "N = {n} rows do not fit one storage binding of {binding} bytes"
+            )));
         }
         chunk_v = chunk_v.min(v.max(1));
         if (n * q) as u64 * 4 > binding {
@@ -618,10 +622,8 @@ impl GpuEngine {
             }
         }
         if b == 0 {
-            let empty = BatchResult {
-                max_stat: Vec::new(),
-                exceed: if observed.is_some() { vec![0; v] } else { Vec::new() },
-            };
+            let empty =
+                BatchResult { max_stat: Vec::new(), exceed: if observed.is_some() { vec![0; v] } else { Vec::new() } };
             return Ok((empty, None));
         }
         if keep && (maps.is_some() || !self.can_keep_maps(b)) {
@@ -645,8 +647,10 @@ impl GpuEngine {
         if words.len() as u64 * 4 > binding {
             return Err(EngineError::Unsupported(format!("batch of {b} permutations is too large for one binding")));
         }
-        let perm_buf = self.device.storage_init("perm words", bytemuck::cast_slice(&words), wgpu::BufferUsages::empty());
-        let max_buf = self.device.storage_init("max", bytemuck::cast_slice(&vec![0u32; b]), wgpu::BufferUsages::COPY_SRC);
+        let perm_buf =
+            self.device.storage_init("perm words", bytemuck::cast_slice(&words), wgpu::BufferUsages::empty());
+        let max_buf =
+            self.device.storage_init("max", bytemuck::cast_slice(&vec![0u32; b]), wgpu::BufferUsages::COPY_SRC);
         let mut flags = if has_src { FLAG_SRC } else { 0 };
         if observed.is_some() {
             flags |= FLAG_OBSERVED;
@@ -657,7 +661,11 @@ impl GpuEngine {
         let mut enc = self.device.encoder();
         for c in &st.chunks {
             if let Some(o) = observed {
-                self.device.queue().write_buffer(&c.vox, (4 * c.vc) as u64, bytemuck::cast_slice(&o[c.v0..c.v0 + c.vc]));
+                self.device.queue().write_buffer(
+                    &c.vox,
+                    (4 * c.vc) as u64,
+                    bytemuck::cast_slice(&o[c.v0..c.v0 + c.vc]),
+                );
                 enc.clear_buffer(&c.counts, 0, None);
             }
         }

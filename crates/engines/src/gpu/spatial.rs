@@ -214,11 +214,7 @@ pub struct SpatialTuning {
 
 fn unsuitable(a: &wgpu::Adapter) -> Option<String> {
     let l = a.limits();
-    if !a
-        .get_downlevel_capabilities()
-        .flags
-        .contains(wgpu::DownlevelFlags::COMPUTE_SHADERS)
-    {
+    if !a.get_downlevel_capabilities().flags.contains(wgpu::DownlevelFlags::COMPUTE_SHADERS) {
         return Some("no compute shaders".into());
     }
     if l.max_storage_buffers_per_shader_stage < STORAGE_BUFFERS {
@@ -296,10 +292,8 @@ impl GpuSpatial {
         ] {
             entries.push(storage(b, ro));
         }
-        let layout = device.create_bind_group_layout(&wgpu::BindGroupLayoutDescriptor {
-            label: Some("spatial"),
-            entries: &entries,
-        });
+        let layout = device
+            .create_bind_group_layout(&wgpu::BindGroupLayoutDescriptor { label: Some("spatial"), entries: &entries });
         let pl = device.create_pipeline_layout(&wgpu::PipelineLayoutDescriptor {
             label: Some("spatial"),
             bind_group_layouts: &[Some(&layout)],
@@ -386,16 +380,8 @@ impl GpuSpatial {
             if g.connectivity() != o.params.conn {
                 return Err(EngineError::Invalid("TFCE connectivity differs from the mask graph's".into()));
             }
-            let sizepow = self.storage_init(
-                "tfce sizepow",
-                bytemuck::cast_slice(&size_pow_table(g.len(), o.params.e)),
-            );
-            self.tfce = Some(TfceSetup {
-                graph: self.upload_graph(g),
-                params: o.params,
-                dh,
-                sizepow,
-            });
+            let sizepow = self.storage_init("tfce sizepow", bytemuck::cast_slice(&size_pow_table(g.len(), o.params.e)));
+            self.tfce = Some(TfceSetup { graph: self.upload_graph(g), params: o.params, dh, sizepow });
             v_job = Some(g.len());
         }
         if job.extent_thr.is_some() || job.mass_thr.is_some() {
@@ -405,11 +391,7 @@ impl GpuSpatial {
                     return Err(EngineError::Invalid("TFCE and cluster graphs have different voxel counts".into()));
                 }
             }
-            self.cluster = Some(ClusterSetup {
-                graph,
-                extent_thr: job.extent_thr,
-                mass_thr: job.mass_thr,
-            });
+            self.cluster = Some(ClusterSetup { graph, extent_thr: job.extent_thr, mass_thr: job.mass_thr });
         }
         if let Some(obs) = job.tfce_observed {
             let buf = self.storage_init("observed tfce", bytemuck::cast_slice(obs));
@@ -421,10 +403,7 @@ impl GpuSpatial {
     /// TFCE work since the last call: (voxel-levels processed, i.e. the summed lengths of the
     /// active lists; voxels x maps x levels, what whole-batch passes would have touched).
     pub fn take_tfce_work(&self) -> (u64, u64) {
-        (
-            self.tfce_work[0].swap(0, Ordering::Relaxed),
-            self.tfce_work[1].swap(0, Ordering::Relaxed),
-        )
+        (self.tfce_work[0].swap(0, Ordering::Relaxed), self.tfce_work[1].swap(0, Ordering::Relaxed))
     }
 
     /// The adapter in use.
@@ -488,20 +467,10 @@ impl GpuSpatial {
                     return Err(EngineError::Invalid(format!("cluster graph has {} voxels, maps have {v}", g.v)));
                 }
                 if let Some(thr) = c.extent_thr {
-                    clusters.push(ClusterPass {
-                        graph: g,
-                        thr,
-                        slot: 0,
-                        mass: false,
-                    });
+                    clusters.push(ClusterPass { graph: g, thr, slot: 0, mass: false });
                 }
                 if let Some(thr) = c.mass_thr {
-                    clusters.push(ClusterPass {
-                        graph: g,
-                        thr,
-                        slot: 2,
-                        mass: true,
-                    });
+                    clusters.push(ClusterPass { graph: g, thr, slot: 2, mass: true });
                 }
             }
         }
@@ -509,10 +478,7 @@ impl GpuSpatial {
         let tfce = match &self.tfce {
             Some(t) => {
                 if t.graph.v != v {
-                    return Err(EngineError::Invalid(format!(
-                        "TFCE graph has {} voxels, maps have {v}",
-                        t.graph.v
-                    )));
+                    return Err(EngineError::Invalid(format!("TFCE graph has {} voxels, maps have {v}", t.graph.v)));
                 }
                 Some((&t.graph, t.dh, t.params.h, &t.sizepow))
             }
@@ -568,12 +534,7 @@ impl GpuSpatial {
         let req = Request {
             maps: BatchMaps::Host(maps),
             v: g.len(),
-            clusters: vec![ClusterPass {
-                graph: &graph,
-                thr,
-                slot: 0,
-                mass: false,
-            }],
+            clusters: vec![ClusterPass { graph: &graph, thr, slot: 0, mass: false }],
             tfce: None,
             observed: None,
             read_labels: true,
@@ -593,12 +554,7 @@ impl GpuSpatial {
         let req = Request {
             maps: BatchMaps::Host(maps),
             v,
-            clusters: vec![ClusterPass {
-                graph: &graph,
-                thr,
-                slot: 0,
-                mass: true,
-            }],
+            clusters: vec![ClusterPass { graph: &graph, thr, slot: 0, mass: true }],
             tfce: None,
             observed: None,
             read_labels: true,
@@ -608,12 +564,7 @@ impl GpuSpatial {
         let out = out.map_err(|e| self.fail(e))?;
         let acc = out.acc.chunks(3).map(|c| [c[0], c[1], c[2]]).collect();
         let max = out.results.chunks(RES_STRIDE).map(|r| (r[0], value_of(r[1]))).collect();
-        Ok(ClusterStats {
-            parent: out.parent,
-            acc,
-            max,
-            scales: out.scales,
-        })
+        Ok(ClusterStats { parent: out.parent, acc, max, scales: out.scales })
     }
 
     /// Test hook: stepwise TFCE maps of `maps` over `g`, per-map maxima, and counts against
@@ -643,11 +594,7 @@ impl GpuSpatial {
         let out = self.run(&req);
         let out = out.map_err(|e| self.fail(e))?;
         let max = out.results.chunks(RES_STRIDE).map(|r| value_of(r[RES_TFCE])).collect();
-        Ok(TfceBatch {
-            tfce: out.tfce,
-            max,
-            counts: out.counts,
-        })
+        Ok(TfceBatch { tfce: out.tfce, max, counts: out.counts })
     }
 
     // -----------------------------------------------------------------------------------
@@ -678,11 +625,7 @@ impl GpuSpatial {
 
     fn upload_graph(&self, g: &MaskGraph) -> GraphBuf {
         let (rows, width) = g.padded_rows();
-        GraphBuf {
-            buf: self.storage_init("neighbours", bytemuck::cast_slice(rows)),
-            width,
-            v: g.len(),
-        }
+        GraphBuf { buf: self.storage_init("neighbours", bytemuck::cast_slice(rows)), width, v: g.len() }
     }
 
     /// Maps per sub-batch for maps of `v` voxels: the per-voxel accumulators (12 bytes per
@@ -690,9 +633,7 @@ impl GpuSpatial {
     /// covers at most MAX_VOXEL_MAPS voxel-maps.
     fn maps_per_pass(&self, v: usize, nmaps: usize) -> Result<usize> {
         let binding = self.device.binding_limit() as usize;
-        let mut nb = (binding / (12 * v))
-            .min((u32::MAX as usize / 3) / v)
-            .min((MAX_VOXEL_MAPS / v).max(1));
+        let mut nb = (binding / (12 * v)).min((u32::MAX as usize / 3) / v).min((MAX_VOXEL_MAPS / v).max(1));
         if let Some(m) = self.tuning.max_maps_per_pass {
             nb = nb.min(m.max(1));
         }
@@ -730,10 +671,7 @@ impl GpuSpatial {
     /// Size the sub-batch buffers for maps of `v` voxels (before building a request).
     fn prepare(&mut self, maps: &[f32], v: usize) -> Result<()> {
         if v == 0 || !maps.len().is_multiple_of(v) {
-            return Err(EngineError::Invalid(format!(
-                "{} values are not whole maps of {v} voxels",
-                maps.len()
-            )));
+            return Err(EngineError::Invalid(format!("{} values are not whole maps of {v} voxels", maps.len())));
         }
         self.prepare_n(maps.len() / v, v)
     }
@@ -753,11 +691,8 @@ impl GpuSpatial {
     /// labels uses MODE_TFCE too).
     fn run_mode(&self, req: &Request, mode: u32) -> Result<Output> {
         let v = req.v;
-        let work = self
-            .work
-            .as_ref()
-            .filter(|w| w.v == v)
-            .ok_or_else(|| EngineError::Invalid("run before prepare".into()))?;
+        let work =
+            self.work.as_ref().filter(|w| w.v == v).ok_or_else(|| EngineError::Invalid("run before prepare".into()))?;
         let nmaps = req.maps.nmaps(v);
         let nb_max = work.nb;
         let counts = self.storage("counts", (v * 4) as u64);
@@ -790,7 +725,9 @@ impl GpuSpatial {
                     // For thr > 0 (reduce_device refuses others) the active voxels' largest
                     // |value| is the map's maximum when that reaches thr: the same scale.
                     let scales = match mass_thr {
-                        Some(thr) => sub.iter().map(|&m| MassScale::for_maxabs(if m >= thr { m } else { 0.0 })).collect(),
+                        Some(thr) => {
+                            sub.iter().map(|&m| MassScale::for_maxabs(if m >= thr { m } else { 0.0 })).collect()
+                        }
                         None => Vec::new(),
                     };
                     (sub.to_vec(), scales)
@@ -809,8 +746,7 @@ impl GpuSpatial {
                     out.scales.push(s);
                 }
             }
-            self.device.queue()
-                .write_buffer(&work.results, 0, bytemuck::cast_slice(&init_results));
+            self.device.queue().write_buffer(&work.results, 0, bytemuck::cast_slice(&init_results));
 
             // Parameter slots: one per cluster pass; for TFCE set_args and one per level (top
             // down; or one for the zeroing `enter` when there is no level); one for the tail.
@@ -838,7 +774,8 @@ impl GpuSpatial {
             let mut levels: Vec<(f32, f32)> = Vec::new();
             if let Some((g, dh, h_exp, _)) = req.tfce {
                 let top = sub_maxima.iter().copied().fold(f32::NEG_INFINITY, f32::max);
-                let (hs, hpow) = level_table(&[top], dh, h_exp).map_err(|e| EngineError::Unsupported(format!("TFCE on the GPU: {e}")))?;
+                let (hs, hpow) = level_table(&[top], dh, h_exp)
+                    .map_err(|e| EngineError::Unsupported(format!("TFCE on the GPU: {e}")))?;
                 levels = hs.into_iter().zip(hpow).filter(|&(_, hp)| hp != 0.0).collect();
                 let thr_of = |k: usize| levels.get(k).map_or(f32::INFINITY, |l| l.0);
                 params.push(base); // set_args
@@ -899,10 +836,7 @@ impl GpuSpatial {
                     }),
                 }];
                 for (i, b) in bufs.iter().enumerate() {
-                    entries.push(wgpu::BindGroupEntry {
-                        binding: i as u32 + 1,
-                        resource: b.as_entire_binding(),
-                    });
+                    entries.push(wgpu::BindGroupEntry { binding: i as u32 + 1, resource: b.as_entire_binding() });
                 }
                 self.device.wgpu().create_bind_group(&wgpu::BindGroupDescriptor {
                     label: Some("spatial"),
@@ -971,7 +905,8 @@ impl GpuSpatial {
                     if pending >= DISPATCHES_PER_SUBMIT {
                         // Nothing to wait for (no read-back between levels): just hand the
                         // device work early.
-                        let full = std::mem::replace(&mut enc, self.device.wgpu().create_command_encoder(&Default::default()));
+                        let full =
+                            std::mem::replace(&mut enc, self.device.wgpu().create_command_encoder(&Default::default()));
                         self.device.queue().submit(Some(full.finish()));
                         pending = 0;
                     }
@@ -994,23 +929,37 @@ impl GpuSpatial {
                 self.tfce_work[0].fetch_add(total, Ordering::Relaxed);
             }
 
-            let res = self.device.read_back(&work.results, 0, (nb * RES_STRIDE * 4) as u64, "reading spatial results")?;
+            let res =
+                self.device.read_back(&work.results, 0, (nb * RES_STRIDE * 4) as u64, "reading spatial results")?;
             out.results.extend_from_slice(bytemuck::cast_slice(&res));
             if req.read_labels {
                 let n = (nb * v) as u64;
-                out.parent
-                    .extend_from_slice(bytemuck::cast_slice(&self.device.read_back(&work.parent, 0, n * 4, "labels")?));
-                out.acc
-                    .extend_from_slice(bytemuck::cast_slice(&self.device.read_back(&work.acc, 0, n * 12, "sizes")?));
+                out.parent.extend_from_slice(bytemuck::cast_slice(&self.device.read_back(
+                    &work.parent,
+                    0,
+                    n * 4,
+                    "labels",
+                )?));
+                out.acc.extend_from_slice(bytemuck::cast_slice(&self.device.read_back(
+                    &work.acc,
+                    0,
+                    n * 12,
+                    "sizes",
+                )?));
             }
             if req.read_tfce {
                 let n = (nb * v) as u64;
-                out.tfce
-                    .extend_from_slice(bytemuck::cast_slice(&self.device.read_back(&work.tfce, 0, n * 4, "TFCE maps")?));
+                out.tfce.extend_from_slice(bytemuck::cast_slice(&self.device.read_back(
+                    &work.tfce,
+                    0,
+                    n * 4,
+                    "TFCE maps",
+                )?));
             }
         }
         if req.observed.is_some() && req.tfce.is_some() {
-            out.counts = bytemuck::cast_slice(&self.device.read_back(&counts, 0, (v * 4) as u64, "TFCE counts")?).to_vec();
+            out.counts =
+                bytemuck::cast_slice(&self.device.read_back(&counts, 0, (v * 4) as u64, "TFCE counts")?).to_vec();
         } else if req.observed.is_some() {
             // No TFCE: every map is all zeros, as on the CPU.
             out.counts = vec![0; v];

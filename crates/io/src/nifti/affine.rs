@@ -36,9 +36,24 @@ pub(super) fn qform_affine(h: &NiftiHeader) -> [[f64; 4]; 3] {
     let qfac = if h.pixdim[0] < 0.0 { -1.0 } else { 1.0 };
     let (xd, yd, zd) = (pos(h.pixdim[1]), pos(h.pixdim[2]), qfac * pos(h.pixdim[3]));
     [
-        [(a * a + b * b - c * c - d * d) * xd, 2.0 * (b * c - a * d) * yd, 2.0 * (b * d + a * c) * zd, h.quatern_x as f64],
-        [2.0 * (b * c + a * d) * xd, (a * a + c * c - b * b - d * d) * yd, 2.0 * (c * d - a * b) * zd, h.quatern_y as f64],
-        [2.0 * (b * d - a * c) * xd, 2.0 * (c * d + a * b) * yd, (a * a + d * d - c * c - b * b) * zd, h.quatern_z as f64],
+        [
+            (a * a + b * b - c * c - d * d) * xd,
+            2.0 * (b * c - a * d) * yd,
+            2.0 * (b * d + a * c) * zd,
+            h.quatern_x as f64,
+        ],
+        [
+            2.0 * (b * c + a * d) * xd,
+            (a * a + c * c - b * b - d * d) * yd,
+            2.0 * (c * d - a * b) * zd,
+            h.quatern_y as f64,
+        ],
+        [
+            2.0 * (b * d - a * c) * xd,
+            2.0 * (c * d + a * b) * yd,
+            (a * a + d * d - c * c - b * b) * zd,
+            h.quatern_z as f64,
+        ],
     ]
 }
 
@@ -47,7 +62,12 @@ pub(super) fn qform_affine(h: &NiftiHeader) -> [[f64; 4]; 3] {
 /// a rotation times the voxel sizes (`pixdim`, with a possible flip of the third axis); when
 /// the affine has shear or its column lengths disagree with `pixdim`, a qform cannot express
 /// it and qform_code is 0. Used to write simulated images in a given space.
-pub fn header_from_affine(dims: [usize; 3], pixdim: [f32; 3], affine: [[f64; 4]; 3], xform_code: i16) -> nifti::NiftiHeader {
+pub fn header_from_affine(
+    dims: [usize; 3],
+    pixdim: [f32; 3],
+    affine: [[f64; 4]; 3],
+    xform_code: i16,
+) -> nifti::NiftiHeader {
     let mut h = NiftiHeader {
         dim: [3, dim16(dims[0]), dim16(dims[1]), dim16(dims[2]), 1, 1, 1, 1],
         datatype: 16,

@@ -177,19 +177,35 @@ impl Fields<'_> {
     }
     fn i32(&self, off: usize) -> i32 {
         let a = self.arr(off);
-        if self.big { i32::from_be_bytes(a) } else { i32::from_le_bytes(a) }
+        if self.big {
+            i32::from_be_bytes(a)
+        } else {
+            i32::from_le_bytes(a)
+        }
     }
     fn i64(&self, off: usize) -> i64 {
         let a = self.arr(off);
-        if self.big { i64::from_be_bytes(a) } else { i64::from_le_bytes(a) }
+        if self.big {
+            i64::from_be_bytes(a)
+        } else {
+            i64::from_le_bytes(a)
+        }
     }
     fn i16(&self, off: usize) -> i16 {
         let a = self.arr(off);
-        if self.big { i16::from_be_bytes(a) } else { i16::from_le_bytes(a) }
+        if self.big {
+            i16::from_be_bytes(a)
+        } else {
+            i16::from_le_bytes(a)
+        }
     }
     fn f64(&self, off: usize) -> f64 {
         let a = self.arr(off);
-        if self.big { f64::from_be_bytes(a) } else { f64::from_le_bytes(a) }
+        if self.big {
+            f64::from_be_bytes(a)
+        } else {
+            f64::from_le_bytes(a)
+        }
     }
 }
 
@@ -306,7 +322,11 @@ fn decode(raw: &[u8], dt: i64, big: bool, scale: Option<(f64, f64)>) -> Vec<f32>
         ($t:ty, $n:expr) => {{
             let it = raw.chunks_exact($n).map(|c| {
                 let a: [u8; $n] = c.try_into().unwrap();
-                if big { <$t>::from_be_bytes(a) } else { <$t>::from_le_bytes(a) }
+                if big {
+                    <$t>::from_be_bytes(a)
+                } else {
+                    <$t>::from_le_bytes(a)
+                }
             });
             match scale {
                 Some((s, i)) => it.map(|v| (v as f64 * s + i) as f32).collect(),

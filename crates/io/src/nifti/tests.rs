@@ -75,7 +75,19 @@ fn write_read_round_trip_4d_and_3d() {
     for f in [|h: &NiftiHeader| h.srow_x, |h: &NiftiHeader| h.srow_y, |h: &NiftiHeader| h.srow_z] {
         assert_eq!(f(&map.header), f(&img.header));
     }
-    let q = |h: &NiftiHeader| (h.qform_code, h.sform_code, h.quatern_b, h.quatern_c, h.quatern_d, h.quatern_x, h.quatern_y, h.quatern_z, h.pixdim[0]);
+    let q = |h: &NiftiHeader| {
+        (
+            h.qform_code,
+            h.sform_code,
+            h.quatern_b,
+            h.quatern_c,
+            h.quatern_d,
+            h.quatern_x,
+            h.quatern_y,
+            h.quatern_z,
+            h.pixdim[0],
+        )
+    };
     assert_eq!(q(&map.header), q(&img.header));
     assert_eq!(map.header.xyzt_units, img.header.xyzt_units);
     assert_eq!((map.header.scl_slope, map.header.scl_inter, map.header.datatype), (1.0, 0.0, 16));
@@ -212,7 +224,11 @@ fn nifti2_is_read_in_both_byte_orders() {
         assert_eq!((img.header.qform_code, img.header.sform_code, img.header.xyzt_units), (1, 4, 10));
         assert_eq!(img.header.dim, [4, 2, 3, 4, 2, 1, 1, 1]);
         // qfac -1, 180 degrees about z: diag(-2, -3, -4) with the quatern offsets.
-        assert_affine_close(qform_affine(&img.header), [[-2.0, 0.0, 0.0, 10.0], [0.0, -3.0, 0.0, 20.0], [0.0, 0.0, -4.0, 30.0]], 1e-9);
+        assert_affine_close(
+            qform_affine(&img.header),
+            [[-2.0, 0.0, 0.0, 10.0], [0.0, -3.0, 0.0, 20.0], [0.0, 0.0, -4.0, 30.0]],
+            1e-9,
+        );
         // The converted header is usable as an output reference.
         let out = dir.path().join(format!("out_{big}.nii.gz"));
         write_map(&out, &img.header, img.dims, img.volume(0)).unwrap();
@@ -320,5 +336,9 @@ fn qform_only_and_no_transform() {
     assert_affine_close(read_image(&p).unwrap().affine, aff, 1e-4);
     h.qform_code = 0;
     write_map(&p, &h, [2, 2, 2], &[0.0; 8]).unwrap();
-    assert_affine_close(read_image(&p).unwrap().affine, [[2.0, 0.0, 0.0, 0.0], [0.0, 2.0, 0.0, 0.0], [0.0, 0.0, 2.0, 0.0]], 1e-9);
+    assert_affine_close(
+        read_image(&p).unwrap().affine,
+        [[2.0, 0.0, 0.0, 0.0], [0.0, 2.0, 0.0, 0.0], [0.0, 0.0, 2.0, 0.0]],
+        1e-9,
+    );
 }

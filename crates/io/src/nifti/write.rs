@@ -14,7 +14,13 @@ pub fn write_map(path: &Path, reference: &nifti::NiftiHeader, dims: [usize; 3], 
 /// codes, pixdim, xyzt_units, dim_info) with datatype float32, scl_slope 1, scl_inter 0,
 /// descrip "voxflip", and the reference's intent and display range cleared, because they
 /// described the input data, not this output. Writes exactly `path`.
-pub fn write_image(path: &Path, reference: &nifti::NiftiHeader, dims: [usize; 3], nvol: usize, data: &[f32]) -> Result<()> {
+pub fn write_image(
+    path: &Path,
+    reference: &nifti::NiftiHeader,
+    dims: [usize; 3],
+    nvol: usize,
+    data: &[f32],
+) -> Result<()> {
     use ndarray::{ArrayView3, ArrayView4, ShapeBuilder};
     let err = |msg: String| Error::output(path, msg);
     let name = path.file_name().map(|n| n.to_string_lossy().into_owned()).unwrap_or_default();
@@ -25,7 +31,10 @@ pub fn write_image(path: &Path, reference: &nifti::NiftiHeader, dims: [usize; 3]
     }
     let limit = i16::MAX as usize;
     if dims.iter().chain(std::iter::once(&nvol)).any(|&d| d == 0 || d > limit) {
-        return Err(err(format!("invalid dimensions {}x{}x{}x{} (each must be 1..={limit})", dims[0], dims[1], dims[2], nvol)));
+        return Err(err(format!(
+            "invalid dimensions {}x{}x{}x{} (each must be 1..={limit})",
+            dims[0], dims[1], dims[2], nvol
+        )));
     }
     let n = dims[0] * dims[1] * dims[2] * nvol;
     if data.len() != n {

@@ -170,8 +170,7 @@ mod tests {
             };
             let flat = run(&|mx, cnt, maps| glm_stat(&params, &words, &qbasis, &e, &vox, mx, cnt, maps));
             for wg_p in [WG_P, WG_P_128] {
-                let wide =
-                    run(&|mx, cnt, maps| glm_stat_wide(wg_p, &params, &words, &qbasis, &e, &vox, mx, cnt, maps));
+                let wide = run(&|mx, cnt, maps| glm_stat_wide(wg_p, &params, &words, &qbasis, &e, &vox, mx, cnt, maps));
                 assert_eq!(wide.0, flat.0, "maxima, wg_p {wg_p}");
                 assert_eq!(wide.1, flat.1, "counts, wg_p {wg_p}");
                 let same = wide.2.iter().zip(&flat.2).all(|(a, b)| a.to_bits() == b.to_bits());

@@ -35,11 +35,8 @@ fn find(parent: &[u32], base: usize, mut x: u32) -> u32 {
 pub fn label_components(nbrs: &[u32], width: usize, maps: &[f32], v: usize, thr: f32, mode: u32) -> Vec<u32> {
     assert!(v > 0 && maps.len().is_multiple_of(v) && nbrs.len() == v * width);
     // init
-    let mut parent: Vec<u32> = maps
-        .iter()
-        .enumerate()
-        .map(|(i, &x)| if active(x, thr, mode) { (i % v) as u32 } else { NONE })
-        .collect();
+    let mut parent: Vec<u32> =
+        maps.iter().enumerate().map(|(i, &x)| if active(x, thr, mode) { (i % v) as u32 } else { NONE }).collect();
     // hook: each edge from its larger end; the root with the larger index goes under the other.
     for base in (0..maps.len()).step_by(v) {
         for vv in 0..v {
@@ -93,10 +90,8 @@ impl MassScale {
     /// The scale for the voxels of one map that enter at `thr` (inclusive rule).
     /// One per map, so that a map's masses do not depend on the other maps of its batch.
     pub fn for_map(map: &[f32], thr: f32) -> Self {
-        let maxabs = map
-            .iter()
-            .filter(|&&x| x.is_finite() && active(x, thr, MODE_INCLUSIVE))
-            .fold(0f32, |m, &x| m.max(x.abs()));
+        let maxabs =
+            map.iter().filter(|&&x| x.is_finite() && active(x, thr, MODE_INCLUSIVE)).fold(0f32, |m, &x| m.max(x.abs()));
         Self::for_maxabs(maxabs)
     }
 
@@ -114,11 +109,7 @@ impl MassScale {
         } else {
             24
         };
-        Self {
-            scale: 2f32.powi(k),
-            lo_scale: 2f32.powi(-k),
-            hi_scale: 2f32.powi(32 - k),
-        }
+        Self { scale: 2f32.powi(k), lo_scale: 2f32.powi(-k), hi_scale: 2f32.powi(32 - k) }
     }
 
     /// One voxel's fixed-point value, as the shader's `i32(round(clamp(x * scale, ...)))`.

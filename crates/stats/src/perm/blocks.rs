@@ -174,7 +174,15 @@ pub fn count_distinct(n: usize, kind: PermKind, labels: &[u32]) -> Option<u128> 
 /// Number of distinct transformations under exchangeability blocks, or None if it exceeds u128.
 pub fn count_distinct_in_blocks(kind: PermKind, labels: &[u32], blocks: &Blocks) -> Option<u128> {
     let units = if blocks.whole { blocks.len() } else { labels.len() };
-    let flips: Option<u128> = if kind.flips() { if units < 127 { Some(1u128 << units) } else { None } } else { Some(1) };
+    let flips: Option<u128> = if kind.flips() {
+        if units < 127 {
+            Some(1u128 << units)
+        } else {
+            None
+        }
+    } else {
+        Some(1)
+    };
     let perms: Option<u128> = if kind.permutes() { blocks.count_relabelings(labels) } else { Some(1) };
     flips?.checked_mul(perms?)
 }
@@ -249,4 +257,3 @@ fn next_permutation(v: &mut [u32]) -> bool {
     v[i..].reverse();
     true
 }
-

@@ -202,7 +202,8 @@ impl PermSet {
         // Keys compare the *effective* transformation: for relabelings the label sequence,
         // so that exchanging two identical rows does not count as a new permutation.
         let key_of = |words: &[u32], src: &[u32]| -> (Vec<u32>, Vec<u32>) {
-            let lab: Vec<u32> = if src.is_empty() { Vec::new() } else { src.iter().map(|&s| labels[s as usize]).collect() };
+            let lab: Vec<u32> =
+                if src.is_empty() { Vec::new() } else { src.iter().map(|&s| labels[s as usize]).collect() };
             (words.to_vec(), lab)
         };
         let id_words = vec![0u32; wpp];
@@ -310,7 +311,11 @@ mod tests {
         let mut i = 0;
         while i < n {
             if c[i] < i {
-                if i % 2 == 0 { a.swap(0, i) } else { a.swap(c[i], i) }
+                if i % 2 == 0 {
+                    a.swap(0, i)
+                } else {
+                    a.swap(c[i], i)
+                }
                 out.push(a.clone());
                 c[i] += 1;
                 i = 0;
@@ -358,7 +363,8 @@ mod tests {
             let want = allowed_label_sequences(&block_of, &labels, whole);
             let p = PermSet::generate_in_blocks(8, PermKind::Permute, &labels, &blocks, 100_000, 1).unwrap();
             assert!(p.exhaustive);
-            let got: Vec<Vec<u32>> = (0..p.len()).map(|j| p.src(j).unwrap().iter().map(|&s| labels[s as usize]).collect()).collect();
+            let got: Vec<Vec<u32>> =
+                (0..p.len()).map(|j| p.src(j).unwrap().iter().map(|&s| labels[s as usize]).collect()).collect();
             let got_set: HashSet<Vec<u32>> = got.iter().cloned().collect();
             assert_eq!(got.len(), got_set.len(), "repeats in {block_of:?}");
             assert_eq!(got_set, want, "blocks {block_of:?} whole {whole}");
@@ -424,4 +430,3 @@ mod tests {
         assert!(err.contains("equal size") && err.contains("block 2 has 3"), "{err}");
     }
 }
-

@@ -94,10 +94,7 @@ impl MaskGraph {
         let [nx, ny, nz] = dims;
         let n_grid = nx * ny * nz;
         assert!(n_grid <= OUTSIDE as usize, "grid too large for u32 indices");
-        assert!(
-            voxels.windows(2).all(|w| w[0] < w[1]),
-            "MaskGraph::new: voxel indices must be strictly ascending"
-        );
+        assert!(voxels.windows(2).all(|w| w[0] < w[1]), "MaskGraph::new: voxel indices must be strictly ascending");
         if let Some(&last) = voxels.last() {
             assert!((last as usize) < n_grid, "MaskGraph::new: voxel index outside the grid");
         }
@@ -113,8 +110,7 @@ impl MaskGraph {
             let row_start = nbrs.len();
             for &[dx, dy, dz] in &steps {
                 let (qx, qy, qz) = (x as i64 + dx, y as i64 + dy, z as i64 + dz);
-                if qx < 0 || qy < 0 || qz < 0 || qx >= nx as i64 || qy >= ny as i64 || qz >= nz as i64
-                {
+                if qx < 0 || qy < 0 || qz < 0 || qx >= nx as i64 || qy >= ny as i64 || qz >= nz as i64 {
                     continue;
                 }
                 let q = qx as usize + nx * (qy as usize + ny * qz as usize);

@@ -30,7 +30,11 @@ pub struct SpatialOptions {
 
 impl SpatialOptions {
     pub fn any(&self) -> bool {
-        self.tfce.is_some() || self.t_extent.is_some() || self.t_mass.is_some() || self.f_extent.is_some() || self.f_mass.is_some()
+        self.tfce.is_some()
+            || self.t_extent.is_some()
+            || self.t_mass.is_some()
+            || self.f_extent.is_some()
+            || self.f_mass.is_some()
     }
 }
 
@@ -91,7 +95,9 @@ impl SpatialJob<'_> {
             .par_chunks(v)
             .enumerate()
             .try_fold(
-                || -> Acc { (Vec::new(), if want_counts { vec![0u32; v] } else { Vec::new() }, Workspace::new(), vec![0f32; v]) },
+                || -> Acc {
+                    (Vec::new(), if want_counts { vec![0u32; v] } else { Vec::new() }, Workspace::new(), vec![0f32; v])
+                },
                 |(mut rows, mut counts, mut ws, mut tf), (j, map)| -> Result<Acc, TooManyLevels> {
                     let mut tmax = f32::NAN;
                     if self.tfce.is_some() {
@@ -166,6 +172,14 @@ pub fn observed_cluster_values(g: &MaskGraph, map: &[f32], thr: f32, mass: bool)
     }
     labels
         .iter()
-        .map(|&l| if l == 0 { f32::NAN } else if mass { sum[l as usize] as f32 } else { ext[l as usize] })
+        .map(|&l| {
+            if l == 0 {
+                f32::NAN
+            } else if mass {
+                sum[l as usize] as f32
+            } else {
+                ext[l as usize]
+            }
+        })
         .collect()
 }

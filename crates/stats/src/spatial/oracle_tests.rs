@@ -460,11 +460,7 @@ fn tfce_exact_closed_forms() {
     // One isolated voxel of height a: ∫_0^a h^H dh = a^{H+1}/(H+1).
     // Two face neighbours a > b: the top voxel gets ∫_0^b 2^E h^H + ∫_b^a h^H, the other
     // ∫_0^b 2^E h^H.
-    let img = Image {
-        dims: [4, 1, 1],
-        mask: vec![true; 4],
-        values: vec![3.0, -1.0, 2.5, 1.5],
-    };
+    let img = Image { dims: [4, 1, 1], mask: vec![true; 4], values: vec![3.0, -1.0, 2.5, 1.5] };
     let p = TfceParams::default();
     let (h, e) = (p.h as f64, p.e as f64);
     let out = tfce_exact(&img.graph(Connectivity::C6), &img.map(), &p, &mut Workspace::new());
@@ -535,7 +531,8 @@ fn tfce_exact_is_the_limit_of_stepwise_times_dh() {
     for trial in 0..6 {
         let img = smooth_image(&mut rng, [6, 5, 4 + trial % 2], 0.85, 1 + trial % 2, 0.3);
         let max = img.map().into_iter().fold(f32::MIN, f32::max) as f64;
-        for params in [TfceParams::default(), TfceParams::t2(), TfceParams { h: 1.5, e: 0.75, conn: Connectivity::C18 }] {
+        for params in [TfceParams::default(), TfceParams::t2(), TfceParams { h: 1.5, e: 0.75, conn: Connectivity::C18 }]
+        {
             let g = img.graph(params.conn);
             let got = tfce_exact(&g, &img.map(), &params, &mut Workspace::new());
             let dh = max / 20_000.0;
@@ -547,7 +544,12 @@ fn tfce_exact_is_the_limit_of_stepwise_times_dh() {
                 let m = map[v].max(0.0) as f64;
                 let tol = 3.0 * dh * e0[v].powf(params.e as f64) * m.powf(params.h as f64) + 1e-6 * want[v];
                 let err = (got[v] as f64 - want[v]).abs();
-                assert!(err <= tol, "trial {trial} {params:?} voxel {v}: exact {} vs limit {} (tol {tol})", got[v], want[v]);
+                assert!(
+                    err <= tol,
+                    "trial {trial} {params:?} voxel {v}: exact {} vs limit {} (tol {tol})",
+                    got[v],
+                    want[v]
+                );
                 max_tol = max_tol.max(tol);
             }
             let want_max = want.iter().copied().fold(0.0, f64::max);
@@ -604,8 +606,17 @@ fn cluster_table_on_a_known_image() {
     assert_eq!(
         header,
         [
-            "cluster_index", "voxels", "volume_mm3", "peak_stat", "peak_x", "peak_y", "peak_z", "cog_x", "cog_y",
-            "cog_z", "corrected_p"
+            "cluster_index",
+            "voxels",
+            "volume_mm3",
+            "peak_stat",
+            "peak_x",
+            "peak_y",
+            "peak_z",
+            "cog_x",
+            "cog_y",
+            "cog_z",
+            "corrected_p"
         ]
     );
     assert_eq!(rows.len(), 2);

@@ -90,11 +90,8 @@ pub fn cluster_table(
     );
     for (i, c) in clusters.iter().enumerate() {
         let peak = to_world(affine, voxel_point(g, c.peak_voxel));
-        let cog_vox = if c.weight > 0.0 {
-            c.weighted.map(|s| s / c.weight)
-        } else {
-            c.plain.map(|s| s / c.voxels as f64)
-        };
+        let cog_vox =
+            if c.weight > 0.0 { c.weighted.map(|s| s / c.weight) } else { c.plain.map(|s| s / c.voxels as f64) };
         let cog = to_world(affine, cog_vox);
         let _ = writeln!(
             out,
@@ -160,9 +157,7 @@ pub fn local_maxima_table(
             candidates.push((l, v));
         }
     }
-    candidates.sort_by(|a, b| {
-        a.0.cmp(&b.0).then(stat_map[b.1].total_cmp(&stat_map[a.1])).then(a.1.cmp(&b.1))
-    });
+    candidates.sort_by(|a, b| a.0.cmp(&b.0).then(stat_map[b.1].total_cmp(&stat_map[a.1])).then(a.1.cmp(&b.1)));
 
     let mut out = String::from("cluster_index\tstat\tx\ty\tz\tcorrected_p\n");
     let mut kept: Vec<[f64; 3]> = Vec::new();

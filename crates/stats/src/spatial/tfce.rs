@@ -165,7 +165,13 @@ pub fn tfce_exact_max(g: &MaskGraph, map: &[f32], p: &TfceParams, ws: &mut Works
 
 /// Builds the level table and orders the voxels by level, then runs the engine.
 /// Returns false when nothing can be enhanced.
-fn prepare_stepwise(g: &MaskGraph, map: &[f32], p: &TfceParams, dh: f32, ws: &mut Workspace) -> Result<bool, TooManyLevels> {
+fn prepare_stepwise(
+    g: &MaskGraph,
+    map: &[f32],
+    p: &TfceParams,
+    dh: f32,
+    ws: &mut Workspace,
+) -> Result<bool, TooManyLevels> {
     assert_eq!(map.len(), g.len(), "map length must equal the number of in-mask voxels");
     assert_eq!(g.connectivity(), p.conn, "TFCE connectivity differs from the mask graph's");
     let n = g.len();
@@ -182,7 +188,7 @@ fn prepare_stepwise(g: &MaskGraph, map: &[f32], p: &TfceParams, dh: f32, ws: &mu
     tfce_levels(max, dh, MAX_TFCE_LEVELS, &mut ws.level_h)?;
     let hs = &ws.level_h;
     let top_level = hs.len() - 1; // highest k with h_k < max
-    // level_q[k] = Σ_{j<k} h_j^H, so levels a..=b weigh level_q[b+1] - level_q[a].
+                                  // level_q[k] = Σ_{j<k} h_j^H, so levels a..=b weigh level_q[b+1] - level_q[a].
     let hpow = p.h as f64;
     let q = &mut ws.level_q;
     q.clear();
