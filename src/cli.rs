@@ -31,6 +31,8 @@ pub struct Cli {
     pub glm: GlmArgs,
 }
 
+// Parsed once per run: the size of the largest variant does not matter.
+#[allow(clippy::large_enum_variant)]
 #[derive(Subcommand, Debug)]
 pub enum Command {
     /// Group-by-time interaction: post - pre per subject, two groups, sign flips.

@@ -23,6 +23,13 @@ fn reason_for(kind: PermKind, opts: &AnalysisOptions) -> String {
     }
 }
 
+/// What each contrast's permutations exchange, and the one set of each kind used.
+struct PermutationPlan {
+    /// Per contrast.
+    kinds: Vec<PermKind>,
+    sets: Vec<(PermKind, PermSet)>,
+}
+
 /// What each contrast's permutations exchange, and one permutation set per kind used.
 ///
 /// The kind asked for, except that a contrast testing the constant (a mean; see
@@ -34,7 +41,7 @@ fn permutation_sets(
     models: &[ContrastModel],
     opts: &AnalysisOptions,
     n: usize,
-) -> Result<(Vec<PermKind>, Vec<(PermKind, PermSet)>)> {
+) -> Result<PermutationPlan> {
     let kinds: Vec<PermKind> = models
         .iter()
         .map(|m| {
@@ -86,7 +93,7 @@ fn permutation_sets(
         }
         sets.push((kind, perms));
     }
-    Ok((kinds, sets))
+    Ok(PermutationPlan { kinds, sets })
 }
 
 /// Run all contrasts of `design` on `ds`; write outputs under `prefix`. Nothing is written
@@ -99,7 +106,7 @@ pub fn run(ds: &Dataset, design: &Design, opts: &AnalysisOptions, prefix: &str) 
         .iter()
         .map(|c| ContrastModel::new(&design.m, c).map_err(Error::usage))
         .collect::<Result<_>>()?;
-    let (kinds, sets) = permutation_sets(design, &models, opts, ds.n)?;
+    let PermutationPlan { kinds, sets } = permutation_sets(design, &models, opts, ds.n)?;
     let reason_of = |kind: PermKind| reason_for(kind, opts);
     let set_of = |ci: usize| -> &PermSet { &sets.iter().find(|(k, _)| *k == kinds[ci]).expect("generated above").1 };
     let total: usize = (0..kinds.len()).map(|ci| set_of(ci).len()).sum();

@@ -65,10 +65,18 @@ fn run_range(
     (null, counts, maps)
 }
 
+/// What a run must give: the observed map, the max-statistic null, the counts, the maps.
+struct Expected {
+    obs: Vec<f32>,
+    null: Vec<f32>,
+    counts: Vec<u32>,
+    maps: Vec<f32>,
+}
+
 /// What a run that fails at call `fail_at` (the observed map is call 1) must give: the
 /// observed map from the engine that computed it, the GPU's batches before the failure and
 /// the CPU's from the failed batch on.
-fn expected(pb: &ContrastProblem, perms: &PermSet, fail_at: usize) -> Option<(Vec<f32>, Vec<f32>, Vec<u32>, Vec<f32>)> {
+fn expected(pb: &ContrastProblem, perms: &PermSet, fail_at: usize) -> Option<Expected> {
     let mut gpu = flaky("fallback reference", usize::MAX)?;
     let mut cpu = Engine::Cpu(CpuEngine::new());
     gpu.prepare(pb).unwrap();
@@ -82,7 +90,7 @@ fn expected(pb: &ContrastProblem, perms: &PermSet, fail_at: usize) -> Option<(Ve
     for (a, b) in counts.iter_mut().zip(c2) {
         *a += b;
     }
-    Some((obs, null, counts, maps))
+    Some(Expected { obs, null, counts, maps })
 }
 
 #[test]
@@ -90,7 +98,10 @@ fn lost_device_continues_on_cpu_with_identical_results() {
     let pb = problem();
     let perms = PermSet::generate(pb.n, PermKind::SignFlip, &vec![0; pb.n], 100, 3).unwrap();
     for fail_at in [1, 2, 5, 15] {
-        let Some((obs_ref, null_ref, counts_ref, _)) = expected(&pb, &perms, fail_at) else { return };
+        let Some(Expected { obs: obs_ref, null: null_ref, counts: counts_ref, .. }) = expected(&pb, &perms, fail_at)
+        else {
+            return;
+        };
         let mut engine = flaky(module_path!(), fail_at).unwrap();
         engine.prepare(&pb).unwrap();
         let obs = observed_map(&mut engine, &pb).unwrap();
@@ -115,7 +126,7 @@ fn overlapped_spatial_reduction_equals_one_sequential_pass() {
     let opts = TfceOptions { params: TfceParams::default(), exact: false, step: None };
     for fail_at in [usize::MAX, 4] {
         // Reference: every map (the GPU's before the failure, the CPU's after) at once.
-        let Some((obs, _, _, all)) = expected(&pb, &perms, fail_at) else { return };
+        let Some(Expected { obs, maps: all, .. }) = expected(&pb, &perms, fail_at) else { return };
         let mut job = SpatialJob {
             tfce: Some((&g6, opts, tfce_step_from_observed(&obs))),
             tfce_observed: None,

@@ -2,6 +2,8 @@
 //! Freedman-Lane, brute-force enumeration for exhaustive p-values, closed-form one- and
 //! two-sample t, and null calibration of the FWE rate. The oracles here use their own
 //! f64 linear algebra (normal equations, Gauss-Jordan), not the library's partition.
+// Oracles index several parallel arrays by voxel, as the formulas do.
+#![allow(clippy::needless_range_loop)]
 use nalgebra::DMatrix;
 use rand::{Rng, SeedableRng};
 use rand_chacha::ChaCha8Rng;

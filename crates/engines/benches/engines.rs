@@ -6,6 +6,8 @@
 //! `cargo bench -p voxflip-engines`; the GPU engine joins when a hardware adapter exists
 //! (any adapter, software included, with VOXFLIP_BENCH_SOFTWARE=1). Numbers are for the
 //! README, never for pass/fail.
+// A benchmark reports on the terminal.
+#![allow(clippy::print_stderr)]
 use criterion::Criterion;
 use voxflip_engines::cpu::CpuEngine;
 use voxflip_engines::gpu::{AdapterChoice, GpuEngine};

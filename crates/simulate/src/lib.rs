@@ -300,6 +300,8 @@ fn readme(data: &SimData) -> String {
 }
 
 #[cfg(test)]
+// The tests report the properties they measure.
+#[allow(clippy::print_stderr)]
 mod tests {
     use super::*;
 

@@ -1,5 +1,8 @@
 //! The CPU engine's inner loops: register-blocked microkernels (AVX-512, AVX2+FMA, portable),
 //! the epilogue, and one tile's work over a batch.
+
+// Voxel loops index several parallel arrays by voxel; iterator chains would hide that.
+#![allow(clippy::needless_range_loop)]
 use super::{PERM_BLOCK, ROWS, TILE};
 use voxflip_stats::{statistic_of_sums, ContrastProblem, StatKind};
 

@@ -438,7 +438,10 @@ impl GpuSpatial {
                     )));
                 }
                 if let Some(ClusterSetup { mass_thr: Some(thr), .. }) = &self.cluster {
-                    if !(*thr > 0.0) {
+                    // Negated: a NaN threshold is refused too.
+                    #[allow(clippy::neg_cmp_op_on_partial_ord)]
+                    let unusable = !(*thr > 0.0);
+                    if unusable {
                         return Err(EngineError::Invalid(format!(
                             "cluster mass at threshold {thr} needs the maps on the host"
                         )));

@@ -107,6 +107,9 @@ mod tests {
     use crate::glm_stat::wide::{WG_P, WG_P_128};
     use crate::glm_stat::{FLAG_SRC, KIND_F};
 
+    /// The stage's outputs: maxima, counts, maps.
+    type Outputs = (Vec<u32>, Vec<u32>, Vec<f32>);
+
     /// A small deterministic generator (the crate has no rand dependency).
     struct Lcg(u64);
     impl Lcg {
@@ -163,14 +166,15 @@ mod tests {
                 inv_s: GlmParams::inv_s_of(s as u32),
                 ..Default::default()
             };
-            let run = |f: &dyn Fn(&mut [u32], &mut [u32], &mut [f32])| {
-                let (mut mx, mut cnt, mut maps) = (vec![3u32; total], vec![1u32; vc], vec![0f32; n_perm * vc]);
-                f(&mut mx, &mut cnt, &mut maps);
-                (mx, cnt, maps)
+            let run = |f: &dyn Fn(&mut Outputs)| -> Outputs {
+                let mut out = (vec![3u32; total], vec![1u32; vc], vec![0f32; n_perm * vc]);
+                f(&mut out);
+                out
             };
-            let flat = run(&|mx, cnt, maps| glm_stat(&params, &words, &qbasis, &e, &vox, mx, cnt, maps));
+            let flat = run(&|(mx, cnt, maps)| glm_stat(&params, &words, &qbasis, &e, &vox, mx, cnt, maps));
             for wg_p in [WG_P, WG_P_128] {
-                let wide = run(&|mx, cnt, maps| glm_stat_wide(wg_p, &params, &words, &qbasis, &e, &vox, mx, cnt, maps));
+                let wide =
+                    run(&|(mx, cnt, maps)| glm_stat_wide(wg_p, &params, &words, &qbasis, &e, &vox, mx, cnt, maps));
                 assert_eq!(wide.0, flat.0, "maxima, wg_p {wg_p}");
                 assert_eq!(wide.1, flat.1, "counts, wg_p {wg_p}");
                 let same = wide.2.iter().zip(&flat.2).all(|(a, b)| a.to_bits() == b.to_bits());

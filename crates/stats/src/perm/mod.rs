@@ -54,11 +54,8 @@ pub struct PermSet {
 
 impl PermSet {
     pub fn len(&self) -> usize {
-        if self.words_per_perm == 0 {
-            self.src.len() / self.n.max(1)
-        } else {
-            self.flip_words.len() / self.words_per_perm
-        }
+        // Sign words if there are any, else row sources.
+        self.flip_words.len().checked_div(self.words_per_perm).unwrap_or(self.src.len() / self.n.max(1))
     }
     pub fn is_empty(&self) -> bool {
         self.len() == 0

@@ -25,9 +25,11 @@ pub struct TooManyLevels {
 /// Empty when `dh` is not positive and finite or `max` is not positive (then nothing is
 /// enhanced). Errors when more than `limit` levels would be needed, or when an f32 step no
 /// longer increases the threshold.
+// Negated comparisons on purpose: a NaN step or maximum forms no level.
+#[allow(clippy::neg_cmp_op_on_partial_ord)]
 pub fn tfce_levels(max: f32, dh: f32, limit: usize, out: &mut Vec<f32>) -> Result<(), TooManyLevels> {
     out.clear();
-    if !(dh > 0.0 && dh.is_finite()) || !(max > 0.0) {
+    if !(dh > 0.0 && dh.is_finite() && max > 0.0) {
         return Ok(());
     }
     out.push(0.0);
