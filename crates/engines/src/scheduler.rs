@@ -15,7 +15,6 @@
 use crate::cpu::CpuEngine;
 use crate::error::{EngineError, Result};
 use crate::gpu::spatial::{BatchMaps, GpuSpatial};
-use crate::gpu::AdapterChoice;
 use crate::options::SpatialPlacement;
 use crate::Engine;
 use std::ops::Range;
@@ -185,15 +184,6 @@ impl Scheduler {
         }
         let reducer = if on_gpu { self.reducer.as_mut() } else { None };
         permute_contrast(&mut self.engine, problem, perms, observed, spatial, reducer, progress)
-    }
-}
-
-/// The adapter a GPU spatial reducer of its own would use, for benchmarks and tests that
-/// reduce maps on a GPU without an engine.
-pub fn spatial_adapter_of(engine: &Engine) -> Option<AdapterChoice> {
-    match engine {
-        Engine::Gpu(g) => Some(AdapterChoice { name: Some(g.adapter_info().name.clone()), allow_software: true }),
-        Engine::Cpu(_) => None,
     }
 }
 

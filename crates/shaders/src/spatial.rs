@@ -77,20 +77,6 @@ shader_struct! {
 }
 const _: () = assert!(std::mem::size_of::<SpatialParams>() == 64);
 
-/// The entry points of the spatial module, in the order the host builds their pipelines.
-pub const ENTRY_POINTS: [&str; 10] = [
-    "init",
-    "hook",
-    "compress",
-    "measure",
-    "cluster_max",
-    "enter",
-    "set_args",
-    "compress_measure",
-    "accumulate",
-    "tfce_counts",
-];
-
 /// The assembled WGSL source of the spatial kernels (labels, clusters and TFCE).
 pub fn wgsl_source() -> String {
     assemble(include_str!("../shader/tfce.wgsl"), &|name| match name {

@@ -21,11 +21,11 @@ use voxflip_stats::{ContrastProblem, PermSet};
 mod kernels;
 
 /// Voxels per tile (4 AVX-512 vectors).
-pub const TILE: usize = 64;
+pub(crate) const TILE: usize = 64;
 /// Coefficient rows per microkernel call (ROWS x TILE accumulators = 24 zmm registers).
-pub const ROWS: usize = 6;
+pub(crate) const ROWS: usize = 6;
 /// Permutations per epilogue block: the U buffer is PERM_BLOCK*q x TILE floats (L1).
-pub const PERM_BLOCK: usize = 24;
+pub(crate) const PERM_BLOCK: usize = 24;
 
 pub struct CpuEngine {
     problem: Option<ContrastProblem>,

@@ -115,7 +115,7 @@ fn preferred_tiled(l: &wgpu::Limits) -> GlmKernel {
 /// the workgroups-per-dimension limit, and one row of permutation tiles (`tile_perms` each)
 /// over the chunk must fit the per-dispatch work bound. A multiple of the voxel tile where
 /// possible; 0 if not even one voxel fits.
-pub fn plan_chunk_voxels(
+pub(crate) fn plan_chunk_voxels(
     limits: &wgpu::Limits,
     n: usize,
     q: usize,

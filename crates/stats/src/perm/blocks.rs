@@ -65,11 +65,6 @@ impl Blocks {
         self.members.is_empty()
     }
 
-    /// Whether this restricts nothing (one block, rows exchanged within it).
-    pub fn is_single(&self) -> bool {
-        self.members.len() <= 1 && !self.whole
-    }
-
     /// Row sources from the shuffled `orders`: for within-block exchange, `orders[b]` is the
     /// sequence of rows of block b placed at its positions; for whole blocks, `orders[0][i]`
     /// is the block whose rows (in order) go to block i's positions.
