@@ -121,7 +121,7 @@ impl Scheduler {
                     self.reducer = Some(r);
                 }
                 Err(e) if e.falls_back() => {
-                    log::warn!("spatial statistics on the CPU: {e}");
+                    log::warn!("spatial statistics on the CPU: {}", e.message());
                     return Ok(None);
                 }
                 Err(e) => return Err(e),
@@ -131,7 +131,7 @@ impl Scheduler {
         match r.configure(job) {
             Ok(()) => {}
             Err(e) if e.falls_back() => {
-                log::warn!("spatial statistics on the CPU: {e}");
+                log::warn!("spatial statistics on the CPU: {}", e.message());
                 self.reducer = None;
                 return Ok(None);
             }
@@ -149,7 +149,7 @@ impl Scheduler {
             match r.tfce_batch(g, observed, &o.params, dh, None) {
                 Ok(b) => return Ok(b.tfce),
                 Err(e) if e.falls_back() => {
-                    log::warn!("spatial statistics on the CPU: {e}");
+                    log::warn!("spatial statistics on the CPU: {}", e.message());
                     self.spatial_on_gpu = false;
                 }
                 Err(e) => return Err(e),
@@ -176,7 +176,7 @@ impl Scheduler {
             match r.configure(job) {
                 Ok(()) => {}
                 Err(e) if e.falls_back() => {
-                    log::warn!("spatial statistics on the CPU: {e}");
+                    log::warn!("spatial statistics on the CPU: {}", e.message());
                     on_gpu = false;
                 }
                 Err(e) => return Err(e),

@@ -777,8 +777,12 @@ impl GpuSpatial {
             let mut levels: Vec<(f32, f32)> = Vec::new();
             if let Some((g, dh, h_exp, _)) = req.tfce {
                 let top = sub_maxima.iter().copied().fold(f32::NEG_INFINITY, f32::max);
-                let (hs, hpow) = level_table(&[top], dh, h_exp)
-                    .map_err(|e| EngineError::Unsupported(format!("TFCE on the GPU: {e}")))?;
+                let (hs, hpow) = level_table(&[top], dh, h_exp).map_err(|e| {
+                    EngineError::Unsupported(format!(
+                        "the GPU's TFCE passes take at most {} levels; dh = {} needs more for a maximum of {}",
+                        e.limit, e.dh, e.max
+                    ))
+                })?;
                 levels = hs.into_iter().zip(hpow).filter(|&(_, hp)| hp != 0.0).collect();
                 let thr_of = |k: usize| levels.get(k).map_or(f32::INFINITY, |l| l.0);
                 params.push(base); // set_args
