@@ -65,23 +65,55 @@ fn epilogue_tile(kind: StatKind, u: &[f32], q: usize, s: usize, ss: &[f32; TILE]
     }
 }
 
+/// What every tile of a batch reads and writes.
+pub(super) struct Batch<'a> {
+    pub p: &'a ContrastProblem,
+    /// The batch's coefficient rows, padded with zero rows to a multiple of ROWS.
+    pub a: &'a [f32],
+    pub nperm: usize,
+    pub observed: Option<&'a [f32]>,
+    /// The batch's maps (nperm x V), when asked for; each tile writes its own voxels.
+    pub maps: Option<Disjoint<f32>>,
+    /// The exceedance counts (V), when observed is given; each tile writes its own voxels.
+    pub counts: Option<Disjoint<u32>>,
+}
+
+/// A worker's buffers, reused from tile to tile.
+#[derive(Default)]
+pub(super) struct Scratch {
+    /// The tile's residuals, N x TILE.
+    packed: Vec<f32>,
+    /// The projected coefficients of a block of permutations.
+    ubuf: Vec<f32>,
+}
+
+/// The tile function of one instruction set: tile `v0` of `batch`, its maxima folded into
+/// `maxes`. Unsafe because the SIMD versions need their CPU feature (detected at run time).
+pub(super) type TileFn = unsafe fn(&Batch, usize, &mut Scratch, &mut [f32]);
+
+/// The tile function for `isa` (see `CpuEngine::isa`).
+pub(super) fn tile_fn(isa: &str) -> TileFn {
+    match isa {
+        #[cfg(target_arch = "x86_64")]
+        "avx512f" => tile_avx512,
+        #[cfg(target_arch = "x86_64")]
+        "avx2+fma" => tile_avx2,
+        _ => tile_portable,
+    }
+}
+
 /// One tile, all permutations of the batch. Generic over the microkernel so each ISA gets
 /// its own fully inlined copy.
-#[allow(clippy::too_many_arguments)]
 #[inline(always)]
-pub(super) fn tile_body(
+fn tile_body(
     micro: fn(&[f32], &[f32], usize, &mut [f32]),
-    p: &ContrastProblem,
-    a: &[f32],
-    nperm: usize,
+    batch: &Batch,
     v0: usize,
-    observed: Option<&[f32]>,
-    maps: Option<Disjoint<f32>>,
-    counts: Option<Disjoint<u32>>,
-    packed: &mut Vec<f32>,
-    ubuf: &mut Vec<f32>,
+    scratch: &mut Scratch,
     maxes: &mut [f32],
 ) {
+    let Batch { p, a, nperm, observed, maps, counts } = *batch;
+    let Scratch { packed, ubuf } = scratch;
     let (n, v, q) = (p.n, p.v, p.q);
     let w = TILE.min(v - v0);
     packed.clear();
@@ -178,54 +210,19 @@ fn micro_avx512(a: &[f32], e: &[f32], n: usize, out: &mut [f32]) {
 
 #[cfg(target_arch = "x86_64")]
 #[target_feature(enable = "avx512f,avx512vl,avx2,fma")]
-#[allow(clippy::too_many_arguments)]
-pub(super) unsafe fn tile_avx512(
-    p: &ContrastProblem,
-    a: &[f32],
-    nperm: usize,
-    v0: usize,
-    observed: Option<&[f32]>,
-    maps: Option<Disjoint<f32>>,
-    counts: Option<Disjoint<u32>>,
-    packed: &mut Vec<f32>,
-    ubuf: &mut Vec<f32>,
-    maxes: &mut [f32],
-) {
-    tile_body(micro_avx512, p, a, nperm, v0, observed, maps, counts, packed, ubuf, maxes)
+unsafe fn tile_avx512(batch: &Batch, v0: usize, scratch: &mut Scratch, maxes: &mut [f32]) {
+    tile_body(micro_avx512, batch, v0, scratch, maxes)
 }
 
 #[cfg(target_arch = "x86_64")]
 #[target_feature(enable = "avx2,fma")]
-#[allow(clippy::too_many_arguments)]
-pub(super) unsafe fn tile_avx2(
-    p: &ContrastProblem,
-    a: &[f32],
-    nperm: usize,
-    v0: usize,
-    observed: Option<&[f32]>,
-    maps: Option<Disjoint<f32>>,
-    counts: Option<Disjoint<u32>>,
-    packed: &mut Vec<f32>,
-    ubuf: &mut Vec<f32>,
-    maxes: &mut [f32],
-) {
+unsafe fn tile_avx2(batch: &Batch, v0: usize, scratch: &mut Scratch, maxes: &mut [f32]) {
     microkernel!(micro_avx2, |a: f32, b: f32, c: f32| a.mul_add(b, c));
-    tile_body(micro_avx2, p, a, nperm, v0, observed, maps, counts, packed, ubuf, maxes)
+    tile_body(micro_avx2, batch, v0, scratch, maxes)
 }
 
-#[allow(clippy::too_many_arguments)]
-pub(super) fn tile_portable(
-    p: &ContrastProblem,
-    a: &[f32],
-    nperm: usize,
-    v0: usize,
-    observed: Option<&[f32]>,
-    maps: Option<Disjoint<f32>>,
-    counts: Option<Disjoint<u32>>,
-    packed: &mut Vec<f32>,
-    ubuf: &mut Vec<f32>,
-    maxes: &mut [f32],
-) {
+// Safe, but of the type of the others.
+unsafe fn tile_portable(batch: &Batch, v0: usize, scratch: &mut Scratch, maxes: &mut [f32]) {
     let _ = micro_fma; // kept for machines with FMA but without the x86 paths
-    tile_body(micro_plain, p, a, nperm, v0, observed, maps, counts, packed, ubuf, maxes)
+    tile_body(micro_plain, batch, v0, scratch, maxes)
 }

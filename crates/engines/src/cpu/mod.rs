@@ -13,7 +13,7 @@
 //! portable version (no FMA) runs.
 use crate::error::{EngineError, Result};
 use crate::BatchResult;
-use kernels::Disjoint;
+use kernels::{Batch, Disjoint, Scratch};
 use rayon::prelude::*;
 use std::ops::Range;
 use voxflip_stats::{ContrastProblem, PermSet};
@@ -86,14 +86,6 @@ impl CpuEngine {
         let p = self.problem.as_ref().ok_or_else(|| EngineError::Invalid("run_batch before prepare".into()))?;
         let (n, v, q) = (p.n, p.v, p.q);
         let nperm = range.len();
-        // Coefficient rows for the batch, padded with zero rows to a multiple of ROWS.
-        let rows = (nperm * q).div_ceil(ROWS) * ROWS + ROWS;
-        let mut a = vec![0f32; rows * n];
-        for (jj, j) in range.clone().enumerate() {
-            perms.coefficient_rows(j, &p.qbasis, q, &mut a[jj * q * n..(jj + 1) * q * n]);
-        }
-        let mut exceed = if observed.is_some() { vec![0u32; v] } else { Vec::new() };
-        let counts = observed.map(|_| Disjoint(exceed.as_mut_ptr()));
         if range.end > perms.len() || perms.n != n {
             return Err(EngineError::Invalid(format!(
                 "permutations {range:?} of {} with N = {} for N = {n}",
@@ -104,64 +96,33 @@ impl CpuEngine {
         if observed.is_some_and(|o| o.len() != v) || maps.as_deref().is_some_and(|m| m.len() != nperm * v) {
             return Err(EngineError::Invalid("observed map or maps buffer of the wrong size".into()));
         }
-        let maps_ptr = maps.map(|m| Disjoint(m.as_mut_ptr()));
-        let ntiles = v.div_ceil(TILE);
-        let isa = Self::isa();
-        let max_stat = (0..ntiles)
+        // Coefficient rows for the batch, padded with zero rows to a multiple of ROWS.
+        let rows = (nperm * q).div_ceil(ROWS) * ROWS + ROWS;
+        let mut a = vec![0f32; rows * n];
+        for (jj, j) in range.clone().enumerate() {
+            perms.coefficient_rows(j, &p.qbasis, q, &mut a[jj * q * n..(jj + 1) * q * n]);
+        }
+        let mut exceed = if observed.is_some() { vec![0u32; v] } else { Vec::new() };
+        let batch = Batch {
+            p,
+            a: &a,
+            nperm,
+            observed,
+            maps: maps.map(|m| Disjoint(m.as_mut_ptr())),
+            counts: observed.map(|_| Disjoint(exceed.as_mut_ptr())),
+        };
+        let tile = kernels::tile_fn(Self::isa());
+        let max_stat = (0..v.div_ceil(TILE))
             .into_par_iter()
             .fold(
-                || (vec![f32::NEG_INFINITY; nperm], Vec::new(), Vec::new()),
-                |(mut maxes, mut packed, mut ubuf), t| {
-                    let v0 = t * TILE;
-                    match isa {
-                        #[cfg(target_arch = "x86_64")]
-                        // SAFETY: the feature was detected at run time.
-                        "avx512f" => unsafe {
-                            kernels::tile_avx512(
-                                p,
-                                &a,
-                                nperm,
-                                v0,
-                                observed,
-                                maps_ptr,
-                                counts,
-                                &mut packed,
-                                &mut ubuf,
-                                &mut maxes,
-                            )
-                        },
-                        #[cfg(target_arch = "x86_64")]
-                        "avx2+fma" => unsafe {
-                            kernels::tile_avx2(
-                                p,
-                                &a,
-                                nperm,
-                                v0,
-                                observed,
-                                maps_ptr,
-                                counts,
-                                &mut packed,
-                                &mut ubuf,
-                                &mut maxes,
-                            )
-                        },
-                        _ => kernels::tile_portable(
-                            p,
-                            &a,
-                            nperm,
-                            v0,
-                            observed,
-                            maps_ptr,
-                            counts,
-                            &mut packed,
-                            &mut ubuf,
-                            &mut maxes,
-                        ),
-                    }
-                    (maxes, packed, ubuf)
+                || (vec![f32::NEG_INFINITY; nperm], Scratch::default()),
+                |(mut maxes, mut scratch), t| {
+                    // SAFETY: `tile_fn` picked the function of the instruction set this machine has.
+                    unsafe { tile(&batch, t * TILE, &mut scratch, &mut maxes) };
+                    (maxes, scratch)
                 },
             )
-            .map(|(m, _, _)| m)
+            .map(|(m, _)| m)
             .reduce(
                 || vec![f32::NEG_INFINITY; nperm],
                 |mut x, y| {

@@ -34,6 +34,36 @@ pub fn coefficient(params: &GlmParams, perm_words: &[u32], qbasis: &[f32], gp: u
     }
 }
 
+/// The statistic of permutation `gp` of the batch at voxel `v` of the chunk: each u_k summed
+/// over m = 0..n in order with a fused multiply-add, as each shader invocation sums it,
+/// folded into |u|^2 and aux in the order k = 0..q, then the one formula.
+pub fn statistic_at(
+    params: &GlmParams,
+    perm_words: &[u32],
+    qbasis: &[f32],
+    e: &[f32],
+    vox: &[f32],
+    gp: usize,
+    v: usize,
+) -> f32 {
+    let (n, q, s, vc) = (params.n as usize, params.q as usize, params.s as usize, params.vc as usize);
+    let kind = kind_of(params);
+    let (mut usq, mut aux) = (0.0f32, 0.0f32);
+    for k in 0..q {
+        let mut acc = 0.0f32;
+        for m in 0..n {
+            acc = coefficient(params, perm_words, qbasis, gp, m, k).mul_add(e[m * vc + v], acc);
+        }
+        usq += acc * acc;
+        match kind {
+            StatKind::T if k == 0 => aux = acc,
+            StatKind::F if k < s => aux += acc * acc,
+            _ => {}
+        }
+    }
+    statistic_of_sums(kind, usq, aux, vox[v], params.dof, params.inv_s)
+}
+
 /// Run the stage on the CPU. `maps` may be empty when `FLAG_MAPS` is not set.
 #[allow(clippy::too_many_arguments)]
 pub fn glm_stat(
@@ -46,38 +76,14 @@ pub fn glm_stat(
     counts: &mut [u32],
     maps: &mut [f32],
 ) {
-    let n = params.n as usize;
-    let q = params.q as usize;
-    let s = params.s as usize;
     let vc = params.vc as usize;
-    let kind = kind_of(params);
     let has_obs = params.flags & FLAG_OBSERVED != 0;
     let write_maps = params.flags & FLAG_MAPS != 0;
-    let mut a = vec![0.0f32; q * n];
     for p in 0..params.n_perm as usize {
         let gp = params.perm_offset as usize + p;
-        // Coefficient rows, generated as the shader generates its slices.
-        for k in 0..q {
-            for m in 0..n {
-                a[k * n + m] = coefficient(params, perm_words, qbasis, gp, m, k);
-            }
-        }
         let mut best = 0u32;
         for v in 0..vc {
-            let (mut usq, mut aux) = (0.0f32, 0.0f32);
-            for k in 0..q {
-                let mut acc = 0.0f32;
-                for m in 0..n {
-                    acc = a[k * n + m].mul_add(e[m * vc + v], acc);
-                }
-                usq += acc * acc;
-                match kind {
-                    StatKind::T if k == 0 => aux = acc,
-                    StatKind::F if k < s => aux += acc * acc,
-                    _ => {}
-                }
-            }
-            let t = statistic_of_sums(kind, usq, aux, vox[v], params.dof, params.inv_s);
+            let t = statistic_at(params, perm_words, qbasis, e, vox, gp, v);
             if write_maps {
                 maps[(gp - params.maps_base as usize) * vc + v] = t;
             }

@@ -10,11 +10,10 @@
 //! tile first (the shader's `wg_max` and `wg_cnt`), then into the batch's. Same buffers as
 //! the shader's bindings; the result equals [`super::glm_stat::glm_stat`] exactly (a test
 //! holds them together, and the GPU tests hold the shader against this port).
-use super::glm_stat::{coefficient, kind_of};
+use super::glm_stat::statistic_at;
 use crate::glm_stat::wide::{RP, RV, TV, WG_V};
 use crate::glm_stat::{GlmParams, FLAG_MAPS, FLAG_OBSERVED};
 use crate::keys::key_of;
-use voxflip_stats::{statistic_of_sums, StatKind};
 
 /// Run the stage on the CPU with `wg_p` invocations along permutations (16: `Wide`, 8:
 /// `Wide128`). `maps` may be empty when `FLAG_MAPS` is not set.
@@ -30,9 +29,8 @@ pub fn glm_stat_wide(
     counts: &mut [u32],
     maps: &mut [f32],
 ) {
-    let (n, q, s, vc) = (params.n as usize, params.q as usize, params.s as usize, params.vc as usize);
+    let vc = params.vc as usize;
     let n_perm = params.n_perm as usize;
-    let kind = kind_of(params);
     let (wg_p, rp, rv, tv) = (wg_p as usize, RP as usize, RV as usize, TV as usize);
     let tp = wg_p * rp;
     let has_obs = params.flags & FLAG_OBSERVED != 0;
@@ -56,21 +54,7 @@ pub fn glm_stat_wide(
                             if v >= vc {
                                 continue;
                             }
-                            let (mut usq, mut aux) = (0.0f32, 0.0f32);
-                            for k in 0..q {
-                                let mut acc = 0.0f32;
-                                for m in 0..n {
-                                    let a = coefficient(params, perm_words, qbasis, gp, m, k);
-                                    acc = a.mul_add(e[m * vc + v], acc);
-                                }
-                                usq += acc * acc;
-                                match kind {
-                                    StatKind::T if k == 0 => aux = acc,
-                                    StatKind::F if k < s => aux += acc * acc,
-                                    _ => {}
-                                }
-                            }
-                            let t = statistic_of_sums(kind, usq, aux, vox[v], params.dof, params.inv_s);
+                            let t = statistic_at(params, perm_words, qbasis, e, vox, gp, v);
                             if write_maps {
                                 maps[(gp - params.maps_base as usize) * vc + v] = t;
                             }
