@@ -10,8 +10,8 @@
 //! header is parsed by hand and converted to the same `NiftiHeader` (NIfTI-1 form) so that
 //! outputs can always be written with it.
 //!
-//! Writing goes through `nifti::writer::WriterOptions` with a cleaned copy of the reference
-//! header (float32, no scaling, no intent or display range, descrip "voxflip").
+//! Writing serializes a cleaned copy of the reference header (float32, no scaling, no intent
+//! or display range, descrip "voxflip") and the data, gzip-compressed for .nii.gz.
 mod affine;
 mod read;
 mod write;

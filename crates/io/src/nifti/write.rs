@@ -1,6 +1,11 @@
-//! Writing float32 .nii / .nii.gz images with a reference header's geometry.
+//! Writing float32 .nii / .nii.gz images with a reference header's geometry: the NIfTI-1
+//! header (348 bytes, little-endian), an empty extension flag, the data x fastest; gzip at
+//! flate2's fast level for .nii.gz (what the `nifti` crate's writer does, so the files are
+//! the same bytes, without its ndarray dependency).
 use crate::error::{io_msg, Error, Result};
-use nifti::Endianness;
+use flate2::write::GzEncoder;
+use nifti::{Endianness, NiftiHeader};
+use std::io::Write;
 use std::path::Path;
 
 /// Write a 3D float32 map (.nii.gz) to `path` with the reference header's sform/qform,
@@ -21,11 +26,10 @@ pub fn write_image(
     nvol: usize,
     data: &[f32],
 ) -> Result<()> {
-    use ndarray::{ArrayView3, ArrayView4, ShapeBuilder};
     let err = |msg: String| Error::output(path, msg);
     let name = path.file_name().map(|n| n.to_string_lossy().into_owned()).unwrap_or_default();
-    // The nifti writer derives the file name and compression from the extension; insisting
-    // on these two extensions is what makes "writes exactly `path`" true.
+    // Compression follows the extension; insisting on these two keeps names and contents
+    // consistent for every reader.
     if !(name.ends_with(".nii.gz") || name.ends_with(".nii")) || name == ".nii" || name == ".nii.gz" {
         return Err(err("output file name must end in .nii or .nii.gz".into()));
     }
@@ -64,19 +68,70 @@ pub fn write_image(
     }
     h.set_description_str("voxflip").expect("short description");
 
-    let (nx, ny, nz) = (dims[0], dims[1], dims[2]);
-    let opts = nifti::writer::WriterOptions::new(path).reference_header(&h);
-    // Fortran-order views: element [x, y, z(, t)] is data[x + nx*(y + ny*(z + nz*t))], which
-    // the writer emits x fastest, as NIfTI stores it.
-    let res = if nvol == 1 {
-        let v = ArrayView3::from_shape((nx, ny, nz).f(), data).map_err(|e| err(e.to_string()))?;
-        opts.write_nifti(&v)
+    h.dim = [if nvol == 1 { 3 } else { 4 }, dims[0] as u16, dims[1] as u16, dims[2] as u16, nvol as u16, 1, 1, 1];
+    h.vox_offset = 352.0;
+    h.descrip.resize(80, 0);
+
+    let file = std::fs::File::create(path).map_err(|e| err(io_msg(&e)))?;
+    let written = if name.ends_with(".gz") {
+        let mut gz = GzEncoder::new(file, flate2::Compression::fast());
+        write_contents(&mut gz, &h, data).and_then(|()| gz.finish().map(|_| ()))
     } else {
-        let v = ArrayView4::from_shape((nx, ny, nz, nvol).f(), data).map_err(|e| err(e.to_string()))?;
-        opts.write_nifti(&v)
+        let mut out = std::io::BufWriter::new(file);
+        write_contents(&mut out, &h, data).and_then(|()| out.flush())
     };
-    res.map_err(|e| match e {
-        nifti::NiftiError::Io(io) => err(io_msg(&io)),
-        other => err(other.to_string().replace('\n', " ")),
-    })
+    written.map_err(|e| err(io_msg(&e)))
+}
+
+/// The header, the empty extension flag, then the data as little-endian f32.
+fn write_contents(out: &mut impl Write, h: &NiftiHeader, data: &[f32]) -> std::io::Result<()> {
+    out.write_all(&header_bytes(h))?;
+    out.write_all(&[0u8; 4])?;
+    let mut buf = Vec::with_capacity(1 << 20);
+    for chunk in data.chunks(1 << 18) {
+        buf.clear();
+        buf.extend(chunk.iter().flat_map(|x| x.to_le_bytes()));
+        out.write_all(&buf)?;
+    }
+    Ok(())
+}
+
+/// The 348 bytes of a NIfTI-1 header, little-endian, field by field in the standard's order.
+fn header_bytes(h: &NiftiHeader) -> Vec<u8> {
+    let mut b = Vec::with_capacity(348);
+    let fixed = |b: &mut Vec<u8>, bytes: &[u8], len: usize| {
+        let mut v = bytes.to_vec();
+        v.resize(len, 0);
+        b.extend_from_slice(&v);
+    };
+    b.extend(h.sizeof_hdr.to_le_bytes());
+    fixed(&mut b, &h.data_type, 10);
+    fixed(&mut b, &h.db_name, 18);
+    b.extend(h.extents.to_le_bytes());
+    b.extend(h.session_error.to_le_bytes());
+    b.push(h.regular);
+    b.push(h.dim_info);
+    h.dim.iter().for_each(|d| b.extend(d.to_le_bytes()));
+    [h.intent_p1, h.intent_p2, h.intent_p3].iter().for_each(|x| b.extend(x.to_le_bytes()));
+    [h.intent_code, h.datatype, h.bitpix, h.slice_start].iter().for_each(|x| b.extend(x.to_le_bytes()));
+    h.pixdim.iter().for_each(|x| b.extend(x.to_le_bytes()));
+    [h.vox_offset, h.scl_slope, h.scl_inter].iter().for_each(|x| b.extend(x.to_le_bytes()));
+    b.extend(h.slice_end.to_le_bytes());
+    b.push(h.slice_code);
+    b.push(h.xyzt_units);
+    [h.cal_max, h.cal_min, h.slice_duration, h.toffset].iter().for_each(|x| b.extend(x.to_le_bytes()));
+    b.extend(h.glmax.to_le_bytes());
+    b.extend(h.glmin.to_le_bytes());
+    fixed(&mut b, &h.descrip, 80);
+    fixed(&mut b, &h.aux_file, 24);
+    b.extend(h.qform_code.to_le_bytes());
+    b.extend(h.sform_code.to_le_bytes());
+    [h.quatern_b, h.quatern_c, h.quatern_d, h.quatern_x, h.quatern_y, h.quatern_z]
+        .iter()
+        .for_each(|x| b.extend(x.to_le_bytes()));
+    h.srow_x.iter().chain(&h.srow_y).chain(&h.srow_z).for_each(|x| b.extend(x.to_le_bytes()));
+    fixed(&mut b, &h.intent_name, 16);
+    fixed(&mut b, &h.magic, 4);
+    debug_assert_eq!(b.len(), 348);
+    b
 }
