@@ -47,7 +47,7 @@ fn gpu_pipeline_equals_cpu_pipeline() {
     if !gpu_usable(module_path!()) {
         return;
     }
-    let tmp = tempfile::tempdir().unwrap();
+    let tmp = voxflip_testkit::tempdir().unwrap();
     let d = tmp.path();
     voxflip(d, &["simulate", "--out", "data", "--grid", "small"]);
     let mut logs = Vec::new();
@@ -128,7 +128,7 @@ fn gpu_glm_with_blocks_equals_cpu() {
     if !gpu_usable(module_path!()) {
         return;
     }
-    let tmp = tempfile::tempdir().unwrap();
+    let tmp = voxflip_testkit::tempdir().unwrap();
     let d = tmp.path();
     voxflip(d, &["simulate", "--out", "data", "--grid", "small"]);
     let n = 58;

@@ -27,12 +27,12 @@ fn data(n: usize, seed: u32) -> Vec<f32> {
 }
 
 struct Case {
-    dir: tempfile::TempDir,
+    dir: voxflip_testkit::TempDir,
 }
 
 impl Case {
     fn new() -> Case {
-        let c = Case { dir: tempfile::tempdir().unwrap() };
+        let c = Case { dir: voxflip_testkit::tempdir().unwrap() };
         write(&c.p("in.nii.gz"), DIMS, 10, &data(10, 1));
         write(&c.p("mask.nii.gz"), DIMS, 1, &vec![1.0; DIMS.iter().product()]);
         c.text("design.mat", "/NumWaves 2\n/NumPoints 10\n/Matrix\n1 0\n1 0\n1 0\n1 0\n1 0\n0 1\n0 1\n0 1\n0 1\n0 1\n");

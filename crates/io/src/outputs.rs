@@ -189,7 +189,7 @@ mod tests {
 
     #[test]
     fn commit_renames_all() {
-        let d = tempfile::tempdir().unwrap();
+        let d = voxflip_testkit::tempdir().unwrap();
         let mut o = OutputSet::new();
         let map = d.path().join("out_tstat1.nii.gz");
         let txt = d.path().join("out_provenance.json");
@@ -206,7 +206,7 @@ mod tests {
 
     #[test]
     fn drop_removes_uncommitted() {
-        let d = tempfile::tempdir().unwrap();
+        let d = voxflip_testkit::tempdir().unwrap();
         {
             let mut o = OutputSet::new();
             o.write_map(&d.path().join("a.nii.gz"), &header(), [2, 2, 2], &[0.0; 8]).unwrap();
@@ -221,7 +221,7 @@ mod tests {
 
     #[test]
     fn check_dir_reports_missing_and_accepts_existing() {
-        let d = tempfile::tempdir().unwrap();
+        let d = voxflip_testkit::tempdir().unwrap();
         OutputSet::check_dir(&d.path().join("prefix")).unwrap();
         check_dir(Path::new("bare_prefix")).unwrap();
         let e = check_dir(&d.path().join("nope/prefix")).unwrap_err().to_string();

@@ -90,14 +90,14 @@ fn parse(text: &str, group_column: &str) -> std::result::Result<Participants, St
 mod tests {
     use super::*;
 
-    fn write(dir: &tempfile::TempDir, text: &str) -> std::path::PathBuf {
+    fn write(dir: &voxflip_testkit::TempDir, text: &str) -> std::path::PathBuf {
         let p = dir.path().join("participants.tsv");
         std::fs::write(&p, text).unwrap();
         p
     }
 
     fn err(text: &str, col: &str) -> String {
-        let d = tempfile::tempdir().unwrap();
+        let d = voxflip_testkit::tempdir().unwrap();
         let msg = read_participants(&write(&d, text), col).unwrap_err().to_string();
         assert!(!msg.contains('\n'), "multi-line: {msg}");
         assert!(msg.contains("participants.tsv: "), "{msg}");
@@ -106,7 +106,7 @@ mod tests {
 
     #[test]
     fn reads_groups_in_file_order() {
-        let d = tempfile::tempdir().unwrap();
+        let d = voxflip_testkit::tempdir().unwrap();
         let text = "\u{feff}participant_id\tage\tgroup\r\nsub-01\t23\tcompassion\r\nsub-02\tn/a\tmemory\r\n\r\nsub-03\t31\tcompassion \r\n";
         let p = read_participants(&write(&d, text), "group").unwrap();
         assert_eq!(p.ids, vec!["sub-01", "sub-02", "sub-03"]);

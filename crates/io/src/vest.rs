@@ -210,7 +210,7 @@ fn parse_text(text: &str, rows_key: RowsKey) -> std::result::Result<Vest, String
 mod tests {
     use super::*;
 
-    fn write(dir: &tempfile::TempDir, name: &str, text: &str) -> std::path::PathBuf {
+    fn write(dir: &voxflip_testkit::TempDir, name: &str, text: &str) -> std::path::PathBuf {
         let p = dir.path().join(name);
         std::fs::write(&p, text).unwrap();
         p
@@ -227,7 +227,7 @@ mod tests {
 
     #[test]
     fn reads_design_contrasts_fts_grp() {
-        let d = tempfile::tempdir().unwrap();
+        let d = voxflip_testkit::tempdir().unwrap();
         let v = read_design(&write(&d, "design.mat", DESIGN)).unwrap();
         assert_eq!(v.ncols, 2);
         assert_eq!(v.rows, vec![vec![1.0, 0.0], vec![1.0, 0.0], vec![0.0, 1.0], vec![0.0, 1.5]]);
@@ -252,7 +252,7 @@ mod tests {
 
     #[test]
     fn bad_files_are_reported_with_file_and_line() {
-        let d = tempfile::tempdir().unwrap();
+        let d = voxflip_testkit::tempdir().unwrap();
         let bad_num = DESIGN.replace("0 1.5e0", "0 abc");
         let m = err_of(read_design(&write(&d, "design.mat", &bad_num)));
         assert!(m.ends_with("design.mat: line 9: 'abc' is not a number"), "{m}");

@@ -509,7 +509,7 @@ mod tests {
     fn writes_a_readable_dataset() {
         use nifti::{IntoNdArray, NiftiObject};
         let d = simulate(&small(2, 1, 9));
-        let dir = tempfile::tempdir().unwrap();
+        let dir = voxflip_testkit::tempdir().unwrap();
         let out = dir.path().join("sim");
         let written = write_dataset(&d, &out).unwrap();
         assert_eq!(written.len(), 7);
@@ -552,7 +552,7 @@ mod tests {
             count(&d.truth_interaction),
             count(&d.truth_activation)
         );
-        let dir = tempfile::tempdir().unwrap();
+        let dir = voxflip_testkit::tempdir().unwrap();
         let t = std::time::Instant::now();
         write_dataset(&d, dir.path()).unwrap();
         eprintln!("write_dataset: {:.2} s", t.elapsed().as_secs_f64());

@@ -5,8 +5,8 @@ use crate::error::Error;
 use nifti::{Endianness, NiftiHeader};
 use std::path::{Path, PathBuf};
 
-fn tmp() -> tempfile::TempDir {
-    tempfile::tempdir().unwrap()
+fn tmp() -> voxflip_testkit::TempDir {
+    voxflip_testkit::tempdir().unwrap()
 }
 
 /// A rotation about z by `deg` with a flipped x axis, scaled by pixdim, plus an offset.
