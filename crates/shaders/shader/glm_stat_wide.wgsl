@@ -35,18 +35,9 @@
 // runtime checks (the engines crate's unchecked option); keep it that way when editing.
 
 #import glm_stat_tiling
-#import glm_params
+#import glm_bindings
 #import keys
 #import statistic
-
-@group(0) @binding(0) var<uniform> P: GlmParams;
-@group(0) @binding(1) var<storage, read> perm_words: array<u32>;
-@group(0) @binding(2) var<storage, read> qbasis: array<f32>;
-@group(0) @binding(3) var<storage, read> e_chunk: array<f32>;
-@group(0) @binding(4) var<storage, read> vox: array<f32>;
-@group(0) @binding(5) var<storage, read_write> max_bits: array<atomic<u32>>;
-@group(0) @binding(6) var<storage, read_write> counts: array<atomic<u32>>;
-@group(0) @binding(7) var<storage, read_write> maps: array<f32>;
 
 // Whether the permutations exchange rows (FLAG_SRC); the host builds one pipeline per value.
 override HAS_SRC: bool = false;

@@ -12,6 +12,7 @@
 //! | `tfce.wgsl` | randomise's stepwise TFCE over the components | [`spatial`] | [`cpu::tfce`] |
 //! | `shared/statistic.wgsl` | the t / F formula ([`voxflip_stats::statistic_of_sums`]) | | |
 //! | `shared/keys.wgsl` | order-preserving float keys | [`keys`] | |
+//! | `shared/glm_bindings.wgsl` | the bindings both glm_stat shaders share | [`glm_stat`] | |
 //!
 //! Every variant (kernel x pipeline constants) is parsed and validated with naga by this
 //! crate's tests, so a broken shader fails `cargo test` on a machine without any GPU.

@@ -54,6 +54,7 @@ pub fn consts_wgsl(group: &[(&str, u32)]) -> String {
 /// The files under `shader/shared/`, by module name.
 pub fn shared_module(name: &str) -> Option<&'static str> {
     Some(match name {
+        "glm_bindings" => include_str!("../shader/shared/glm_bindings.wgsl"),
         "keys" => include_str!("../shader/shared/keys.wgsl"),
         "statistic" => include_str!("../shader/shared/statistic.wgsl"),
         _ => return None,
