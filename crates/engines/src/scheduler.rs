@@ -79,11 +79,6 @@ impl Scheduler {
         self.engine.describe()
     }
 
-    /// The GPU spatial reducer, when one is open.
-    pub fn reducer(&self) -> Option<&GpuSpatial> {
-        self.reducer.as_ref()
-    }
-
     /// Make `problem` resident; a GPU that cannot is replaced by the CPU engine.
     pub fn prepare(&mut self, problem: &ContrastProblem) -> Result<()> {
         run_with_fallback(&mut self.engine, problem, |e| e.prepare(problem))
@@ -161,7 +156,8 @@ impl Scheduler {
     }
 
     /// The max-statistic null, the exceedance counts and (with `spatial`) the spatial nulls
-    /// of one contrast, over all permutations of `perms`.
+    /// of one contrast, over all permutations of `perms`. `spatial` is the job last given to
+    /// [`Scheduler::place_spatial`], now with its observed TFCE map.
     pub fn permute(
         &mut self,
         problem: &ContrastProblem,
@@ -171,9 +167,11 @@ impl Scheduler {
         progress: &dyn Progress,
     ) -> Result<ContrastNulls> {
         let mut on_gpu = spatial.is_some() && self.spatial_on_gpu;
-        if let (true, Some(job), Some(r)) = (on_gpu, spatial, self.reducer.as_mut()) {
-            // Now with the observed TFCE map, for the exceedance counts.
-            match r.configure(job) {
+        let observed_tfce = spatial.and_then(|job| job.tfce_observed);
+        if let (true, Some(obs), Some(r)) = (on_gpu, observed_tfce, self.reducer.as_mut()) {
+            // The reducer was configured by `place_spatial`; now the observed TFCE map, for
+            // the exceedance counts.
+            match r.set_tfce_observed(obs) {
                 Ok(()) => {}
                 Err(e) if e.falls_back() => {
                     log::warn!("spatial statistics on the CPU: {}", e.message());
@@ -272,8 +270,7 @@ pub fn permute_contrast(
                         }
                         Err(e) if e.falls_back() => {
                             // The device is gone for the reducer too: both continue on the CPU.
-                            log::warn!("GPU failed ({}); continuing on the CPU engine from this batch", e.message());
-                            switch_to_cpu(engine, problem)?;
+                            switch_to_cpu(engine, problem, &e)?;
                             gpu = None;
                             device_spatial = false;
                         }
@@ -394,8 +391,10 @@ fn reduce_maps<'g>(job: &SpatialJob, gpu: Option<&'g mut GpuSpatial>, maps: Vec<
     }
 }
 
-/// Replace a failed GPU engine by the CPU engine, prepared for `problem`.
-fn switch_to_cpu(engine: &mut Engine, problem: &ContrastProblem) -> Result<()> {
+/// Replace a GPU engine that failed with `e` by the CPU engine, prepared for `problem`,
+/// saying so.
+fn switch_to_cpu(engine: &mut Engine, problem: &ContrastProblem, e: &EngineError) -> Result<()> {
+    log::warn!("GPU failed ({}); continuing on the CPU engine from this batch", e.message());
     let mut cpu = CpuEngine::new();
     cpu.prepare(problem)?;
     *engine = Engine::Cpu(cpu);
@@ -412,8 +411,7 @@ fn run_with_fallback<T>(
 ) -> Result<T> {
     match f(engine) {
         Err(e) if e.falls_back() && matches!(engine, Engine::Gpu(_)) => {
-            log::warn!("GPU failed ({}); continuing on the CPU engine from this batch", e.message());
-            switch_to_cpu(engine, problem)?;
+            switch_to_cpu(engine, problem, &e)?;
             f(engine)
         }
         other => other,

@@ -394,10 +394,22 @@ impl GpuSpatial {
             self.cluster = Some(ClusterSetup { graph, extent_thr: job.extent_thr, mass_thr: job.mass_thr });
         }
         if let Some(obs) = job.tfce_observed {
-            let buf = self.storage_init("observed tfce", bytemuck::cast_slice(obs));
-            self.observed = Some((buf, obs.len()));
+            self.upload_tfce_observed(obs);
         }
         self.device.poll("uploading the spatial tables")
+    }
+
+    /// The observed TFCE map of the configured job, for the exceedance counts (when it is
+    /// known only after [`GpuSpatial::configure`]: it is computed on this reducer).
+    pub fn set_tfce_observed(&mut self, observed: &[f32]) -> Result<()> {
+        self.check_usable()?;
+        self.upload_tfce_observed(observed);
+        self.device.poll("uploading the observed TFCE map").map_err(|e| self.fail(e))
+    }
+
+    fn upload_tfce_observed(&mut self, obs: &[f32]) {
+        let buf = self.storage_init("observed tfce", bytemuck::cast_slice(obs));
+        self.observed = Some((buf, obs.len()));
     }
 
     /// TFCE work since the last call: (voxel-levels processed, i.e. the summed lengths of the
