@@ -139,10 +139,10 @@ impl Scheduler {
     /// The TFCE map of the observed map, computed where the permutations' maps will be
     /// reduced, so that the identity permutation's TFCE equals it exactly and counts itself.
     pub fn tfce_observed(&mut self, job: &SpatialJob, observed: &[f32]) -> Result<Vec<f32>> {
-        let (g, o, dh) = job.tfce.expect("tfce_observed without TFCE");
         if let (true, Some(r)) = (self.spatial_on_gpu, self.reducer.as_mut()) {
-            match r.tfce_batch(g, observed, &o.params, dh, None) {
-                Ok(b) => return Ok(b.tfce),
+            // Configured for `job` by `place_spatial`.
+            match r.tfce_map(observed) {
+                Ok(t) => return Ok(t),
                 Err(e) if e.falls_back() => {
                     log::warn!("spatial statistics on the CPU: {}", e.message());
                     self.spatial_on_gpu = false;

@@ -612,6 +612,29 @@ impl GpuSpatial {
         Ok(TfceBatch { tfce: out.tfce, max, counts: out.counts })
     }
 
+    /// The stepwise TFCE of one map with the configured job's graph, tables and step (the
+    /// same passes as its permutation maps get, so that the identity's TFCE equals it).
+    pub fn tfce_map(&mut self, map: &[f32]) -> Result<Vec<f32>> {
+        self.check_usable()?;
+        let Some(t) = &self.tfce else {
+            return Err(EngineError::Invalid("tfce_map without TFCE configured".into()));
+        };
+        let v = t.graph.v;
+        self.prepare(map, v)?;
+        let t = self.tfce.as_ref().expect("checked above");
+        let req = Request {
+            maps: BatchMaps::Host(map),
+            v,
+            clusters: vec![],
+            tfce: Some((&t.graph, t.dh, t.params.h, &t.sizepow)),
+            observed: None,
+            read_labels: false,
+            read_tfce: true,
+        };
+        let out = self.run(&req);
+        Ok(out.map_err(|e| self.fail(e))?.tfce)
+    }
+
     // -----------------------------------------------------------------------------------
 
     fn check_usable(&self) -> Result<()> {
