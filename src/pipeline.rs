@@ -4,7 +4,7 @@ use crate::error::{Error, Result};
 use crate::options::AnalysisOptions;
 use crate::outputs::{write_cluster_tables, ClusterTableJob, Graphs, Outputs};
 use crate::progress::Bar;
-use crate::summary::{ContrastSummary, ExchangeBlocks, RunReport, SpatialSummary};
+use crate::summary::{null_quantiles, ContrastSummary, ExchangeBlocks, RunReport, SpatialSummary};
 use std::time::Instant;
 use voxflip_engines::{make_engine, Scheduler};
 use voxflip_io::Dataset;
@@ -292,7 +292,7 @@ fn run_contrast(
         max_stat: observed.iter().copied().fold(f32::NEG_INFINITY, f32::max),
         fwe05_threshold: null.threshold(0.05),
         voxels_fwe05: pcorr.iter().filter(|&&p| p <= 0.05).count(),
-        null_quantiles: [0.5, 0.9, 0.95, 0.99, 1.0].iter().map(|&q| (q, null.quantile(q))).collect(),
+        null_quantiles: null_quantiles(&null),
         seconds,
         gflops: problem.flops_per_perm() * nperm as f64 / seconds / 1e9,
         spatial,

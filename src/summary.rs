@@ -45,12 +45,17 @@ pub struct SpatialSummary {
     pub voxels_fwe05: usize,
 }
 
+/// The quantiles of a null the sidecar records: median, 90%, 95%, 99% and the maximum.
+pub fn null_quantiles(null: &MaxStatNull) -> Vec<(f64, f32)> {
+    [0.5, 0.9, 0.95, 0.99, 1.0].iter().map(|&q| (q, null.quantile(q))).collect()
+}
+
 impl SpatialSummary {
     /// The summary of a spatial statistic's null and its corrected p per voxel.
     pub fn of(statistic: &'static str, null: &MaxStatNull, pc: &[f64]) -> SpatialSummary {
         SpatialSummary {
             statistic,
-            null_quantiles: [0.5, 0.9, 0.95, 0.99, 1.0].iter().map(|&q| (q, null.quantile(q))).collect(),
+            null_quantiles: null_quantiles(null),
             fwe05_threshold: null.threshold(0.05),
             voxels_fwe05: pc.iter().filter(|&&p| p <= 0.05).count(),
         }
