@@ -4,9 +4,12 @@
 use crate::commands;
 use crate::error::{Error, Result};
 use crate::options::AnalysisOptions;
+use crate::options::{Checkpoints, Distribution};
+use crate::state::{Merged, Shard};
 use clap::{Args, Parser, Subcommand};
 use std::path::PathBuf;
 use std::process::ExitCode;
+use std::sync::Arc;
 use voxflip_engines::{Backend, EngineOptions, GlmKernel, GpuOptions, SpatialPlacement};
 use voxflip_stats::spatial::{Connectivity, SpatialOptions, TfceOptions, TfceParams};
 use voxflip_stats::{PScale, PermKind};
@@ -45,6 +48,40 @@ pub enum Command {
     Devices,
     /// Time the CPU and GPU engines on the simulated 2 mm study in one run (ratios, GFLOP/s).
     Bench(BenchArgs),
+    /// Write a sharded run's outputs from its shard files (--shard K/N), exactly as one run.
+    Merge(MergeArgs),
+}
+
+/// Write the outputs of a run split with --shard K/N from its shard files (found as
+/// PREFIX_shard-K-of-N, or named), exactly as a single run writes them; or rewrite a run's
+/// outputs from its --keep-null-state file with other output options.
+#[derive(Args, Debug, Clone)]
+pub struct MergeArgs {
+    /// The output prefix the shards ran with (-o).
+    pub prefix: String,
+    /// Shard files (default: every PREFIX_shard-K-of-N).
+    pub shards: Vec<PathBuf>,
+    /// Write the outputs under this prefix instead of PREFIX.
+    #[arg(short = 'o', value_name = "PREFIX")]
+    pub out: Option<String>,
+    /// Also write voxelwise FWE-corrected p maps.
+    #[arg(short = 'x')]
+    pub vox_corrp: bool,
+    /// Also write uncorrected p maps.
+    #[arg(long = "uncorrp")]
+    pub uncorrp: bool,
+    /// Write -log10(p) instead of 1-p.
+    #[arg(long)]
+    pub logp: bool,
+    /// Also write the null distributions as text.
+    #[arg(short = 'N', long = "save-null")]
+    pub save_null: bool,
+    /// Keep the merged state as PREFIX_shard-1-of-1.
+    #[arg(long = "keep-null-state")]
+    pub keep_null_state: bool,
+    /// No messages but warnings and errors.
+    #[arg(short = 'q', long = "quiet")]
+    pub quiet: bool,
 }
 
 #[derive(Args, Debug, Clone)]
@@ -115,6 +152,38 @@ pub struct CommonArgs {
     pub spatial: SpatialArgs,
     #[command(flatten)]
     pub gpu: GpuArgs,
+    #[command(flatten)]
+    pub distribution: DistributionArgs,
+}
+
+/// Splitting a run over jobs and machines, and surviving interruptions.
+#[derive(Args, Debug, Clone)]
+pub struct DistributionArgs {
+    /// Run slice K of N of the permutation set and write its state to {prefix}_shard-K-of-N
+    /// (no maps); `voxflip merge PREFIX` then writes the outputs of the whole run.
+    #[arg(long, value_name = "K/N", value_parser = Shard::parse)]
+    pub shard: Option<Shard>,
+    /// Continue an interrupted run (same command) from its checkpoint, {prefix}_checkpoint
+    /// (or {prefix}_shard-K-of-N.checkpoint); outputs equal an uninterrupted run's.
+    #[arg(long)]
+    pub resume: bool,
+    /// Seconds between checkpoints at least (0: after every few batches).
+    #[arg(long = "checkpoint-seconds", value_name = "S", default_value_t = 60.0)]
+    pub checkpoint_seconds: f64,
+    /// Write no checkpoint.
+    #[arg(long = "no-checkpoint")]
+    pub no_checkpoint: bool,
+    /// Tests: permutations between the points where a checkpoint may be written.
+    #[arg(long = "checkpoint-permutations", hide = true)]
+    pub checkpoint_permutations: Option<usize>,
+    /// Also keep the run's permutation state as {prefix}_shard-1-of-1 (V x 8 bytes per
+    /// contrast, x 2 more with TFCE, plus 4 bytes per permutation per null), so that
+    /// `voxflip merge PREFIX` can rewrite the outputs with other output options.
+    #[arg(long = "keep-null-state")]
+    pub keep_null_state: bool,
+    /// Set by `voxflip merge`: the merged shards instead of permutations.
+    #[arg(skip)]
+    pub merged: Option<Arc<Merged>>,
 }
 
 /// How the GPU engine runs: where its maps' spatial statistics go, and switches for tests
@@ -431,6 +500,7 @@ fn cli_quiet(cli: &Cli) -> bool {
     match &cli.command {
         Some(Command::Interaction(a)) => a.common.quiet,
         Some(Command::Example(a)) => a.quiet,
+        Some(Command::Merge(a)) => a.quiet,
         Some(_) => false,
         None => cli.glm.common.quiet,
     }
@@ -446,6 +516,7 @@ fn run(cli: Cli, args: &[String]) -> Result<()> {
             Ok(())
         }
         Some(Command::Bench(a)) => commands::bench::run(&a),
+        Some(Command::Merge(a)) => commands::merge::run(&a),
         None => commands::glm::run(&cli.glm, args),
     }
 }
@@ -473,12 +544,60 @@ impl CommonArgs {
             quiet: self.quiet,
             engine: self.engine_options(),
             command_line: args.to_vec(),
+            distribution: self.distribution.distribution(),
+            checkpoints: self.distribution.checkpoints()?,
+            resume: self.distribution.resume,
+            keep_state: self.distribution.keep_null_state,
         })
     }
 
     /// The output prefix, required.
     pub fn out(&self) -> Result<String> {
+        if let Some(o) = &self.out {
+            if o.ends_with('/') || std::path::Path::new(o).is_dir() {
+                return Err(Error::usage(format!(
+                    "-o {o}: a directory; give a prefix inside it (e.g. -o {}/run1)",
+                    o.trim_end_matches('/')
+                )));
+            }
+        }
         self.out.clone().ok_or_else(|| Error::usage("no output prefix: give -o PREFIX"))
+    }
+}
+
+impl Default for DistributionArgs {
+    /// As the flags' defaults.
+    fn default() -> Self {
+        DistributionArgs {
+            shard: None,
+            resume: false,
+            checkpoint_seconds: 60.0,
+            no_checkpoint: false,
+            checkpoint_permutations: None,
+            keep_null_state: false,
+            merged: None,
+        }
+    }
+}
+
+impl DistributionArgs {
+    fn distribution(&self) -> Distribution {
+        match (&self.merged, self.shard) {
+            (Some(m), _) => Distribution::Merge(m.clone()),
+            (None, Some(s)) => Distribution::Shard(s),
+            (None, None) => Distribution::Whole,
+        }
+    }
+
+    fn checkpoints(&self) -> Result<Checkpoints> {
+        let s = self.checkpoint_seconds;
+        if !(s >= 0.0 && s.is_finite()) {
+            return Err(Error::usage(format!("--checkpoint-seconds {s}: give a number of seconds >= 0")));
+        }
+        if self.checkpoint_permutations == Some(0) {
+            return Err(Error::usage("--checkpoint-permutations 0: give at least 1"));
+        }
+        Ok(Checkpoints { seconds: (!self.no_checkpoint).then_some(s), permutations: self.checkpoint_permutations })
     }
 }
 

@@ -15,6 +15,7 @@ mod options;
 mod outputs;
 mod pipeline;
 mod progress;
+mod state;
 mod summary;
 
 fn main() -> ExitCode {

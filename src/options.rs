@@ -1,8 +1,31 @@
 //! The validated options of an analysis: what the command line means, in the types the
 //! pipeline and the engines take (the flags themselves are in `cli`).
+use crate::state::{Merged, Shard};
+use std::sync::Arc;
 use voxflip_engines::EngineOptions;
 use voxflip_stats::spatial::SpatialOptions;
 use voxflip_stats::{Blocks, PScale, PermKind};
+
+/// What a run does with its permutation set.
+#[derive(Clone, Debug)]
+pub enum Distribution {
+    /// Every permutation, then the outputs.
+    Whole,
+    /// One slice of the set; its state goes to `{out}_shard-K-of-N` and no map is written.
+    Shard(Shard),
+    /// No permutations: the merged state of shards, then the outputs.
+    Merge(Arc<Merged>),
+}
+
+/// When a run writes its checkpoint (`--checkpoint-seconds`).
+#[derive(Clone, Copy, Debug)]
+pub struct Checkpoints {
+    /// At least this long between checkpoints; None: none written.
+    pub seconds: Option<f64>,
+    /// Permutations between the points where a checkpoint may be written; None: the
+    /// default (a few batches).
+    pub permutations: Option<usize>,
+}
 
 /// Everything about a run that is not the data or the design.
 #[derive(Clone, Debug)]
@@ -34,4 +57,11 @@ pub struct AnalysisOptions {
     pub command_line: Vec<String>,
     /// TFCE and cluster inference.
     pub spatial: SpatialOptions,
+    pub distribution: Distribution,
+    pub checkpoints: Checkpoints,
+    /// Continue from the checkpoint of an interrupted run with the same prefix (--resume).
+    pub resume: bool,
+    /// Also write the run's state as `{out}_shard-1-of-1`, so that `voxflip merge` can
+    /// rewrite its outputs with other output options (--keep-null-state).
+    pub keep_state: bool,
 }

@@ -53,6 +53,11 @@ impl<'a> Outputs<'a> {
         Ok(())
     }
 
+    /// A temporary to write `final_path` into yourself; renamed with the rest.
+    pub fn temp_for(&mut self, final_path: &std::path::Path) -> PathBuf {
+        self.set.temp_for(final_path)
+    }
+
     /// The final paths of everything written so far.
     pub fn planned(&self) -> Vec<PathBuf> {
         self.set.planned()

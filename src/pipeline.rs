@@ -1,12 +1,17 @@
 //! The whole analysis of one dataset: for each contrast, the partitioned model, the
-//! observed map, every permutation through the scheduler, p-values, and the outputs.
+//! observed map, the permutations through the scheduler (all of them, one shard's, or none
+//! when shards are merged), p-values, and the outputs. A run checkpoints its state as it
+//! goes, and resumes from it with --resume (see `state`).
 use crate::error::{Error, Result};
-use crate::options::AnalysisOptions;
+use crate::options::{AnalysisOptions, Distribution};
 use crate::outputs::{write_cluster_tables, ClusterTableJob, Graphs, Outputs};
 use crate::progress::Bar;
+use crate::state::{checkpoint_file, identity, ContrastState, NullState, Shard};
 use crate::summary::{null_quantiles, ContrastSummary, ExchangeBlocks, RunReport, SpatialSummary};
+use std::ops::Range;
+use std::path::PathBuf;
 use std::time::Instant;
-use voxflip_engines::{make_engine, Scheduler};
+use voxflip_engines::{make_engine, ContrastNulls, Scheduler};
 use voxflip_io::Dataset;
 use voxflip_stats::spatial::{observed_cluster_values, Connectivity, SpatialJob};
 use voxflip_stats::{
@@ -110,15 +115,26 @@ struct RunState<'a> {
     opts: &'a AnalysisOptions,
     outputs: Outputs<'a>,
     graphs: Graphs<'a>,
-    scheduler: Scheduler,
+    /// None when merging (no permutations run).
+    scheduler: Option<Scheduler>,
     tables: Vec<ClusterTableJob>,
     /// Where TFCE / cluster statistics ran (None without them).
     spatial_backend: Option<String>,
+    checkpoints: Checkpointer,
 }
 
-/// Run all contrasts of `design` on `ds`; write outputs under `prefix`. Nothing is written
-/// unless everything succeeds (outputs are renamed into place at the end).
-pub fn run(ds: &Dataset, design: &Design, opts: &AnalysisOptions, prefix: &str) -> Result<RunReport> {
+/// What a run ends with.
+pub enum Outcome {
+    /// The outputs were written.
+    Report(Box<RunReport>),
+    /// A shard's state was written.
+    Shard { file: PathBuf, shard: Shard, permutations: Vec<Range<usize>>, seconds: f64, backend: String },
+}
+
+/// Run all contrasts of `design` on `ds`; write outputs under `prefix` (or, for a shard,
+/// its state). Nothing is written unless everything succeeds (outputs are renamed into
+/// place at the end).
+pub fn run(ds: &Dataset, design: &Design, opts: &AnalysisOptions, prefix: &str) -> Result<Outcome> {
     let start = Instant::now();
     let outputs = Outputs::new(prefix, ds, opts.scale)?;
     let models: Vec<ContrastModel> = design
@@ -139,18 +155,116 @@ pub fn run(ds: &Dataset, design: &Design, opts: &AnalysisOptions, prefix: &str) 
             perms: set_of(kind),
         })
         .collect();
-    let total: usize = plans.iter().map(|c| c.perms.len()).sum();
-    let scheduler = Scheduler::new(make_engine(&opts.engine)?, opts.engine.gpu.spatial);
-    let mut state =
-        RunState { ds, opts, outputs, graphs: Graphs::new(ds), scheduler, tables: Vec::new(), spatial_backend: None };
-    let progress = Bar::new(total as u64, opts.quiet);
-    let mut summaries = Vec::new();
-    for (contrast, plan) in design.contrasts.iter().zip(&plans) {
-        summaries.push(run_contrast(&mut state, contrast, plan, &progress)?);
+    let id = identity(ds, design, opts);
+    let (shard, merged) = match &opts.distribution {
+        Distribution::Whole => (Shard::WHOLE, None),
+        Distribution::Shard(s) => (*s, None),
+        Distribution::Merge(m) => {
+            if m.state.identity != id {
+                return Err(Error::usage(format!(
+                    "the shards of {} were computed from other inputs or options than these \
+                     (data, mask, design, contrasts, permutation or TFCE/cluster options, seed or version)",
+                    m.shards[0].file.display()
+                )));
+            }
+            (Shard::WHOLE, Some(&m.state))
+        }
+    };
+    let shard_file = shard.file(prefix);
+    let ckpt_path = checkpoint_file(prefix, shard);
+    if let (Distribution::Shard(_), true) = (&opts.distribution, opts.resume) {
+        if let Ok(done) = NullState::read(&shard_file) {
+            if done.identity == id && done.shard == shard {
+                log::info!("{}: this shard is already complete", shard_file.display());
+                return Ok(shard_outcome(shard_file, &done, start));
+            }
+        }
     }
-    let RunState { mut outputs, mut graphs, scheduler, tables, spatial_backend, .. } = state;
-    write_cluster_tables(&mut outputs, &mut graphs, &tables)?;
+    let resumed = if opts.resume && merged.is_none() { read_checkpoint(&ckpt_path, &id, shard)? } else { None };
+    if !opts.resume && merged.is_none() && ckpt_path.exists() {
+        log::info!("{}: a checkpoint of an earlier run; starting afresh (--resume continues it)", ckpt_path.display());
+    }
+    let scheduler = match merged {
+        Some(_) => None,
+        None => Some(Scheduler::new(make_engine(&opts.engine)?, opts.engine.gpu.spatial)),
+    };
+    let backend = match (&scheduler, merged) {
+        (Some(s), _) => s.describe(),
+        (None, Some(m)) => m.backend.clone(),
+        (None, None) => unreachable!("a scheduler unless merging"),
+    };
+    let checkpoints = Checkpointer {
+        path: ckpt_path,
+        every: opts.checkpoints.seconds,
+        step: opts.checkpoints.permutations,
+        last: Instant::now(),
+        template: NullState {
+            identity: id,
+            shard,
+            command_line: opts.command_line.clone(),
+            backend: backend.clone(),
+            spatial_backend: None,
+            contrasts: Vec::new(),
+        },
+    };
+    let mut state = RunState {
+        ds,
+        opts,
+        outputs,
+        graphs: Graphs::new(ds),
+        scheduler,
+        tables: Vec::new(),
+        spatial_backend: merged.and_then(|m| m.spatial_backend.clone()),
+        checkpoints,
+    };
+    let remaining: usize = plans
+        .iter()
+        .enumerate()
+        .map(|(ci, p)| {
+            let r = shard.range(p.perms.len());
+            let done = resumed.as_ref().and_then(|s| s.contrasts.get(ci)).map_or(r.start, |c| c.range.end);
+            if merged.is_some() {
+                0
+            } else {
+                r.end.saturating_sub(done)
+            }
+        })
+        .sum();
+    let progress = Bar::new(remaining as u64, opts.quiet);
+    let mut summaries = Vec::new();
+    let mut states: Vec<ContrastState> = Vec::new();
+    for (ci, (contrast, plan)) in design.contrasts.iter().zip(&plans).enumerate() {
+        let cs = match merged {
+            Some(m) => {
+                let c = m.contrasts.get(ci).filter(|c| c.name == contrast.name && c.range == (0..plan.perms.len()));
+                c.cloned().ok_or_else(|| Error::usage(format!("the shards hold no complete {}", contrast.name)))?
+            }
+            None => {
+                let range = shard.range(plan.perms.len());
+                let from = resumed.as_ref().and_then(|s| s.contrasts.get(ci)).filter(|c| c.name == contrast.name);
+                compute_contrast(&mut state, contrast, plan, range, from, &states, &progress)?
+            }
+        };
+        if !matches!(opts.distribution, Distribution::Shard(_)) {
+            summaries.push(finish_contrast(&mut state, contrast, plan, &cs)?);
+        }
+        states.push(cs);
+    }
     progress.finish();
+    let RunState { mut outputs, mut graphs, tables, spatial_backend, checkpoints, .. } = state;
+    let mut full = checkpoints.template;
+    full.spatial_backend = spatial_backend.clone();
+    full.contrasts = states;
+    if let Distribution::Shard(_) = opts.distribution {
+        full.write(&shard_file)?;
+        let _ = std::fs::remove_file(&checkpoints.path);
+        return Ok(shard_outcome(shard_file, &full, start));
+    }
+    write_cluster_tables(&mut outputs, &mut graphs, &tables)?;
+    if opts.keep_state {
+        let path = Shard::WHOLE.file(prefix);
+        full.write(&outputs.temp_for(&path))?;
+    }
     let first = &plans[0];
     let mut report = RunReport {
         version: env!("CARGO_PKG_VERSION"),
@@ -165,7 +279,7 @@ pub fn run(ds: &Dataset, design: &Design, opts: &AnalysisOptions, prefix: &str) 
         permutation_kind: first.kind,
         permutation_reason: reason_for(first.kind, opts),
         exchangeability_blocks: opts.blocks.as_ref().map(|b| ExchangeBlocks { count: b.len(), whole: b.whole }),
-        backend: scheduler.describe(),
+        backend,
         engine_options: opts.engine.clone(),
         spatial_backend,
         p_values: match opts.scale {
@@ -174,6 +288,10 @@ pub fn run(ds: &Dataset, design: &Design, opts: &AnalysisOptions, prefix: &str) 
         },
         contrasts: summaries,
         seconds_total: start.elapsed().as_secs_f64(),
+        shards: match &opts.distribution {
+            Distribution::Merge(m) => Some(m.shards.clone()),
+            _ => None,
+        },
         outputs: Vec::new(),
     };
     let json_path = outputs.path("voxflip", ".json");
@@ -181,26 +299,101 @@ pub fn run(ds: &Dataset, design: &Design, opts: &AnalysisOptions, prefix: &str) 
     let json = serde_json::to_string_pretty(&report).map_err(|e| Error::usage(format!("provenance record: {e}")))?;
     outputs.text("voxflip", ".json", &json)?;
     outputs.commit()?;
-    Ok(report)
+    if merged.is_none() {
+        let _ = std::fs::remove_file(&checkpoints.path);
+    }
+    Ok(Outcome::Report(Box::new(report)))
 }
 
-/// One contrast: the observed map, every permutation (with its spatial statistics), the
-/// p-values, and its outputs.
-fn run_contrast(
+fn shard_outcome(file: PathBuf, state: &NullState, start: Instant) -> Outcome {
+    Outcome::Shard {
+        file,
+        shard: state.shard,
+        permutations: state.contrasts.iter().map(|c| c.range.clone()).collect(),
+        seconds: start.elapsed().as_secs_f64(),
+        backend: state.backend.clone(),
+    }
+}
+
+/// The checkpoint at `path` for a run of identity `id` (shard `shard`), if there is one.
+fn read_checkpoint(path: &std::path::Path, id: &str, shard: Shard) -> Result<Option<NullState>> {
+    if !path.exists() {
+        log::info!("{}: no checkpoint; starting from the first permutation", path.display());
+        return Ok(None);
+    }
+    let st = NullState::read(path)?;
+    if st.identity != id || st.shard != shard {
+        return Err(Error::input(
+            path,
+            "the checkpoint of another run (its inputs or options differ): remove it, or run without --resume",
+        ));
+    }
+    let done: usize = st.contrasts.iter().map(|c| c.range.len()).sum();
+    log::info!("{}: resuming after {done} permutations", path.display());
+    Ok(Some(st))
+}
+
+/// Writes a run's checkpoint between stretches of permutations, at most every `every`
+/// seconds.
+struct Checkpointer {
+    path: PathBuf,
+    every: Option<f64>,
+    /// Permutations per stretch (None: the default).
+    step: Option<usize>,
+    last: Instant,
+    /// The state's header fields; contrasts filled in at each checkpoint.
+    template: NullState,
+}
+
+impl Checkpointer {
+    /// Permutations between the points where a checkpoint may be written: a few of the
+    /// engine's batches, so that the overlap of the engine and the spatial statistics is
+    /// broken rarely; the whole range without checkpoints.
+    fn stretch(&self, batch: usize) -> usize {
+        match self.every {
+            None => usize::MAX,
+            Some(_) => self.step.unwrap_or((4 * batch).max(1024)).max(1),
+        }
+    }
+
+    fn maybe_write(&mut self, done: &[ContrastState], current: &ContrastState, spatial: &Option<String>) -> Result<()> {
+        let Some(every) = self.every else { return Ok(()) };
+        if self.last.elapsed().as_secs_f64() < every {
+            return Ok(());
+        }
+        let mut st = self.template.clone();
+        st.spatial_backend = spatial.clone();
+        st.contrasts = done.iter().cloned().chain(std::iter::once(current.clone())).collect();
+        st.write(&self.path)?;
+        self.last = Instant::now();
+        Ok(())
+    }
+}
+
+/// One contrast's permutations `range` (continuing `resumed`, the state a checkpoint held
+/// for it): the observed maps, then the permutations in stretches, checkpointing between.
+fn compute_contrast(
     st: &mut RunState,
     contrast: &Contrast,
     plan: &ContrastPlan,
+    range: Range<usize>,
+    resumed: Option<&ContrastState>,
+    done: &[ContrastState],
     progress: &Bar,
-) -> Result<ContrastSummary> {
+) -> Result<ContrastState> {
+    if let Some(r) = resumed.filter(|r| r.range == range) {
+        return Ok(r.clone());
+    }
     let t0 = Instant::now();
     let (ds, opts) = (st.ds, st.opts);
+    let scheduler = st.scheduler.as_mut().expect("a scheduler unless merging");
     let problem = plan.model.problem(&ds.y, ds.v);
-    st.scheduler.prepare(&problem)?;
-    let observed = st.scheduler.observed_map(&problem)?;
-    let (extent_thr, mass_thr) = match contrast.kind {
-        StatKind::T => (opts.spatial.t_extent, opts.spatial.t_mass),
-        StatKind::F => (opts.spatial.f_extent, opts.spatial.f_mass),
+    scheduler.prepare(&problem)?;
+    let observed = match resumed {
+        Some(r) => r.observed.clone(),
+        None => scheduler.observed_map(&problem)?,
     };
+    let (extent_thr, mass_thr) = cluster_thresholds(opts, contrast.kind);
     let cluster_conn = opts.spatial.cluster_conn.unwrap_or(Connectivity::C26);
     let wants_clusters = extent_thr.is_some() || mass_thr.is_some();
     if let Some(o) = opts.spatial.tfce {
@@ -219,8 +412,12 @@ fn run_contrast(
         job.cluster_graph = st.graphs.get(cluster_conn);
     }
     let wants_spatial = job.tfce.is_some() || wants_clusters;
-    let on_gpu = if wants_spatial { st.scheduler.place_spatial(&job)? } else { None };
-    let tfce_obs = if job.tfce.is_some() { st.scheduler.tfce_observed(&job, &observed)? } else { Vec::new() };
+    let on_gpu = if wants_spatial { scheduler.place_spatial(&job)? } else { None };
+    let tfce_obs = match (job.tfce.is_some(), resumed) {
+        (false, _) => Vec::new(),
+        (true, Some(r)) => r.tfce_observed.clone(),
+        (true, None) => scheduler.tfce_observed(&job, &observed)?,
+    };
     if job.tfce.is_some() {
         job.tfce_observed = Some(&tfce_obs);
     }
@@ -229,16 +426,83 @@ fn run_contrast(
     } else if wants_spatial {
         st.spatial_backend.get_or_insert_with(|| format!("cpu ({} threads)", rayon::current_num_threads()));
     }
-    let nulls = st.scheduler.permute(&problem, plan.perms, &observed, wants_spatial.then_some(&job), progress)?;
-    let seconds = t0.elapsed().as_secs_f64();
+    let mut cs = match resumed {
+        Some(r) => r.clone(),
+        None => ContrastState {
+            name: contrast.name.clone(),
+            range: range.start..range.start,
+            seconds: 0.0,
+            observed: observed.clone(),
+            tfce_observed: tfce_obs.clone(),
+            nulls: ContrastNulls {
+                counts: vec![0; ds.v],
+                spatial: voxflip_stats::spatial::SpatialNull {
+                    tfce_counts: if job.tfce.is_some() { vec![0; ds.v] } else { Vec::new() },
+                    ..Default::default()
+                },
+                ..Default::default()
+            },
+        },
+    };
+    let stretch = st.checkpoints.stretch(scheduler.engine().preferred_batch());
+    while cs.range.end < range.end {
+        let t = Instant::now();
+        let next = cs.range.end.saturating_add(stretch).min(range.end);
+        let part = scheduler.permute(
+            &problem,
+            plan.perms,
+            cs.range.end..next,
+            &observed,
+            wants_spatial.then_some(&job),
+            progress,
+        )?;
+        cs.nulls.append(part);
+        cs.range.end = next;
+        cs.seconds += t.elapsed().as_secs_f64();
+        if cs.range.end < range.end {
+            st.checkpoints.maybe_write(done, &cs, &st.spatial_backend)?;
+        }
+    }
+    // The observed map and its set-up count towards the contrast's time once.
+    if resumed.is_none() {
+        cs.seconds = t0.elapsed().as_secs_f64();
+    }
+    Ok(cs)
+}
+
+/// The cluster-forming thresholds of a contrast of `kind` (randomise -c/-C for t, -F/-S for F).
+fn cluster_thresholds(opts: &AnalysisOptions, kind: StatKind) -> (Option<f32>, Option<f32>) {
+    match kind {
+        StatKind::T => (opts.spatial.t_extent, opts.spatial.t_mass),
+        StatKind::F => (opts.spatial.f_extent, opts.spatial.f_mass),
+    }
+}
+
+/// One contrast's p-values and outputs from its state over every permutation.
+fn finish_contrast(
+    st: &mut RunState,
+    contrast: &Contrast,
+    plan: &ContrastPlan,
+    cs: &ContrastState,
+) -> Result<ContrastSummary> {
+    let opts = st.opts;
+    let nulls = &cs.nulls;
+    let observed = &cs.observed;
+    let tfce_obs = &cs.tfce_observed;
     let nperm = plan.perms.len();
     let name = &contrast.name;
+    let (extent_thr, mass_thr) = cluster_thresholds(opts, contrast.kind);
+    let cluster_conn = opts.spatial.cluster_conn.unwrap_or(Connectivity::C26);
+    if extent_thr.is_some() || mass_thr.is_some() {
+        st.graphs.ensure(cluster_conn);
+    }
+    let cluster_graph = st.graphs.get(cluster_conn);
     let out = &mut st.outputs;
     let mut spatial = Vec::new();
-    if job.tfce.is_some() {
-        let tnull = MaxStatNull::new(with_identity_floor(nulls.spatial.tfce_max.clone(), &tfce_obs));
-        out.map(&format!("tfce_{name}"), &tfce_obs)?;
-        let pc: Vec<f64> = corrected_p(&tfce_obs, &tnull);
+    if opts.spatial.tfce.is_some() {
+        let tnull = MaxStatNull::new(with_identity_floor(nulls.spatial.tfce_max.clone(), tfce_obs));
+        out.map(&format!("tfce_{name}"), tfce_obs)?;
+        let pc: Vec<f64> = corrected_p(tfce_obs, &tnull);
         out.p_map(&format!("tfce_corrp_{name}"), &pc)?;
         if opts.uncorrp {
             out.p_map(&format!("tfce_p_{name}"), &uncorrected_p(&nulls.spatial.tfce_counts, nperm))?;
@@ -247,15 +511,15 @@ fn run_contrast(
             out.null(&format!("null_tfce_{name}"), &tnull.values)?;
         }
         spatial.push(SpatialSummary::of("tfce", &tnull, &pc));
-        st.tables.push(table_job("tfce", name, &observed, pc, None));
+        st.tables.push(table_job("tfce", name, observed, pc, None));
     }
     let clusters = [
         ("clustere", extent_thr, false, &nulls.spatial.extent_max),
         ("clusterm", mass_thr, true, &nulls.spatial.mass_max),
     ];
     for (what, thr, is_mass, values) in clusters {
-        let (Some(thr), Some(g)) = (thr, job.cluster_graph) else { continue };
-        let obs_vals = observed_cluster_values(g, &observed, thr, is_mass);
+        let (Some(thr), Some(g)) = (thr, cluster_graph) else { continue };
+        let obs_vals = observed_cluster_values(g, observed, thr, is_mass);
         let cnull = MaxStatNull::new(with_identity_floor(values.clone(), &obs_vals));
         let pc: Vec<f64> = obs_vals.iter().map(|&x| if x.is_nan() { 1.0 } else { cnull.corrected_p(x) }).collect();
         // randomise writes 0 outside clusters (1 - p); -log10 p is 0 there too.
@@ -266,11 +530,11 @@ fn run_contrast(
             out.null(&format!("null_{what}_{name}"), &cnull.values)?;
         }
         spatial.push(SpatialSummary::of(what, &cnull, &pc));
-        st.tables.push(table_job(what, name, &observed, pc, Some(thr)));
+        st.tables.push(table_job(what, name, observed, pc, Some(thr)));
     }
-    let null = MaxStatNull::new(with_identity_floor(nulls.max_stat, &observed));
-    out.map(name, &observed)?;
-    let pcorr = corrected_p(&observed, &null);
+    let null = MaxStatNull::new(with_identity_floor(nulls.max_stat.clone(), observed));
+    out.map(name, observed)?;
+    let pcorr = corrected_p(observed, &null);
     if opts.vox_corrp {
         out.p_map(&format!("vox_corrp_{name}"), &pcorr)?;
     }
@@ -280,11 +544,13 @@ fn run_contrast(
     if opts.save_null {
         out.null(&format!("null_{name}"), &null.values)?;
     }
+    let m = plan.model;
+    let flops_per_perm = 2.0 * m.q as f64 * m.n as f64 * st.ds.v as f64;
     let summary = ContrastSummary {
         name: name.clone(),
         label: plan.label.clone(),
         kind: contrast.kind,
-        dof: plan.model.dof,
+        dof: m.dof,
         permutation_kind: plan.kind,
         permutation_reason: reason_for(plan.kind, opts),
         permutations: nperm,
@@ -293,12 +559,12 @@ fn run_contrast(
         fwe05_threshold: null.threshold(0.05),
         voxels_fwe05: pcorr.iter().filter(|&&p| p <= 0.05).count(),
         null_quantiles: null_quantiles(&null),
-        seconds,
-        gflops: problem.flops_per_perm() * nperm as f64 / seconds / 1e9,
+        seconds: cs.seconds,
+        gflops: flops_per_perm * nperm as f64 / cs.seconds.max(1e-9) / 1e9,
         spatial,
     };
     if opts.vox_corrp {
-        st.tables.push(table_job("vox", name, &observed, pcorr, None));
+        st.tables.push(table_job("vox", name, observed, pcorr, None));
     }
     Ok(summary)
 }

@@ -85,7 +85,30 @@ pub struct RunReport {
     pub p_values: &'static str,
     pub contrasts: Vec<ContrastSummary>,
     pub seconds_total: f64,
+    /// The shards merged into these outputs (`voxflip merge`); absent for a single run.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub shards: Option<Vec<crate::state::ShardRecord>>,
     pub outputs: Vec<PathBuf>,
+}
+
+/// How a run ended, on stderr (nothing with -q).
+pub fn print_outcome(o: &crate::pipeline::Outcome, quiet: bool) {
+    match o {
+        crate::pipeline::Outcome::Report(r) => print_summary(r, quiet),
+        crate::pipeline::Outcome::Shard { file, shard, permutations, seconds, backend } => {
+            if quiet {
+                return;
+            }
+            let ranges: Vec<String> = permutations.iter().map(|r| format!("{}..{}", r.start, r.end)).collect();
+            eprintln!(
+                "voxflip: shard {} of {}: permutations {} in {seconds:.1} s on {backend}; state in {}",
+                shard.index,
+                shard.count,
+                ranges.join(", "),
+                file.display()
+            );
+        }
+    }
 }
 
 /// What the run found, on stderr (nothing with -q).

@@ -87,7 +87,7 @@ fn time_contrast(s: &mut Scheduler, study: &DrivingStudy, perms: &PermSet, tfce:
         tfce_obs = s.tfce_observed(&job, &observed)?;
         job.tfce_observed = Some(&tfce_obs);
     }
-    s.permute(&study.problem, perms, &observed, tfce.then_some(&job), &())?;
+    s.permute(&study.problem, perms, 0..perms.len(), &observed, tfce.then_some(&job), &())?;
     Ok((t.elapsed().as_secs_f64(), on_gpu))
 }
 

@@ -43,6 +43,7 @@ pub fn run(a: &ExampleArgs, args: &[String]) -> Result<()> {
             adapter: None,
             spatial: SpatialArgs { tfce: a.tfce, ..Default::default() },
             gpu: Default::default(),
+            distribution: Default::default(),
         },
     };
     super::interaction::run(&ia, args)?;

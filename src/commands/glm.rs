@@ -3,7 +3,7 @@ use super::read_mask;
 use crate::cli::GlmArgs;
 use crate::error::{Error, Result};
 use crate::pipeline;
-use crate::summary::print_summary;
+use crate::summary::print_outcome;
 use std::path::Path;
 use voxflip_io::{Dataset, Vest};
 use voxflip_stats::design::Matrix;
@@ -58,8 +58,8 @@ pub fn run(g: &GlmArgs, args: &[String]) -> Result<()> {
     opts.blocks = read_blocks(g, ds.n)?;
     // randomise's default: permute rows, but sign-flip a test of the mean.
     opts.flip_constant_contrasts = g.perm_kind.is_none();
-    let report = pipeline::run(&ds, &design, &opts, &prefix)?;
-    print_summary(&report, opts.quiet);
+    let outcome = pipeline::run(&ds, &design, &opts, &prefix)?;
+    print_outcome(&outcome, opts.quiet);
     Ok(())
 }
 

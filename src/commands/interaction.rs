@@ -4,7 +4,7 @@ use super::read_mask;
 use crate::cli::InteractionArgs;
 use crate::error::{Error, Result};
 use crate::pipeline;
-use crate::summary::print_summary;
+use crate::summary::print_outcome;
 use std::path::PathBuf;
 use voxflip_io::Dataset;
 use voxflip_stats::{Design, PermKind};
@@ -97,7 +97,7 @@ pub fn run(a: &InteractionArgs, args: &[String]) -> Result<()> {
     // With --permute, the time effect (tstat3, a mean) is still sign-flipped: exchanging
     // group labels cannot test a mean.
     opts.flip_constant_contrasts = true;
-    let report = pipeline::run(&ds, &design, &opts, &prefix)?;
-    print_summary(&report, opts.quiet);
+    let outcome = pipeline::run(&ds, &design, &opts, &prefix)?;
+    print_outcome(&outcome, opts.quiet);
     Ok(())
 }

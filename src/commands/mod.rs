@@ -1,9 +1,10 @@
 //! The commands: the randomise-style GLM (no subcommand), `interaction`, `simulate`,
-//! `example`, `devices` (in `cli`) and `bench`.
+//! `example`, `devices` (in `cli`), `bench` and `merge`.
 pub mod bench;
 pub mod example;
 pub mod glm;
 pub mod interaction;
+pub mod merge;
 pub mod simulate;
 
 use crate::error::Result;

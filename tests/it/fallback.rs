@@ -106,7 +106,7 @@ fn lost_device_continues_on_cpu_with_identical_results() {
         engine.prepare(&pb).unwrap();
         let obs = observed_map(&mut engine, &pb).unwrap();
         assert_eq!(obs, obs_ref, "fail at batch {fail_at}");
-        let got = permute_contrast(&mut engine, &pb, &perms, &obs, None, None, &()).unwrap();
+        let got = permute_contrast(&mut engine, &pb, &perms, 0..perms.len(), &obs, None, None, &()).unwrap();
         assert_eq!(got.max_stat, null_ref, "fail at batch {fail_at}");
         assert_eq!(got.counts, counts_ref, "fail at batch {fail_at}");
         assert!(engine.describe().starts_with("cpu"), "the run must have switched engines");
@@ -145,7 +145,8 @@ fn overlapped_spatial_reduction_equals_one_sequential_pass() {
         engine.prepare(&pb).unwrap();
         let obs2 = observed_map(&mut engine, &pb).unwrap();
         assert_eq!(obs2, obs);
-        let got = permute_contrast(&mut engine, &pb, &perms, &obs, Some(&job), None, &()).unwrap().spatial;
+        let got =
+            permute_contrast(&mut engine, &pb, &perms, 0..perms.len(), &obs, Some(&job), None, &()).unwrap().spatial;
         assert_eq!(got.tfce_max, want.tfce_max, "fail at {fail_at}");
         assert_eq!(got.tfce_counts, want.tfce_counts, "fail at {fail_at}");
         assert_eq!(got.extent_max, want.extent_max, "fail at {fail_at}");

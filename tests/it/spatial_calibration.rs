@@ -76,7 +76,9 @@ fn tfce_and_cluster_extent_fwe_rates_are_calibrated() {
             extent_thr: Some(thr),
             mass_thr: None,
         };
-        let snull = permute_contrast(&mut engine, &problem, &perms, &observed, Some(&job), None, &()).unwrap().spatial;
+        let snull = permute_contrast(&mut engine, &problem, &perms, 0..perms.len(), &observed, Some(&job), None, &())
+            .unwrap()
+            .spatial;
         let mut tf = vec![0f32; nv];
         job.tfce_map(&observed, &mut Workspace::new(), &mut tf).unwrap();
         let tmax = tf.iter().copied().fold(0f32, f32::max);

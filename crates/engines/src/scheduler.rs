@@ -34,12 +34,13 @@ impl Progress for () {
     fn advance(&self, _: u64) {}
 }
 
-/// One contrast's permutation results.
-#[derive(Clone, Debug, Default)]
+/// One contrast's permutation results over a range of its permutations.
+#[derive(Clone, Debug, Default, PartialEq)]
 pub struct ContrastNulls {
-    /// Maximum statistic of every permutation, in permutation order (index 0 = observed).
+    /// Maximum statistic of every permutation of the range, in permutation order
+    /// (permutation 0, the identity, is the observed map).
     pub max_stat: Vec<f32>,
-    /// Per voxel, #{j : T_jv >= observed_v} over all permutations (identity included).
+    /// Per voxel, #{j in the range : T_jv >= observed_v}.
     pub counts: Vec<u32>,
     /// TFCE and cluster nulls (empty without spatial statistics).
     pub spatial: SpatialNull,
@@ -156,12 +157,15 @@ impl Scheduler {
     }
 
     /// The max-statistic null, the exceedance counts and (with `spatial`) the spatial nulls
-    /// of one contrast, over all permutations of `perms`. `spatial` is the job last given to
-    /// [`Scheduler::place_spatial`], now with its observed TFCE map.
+    /// of one contrast, over permutations `range` of `perms` (a shard, or a stretch between
+    /// checkpoints: the nulls of consecutive ranges appended are those of their union).
+    /// `spatial` is the job last given to [`Scheduler::place_spatial`], now with its
+    /// observed TFCE map.
     pub fn permute(
         &mut self,
         problem: &ContrastProblem,
         perms: &PermSet,
+        range: Range<usize>,
         observed: &[f32],
         spatial: Option<&SpatialJob>,
         progress: &dyn Progress,
@@ -181,7 +185,7 @@ impl Scheduler {
             }
         }
         let reducer = if on_gpu { self.reducer.as_mut() } else { None };
-        permute_contrast(&mut self.engine, problem, perms, observed, spatial, reducer, progress)
+        permute_contrast(&mut self.engine, problem, perms, range, observed, spatial, reducer, progress)
     }
 }
 
@@ -211,29 +215,34 @@ pub fn permutation_test(problem: &ContrastProblem, perms: &PermSet) -> Result<Co
     let mut engine = Engine::Cpu(CpuEngine::new());
     engine.prepare(problem)?;
     let observed = observed_map(&mut engine, problem)?;
-    let nulls = permute_contrast(&mut engine, problem, perms, &observed, None, None, &())?;
+    let nulls = permute_contrast(&mut engine, problem, perms, 0..perms.len(), &observed, None, None, &())?;
     Ok(ContrastResult { observed, null: nulls.max_stat, counts: nulls.counts })
 }
 
-/// The nulls of one contrast over all permutations of `perms` on `engine`, with the spatial
+/// The nulls of one contrast over permutations `range` of `perms` on `engine`, with the spatial
 /// statistics of `spatial` reduced by `reducer` (configured for it) when given, else on the
 /// CPU. See the module docs for the overlap and the fallbacks.
 pub fn permute_contrast(
     engine: &mut Engine,
     problem: &ContrastProblem,
     perms: &PermSet,
+    range: Range<usize>,
     observed: &[f32],
     spatial: Option<&SpatialJob>,
     mut reducer: Option<&mut GpuSpatial>,
     progress: &dyn Progress,
 ) -> Result<ContrastNulls> {
     let v = problem.v;
-    let nperm = perms.len();
-    let mut out = ContrastNulls { max_stat: Vec::with_capacity(nperm), counts: vec![0u32; v], ..Default::default() };
+    let end = range.end;
+    if range.start > end || end > perms.len() {
+        return Err(EngineError::Invalid(format!("permutations {}..{end} of a set of {}", range.start, perms.len())));
+    }
+    let mut out =
+        ContrastNulls { max_stat: Vec::with_capacity(range.len()), counts: vec![0u32; v], ..Default::default() };
     let Some(job) = spatial else {
-        let mut done = 0;
-        while done < nperm {
-            let b = engine.preferred_batch().min(nperm - done);
+        let mut done = range.start;
+        while done < end {
+            let b = engine.preferred_batch().min(end - done);
             let res = run_with_fallback(engine, problem, |e| e.run_batch(perms, done..done + b, Some(observed), None))?;
             out.add_batch(&res);
             done += b;
@@ -247,9 +256,9 @@ pub fn permute_contrast(
         let mut gpu = reducer.take();
         // Maps stay on the device while the GPU reducer works (mass needs a threshold > 0).
         let mut device_spatial = gpu.is_some() && job.mass_thr.is_none_or(|t| t > 0.0);
-        let mut done = 0;
-        while done < nperm {
-            let b = engine.preferred_batch().min(nperm - done).min(SPATIAL_BATCH);
+        let mut done = range.start;
+        while done < end {
+            let b = engine.preferred_batch().min(end - done).min(SPATIAL_BATCH);
             let range = done..done + b;
             // (The reducer itself may be out on the thread reducing the previous batch.)
             let mut launched = false;
@@ -299,6 +308,20 @@ pub fn permute_contrast(
 }
 
 impl ContrastNulls {
+    /// Append the nulls of the permutations that follow these (`later`): the result is the
+    /// nulls of the two ranges together.
+    pub fn append(&mut self, later: ContrastNulls) {
+        self.max_stat.extend(later.max_stat);
+        if self.counts.is_empty() {
+            self.counts = later.counts;
+        } else {
+            for (c, x) in self.counts.iter_mut().zip(&later.counts) {
+                *c += x;
+            }
+        }
+        self.spatial.append(later.spatial);
+    }
+
     fn add_batch(&mut self, res: &crate::BatchResult) {
         self.max_stat.extend_from_slice(&res.max_stat);
         for (c, x) in self.counts.iter_mut().zip(&res.exceed) {

@@ -5,12 +5,14 @@
 //! - [`vest`]: FSL VEST design.mat / design.con / design.fts / design.grp;
 //! - [`participants`]: BIDS participants.tsv;
 //! - [`dataset`]: the in-mask data matrix Y (N images x V voxels) and its grid;
-//! - [`outputs`]: a set of outputs written under temporary names and renamed together.
+//! - [`outputs`]: a set of outputs written under temporary names and renamed together;
+//! - [`nullstate`]: permutation state (shards, checkpoints) as one durable, checksummed file.
 //!
 //! Every error is one line that names the file ([`Error`]).
 pub mod dataset;
 mod error;
 pub mod nifti;
+pub mod nullstate;
 pub mod outputs;
 pub mod participants;
 pub mod vest;
@@ -18,6 +20,7 @@ pub mod vest;
 pub use dataset::Dataset;
 pub use error::{io_msg, Error, Result};
 pub use nifti::{header_from_affine, read_image, write_image, write_map, Header, Image};
+pub use nullstate::{read_state, write_durably, write_state, StateArray, StateFile};
 pub use outputs::{check_dir, OutputSet};
 pub use participants::{read_participants, Participants};
 pub use vest::{read_contrasts, read_design, read_fts, read_grp, read_vest, Vest};

@@ -49,7 +49,7 @@ pub struct SpatialJob<'a> {
 }
 
 /// Accumulated spatial nulls of one contrast.
-#[derive(Clone, Debug, Default)]
+#[derive(Clone, Debug, Default, PartialEq)]
 pub struct SpatialNull {
     pub tfce_max: Vec<f32>,
     pub tfce_counts: Vec<u32>,
