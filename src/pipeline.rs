@@ -142,19 +142,6 @@ pub fn run(ds: &Dataset, design: &Design, opts: &AnalysisOptions, prefix: &str) 
         .iter()
         .map(|c| ContrastModel::new(&design.m, c).map_err(Error::usage))
         .collect::<Result<_>>()?;
-    let PermutationPlan { kinds, sets } = permutation_sets(design, &models, opts, ds.n)?;
-    let set_of = |kind: PermKind| -> &PermSet { &sets.iter().find(|(k, _)| *k == kind).expect("generated above").1 };
-    let plans: Vec<ContrastPlan> = models
-        .iter()
-        .zip(&kinds)
-        .enumerate()
-        .map(|(ci, (model, &kind))| ContrastPlan {
-            model,
-            label: design.contrast_labels.get(ci).cloned().unwrap_or_default(),
-            kind,
-            perms: set_of(kind),
-        })
-        .collect();
     let id = identity(ds, design, opts);
     let (shard, merged) = match &opts.distribution {
         Distribution::Whole => (Shard::WHOLE, None),
@@ -184,6 +171,19 @@ pub fn run(ds: &Dataset, design: &Design, opts: &AnalysisOptions, prefix: &str) 
     if !opts.resume && merged.is_none() && ckpt_path.exists() {
         log::info!("{}: a checkpoint of an earlier run; starting afresh (--resume continues it)", ckpt_path.display());
     }
+    let PermutationPlan { kinds, sets } = permutation_sets(design, &models, opts, ds.n)?;
+    let set_of = |kind: PermKind| -> &PermSet { &sets.iter().find(|(k, _)| *k == kind).expect("generated above").1 };
+    let plans: Vec<ContrastPlan> = models
+        .iter()
+        .zip(&kinds)
+        .enumerate()
+        .map(|(ci, (model, &kind))| ContrastPlan {
+            model,
+            label: design.contrast_labels.get(ci).cloned().unwrap_or_default(),
+            kind,
+            perms: set_of(kind),
+        })
+        .collect();
     let scheduler = match merged {
         Some(_) => None,
         None => Some(Scheduler::new(make_engine(&opts.engine)?, opts.engine.gpu.spatial)),

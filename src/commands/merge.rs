@@ -14,7 +14,6 @@ use std::sync::Arc;
 pub fn run(a: &MergeArgs) -> Result<()> {
     let files = if a.shards.is_empty() { find_shards(&a.prefix)? } else { a.shards.clone() };
     let merged = merge(&files)?;
-    log::info!("merging {} shard(s) of {}", files.len(), a.prefix);
     let args = without_distribution_flags(&merged.state.command_line);
     let mut cli = Cli::try_parse_from(&args).map_err(|e| {
         Error::input(

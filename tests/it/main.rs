@@ -2,7 +2,8 @@
 //! - oracles: `glm_oracles` (closed forms, brute-force enumeration, explicit refits),
 //!   `spatial_calibration` (FWE rates of cluster and TFCE inference under the null);
 //! - the command line: `cli` (errors and runs), `backends` (the GPU pipeline equals the CPU
-//!   pipeline), `fallback` (a GPU lost mid-run changes nothing);
+//!   pipeline), `fallback` (a GPU lost mid-run changes nothing), `shards` (shards merged
+//!   and killed runs resumed give the single run's files);
 //! - the shaders against their CPU ports on a real adapter: `gpu_twins`, `gpu_spatial_twins`.
 //!
 //! GPU tests run on any adapter, software ones (lavapipe) included. Without one they skip,
@@ -16,4 +17,5 @@ mod fallback;
 mod glm_oracles;
 mod gpu_spatial_twins;
 mod gpu_twins;
+mod shards;
 mod spatial_calibration;
