@@ -50,6 +50,46 @@ pub enum Command {
     Bench(BenchArgs),
     /// Write a sharded run's outputs from its shard files (--shard K/N), exactly as one run.
     Merge(MergeArgs),
+    /// Run an analysis as a SLURM job array of shards and a merge job: voxflip slurm [OPTIONS] -- ARGS.
+    Slurm(SlurmArgs),
+}
+
+/// A run as SLURM jobs: the shards as one job array and the merge after them.
+#[derive(Args, Debug, Clone)]
+pub struct SlurmArgs {
+    /// Number of shards (default: one per 1,000 permutations, at most 64).
+    #[arg(long)]
+    pub shards: Option<usize>,
+    /// Submit the jobs with sbatch (otherwise write the scripts under {out}_slurm/).
+    #[arg(long)]
+    pub submit: bool,
+    /// Print the scripts; write and submit nothing.
+    #[arg(long = "dry-run")]
+    pub dry_run: bool,
+    /// Submit only the shards whose files are missing, and the merge.
+    #[arg(long = "rerun-missing")]
+    pub rerun_missing: bool,
+    /// sbatch --partition.
+    #[arg(long)]
+    pub partition: Option<String>,
+    /// sbatch --time (per job).
+    #[arg(long)]
+    pub time: Option<String>,
+    /// sbatch --mem (per job).
+    #[arg(long)]
+    pub mem: Option<String>,
+    /// sbatch --cpus-per-task (shard jobs).
+    #[arg(long = "cpus-per-task")]
+    pub cpus_per_task: Option<u32>,
+    /// sbatch --gres for the shard jobs, e.g. gpu:1.
+    #[arg(long)]
+    pub gres: Option<String>,
+    /// Where the jobs' stdout and stderr go (default {out}_slurm/logs).
+    #[arg(long = "log-dir")]
+    pub log_dir: Option<PathBuf>,
+    /// The voxflip arguments of the run, after --.
+    #[arg(last = true, required = true)]
+    pub args: Vec<String>,
 }
 
 /// Write the outputs of a run split with --shard K/N from its shard files (found as
@@ -517,6 +557,7 @@ fn run(cli: Cli, args: &[String]) -> Result<()> {
         }
         Some(Command::Bench(a)) => commands::bench::run(&a),
         Some(Command::Merge(a)) => commands::merge::run(&a),
+        Some(Command::Slurm(a)) => commands::slurm::run(&a),
         None => commands::glm::run(&cli.glm, args),
     }
 }

@@ -1,11 +1,12 @@
 //! The commands: the randomise-style GLM (no subcommand), `interaction`, `simulate`,
-//! `example`, `devices` (in `cli`), `bench` and `merge`.
+//! `example`, `devices` (in `cli`), `bench`, `merge` and `slurm`.
 pub mod bench;
 pub mod example;
 pub mod glm;
 pub mod interaction;
 pub mod merge;
 pub mod simulate;
+pub mod slurm;
 
 use crate::error::Result;
 use std::path::PathBuf;

@@ -3,7 +3,8 @@
 //!   `spatial_calibration` (FWE rates of cluster and TFCE inference under the null);
 //! - the command line: `cli` (errors and runs), `backends` (the GPU pipeline equals the CPU
 //!   pipeline), `fallback` (a GPU lost mid-run changes nothing), `shards` (shards merged
-//!   and killed runs resumed give the single run's files);
+//!   and killed runs resumed give the single run's files), `slurm` (the job scripts, and a
+//!   real SLURM when one answers: CI starts one);
 //! - the shaders against their CPU ports on a real adapter: `gpu_twins`, `gpu_spatial_twins`.
 //!
 //! GPU tests run on any adapter, software ones (lavapipe) included. Without one they skip,
@@ -18,4 +19,5 @@ mod glm_oracles;
 mod gpu_spatial_twins;
 mod gpu_twins;
 mod shards;
+mod slurm;
 mod spatial_calibration;
