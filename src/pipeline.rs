@@ -90,10 +90,19 @@ fn permutation_sets(
                     .collect();
                 format!(" for {}", names.join(", "))
             };
+            let merged =
+                if matches!(opts.distribution, Distribution::Merge(_)) { ", merged from the shards" } else { "" };
             if perms.exhaustive {
-                log::info!("exhaustive: all {nperm} distinct {what}{within}{for_which} (asked for {})", opts.n_perm);
+                log::info!(
+                    "exhaustive: all {nperm} distinct {what}{within}{for_which} (asked for {}){merged}",
+                    opts.n_perm
+                );
             } else {
-                log::info!("{nperm} random {what}{within}{for_which} (seed {}); {}", opts.seed, reason_for(kind, opts));
+                log::info!(
+                    "{nperm} random {what}{within}{for_which} (seed {}); {}{merged}",
+                    opts.seed,
+                    reason_for(kind, opts)
+                );
             }
         }
         sets.push((kind, perms));
