@@ -185,9 +185,16 @@ pub struct CommonArgs {
     /// Engine: auto (hardware GPU if present, else CPU), gpu, or cpu.
     #[arg(long, value_enum, default_value_t = BackendArg::Auto)]
     pub backend: BackendArg,
-    /// Pick the GPU adapter whose name contains this (see `voxflip devices`).
-    #[arg(long)]
+    /// GPU adapter: one whose name (or "name (backend)") contains this, or #K, the K-th of
+    /// `voxflip devices`; `all`: every adapter the backend allows (with --backend gpu
+    /// software ones too), sharing the permutations; A,B: several, one per name.
+    #[arg(long, value_name = "NAME|all|A,B")]
     pub adapter: Option<String>,
+    /// The CPU engine runs permutations too, beside the GPU adapters (an equal share, fixed
+    /// in advance so that runs repeat exactly; its statistics may differ from the GPU's in
+    /// the last bit).
+    #[arg(long = "with-cpu")]
+    pub with_cpu: bool,
     #[command(flatten)]
     pub spatial: SpatialArgs,
     #[command(flatten)]
@@ -565,11 +572,36 @@ fn run(cli: Cli, args: &[String]) -> Result<()> {
 impl CommonArgs {
     /// The engines these flags ask for.
     pub fn engine_options(&self) -> EngineOptions {
-        EngineOptions { backend: self.backend.into(), gpu: self.gpu.options(self.adapter.clone()) }
+        EngineOptions {
+            backend: self.backend.into(),
+            gpu: self.gpu.options(self.adapter.clone()),
+            with_cpu: self.with_cpu,
+        }
+    }
+
+    /// Refuses engine flags that contradict each other: several engines need a GPU backend.
+    fn check_engines(&self) -> Result<()> {
+        if self.backend != BackendArg::Cpu {
+            return Ok(());
+        }
+        if let Some(a) =
+            self.adapter.as_deref().filter(|a| voxflip_engines::gpu::AdapterSpec::parse(Some(a)).is_multi())
+        {
+            return Err(Error::usage(format!(
+                "--adapter {a} with --backend cpu: several adapters need --backend gpu or auto"
+            )));
+        }
+        if self.with_cpu {
+            return Err(Error::usage(
+                "--with-cpu with --backend cpu: the CPU engine already runs alone; give --backend gpu or auto",
+            ));
+        }
+        Ok(())
     }
 
     /// The analysis options of these flags, with the permutation kind the command chose.
     pub fn analysis_options(&self, kind: PermKind, reason: String, args: &[String]) -> Result<AnalysisOptions> {
+        self.check_engines()?;
         Ok(AnalysisOptions {
             blocks: None,
             flip_constant_contrasts: false,

@@ -11,7 +11,7 @@ use crate::summary::{null_quantiles, ContrastSummary, ExchangeBlocks, RunReport,
 use std::ops::Range;
 use std::path::PathBuf;
 use std::time::Instant;
-use voxflip_engines::{make_engine, ContrastNulls, Scheduler};
+use voxflip_engines::{make_engines, ContrastNulls, Scheduler};
 use voxflip_io::Dataset;
 use voxflip_stats::spatial::{observed_cluster_values, Connectivity, SpatialJob};
 use voxflip_stats::{
@@ -195,7 +195,7 @@ pub fn run(ds: &Dataset, design: &Design, opts: &AnalysisOptions, prefix: &str) 
         .collect();
     let scheduler = match merged {
         Some(_) => None,
-        None => Some(Scheduler::new(make_engine(&opts.engine)?, opts.engine.gpu.spatial)),
+        None => Some(Scheduler::with_engines(make_engines(&opts.engine)?, opts.engine.gpu.spatial)),
     };
     let backend = match (&scheduler, merged) {
         (Some(s), _) => s.describe(),

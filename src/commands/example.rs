@@ -41,6 +41,7 @@ pub fn run(a: &ExampleArgs, args: &[String]) -> Result<()> {
             quiet: a.quiet,
             backend: a.backend,
             adapter: None,
+            with_cpu: false,
             spatial: SpatialArgs { tfce: a.tfce, ..Default::default() },
             gpu: Default::default(),
             distribution: Default::default(),

@@ -8,8 +8,10 @@
 //! - on request the whole batch of maps, on the host or (GPU) left on the device.
 //!
 //! [`Engine`] names the two: [`cpu::CpuEngine`], the reference and the fallback, and
-//! [`gpu::GpuEngine`], WGSL compute shaders through wgpu. The [`scheduler`] owns batching,
-//! the overlap of the engine with the spatial statistics, and the fallback policy. Errors
+//! [`gpu::GpuEngine`], WGSL compute shaders through wgpu. [`make_engine`] opens one,
+//! [`make_engines`] several (every adapter, a list, the CPU beside them). The [`scheduler`]
+//! owns batching, the overlap of the engine with the spatial statistics, the sharing of the
+//! permutations between several engines, and the fallback policy. Errors
 //! are typed ([`EngineError`]) by what follows from them. Nothing here prints: messages for
 //! the user go through the `log` crate.
 pub mod cpu;
@@ -83,6 +85,22 @@ impl Engine {
     }
 }
 
+/// Engines move to the scheduler's worker threads, one each (wgpu's handles are Send on
+/// native targets).
+const _: fn() = || {
+    fn send<T: Send>() {}
+    send::<Engine>();
+};
+
+/// The description of a run's engines, for stderr and the sidecar: the engine's own
+/// description, or `multi: A; B; ...` for several (the first computes the observed maps).
+pub fn describe_engines(engines: &[Engine]) -> String {
+    match engines {
+        [one] => one.describe(),
+        several => format!("multi: {}", several.iter().map(Engine::describe).collect::<Vec<_>>().join("; ")),
+    }
+}
+
 /// The engine `opts` asks for:
 /// - `Cpu`: the CPU engine;
 /// - `Gpu`: the GPU engine on the best adapter (or the one named), software adapters such
@@ -90,8 +108,86 @@ impl Engine {
 /// - `Auto`: the GPU engine on a hardware adapter when one can be opened, else the CPU
 ///   engine (software adapters are never chosen here: the CPU engine is much faster).
 ///
-/// Says which engine runs (and, for `Auto`, why not the GPU) through `log`.
+/// Says which engine runs (and, for `Auto`, why not the GPU) through `log`. One engine
+/// only: options that ask for several ([`EngineOptions::wants_several`]) are an error here;
+/// [`make_engines`] makes them.
 pub fn make_engine(opts: &EngineOptions) -> Result<Engine> {
+    if opts.wants_several() {
+        return Err(EngineError::Invalid(
+            "--adapter all, a list of adapters or --with-cpu asks for several engines (make_engines)".into(),
+        ));
+    }
+    let engine = one_engine(opts)?;
+    log::info!("engine: {}", engine.describe());
+    Ok(engine)
+}
+
+/// The engines `opts` asks for, the first the one that computes the observed maps (see
+/// [`Scheduler`] for how they share the permutations):
+/// - one engine as [`make_engine`] makes it, without `--adapter all`, a list or `--with-cpu`;
+/// - `--adapter all`: every adapter the backend allows ([`gpu::AdapterSpec::All`]: with
+///   `Gpu` software adapters too, with `Auto` hardware ones only), best first; one that
+///   cannot be opened is skipped, saying why;
+/// - `--adapter A,B`: one distinct adapter per pattern ([`gpu::AdapterSpec::List`]); a
+///   pattern that matches nothing is an error naming it;
+/// - `--with-cpu`: the CPU engine as one more worker (not twice: where `Auto` found no GPU
+///   the CPU engine runs alone).
+///
+/// With `Auto`, no usable adapter means the CPU engine, as for one adapter. Several engines
+/// with `--backend cpu` are an error (the binary refuses the flags before this).
+pub fn make_engines(opts: &EngineOptions) -> Result<Vec<Engine>> {
+    if !opts.wants_several() {
+        return Ok(vec![make_engine(opts)?]);
+    }
+    if opts.backend == Backend::Cpu {
+        return Err(EngineError::Invalid(
+            "--adapter all, a list of adapters and --with-cpu need --backend gpu or auto".into(),
+        ));
+    }
+    let spec = gpu::AdapterSpec::parse(opts.gpu.adapter.as_deref());
+    let mut engines = if spec.is_multi() { open_adapters(&spec, opts)? } else { vec![one_engine(opts)?] };
+    if opts.with_cpu && !engines.iter().any(|e| matches!(e, Engine::Cpu(_))) {
+        engines.push(Engine::Cpu(cpu::CpuEngine::new()));
+    }
+    match engines.as_slice() {
+        [one] => log::info!("engine: {}", one.describe()),
+        several => log::info!("engines ({}): {}", several.len(), describe_engines(several)),
+    }
+    Ok(engines)
+}
+
+/// The GPU engines of `--adapter all` or a list (see [`make_engines`]).
+fn open_adapters(spec: &gpu::AdapterSpec, opts: &EngineOptions) -> Result<Vec<Engine>> {
+    use gpu::{AdapterChoice, GpuEngine};
+    let allow_software = opts.backend == Backend::Gpu;
+    let typed = opts.gpu.adapter.as_deref().unwrap_or_default();
+    let to_cpu = |e: &EngineError| Ok(vec![auto_to_cpu(e)]);
+    let patterns = match gpu::resolve_adapters(spec, typed, allow_software) {
+        Ok(p) => p,
+        Err(e @ EngineError::Invalid(_)) => return Err(e),
+        Err(e) if opts.backend == Backend::Auto => return to_cpu(&e),
+        Err(e) => return Err(e),
+    };
+    let mut engines = Vec::new();
+    for name in patterns {
+        match GpuEngine::new(&AdapterChoice { name: Some(name), allow_software }, &opts.gpu) {
+            Ok(g) => engines.push(Engine::Gpu(Box::new(g))),
+            Err(e @ EngineError::Invalid(_)) => return Err(e),
+            Err(e) if *spec == gpu::AdapterSpec::All => log::warn!("--adapter all: {}", e.message()),
+            Err(e) if opts.backend == Backend::Auto => return to_cpu(&e),
+            Err(e) => return Err(e),
+        }
+    }
+    if engines.is_empty() {
+        let e =
+            EngineError::Unsupported(format!("--adapter {typed}: no GPU adapter could be opened; use --backend cpu"));
+        return if opts.backend == Backend::Auto { to_cpu(&e) } else { Err(e) };
+    }
+    Ok(engines)
+}
+
+/// One engine as [`make_engine`] describes it (without saying which).
+fn one_engine(opts: &EngineOptions) -> Result<Engine> {
     use gpu::{AdapterChoice, GpuEngine};
     let name = opts.gpu.adapter.clone();
     let engine = match opts.backend {
@@ -102,21 +198,23 @@ pub fn make_engine(opts: &EngineOptions) -> Result<Engine> {
         Backend::Auto => match GpuEngine::new(&AdapterChoice { name, allow_software: false }, &opts.gpu) {
             Ok(g) => Engine::Gpu(Box::new(g)),
             Err(e @ EngineError::Invalid(_)) => return Err(e),
-            Err(e) => {
-                if gpu::hardware_adapter_available() {
-                    // A hardware GPU exists but could not be used: say why.
-                    let why = e.to_string();
-                    log::info!("{}; using the CPU engine", why.trim_end_matches("; use --backend cpu"));
-                } else {
-                    log::info!(
-                        "no hardware GPU adapter; using the CPU engine \
-                         (--backend gpu runs the shaders on a software adapter such as lavapipe)"
-                    );
-                }
-                Engine::Cpu(cpu::CpuEngine::new())
-            }
+            Err(e) => auto_to_cpu(&e),
         },
     };
-    log::info!("engine: {}", engine.describe());
     Ok(engine)
+}
+
+/// `--backend auto` without a usable GPU: the CPU engine, saying why.
+fn auto_to_cpu(e: &EngineError) -> Engine {
+    if gpu::hardware_adapter_available() {
+        // A hardware GPU exists but could not be used: say why.
+        let why = e.to_string();
+        log::info!("{}; using the CPU engine", why.trim_end_matches("; use --backend cpu"));
+    } else {
+        log::info!(
+            "no hardware GPU adapter; using the CPU engine \
+             (--backend gpu runs the shaders on a software adapter such as lavapipe)"
+        );
+    }
+    Engine::Cpu(cpu::CpuEngine::new())
 }

@@ -48,7 +48,10 @@ pub struct GpuTuning {
 /// The GPU engine's options.
 #[derive(Clone, Debug, Default, PartialEq, Eq, Serialize)]
 pub struct GpuOptions {
-    /// Use the adapter whose name contains this (case-insensitive); None: the best one.
+    /// `--adapter` as typed (see [`crate::gpu::AdapterSpec`]): the adapter whose name (or
+    /// `name (backend)`) contains this, case-insensitive, or `#K` for the K-th adapter of
+    /// `voxflip devices`; `all` for every adapter the backend allows, or a comma-separated
+    /// list of such patterns for several. None: the best one.
     pub adapter: Option<String>,
     /// The glm_stat kernel; None: the fastest the adapter allows.
     #[serde(serialize_with = "kernel_name")]
@@ -78,4 +81,15 @@ fn kernel_name<S: serde::Serializer>(k: &Option<GlmKernel>, s: S) -> Result<S::O
 pub struct EngineOptions {
     pub backend: Backend,
     pub gpu: GpuOptions,
+    /// The CPU engine runs permutations too, beside the GPU adapters (`--with-cpu`; see
+    /// [`crate::make_engines`] and [`crate::Scheduler`] for how the work is shared).
+    pub with_cpu: bool,
+}
+
+impl EngineOptions {
+    /// Whether these options ask for several engines: `--adapter all`, a list of adapters,
+    /// or `--with-cpu`. (The engines made may still be one: `all` on one adapter.)
+    pub fn wants_several(&self) -> bool {
+        self.with_cpu || crate::gpu::AdapterSpec::parse(self.gpu.adapter.as_deref()).is_multi()
+    }
 }

@@ -12,12 +12,18 @@
 //!   so on the log and replaced by the CPU engine, which reruns the failed batch: nothing
 //!   of a failed batch is kept, and the answer is the same. A spatial reducer that fails
 //!   likewise hands its batch and the rest to the CPU. An invalid input stops the run.
+//! - Several engines (`--adapter all`, a list, `--with-cpu`; [`Scheduler::with_engines`]):
+//!   the permutations are cut into chunks of a few batches, numbered from permutation 0 of
+//!   the set, and each engine runs chunks on a thread of its own (with the single-engine
+//!   path above, spatial statistics on the CPU); the chunks' nulls are appended in
+//!   permutation order. See [`Scheduler`] for what this gives identical to one engine.
 use crate::cpu::CpuEngine;
 use crate::error::{EngineError, Result};
 use crate::gpu::spatial::{BatchMaps, GpuSpatial};
 use crate::options::SpatialPlacement;
 use crate::Engine;
 use std::ops::Range;
+use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
 use voxflip_stats::spatial::{SpatialJob, SpatialNull, Workspace};
 use voxflip_stats::{ContrastProblem, PermKind, PermSet};
 
@@ -46,9 +52,36 @@ pub struct ContrastNulls {
     pub spatial: SpatialNull,
 }
 
-/// Runs contrasts on an engine (see the module docs).
+/// Runs contrasts on an engine, or on several (see the module docs).
+///
+/// With several engines, the first (the primary) computes the observed maps and the chunk
+/// of the identity permutation, so that it counts itself exactly as on one engine. Which
+/// engine runs which other chunk:
+/// - all GPU engines: whichever is free next (a shared counter), so that a fast adapter
+///   takes more. The result is identical to a run on the primary alone when the adapters
+///   compute identically, as Mesa's Vulkan and GL llvmpipe adapters do (measured: every
+///   output bit for bit); adapters that round differently may differ from it in the last
+///   bits of some permutations' statistics, and from run to run as the timing falls.
+/// - with the CPU engine (`--with-cpu`), which rounds differently from the GPU kernels (in
+///   the last bit of a statistic, about 1e-7 relative): chunk k goes to the CPU when
+///   k mod (number of engines) is the last position, else to the GPU engines (shared as
+///   above), so that which permutations the CPU computes depends only on the permutation
+///   index and the engines, never on the timing: runs repeat bit for bit, and a run split
+///   into shards, stretches or resumed equals the whole. The CPU's permutations may differ
+///   from the GPU's in the last bits of the statistic, which can change a p-value only at a
+///   tie within that rounding. The CPU gets an equal share: it helps where it is about as
+///   fast as each GPU (software adapters, small GPUs) and slows a run where a GPU is much
+///   faster.
+/// - a GPU that fails continues on the CPU (as on one engine); which of the rest of its
+///   chunks it then computes depends on the timing.
 pub struct Scheduler {
     engine: Engine,
+    /// The other engines of a multi-engine run, after the primary `engine`.
+    others: Vec<Engine>,
+    /// Whether the log said that spatial statistics run on the CPU with several engines.
+    said_spatial_cpu: bool,
+    /// Permutations each engine ran (primary first), said on the log at the end.
+    shares: Vec<u64>,
     placement: SpatialPlacement,
     /// The GPU spatial reducer, opened on the engine's device on first use.
     reducer: Option<GpuSpatial>,
@@ -58,7 +91,23 @@ pub struct Scheduler {
 
 impl Scheduler {
     pub fn new(engine: Engine, placement: SpatialPlacement) -> Self {
-        Scheduler { engine, placement, reducer: None, spatial_on_gpu: false }
+        Self::with_engines(vec![engine], placement)
+    }
+
+    /// A scheduler over `engines` ([`crate::make_engines`]; at least one): the first computes
+    /// the observed maps and is [`Scheduler::engine`]; with several, see [`Scheduler`].
+    pub fn with_engines(engines: Vec<Engine>, placement: SpatialPlacement) -> Self {
+        let mut engines = engines.into_iter();
+        let engine = engines.next().expect("a scheduler needs an engine");
+        Scheduler {
+            engine,
+            others: engines.collect(),
+            said_spatial_cpu: false,
+            shares: Vec::new(),
+            placement,
+            reducer: None,
+            spatial_on_gpu: false,
+        }
     }
 
     /// Where the spatial statistics of the next contrasts run.
@@ -66,7 +115,7 @@ impl Scheduler {
         self.placement = placement;
     }
 
-    /// The engine running now (the CPU engine after a fallback).
+    /// The (primary) engine running now (the CPU engine after a fallback).
     pub fn engine(&self) -> &Engine {
         &self.engine
     }
@@ -75,14 +124,23 @@ impl Scheduler {
         &mut self.engine
     }
 
-    /// The engine's description, for stderr and the sidecar.
+    /// The engines' description ([`crate::describe_engines`]), for stderr and the sidecar.
     pub fn describe(&self) -> String {
-        self.engine.describe()
+        if self.others.is_empty() {
+            return self.engine.describe();
+        }
+        let all: Vec<String> = std::iter::once(&self.engine).chain(&self.others).map(Engine::describe).collect();
+        format!("multi: {}", all.join("; "))
     }
 
-    /// Make `problem` resident; a GPU that cannot is replaced by the CPU engine.
+    /// Make `problem` resident on every engine; a GPU that cannot is replaced by the CPU
+    /// engine.
     pub fn prepare(&mut self, problem: &ContrastProblem) -> Result<()> {
-        run_with_fallback(&mut self.engine, problem, |e| e.prepare(problem))
+        run_with_fallback(&mut self.engine, problem, |e| e.prepare(problem))?;
+        for engine in &mut self.others {
+            run_with_fallback(engine, problem, |e| e.prepare(problem))?;
+        }
+        Ok(())
     }
 
     /// The observed statistic map (the identity permutation, always index 0).
@@ -96,6 +154,14 @@ impl Scheduler {
     /// was wanted but cannot.
     pub fn place_spatial(&mut self, job: &SpatialJob) -> Result<Option<String>> {
         self.spatial_on_gpu = false;
+        if !self.others.is_empty() {
+            // Each engine's maps are reduced beside it, on the CPU.
+            if !self.said_spatial_cpu {
+                log::info!("spatial statistics (TFCE, clusters) run on the CPU with several engines");
+                self.said_spatial_cpu = true;
+            }
+            return Ok(None);
+        }
         let Engine::Gpu(g) = &self.engine else { return Ok(None) };
         let wanted = match self.placement {
             SpatialPlacement::Cpu => false,
@@ -170,6 +236,9 @@ impl Scheduler {
         spatial: Option<&SpatialJob>,
         progress: &dyn Progress,
     ) -> Result<ContrastNulls> {
+        if !self.others.is_empty() {
+            return self.permute_several(problem, perms, range, observed, spatial, progress);
+        }
         let mut on_gpu = spatial.is_some() && self.spatial_on_gpu;
         let observed_tfce = spatial.and_then(|job| job.tfce_observed);
         if let (true, Some(obs), Some(r)) = (on_gpu, observed_tfce, self.reducer.as_mut()) {
@@ -186,6 +255,216 @@ impl Scheduler {
         }
         let reducer = if on_gpu { self.reducer.as_mut() } else { None };
         permute_contrast(&mut self.engine, problem, perms, range, observed, spatial, reducer, progress)
+    }
+
+    /// [`Scheduler::permute`] on several engines (see [`Scheduler`]): chunks of
+    /// [`chunk_size`] permutations, numbered from permutation 0 of `perms`, run on one
+    /// thread per engine, their nulls appended in permutation order.
+    fn permute_several(
+        &mut self,
+        problem: &ContrastProblem,
+        perms: &PermSet,
+        range: Range<usize>,
+        observed: &[f32],
+        spatial: Option<&SpatialJob>,
+        progress: &dyn Progress,
+    ) -> Result<ContrastNulls> {
+        let end = range.end;
+        if range.start > end || end > perms.len() {
+            return Err(EngineError::Invalid(format!(
+                "permutations {}..{end} of a set of {}",
+                range.start,
+                perms.len()
+            )));
+        }
+        let mut engines: Vec<&mut Engine> = std::iter::once(&mut self.engine).chain(&mut self.others).collect();
+        let chunk = chunk_size(&engines, perms.len(), spatial.is_some());
+        let plan = ChunkPlan::new(&engines, chunk, range.clone());
+        let stop = AtomicBool::new(false);
+        let plan = &plan;
+        let stop = &stop;
+        let outcomes: Vec<WorkerOutcome> = std::thread::scope(|scope| {
+            let handles: Vec<_> = engines
+                .iter_mut()
+                .enumerate()
+                .map(|(w, engine)| {
+                    let engine: &mut Engine = engine;
+                    scope.spawn(move || {
+                        // Per chunk its maxima; the exceedance counts (exact sums in any
+                        // order) summed here, so that a chunk keeps no V-sized vectors.
+                        let mut done = Worker::default();
+                        while let Some(k) = plan.next(w, stop) {
+                            let r = plan.range(k);
+                            match permute_contrast(engine, problem, perms, r, observed, spatial, None, progress) {
+                                Ok(mut nulls) => {
+                                    add_counts(&mut done.counts, std::mem::take(&mut nulls.counts));
+                                    add_counts(&mut done.tfce_counts, std::mem::take(&mut nulls.spatial.tfce_counts));
+                                    done.permutations += nulls.max_stat.len() as u64;
+                                    done.chunks.push((k, nulls));
+                                }
+                                Err(e) => {
+                                    stop.store(true, Ordering::Relaxed);
+                                    return Err((k, e));
+                                }
+                            }
+                        }
+                        Ok(done)
+                    })
+                })
+                .collect();
+            handles.into_iter().map(|h| h.join().expect("an engine's thread panicked")).collect()
+        });
+        let mut parts = Vec::new();
+        let (mut counts, mut tfce_counts) = (vec![0u32; problem.v], Vec::new());
+        let mut failed: Option<(usize, EngineError)> = None;
+        self.shares.resize(outcomes.len(), 0);
+        for (w, o) in outcomes.into_iter().enumerate() {
+            match o {
+                Ok(done) => {
+                    self.shares[w] += done.permutations;
+                    add_counts(&mut counts, done.counts);
+                    add_counts(&mut tfce_counts, done.tfce_counts);
+                    parts.extend(done.chunks);
+                }
+                // The error of the earliest chunk that failed, whatever the timing.
+                Err((k, e)) => {
+                    if failed.as_ref().is_none_or(|(f, _)| k < *f) {
+                        failed = Some((k, e));
+                    }
+                }
+            }
+        }
+        if let Some((_, e)) = failed {
+            return Err(e);
+        }
+        // The maxima in permutation order, whichever engine ran them.
+        parts.sort_by_key(|(k, _)| *k);
+        let mut out = ContrastNulls { max_stat: Vec::with_capacity(range.len()), ..Default::default() };
+        for (_, nulls) in parts {
+            out.append(nulls);
+        }
+        out.counts = counts;
+        out.spatial.tfce_counts = tfce_counts;
+        Ok(out)
+    }
+}
+
+/// What one engine's thread of a multi-engine run ran.
+#[derive(Default)]
+struct Worker {
+    /// The chunks' nulls by chunk index, without their exceedance counts, which are summed
+    /// into `counts` and `tfce_counts`.
+    chunks: Vec<(usize, ContrastNulls)>,
+    counts: Vec<u32>,
+    tfce_counts: Vec<u32>,
+    permutations: u64,
+}
+
+/// What one engine's thread hands back: what it ran, or the chunk that failed and why.
+type WorkerOutcome = std::result::Result<Worker, (usize, EngineError)>;
+
+/// Adds exceedance counts `from` into `into` (which takes them when empty).
+fn add_counts(into: &mut Vec<u32>, from: Vec<u32>) {
+    if into.is_empty() {
+        *into = from;
+    } else {
+        for (c, x) in into.iter_mut().zip(&from) {
+            *c += x;
+        }
+    }
+}
+
+/// Chunks per engine a multi-engine run aims at over a whole permutation set, so that the
+/// engines finish close together.
+const CHUNKS_PER_ENGINE: usize = 4;
+
+/// The permutations per chunk of a multi-engine run over a set of `total`: at most the
+/// largest batch an engine prefers (at most [`CHUNKS_PER_BATCHES`] spatial batches with
+/// spatial statistics), and small enough that each engine gets [`CHUNKS_PER_ENGINE`] chunks
+/// of the set. A function of the engines, the set and the statistics only (not of the range
+/// run), so that chunks, and which engine computes them, are the same however a run is split.
+fn chunk_size(engines: &[&mut Engine], total: usize, spatial: bool) -> usize {
+    let mut most = engines.iter().map(|e| e.preferred_batch()).max().unwrap_or(1);
+    if spatial {
+        most = most.min(CHUNKS_PER_BATCHES * SPATIAL_BATCH);
+    }
+    most.min(total.div_ceil(CHUNKS_PER_ENGINE * engines.len())).max(1)
+}
+
+/// A multi-engine chunk holds at most this many spatial batches.
+const CHUNKS_PER_BATCHES: usize = 4;
+
+/// Which engine runs which chunk of a multi-engine run (see [`Scheduler`]).
+struct ChunkPlan {
+    chunk: usize,
+    range: Range<usize>,
+    /// The chunk of the identity permutation, for the primary engine (worker 0) first.
+    identity: Option<usize>,
+    identity_taken: AtomicBool,
+    /// Per worker, the queue it draws from: 0 for the GPU engines, 1 for the CPU engines
+    /// when both kinds run (everything in 0 otherwise).
+    queue_of: Vec<usize>,
+    queues: Vec<(Vec<usize>, AtomicUsize)>,
+}
+
+impl ChunkPlan {
+    fn new(engines: &[&mut Engine], chunk: usize, range: Range<usize>) -> ChunkPlan {
+        let is_cpu: Vec<bool> = engines.iter().map(|e| matches!(e, Engine::Cpu(_))).collect();
+        let cpus = is_cpu.iter().filter(|c| **c).count();
+        let mixed = cpus > 0 && cpus < engines.len();
+        let queue_of: Vec<usize> = is_cpu.iter().map(|&c| usize::from(mixed && c)).collect();
+        let w = engines.len();
+        let chunks = if range.is_empty() { 0..0 } else { range.start / chunk..range.end.div_ceil(chunk) };
+        let identity = (range.start == 0 && !range.is_empty()).then_some(0);
+        let mut queues: Vec<(Vec<usize>, AtomicUsize)> =
+            (0..if mixed { 2 } else { 1 }).map(|_| (Vec::new(), AtomicUsize::new(0))).collect();
+        for k in chunks {
+            if Some(k) == identity {
+                continue;
+            }
+            // With both kinds, the last `cpus` positions of every w chunks are the CPU's.
+            let q = usize::from(mixed && k % w >= w - cpus);
+            queues[q].0.push(k);
+        }
+        ChunkPlan { chunk, range, identity, identity_taken: AtomicBool::new(false), queue_of, queues }
+    }
+
+    /// The next chunk worker `w` runs, if any is left and no worker failed.
+    fn next(&self, w: usize, stop: &AtomicBool) -> Option<usize> {
+        if stop.load(Ordering::Relaxed) {
+            return None;
+        }
+        if w == 0 && self.identity.is_some() && !self.identity_taken.swap(true, Ordering::Relaxed) {
+            return self.identity;
+        }
+        let (chunks, next) = &self.queues[self.queue_of[w]];
+        chunks.get(next.fetch_add(1, Ordering::Relaxed)).copied()
+    }
+
+    /// The permutations of chunk `k` within the range run.
+    fn range(&self, k: usize) -> Range<usize> {
+        (k * self.chunk).max(self.range.start)..((k + 1) * self.chunk).min(self.range.end)
+    }
+}
+
+impl Drop for Scheduler {
+    /// Says how a multi-engine run shared its permutations.
+    fn drop(&mut self) {
+        if self.shares.iter().sum::<u64>() == 0 {
+            return;
+        }
+        let engines = std::iter::once(&self.engine).chain(&self.others);
+        let each: Vec<String> =
+            self.shares.iter().zip(engines).map(|(n, e)| format!("{n} on {}", short_name(e))).collect();
+        log::info!("permutations per engine: {}", each.join(", "));
+    }
+}
+
+/// An engine in a few words: `cpu`, or the adapter and its backend.
+fn short_name(e: &Engine) -> String {
+    match e {
+        Engine::Cpu(_) => "cpu".into(),
+        Engine::Gpu(g) => format!("{} ({:?})", g.adapter_info().name, g.adapter_info().backend),
     }
 }
 
@@ -222,6 +501,7 @@ pub fn permutation_test(problem: &ContrastProblem, perms: &PermSet) -> Result<Co
 /// The nulls of one contrast over permutations `range` of `perms` on `engine`, with the spatial
 /// statistics of `spatial` reduced by `reducer` (configured for it) when given, else on the
 /// CPU. See the module docs for the overlap and the fallbacks.
+#[allow(clippy::too_many_arguments)]
 pub fn permute_contrast(
     engine: &mut Engine,
     problem: &ContrastProblem,

@@ -6,7 +6,10 @@ pub mod device;
 pub mod glm_stat;
 pub mod spatial;
 
-pub use adapters::{describe_adapters, hardware_adapter_available, list_adapters, AdapterChoice, AdapterSummary};
+pub use adapters::{
+    describe_adapters, hardware_adapter_available, list_adapters, resolve_adapters, AdapterChoice, AdapterSpec,
+    AdapterSummary,
+};
 pub use device::Device;
 pub use glm_stat::GpuEngine;
 pub use spatial::GpuSpatial;
