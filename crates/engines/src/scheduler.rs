@@ -25,7 +25,7 @@ use crate::Engine;
 use std::ops::Range;
 use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
 use voxflip_stats::spatial::{SpatialJob, SpatialNull, Workspace};
-use voxflip_stats::{ContrastProblem, PermKind, PermSet};
+use voxflip_stats::{add_counts, ContrastProblem, PermKind, PermSet};
 
 /// Largest batch whose maps are held for spatial statistics (batch x V x 4 bytes).
 pub const SPATIAL_BATCH: usize = 64;
@@ -269,14 +269,7 @@ impl Scheduler {
         spatial: Option<&SpatialJob>,
         progress: &dyn Progress,
     ) -> Result<ContrastNulls> {
-        let end = range.end;
-        if range.start > end || end > perms.len() {
-            return Err(EngineError::Invalid(format!(
-                "permutations {}..{end} of a set of {}",
-                range.start,
-                perms.len()
-            )));
-        }
+        check_range(perms, &range)?;
         let mut engines: Vec<&mut Engine> = std::iter::once(&mut self.engine).chain(&mut self.others).collect();
         let chunk = chunk_size(&engines, perms.len(), spatial.is_some());
         let plan = ChunkPlan::new(&engines, chunk, range.clone());
@@ -362,17 +355,6 @@ struct Worker {
 
 /// What one engine's thread hands back: what it ran, or the chunk that failed and why.
 type WorkerOutcome = std::result::Result<Worker, (usize, EngineError)>;
-
-/// Adds exceedance counts `from` into `into` (which takes them when empty).
-fn add_counts(into: &mut Vec<u32>, from: Vec<u32>) {
-    if into.is_empty() {
-        *into = from;
-    } else {
-        for (c, x) in into.iter_mut().zip(&from) {
-            *c += x;
-        }
-    }
-}
 
 /// Chunks per engine a multi-engine run aims at over a whole permutation set, so that the
 /// engines finish close together.
@@ -514,9 +496,7 @@ pub fn permute_contrast(
 ) -> Result<ContrastNulls> {
     let v = problem.v;
     let end = range.end;
-    if range.start > end || end > perms.len() {
-        return Err(EngineError::Invalid(format!("permutations {}..{end} of a set of {}", range.start, perms.len())));
-    }
+    check_range(perms, &range)?;
     let mut out =
         ContrastNulls { max_stat: Vec::with_capacity(range.len()), counts: vec![0u32; v], ..Default::default() };
     let Some(job) = spatial else {
@@ -592,13 +572,7 @@ impl ContrastNulls {
     /// nulls of the two ranges together.
     pub fn append(&mut self, later: ContrastNulls) {
         self.max_stat.extend(later.max_stat);
-        if self.counts.is_empty() {
-            self.counts = later.counts;
-        } else {
-            for (c, x) in self.counts.iter_mut().zip(&later.counts) {
-                *c += x;
-            }
-        }
+        add_counts(&mut self.counts, later.counts);
         self.spatial.append(later.spatial);
     }
 
@@ -608,6 +582,19 @@ impl ContrastNulls {
             *c += x;
         }
     }
+}
+
+/// A caller's range of `perms` that is not one is invalid.
+fn check_range(perms: &PermSet, range: &Range<usize>) -> Result<()> {
+    if range.start > range.end || range.end > perms.len() {
+        return Err(EngineError::Invalid(format!(
+            "permutations {}..{} of a set of {}",
+            range.start,
+            range.end,
+            perms.len()
+        )));
+    }
+    Ok(())
 }
 
 /// Collect the reduction in flight (in batch order) into `snull`. A batch whose maps stayed

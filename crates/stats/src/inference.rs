@@ -69,6 +69,18 @@ pub fn uncorrected_p(counts: &[u32], nperm: usize) -> Vec<f64> {
     counts.iter().map(|&c| c as f64 / nperm as f64).collect()
 }
 
+/// Add exceedance counts `from` (of later permutations) into `into`, which takes them
+/// when it has none yet: counts of disjoint ranges of permutations add.
+pub fn add_counts(into: &mut Vec<u32>, from: Vec<u32>) {
+    if into.is_empty() {
+        *into = from;
+    } else {
+        for (c, x) in into.iter_mut().zip(&from) {
+            *c += x;
+        }
+    }
+}
+
 /// Corrected p per voxel.
 pub fn corrected_p(observed: &[f32], null: &MaxStatNull) -> Vec<f64> {
     observed.iter().map(|&t| null.corrected_p(t)).collect()

@@ -17,7 +17,7 @@ pub mod problem;
 pub mod spatial;
 
 pub use design::{Contrast, Design, DesignError};
-pub use inference::{corrected_p, uncorrected_p, with_identity_floor, MaxStatNull, PScale};
+pub use inference::{add_counts, corrected_p, uncorrected_p, with_identity_floor, MaxStatNull, PScale};
 pub use model::{column_basis, identical_row_labels, rank, ContrastModel};
 pub use perm::{Blocks, PermKind, PermSet};
 pub use problem::{statistic, statistic_of_sums, ContrastProblem, StatKind};

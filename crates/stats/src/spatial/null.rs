@@ -63,13 +63,7 @@ impl SpatialNull {
         self.tfce_max.extend(other.tfce_max);
         self.extent_max.extend(other.extent_max);
         self.mass_max.extend(other.mass_max);
-        if self.tfce_counts.is_empty() {
-            self.tfce_counts = other.tfce_counts;
-        } else {
-            for (a, b) in self.tfce_counts.iter_mut().zip(other.tfce_counts) {
-                *a += b;
-            }
-        }
+        crate::add_counts(&mut self.tfce_counts, other.tfce_counts);
     }
 }
 
