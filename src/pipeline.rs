@@ -226,19 +226,19 @@ pub fn run(ds: &Dataset, design: &Design, opts: &AnalysisOptions, prefix: &str) 
         spatial_backend: merged.and_then(|m| m.spatial_backend.clone()),
         checkpoints,
     };
-    let remaining: usize = plans
-        .iter()
-        .enumerate()
-        .map(|(ci, p)| {
-            let r = shard.range(p.perms.len());
-            let done = resumed.as_ref().and_then(|s| s.contrasts.get(ci)).map_or(r.start, |c| c.range.end);
-            if merged.is_some() {
-                0
-            } else {
+    // Permutations this run computes: none when merging, and not those a checkpoint holds.
+    let remaining: usize = match merged {
+        Some(_) => 0,
+        None => plans
+            .iter()
+            .enumerate()
+            .map(|(ci, p)| {
+                let r = shard.range(p.perms.len());
+                let done = resumed.as_ref().and_then(|s| s.contrasts.get(ci)).map_or(r.start, |c| c.range.end);
                 r.end.saturating_sub(done)
-            }
-        })
-        .sum();
+            })
+            .sum(),
+    };
     let progress = Bar::new(remaining as u64, opts.quiet);
     let mut summaries = Vec::new();
     let mut states: Vec<ContrastState> = Vec::new();

@@ -364,16 +364,33 @@ pub fn merge(files: &[PathBuf]) -> Result<Merged> {
         ));
     }
     let order: Vec<usize> = by_index.into_iter().map(|i| i.expect("all present")).collect();
-    let (head_path, head) = &shards[order[0]];
-    let mut state = head.clone();
+    let records = order
+        .iter()
+        .map(|&i| {
+            let (path, s) = &shards[i];
+            ShardRecord {
+                file: path.clone(),
+                index: s.shard.index,
+                count,
+                backend: s.backend.clone(),
+                seconds: s.contrasts.iter().map(|c| c.seconds).sum(),
+            }
+        })
+        .collect();
+    // The shards by index, each taken once: their nulls move into the merged state.
+    let mut slots: Vec<Option<(PathBuf, NullState)>> = shards.into_iter().map(Some).collect();
+    let mut in_order = order.iter().map(|&i| slots[i].take().expect("each shard once"));
+    let (head_path, mut state) = in_order.next().expect("at least one shard");
     state.shard = Shard::WHOLE;
-    let mut backends = vec![head.backend.clone()];
-    for &i in &order[1..] {
-        let (path, s) = &shards[i];
+    let mut backends = vec![state.backend.clone()];
+    for (path, s) in in_order {
         if s.contrasts.len() != state.contrasts.len() {
             return Err(Error::input(path, "holds another number of contrasts than the first shard"));
         }
-        for (acc, c) in state.contrasts.iter_mut().zip(&s.contrasts) {
+        if !backends.contains(&s.backend) {
+            backends.push(s.backend);
+        }
+        for (acc, c) in state.contrasts.iter_mut().zip(s.contrasts) {
             if c.name != acc.name || c.range.start != acc.range.end {
                 return Err(Error::input(
                     path,
@@ -392,28 +409,12 @@ pub fn merge(files: &[PathBuf]) -> Result<Merged> {
                     head_path.display()
                 );
             }
-            acc.nulls.append(c.nulls.clone());
+            acc.nulls.append(c.nulls);
             acc.range.end = c.range.end;
             acc.seconds += c.seconds;
         }
-        if !backends.contains(&s.backend) {
-            backends.push(s.backend.clone());
-        }
     }
     state.backend = backends.join("; ");
-    let records = order
-        .iter()
-        .map(|&i| {
-            let (path, s) = &shards[i];
-            ShardRecord {
-                file: path.clone(),
-                index: s.shard.index,
-                count,
-                backend: s.backend.clone(),
-                seconds: s.contrasts.iter().map(|c| c.seconds).sum(),
-            }
-        })
-        .collect();
     Ok(Merged { state, shards: records })
 }
 
