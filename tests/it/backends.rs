@@ -14,7 +14,7 @@
 //! to the CPU in practice; the tolerances are for real GPUs.
 //!
 //! Skipped (saying so) without a usable adapter unless VOXFLIP_REQUIRE_GPU=1.
-use crate::common::{gpu_usable, Tolerance};
+use crate::common::{gpu_usable, Tolerance, SIMULATED_INTERACTION};
 use std::path::Path;
 
 fn voxflip(dir: &Path, args: &[&str]) -> String {
@@ -57,38 +57,31 @@ fn gpu_pipeline_equals_cpu_pipeline() {
         logs.push(voxflip(
             d,
             &[
-                "interaction",
-                "--pre",
-                "data/pre.nii.gz",
-                "--post",
-                "data/post.nii.gz",
-                "--participants",
-                "data/participants.tsv",
-                "--group-column",
-                "group",
-                "-m",
-                "data/mask.nii.gz",
-                "-o",
-                &prefix,
-                "-n",
-                "60",
-                "--seed",
-                "7",
-                "-x",
-                "--uncorrp",
-                "-T",
-                "-c",
-                "2.3",
-                "-C",
-                "2.3",
-                "--save-null",
-                "--backend",
-                backend,
-                // TFCE and clusters on the GPU too, even on a software adapter (where the
-                // default is the CPU, which is much faster there).
-                "--spatial-backend",
-                "gpu",
-            ],
+                &SIMULATED_INTERACTION[..],
+                &[
+                    "-o",
+                    &prefix,
+                    "-n",
+                    "60",
+                    "--seed",
+                    "7",
+                    "-x",
+                    "--uncorrp",
+                    "-T",
+                    "-c",
+                    "2.3",
+                    "-C",
+                    "2.3",
+                    "--save-null",
+                    "--backend",
+                    backend,
+                    // TFCE and clusters on the GPU too, even on a software adapter (where the
+                    // default is the CPU, which is much faster there).
+                    "--spatial-backend",
+                    "gpu",
+                ],
+            ]
+            .concat(),
         ));
     }
     assert!(logs[1].contains("engine: gpu"), "the GPU run must say it used the GPU engine: {}", logs[1]);

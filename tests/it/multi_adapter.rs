@@ -16,7 +16,7 @@
 //!   so the run repeats bit for bit: its two shards merged equal it.
 //!
 //! Skipped (saying so) with fewer than two usable adapters unless VOXFLIP_REQUIRE_GPU=1.
-use crate::common::{gpu_required, gpu_usable, skipped, Tolerance};
+use crate::common::{gpu_required, gpu_usable, skipped, Tolerance, SIMULATED_INTERACTION};
 use std::path::Path;
 use voxflip_engines::gpu::list_adapters;
 
@@ -34,18 +34,8 @@ fn interaction(d: &Path, name: &str, extra: &[&str]) -> String {
     std::fs::create_dir_all(d.join(name)).unwrap();
     let prefix = format!("{name}/ia");
     let n = N_PERM.to_string();
-    let mut args = vec![
-        "interaction",
-        "--pre",
-        "data/pre.nii.gz",
-        "--post",
-        "data/post.nii.gz",
-        "--participants",
-        "data/participants.tsv",
-        "--group-column",
-        "group",
-        "-m",
-        "data/mask.nii.gz",
+    let mut args = SIMULATED_INTERACTION.to_vec();
+    args.extend_from_slice(&[
         "-o",
         &prefix,
         "-n",
@@ -58,7 +48,7 @@ fn interaction(d: &Path, name: &str, extra: &[&str]) -> String {
         "-c",
         "2.3",
         "--save-null",
-    ];
+    ]);
     args.extend_from_slice(extra);
     voxflip(d, &args)
 }
@@ -191,22 +181,7 @@ fn multi_adapter_flags_are_checked() {
     let tmp = voxflip_testkit::tempdir().unwrap();
     let d = tmp.path();
     voxflip(d, &["simulate", "--out", "data", "--grid", "small", "--n-a", "6", "--n-b", "6"]);
-    let base = [
-        "interaction",
-        "--pre",
-        "data/pre.nii.gz",
-        "--post",
-        "data/post.nii.gz",
-        "--participants",
-        "data/participants.tsv",
-        "-m",
-        "data/mask.nii.gz",
-        "-o",
-        "out/ia",
-        "-n",
-        "20",
-        "-q",
-    ];
+    let base = [&SIMULATED_INTERACTION[..], &["-o", "out/ia", "-n", "20", "-q"]].concat();
     std::fs::create_dir(d.join("out")).unwrap();
     let fails = |extra: &[&str], words: &[&str]| {
         let args: Vec<&str> = base.iter().chain(extra).copied().collect();

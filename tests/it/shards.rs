@@ -8,6 +8,8 @@ use std::process::{Command, Stdio};
 use voxflip_io::{header_from_affine, write_image};
 
 const DIMS: [usize; 3] = [10, 9, 8];
+/// The two-group design of [`Study`] on its data, into out/r: the first words of most runs.
+const TWO_GROUPS: [&str; 8] = ["-i", "in.nii.gz", "-o", "out/r", "-d", "design.mat", "-t", "design.con"];
 const N: usize = 12;
 
 /// A dataset with a blob of effect in two groups, a design with t and F contrasts, a
@@ -142,7 +144,7 @@ fn sidecar_sans_timings(bytes: &[u8]) -> serde_json::Value {
 /// The analyses the shard tests split: t and F, TFCE, cluster extent and mass, random and
 /// exhaustive sets, with and without exchangeability blocks.
 fn analyses() -> Vec<(&'static str, Vec<&'static str>)> {
-    let two = ["-i", "in.nii.gz", "-o", "out/r", "-d", "design.mat", "-t", "design.con", "--backend", "cpu"];
+    let two = [&TWO_GROUPS[..], &["--backend", "cpu"]].concat();
     let with = |extra: &[&'static str]| -> Vec<&'static str> { two.iter().chain(extra).copied().collect() };
     vec![
         (
@@ -204,26 +206,10 @@ fn gpu_shards_merge_into_the_gpu_single_run() {
     }
     let s = Study::new();
     let args = [
-        "-i",
-        "in.nii.gz",
-        "-o",
-        "out/r",
-        "-d",
-        "design.mat",
-        "-t",
-        "design.con",
-        "-n",
-        "130",
-        "-T",
-        "-c",
-        "1.5",
-        "-x",
-        "--backend",
-        "gpu",
-        "--spatial-backend",
-        "gpu",
-        "-q",
-    ];
+        &TWO_GROUPS[..],
+        &["-n", "130", "-T", "-c", "1.5", "-x", "--backend", "gpu", "--spatial-backend", "gpu", "-q"],
+    ]
+    .concat();
     s.ok(&args);
     s.keep_outputs("single");
     for k in 1..=3 {
@@ -279,7 +265,7 @@ fn merging_a_missing_duplicated_or_foreign_shard_fails_in_one_line() {
 #[test]
 fn a_kept_null_state_rewrites_the_outputs_with_other_output_options() {
     let s = Study::new();
-    let args = ["-i", "in.nii.gz", "-o", "out/r", "-d", "design.mat", "-t", "design.con", "-n", "80", "-T", "-x", "-q"];
+    let args = [&TWO_GROUPS[..], &["-n", "80", "-T", "-x", "-q"]].concat();
     s.ok(&[&args[..], &["--backend", "cpu", "--logp", "--uncorrp"]].concat());
     s.keep_outputs("logp");
     s.ok(&[&args[..], &["--backend", "cpu", "--keep-null-state"]].concat());
@@ -317,33 +303,29 @@ fn kill_and_resume(s: &Study, args: &[&str], delay: std::time::Duration) -> bool
 fn a_killed_run_resumes_to_the_uninterrupted_outputs() {
     let s = Study::new();
     let args = [
-        "-i",
-        "in.nii.gz",
-        "-o",
-        "out/r",
-        "-d",
-        "design.mat",
-        "-t",
-        "design.con",
-        "-f",
-        "design.fts",
-        "-n",
-        "900",
-        "-T",
-        "-c",
-        "1.5",
-        "-C",
-        "1.5",
-        "-x",
-        "--uncorrp",
-        "--backend",
-        "cpu",
-        "-q",
-        "--checkpoint-seconds",
-        "0",
-        "--checkpoint-permutations",
-        "40",
-    ];
+        &TWO_GROUPS[..],
+        &[
+            "-f",
+            "design.fts",
+            "-n",
+            "900",
+            "-T",
+            "-c",
+            "1.5",
+            "-C",
+            "1.5",
+            "-x",
+            "--uncorrp",
+            "--backend",
+            "cpu",
+            "-q",
+            "--checkpoint-seconds",
+            "0",
+            "--checkpoint-permutations",
+            "40",
+        ],
+    ]
+    .concat();
     let t0 = std::time::Instant::now();
     s.ok(&args);
     let whole = t0.elapsed();
@@ -385,8 +367,7 @@ fn a_killed_run_resumes_to_the_uninterrupted_outputs() {
 #[test]
 fn a_checkpoint_of_another_run_is_not_resumed() {
     let s = Study::new();
-    let args =
-        ["-i", "in.nii.gz", "-o", "out/r", "-d", "design.mat", "-t", "design.con", "-n", "60", "--backend", "cpu"];
+    let args = [&TWO_GROUPS[..], &["-n", "60", "--backend", "cpu"]].concat();
     // Write a (complete-looking) checkpoint by running a shard with another seed and
     // putting its state where the checkpoint goes.
     s.ok(&[&args[..], &["--seed", "3", "--shard", "1/1", "-q"]].concat());

@@ -1,30 +1,12 @@
 //! `voxflip slurm`: the scripts it writes, run by bash as SLURM would run them, and a real
 //! one-node SLURM (started by .ci/slurm/start.sh in CI) running the array and the merge;
 //! both give the single run's outputs byte for byte.
-use crate::common::{skipped, voxflip};
+use crate::common::{skipped, voxflip, SIMULATED_INTERACTION};
 use std::path::Path;
 use std::process::Command;
 
-const RUN: [&str; 18] = [
-    "interaction",
-    "--pre",
-    "data/pre.nii.gz",
-    "--post",
-    "data/post.nii.gz",
-    "--participants",
-    "data/participants.tsv",
-    "-m",
-    "data/mask.nii.gz",
-    "-n",
-    "240",
-    "-T",
-    "-c",
-    "2.5",
-    "--backend",
-    "cpu",
-    "--seed",
-    "3",
-];
+/// The run's flags after the simulated study's inputs (SIMULATED_INTERACTION).
+const RUN: [&str; 9] = ["-n", "240", "-T", "-c", "2.5", "--backend", "cpu", "--seed", "3"];
 
 fn ok(out: std::process::Output, what: &str) -> String {
     let err = String::from_utf8_lossy(&out.stderr).into_owned();
@@ -33,7 +15,7 @@ fn ok(out: std::process::Output, what: &str) -> String {
 }
 
 fn with<'a>(extra: &[&'a str]) -> Vec<&'a str> {
-    RUN.iter().copied().chain(extra.iter().copied()).collect()
+    SIMULATED_INTERACTION.iter().chain(&RUN).chain(extra).copied().collect()
 }
 
 /// Every map and table of prefix `a` equals `b`'s (the sidecars differ in timings).

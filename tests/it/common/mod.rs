@@ -98,6 +98,22 @@ pub fn gpu_spatial(what: &str) -> Option<GpuSpatial> {
     }
 }
 
+/// The first words of `voxflip interaction` on the study `voxflip simulate --out data`
+/// writes into the test's directory: its inputs, named.
+pub const SIMULATED_INTERACTION: [&str; 11] = [
+    "interaction",
+    "--pre",
+    "data/pre.nii.gz",
+    "--post",
+    "data/post.nii.gz",
+    "--participants",
+    "data/participants.tsv",
+    "--group-column",
+    "group",
+    "-m",
+    "data/mask.nii.gz",
+];
+
 /// Runs the voxflip binary with `args` in `dir`.
 pub fn voxflip(dir: &Path, args: &[&str]) -> Output {
     Command::new(env!("CARGO_BIN_EXE_voxflip"))
