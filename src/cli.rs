@@ -4,7 +4,7 @@
 use crate::commands;
 use crate::error::{Error, Result};
 use crate::options::AnalysisOptions;
-use crate::options::{Checkpoints, Distribution};
+use crate::options::{Checkpoints, Distribution, ReportOptions};
 use crate::state::{Merged, Shard};
 use clap::{Args, Parser, Subcommand};
 use std::path::PathBuf;
@@ -50,8 +50,29 @@ pub enum Command {
     Bench(BenchArgs),
     /// Write a sharded run's outputs from its shard files (--shard K/N), exactly as one run.
     Merge(MergeArgs),
+    /// Rebuild a finished run's HTML report from its outputs and sidecar: voxflip report PREFIX.
+    Report(ReportCommandArgs),
     /// Run an analysis as a SLURM job array of shards and a merge job: voxflip slurm [OPTIONS] -- ARGS.
     Slurm(SlurmArgs),
+}
+
+/// `voxflip report PREFIX`: the report of a finished run, from its outputs.
+#[derive(Args, Debug, Clone)]
+pub struct ReportCommandArgs {
+    /// The run's output prefix (its {prefix}_voxflip.json and maps).
+    pub prefix: String,
+    /// Where to write the report (default: {prefix}_report.html).
+    #[arg(short = 'o', value_name = "FILE")]
+    pub out: Option<PathBuf>,
+    /// The background image (default: the run's).
+    #[arg(long, value_name = "IMAGE")]
+    pub background: Option<PathBuf>,
+    /// Atlases for the labels (default: the run's); see the analysis's --atlas.
+    #[arg(long, value_name = "ATLAS")]
+    pub atlas: Vec<String>,
+    /// No messages.
+    #[arg(short = 'q', long = "quiet")]
+    pub quiet: bool,
 }
 
 /// A run as SLURM jobs: the shards as one job array and the merge after them.
@@ -201,6 +222,31 @@ pub struct CommonArgs {
     pub gpu: GpuArgs,
     #[command(flatten)]
     pub distribution: DistributionArgs,
+    #[command(flatten)]
+    pub report: ReportArgs,
+}
+
+/// The HTML report a run ends with (`{prefix}_report.html`), and what it shows.
+#[derive(Args, Debug, Clone, Default)]
+pub struct ReportArgs {
+    /// Write no report.
+    #[arg(long = "no-report")]
+    pub no_report: bool,
+    /// The report's background image (e.g. an MNI152 T1); default: the mean of the images.
+    #[arg(long, value_name = "IMAGE")]
+    pub background: Option<PathBuf>,
+    /// Anatomical labels for the cluster tables and the report (repeatable): an FSL atlas
+    /// XML, an atlas name under $FSLDIR/data/atlases, or a label image with its table
+    /// beside it (same stem + .tsv/.csv/.txt/_LUT.txt) or given as IMAGE,TABLE. Default:
+    /// Harvard-Oxford cortical and subcortical when FSLDIR is set.
+    #[arg(long, value_name = "ATLAS")]
+    pub atlas: Vec<String>,
+}
+
+impl ReportArgs {
+    pub fn options(&self) -> ReportOptions {
+        ReportOptions { enabled: !self.no_report, background: self.background.clone(), atlases: self.atlas.clone() }
+    }
 }
 
 /// Splitting a run over jobs and machines, and surviving interruptions.
@@ -548,6 +594,7 @@ fn cli_quiet(cli: &Cli) -> bool {
         Some(Command::Interaction(a)) => a.common.quiet,
         Some(Command::Example(a)) => a.quiet,
         Some(Command::Merge(a)) => a.quiet,
+        Some(Command::Report(a)) => a.quiet,
         Some(_) => false,
         None => cli.glm.common.quiet,
     }
@@ -564,6 +611,7 @@ fn run(cli: Cli, args: &[String]) -> Result<()> {
         }
         Some(Command::Bench(a)) => commands::bench::run(&a),
         Some(Command::Merge(a)) => commands::merge::run(&a),
+        Some(Command::Report(a)) => commands::report::run(&a),
         Some(Command::Slurm(a)) => commands::slurm::run(&a),
         None => commands::glm::run(&cli.glm, args),
     }
@@ -621,6 +669,7 @@ impl CommonArgs {
             checkpoints: self.distribution.checkpoints()?,
             resume: self.distribution.resume,
             keep_state: self.distribution.keep_null_state,
+            report: self.report.options(),
         })
     }
 

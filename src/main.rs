@@ -10,11 +10,13 @@ use std::process::ExitCode;
 mod cli;
 mod commands;
 mod error;
+mod labels;
 mod logger;
 mod options;
 mod outputs;
 mod pipeline;
 mod progress;
+mod report;
 mod state;
 mod summary;
 

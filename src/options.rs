@@ -64,4 +64,17 @@ pub struct AnalysisOptions {
     /// Also write the run's state as `{out}_shard-1-of-1`, so that `voxflip merge` can
     /// rewrite its outputs with other output options (--keep-null-state).
     pub keep_state: bool,
+    /// The HTML report.
+    pub report: ReportOptions,
+}
+
+/// The HTML report a run ends with.
+#[derive(Clone, Debug, Default, serde::Serialize, serde::Deserialize)]
+pub struct ReportOptions {
+    /// Write `{prefix}_report.html` (--no-report: not).
+    pub enabled: bool,
+    /// The background image; None: the mean of the analysed images (`{prefix}_mean`).
+    pub background: Option<std::path::PathBuf>,
+    /// Atlas specifications (--atlas); empty: FSL's Harvard-Oxford when FSLDIR is set.
+    pub atlases: Vec<String>,
 }

@@ -34,6 +34,13 @@ impl<'a> Outputs<'a> {
         Ok(())
     }
 
+    /// `{prefix}_{what}.nii.gz`: a map already on the full grid.
+    pub fn map_full(&mut self, what: &str, values: &[f32]) -> Result<()> {
+        let path = self.path(what, ".nii.gz");
+        self.set.write_map(&path, &self.ds.reference, self.ds.dims, values)?;
+        Ok(())
+    }
+
     /// `{prefix}_{what}.nii.gz` of p-values in the run's convention (1 - p, or -log10 p).
     pub fn p_map(&mut self, what: &str, p: &[f64]) -> Result<()> {
         let m: Vec<f32> = p.iter().map(|&p| self.scale.apply(p)).collect();
@@ -110,7 +117,13 @@ pub struct ClusterTableJob {
 /// `{out}_clusters_{contrast}.tsv` (clusters of each corrected map) and
 /// `{out}_lmax_{contrast}.tsv` (local maxima within them), like FSL's `cluster` tool,
 /// clusters 26-connected.
-pub fn write_cluster_tables(out: &mut Outputs, graphs: &mut Graphs, jobs: &[ClusterTableJob]) -> Result<()> {
+/// One label column per atlas (see `labels`).
+pub fn write_cluster_tables(
+    out: &mut Outputs,
+    graphs: &mut Graphs,
+    jobs: &[ClusterTableJob],
+    atlases: &[voxflip_atlas::Atlas],
+) -> Result<()> {
     graphs.ensure(Connectivity::C26);
     let g = graphs.get(Connectivity::C26).expect("built above");
     let ds = out.ds;
@@ -138,8 +151,8 @@ pub fn write_cluster_tables(out: &mut Outputs, graphs: &mut Graphs, jobs: &[Clus
         prefix_rows(&mut entry.2, job.correction, &lmax);
     }
     for (name, table, lmax) in by_contrast {
-        out.text(&format!("clusters_{name}"), ".tsv", &table)?;
-        out.text(&format!("lmax_{name}"), ".tsv", &lmax)?;
+        out.text(&format!("clusters_{name}"), ".tsv", &crate::labels::with_labels(&table, atlases))?;
+        out.text(&format!("lmax_{name}"), ".tsv", &crate::labels::with_labels(&lmax, atlases))?;
     }
     Ok(())
 }

@@ -7,7 +7,9 @@ use crate::options::{AnalysisOptions, Distribution};
 use crate::outputs::{write_cluster_tables, ClusterTableJob, Graphs, Outputs};
 use crate::progress::Bar;
 use crate::state::{checkpoint_file, identity, ContrastState, NullState, Shard};
-use crate::summary::{null_quantiles, ContrastSummary, ExchangeBlocks, RunReport, SpatialSummary};
+use crate::summary::{
+    null_quantiles, utc_now, ContrastSummary, DesignRecord, ExchangeBlocks, Grid, Histogram, RunReport, SpatialSummary,
+};
 use std::ops::Range;
 use std::path::PathBuf;
 use std::time::Instant;
@@ -180,6 +182,16 @@ pub fn run(ds: &Dataset, design: &Design, opts: &AnalysisOptions, prefix: &str) 
     if !opts.resume && merged.is_none() && ckpt_path.exists() {
         log::info!("{}: a checkpoint of an earlier run; starting afresh (--resume continues it)", ckpt_path.display());
     }
+    // Opened before any permutation, so that a bad --atlas fails in the first second.
+    let atlases = match opts.distribution {
+        Distribution::Shard(_) => Vec::new(),
+        _ => crate::labels::open_atlases(&opts.report.atlases)?,
+    };
+    if let Some(bg) = opts.report.background.as_ref().filter(|_| opts.report.enabled) {
+        if !bg.exists() {
+            return Err(Error::input(bg, "no such file (--background)"));
+        }
+    }
     let PermutationPlan { kinds, sets } = permutation_sets(design, &models, opts, ds.n)?;
     let set_of = |kind: PermKind| -> &PermSet { &sets.iter().find(|(k, _)| *k == kind).expect("generated above").1 };
     let plans: Vec<ContrastPlan> = models
@@ -269,16 +281,31 @@ pub fn run(ds: &Dataset, design: &Design, opts: &AnalysisOptions, prefix: &str) 
         let _ = std::fs::remove_file(&checkpoints.path);
         return Ok(shard_outcome(shard_file, &full, start));
     }
-    write_cluster_tables(&mut outputs, &mut graphs, &tables)?;
+    write_cluster_tables(&mut outputs, &mut graphs, &tables, &atlases)?;
     if opts.keep_state {
         let path = Shard::WHOLE.file(prefix);
         full.write(&outputs.temp_for(&path))?;
     }
+    if opts.report.enabled {
+        // The report's default background, kept so that `voxflip report` can redraw it.
+        outputs.map_full("mean", &ds.mean_image())?;
+    }
     let first = &plans[0];
     let mut report = RunReport {
         version: env!("CARGO_PKG_VERSION"),
+        date: utc_now(),
         command_line: opts.command_line.clone(),
         input: ds.source.display().to_string(),
+        mask: ds.mask_source.as_ref().map(|p| p.display().to_string()),
+        grid: Grid { dims: ds.dims, voxel_mm: ds.pixdim.map(f32::abs) },
+        voxels_dropped: Vec::new(),
+        design: DesignRecord {
+            columns: design.column_names.clone(),
+            matrix: (0..design.m.nrows()).map(|r| design.m.row(r).iter().copied().collect()).collect(),
+            blocks: opts.blocks.as_ref().map(|b| b.of_rows().to_vec()),
+        },
+        logp: opts.scale == PScale::NegLog10,
+        report: opts.report.clone(),
         n_images: ds.n,
         n_voxels: ds.v,
         seed: opts.seed,
@@ -304,10 +331,20 @@ pub fn run(ds: &Dataset, design: &Design, opts: &AnalysisOptions, prefix: &str) 
         outputs: Vec::new(),
     };
     let json_path = outputs.path("voxflip", ".json");
-    report.outputs = outputs.planned().into_iter().chain(std::iter::once(json_path)).collect();
+    let report_path = crate::report::default_path(prefix);
+    report.outputs = outputs
+        .planned()
+        .into_iter()
+        .chain(std::iter::once(json_path))
+        .chain(opts.report.enabled.then(|| report_path.clone()))
+        .collect();
     let json = serde_json::to_string_pretty(&report).map_err(|e| Error::usage(format!("provenance record: {e}")))?;
     outputs.text("voxflip", ".json", &json)?;
     outputs.commit()?;
+    if opts.report.enabled {
+        // From the outputs just written, as `voxflip report PREFIX` makes it.
+        crate::report::write(prefix, &opts.report, &report_path)?;
+    }
     if merged.is_none() {
         let _ = std::fs::remove_file(&checkpoints.path);
     }
@@ -519,7 +556,7 @@ fn finish_contrast(
         if opts.save_null {
             out.null(&format!("null_tfce_{name}"), &tnull.values)?;
         }
-        spatial.push(SpatialSummary::of("tfce", &tnull, &pc));
+        spatial.push(SpatialSummary::of("tfce", None, &tnull, tfce_obs, &pc));
         st.tables.push(table_job("tfce", name, observed, pc, None));
     }
     let clusters = [
@@ -538,7 +575,7 @@ fn finish_contrast(
         if opts.save_null {
             out.null(&format!("null_{what}_{name}"), &cnull.values)?;
         }
-        spatial.push(SpatialSummary::of(what, &cnull, &pc));
+        spatial.push(SpatialSummary::of(what, Some(thr), &cnull, &obs_vals, &pc));
         st.tables.push(table_job(what, name, observed, pc, Some(thr)));
     }
     let null = MaxStatNull::new(with_identity_floor(nulls.max_stat.clone(), observed));
@@ -555,6 +592,7 @@ fn finish_contrast(
     }
     let m = plan.model;
     let flops_per_perm = 2.0 * m.q as f64 * m.n as f64 * st.ds.v as f64;
+    let max_stat = observed.iter().copied().fold(f32::NEG_INFINITY, f32::max);
     let summary = ContrastSummary {
         name: name.clone(),
         label: plan.label.clone(),
@@ -564,10 +602,13 @@ fn finish_contrast(
         permutation_reason: reason_for(plan.kind, opts),
         permutations: nperm,
         exhaustive: plan.perms.exhaustive,
-        max_stat: observed.iter().copied().fold(f32::NEG_INFINITY, f32::max),
+        max_stat,
         fwe05_threshold: null.threshold(0.05),
         voxels_fwe05: pcorr.iter().filter(|&&p| p <= 0.05).count(),
         null_quantiles: null_quantiles(&null),
+        null_histogram: Histogram::of(&null.values, max_stat, null.threshold(0.05)),
+        // One column of `c` per row of the contrast as design.con writes it.
+        weights: (0..contrast.c.ncols()).map(|j| contrast.c.column(j).iter().copied().collect()).collect(),
         seconds: cs.seconds,
         gflops: flops_per_perm * nperm as f64 / cs.seconds.max(1e-9) / 1e9,
         spatial,

@@ -1,6 +1,6 @@
 //! What a run reports: the provenance sidecar (`{out}_voxflip.json`) and the summary on
 //! stderr.
-use serde::Serialize;
+use serde::{Deserialize, Serialize};
 use std::path::PathBuf;
 use voxflip_engines::EngineOptions;
 use voxflip_stats::{MaxStatNull, PermKind, StatKind};
@@ -31,6 +31,10 @@ pub struct ContrastSummary {
     pub fwe05_threshold: f32,
     pub voxels_fwe05: usize,
     pub null_quantiles: Vec<(f64, f32)>,
+    /// The null of the maximum statistic, binned (for the report's histogram).
+    pub null_histogram: Histogram,
+    /// The contrast's weights, one row per row of the contrast matrix.
+    pub weights: Vec<Vec<f64>>,
     pub seconds: f64,
     pub gflops: f64,
     /// TFCE / cluster nulls: statistic, quantiles, FWE 0.05 threshold, voxels significant.
@@ -40,6 +44,11 @@ pub struct ContrastSummary {
 #[derive(Clone, Debug, Serialize)]
 pub struct SpatialSummary {
     pub statistic: &'static str,
+    /// The cluster-forming threshold (cluster extent and mass).
+    pub cluster_threshold: Option<f32>,
+    /// The largest observed value (a voxel's TFCE, a cluster's extent or mass).
+    pub observed_max: f32,
+    pub null_histogram: Histogram,
     pub null_quantiles: Vec<(f64, f32)>,
     pub fwe05_threshold: f32,
     pub voxels_fwe05: usize,
@@ -51,10 +60,21 @@ pub fn null_quantiles(null: &MaxStatNull) -> Vec<(f64, f32)> {
 }
 
 impl SpatialSummary {
-    /// The summary of a spatial statistic's null and its corrected p per voxel.
-    pub fn of(statistic: &'static str, null: &MaxStatNull, pc: &[f64]) -> SpatialSummary {
+    /// The summary of a spatial statistic's null, its observed values (NaN: none) and its
+    /// corrected p per voxel.
+    pub fn of(
+        statistic: &'static str,
+        cluster_threshold: Option<f32>,
+        null: &MaxStatNull,
+        observed: &[f32],
+        pc: &[f64],
+    ) -> SpatialSummary {
+        let observed_max = observed.iter().copied().filter(|x| !x.is_nan()).fold(0f32, f32::max);
         SpatialSummary {
             statistic,
+            cluster_threshold,
+            observed_max,
+            null_histogram: Histogram::of(&null.values, observed_max, null.threshold(0.05)),
             null_quantiles: null_quantiles(null),
             fwe05_threshold: null.threshold(0.05),
             voxels_fwe05: pc.iter().filter(|&&p| p <= 0.05).count(),
@@ -62,11 +82,44 @@ impl SpatialSummary {
     }
 }
 
+/// A null distribution binned for the report's histogram.
+pub type Histogram = voxflip_report::Bins;
+
+/// The image grid of a run.
+#[derive(Clone, Debug, Serialize, Deserialize)]
+pub struct Grid {
+    pub dims: [usize; 3],
+    pub voxel_mm: [f32; 3],
+}
+
+/// The design as the sidecar records it (and the report draws it).
+#[derive(Clone, Debug, Serialize, Deserialize)]
+pub struct DesignRecord {
+    pub columns: Vec<String>,
+    /// One row per image.
+    pub matrix: Vec<Vec<f64>>,
+    /// The exchangeability block of each image (-e), if any.
+    pub blocks: Option<Vec<u32>>,
+}
+
+/// In-mask voxels left out of the analysis, and why.
+#[derive(Clone, Debug, Serialize, Deserialize)]
+pub struct DroppedVoxels {
+    pub count: usize,
+    pub reason: String,
+}
+
 #[derive(Clone, Debug, Serialize)]
 pub struct RunReport {
     pub version: &'static str,
+    /// When the run ended (UTC, ISO 8601).
+    pub date: String,
     pub command_line: Vec<String>,
     pub input: String,
+    pub mask: Option<String>,
+    pub grid: Grid,
+    pub voxels_dropped: Vec<DroppedVoxels>,
+    pub design: DesignRecord,
     pub n_images: usize,
     pub n_voxels: usize,
     pub seed: u64,
@@ -83,6 +136,10 @@ pub struct RunReport {
     /// Where TFCE / cluster statistics ran (None without them).
     pub spatial_backend: Option<String>,
     pub p_values: &'static str,
+    /// p maps hold -log10(p) (true) or 1 - p.
+    pub logp: bool,
+    /// What the report shows (background, atlases).
+    pub report: crate::options::ReportOptions,
     pub contrasts: Vec<ContrastSummary>,
     pub seconds_total: f64,
     /// The shards merged into these outputs (`voxflip merge`); absent for a single run.
@@ -157,4 +214,40 @@ pub fn print_summary(r: &RunReport, quiet: bool) {
         r.outputs.len(),
         r.outputs.first().map(|p| p.display().to_string()).unwrap_or_default()
     );
+}
+
+/// Now, UTC, as ISO 8601 (`2026-12-03T07:59:12Z`).
+pub fn utc_now() -> String {
+    iso_utc(std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).map_or(0, |d| d.as_secs()))
+}
+
+/// Seconds since 1970 as an ISO 8601 UTC time.
+fn iso_utc(secs: u64) -> String {
+    let (days, rem) = ((secs / 86_400) as i64, secs % 86_400);
+    // Civil date from days since 1970-01-01 (Howard Hinnant's algorithm).
+    let z = days + 719_468;
+    let era = z.div_euclid(146_097);
+    let doe = z - era * 146_097;
+    let yoe = (doe - doe / 1460 + doe / 36_524 - doe / 146_096) / 365;
+    let doy = doe - (365 * yoe + yoe / 4 - yoe / 100);
+    let mp = (5 * doy + 2) / 153;
+    let d = doy - (153 * mp + 2) / 5 + 1;
+    let m = if mp < 10 { mp + 3 } else { mp - 9 };
+    let y = yoe + era * 400 + i64::from(m <= 2);
+    format!("{y:04}-{m:02}-{d:02}T{:02}:{:02}:{:02}Z", rem / 3600, rem % 3600 / 60, rem % 60)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn utc_now_is_iso() {
+        assert_eq!(iso_utc(0), "1970-01-01T00:00:00Z");
+        // `date -u -d @951782400`: a leap day of a century year.
+        assert_eq!(iso_utc(951_782_400 + 3723), "2000-02-29T01:02:03Z");
+        let d = utc_now();
+        assert_eq!(d.len(), 20, "{d}");
+        assert!(d.starts_with("20") && d.ends_with('Z') && &d[10..11] == "T", "{d}");
+    }
 }

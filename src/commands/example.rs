@@ -45,6 +45,13 @@ pub fn run(a: &ExampleArgs, args: &[String]) -> Result<()> {
             spatial: SpatialArgs { tfce: a.tfce, ..Default::default() },
             gpu: Default::default(),
             distribution: Default::default(),
+            // The simulator's own label image of the regions it planted, and its T1-like
+            // picture of the simulated brain, so the report names regions on any machine.
+            report: crate::cli::ReportArgs {
+                no_report: false,
+                background: Some(data_dir.join("anatomy.nii.gz")),
+                atlas: vec![data_dir.join("regions.nii.gz").display().to_string()],
+            },
         },
     };
     super::interaction::run(&ia, args)?;
@@ -76,6 +83,19 @@ pub fn run(a: &ExampleArgs, args: &[String]) -> Result<()> {
         println!("  TFCE:            {hits} of {true_n} true-effect voxels significant (FWE 0.05), {false_pos} significant voxels outside the true effect");
         println!("  (TFCE spreads support to the effect's tapered edges; its FWE control is per image, so voxels just outside a true blob can be significant.)");
     }
-    println!("  interaction_clusters_tstat1.tsv / _lmax_tstat1.tsv: the clusters and local maxima in MNI mm, for a results table");
+    println!("  interaction_clusters_tstat1.tsv / _lmax_tstat1.tsv: the clusters and local maxima in MNI mm, labelled with the planted regions");
+    let planted = voxflip_simulate::INTERACTION_REGIONS;
+    let regions = voxflip_io::read_image(&data_dir.join("regions.nii.gz"))?;
+    let corrp = voxflip_io::read_image(Path::new(&format!("{prefix}_vox_corrp_tstat1.nii.gz")))?;
+    let found: Vec<String> = planted
+        .iter()
+        .enumerate()
+        .map(|(k, r)| {
+            let n = regions.data.iter().zip(&corrp.data).filter(|(&l, &p)| l as usize == k + 1 && p >= 0.95).count();
+            format!("{} {}", r.name, if n > 0 { format!("found ({n} voxels)") } else { "missed".into() })
+        })
+        .collect();
+    println!("  planted interaction regions (voxelwise FWE 0.05): {}", found.join("; "));
+    println!("\nReport: {}", crate::report::default_path(&prefix).display());
     Ok(())
 }

@@ -5,6 +5,7 @@ pub mod example;
 pub mod glm;
 pub mod interaction;
 pub mod merge;
+pub mod report;
 pub mod simulate;
 pub mod slurm;
 

@@ -4,7 +4,8 @@
 //! - the command line: `cli` (errors and runs), `backends` (the GPU pipeline equals the CPU
 //!   pipeline), `fallback` (a GPU lost mid-run changes nothing), `shards` (shards merged
 //!   and killed runs resumed give the single run's files), `slurm` (the job scripts, and a
-//!   real SLURM when one answers: CI starts one);
+//!   real SLURM when one answers: CI starts one), `report` (the HTML report, in a real
+//!   browser when one is installed: CI installs Chromium);
 //! - the shaders against their CPU ports on a real adapter: `gpu_twins`, `gpu_spatial_twins`.
 //!
 //! GPU tests run on any adapter, software ones (lavapipe) included. Without one they skip,
@@ -19,6 +20,7 @@ mod glm_oracles;
 mod gpu_spatial_twins;
 mod gpu_twins;
 mod multi_adapter;
+mod report;
 mod shards;
 mod slurm;
 mod spatial_calibration;

@@ -21,6 +21,8 @@ pub struct Dataset {
     pub reference: Header,
     /// Where the data came from, for messages.
     pub source: PathBuf,
+    /// The mask image (-m), if one was given.
+    pub mask_source: Option<PathBuf>,
 }
 
 fn same_grid(a: &Image, b: &Image) -> bool {
@@ -147,7 +149,20 @@ impl Dataset {
             pixdim: img.pixdim,
             reference: img.header.clone(),
             source: img_path.to_path_buf(),
+            mask_source: mask.map(|(_, p)| p.to_path_buf()),
         })
+    }
+
+    /// The mean of the images at each in-mask voxel, on the full grid (0 outside the mask).
+    pub fn mean_image(&self) -> Vec<f32> {
+        let mut sum = vec![0f64; self.v];
+        for row in self.y.chunks_exact(self.v.max(1)) {
+            for (s, &x) in sum.iter_mut().zip(row) {
+                *s += x as f64;
+            }
+        }
+        let mean: Vec<f32> = sum.iter().map(|&s| (s / self.n as f64) as f32).collect();
+        self.expand(&mean)
     }
 
     /// Put in-mask values back on the full grid (0 outside the mask).

@@ -171,3 +171,59 @@ pub fn effect_map(grid: SimGrid, mask: &[bool], regions: &[Region], size: f32) -
 pub fn truth_mask(grid: SimGrid, mask: &[bool], regions: &[Region]) -> Vec<bool> {
     effect_map(grid, mask, regions, 1.0).iter().map(|&w| w > 0.0).collect()
 }
+
+/// Every planted region, interaction first: region k carries label k + 1 in
+/// [`region_labels`].
+pub fn planted_regions() -> Vec<Region> {
+    INTERACTION_REGIONS.iter().chain(&ACTIVATION_REGIONS).copied().collect()
+}
+
+/// A label image of the planted regions (x fastest): at each in-mask voxel, k + 1 for the
+/// region k of [`planted_regions`] whose effect profile is largest there, 0 where none
+/// reaches.
+pub fn region_labels(grid: SimGrid, mask: &[bool]) -> Vec<f32> {
+    let regions = planted_regions();
+    let mut labels = vec![0f32; mask.len()];
+    for_each_voxel(grid.dims(), &grid.affine(), |v, p| {
+        if !mask[v] {
+            return;
+        }
+        let mut best = (0.0, 0usize);
+        for (k, r) in regions.iter().enumerate() {
+            let d = (0..3).map(|a| (p[a] - r.centre_mm[a]).powi(2)).sum::<f64>().sqrt();
+            let w = profile(r, d);
+            if w > best.0 {
+                best = (w, k + 1);
+            }
+        }
+        labels[v] = best.1 as f32;
+    });
+    labels
+}
+
+/// A skull-stripped, T1-like picture of the simulated brain, for the report's background:
+/// white matter bright inside a shrunken cerebrum, cortex grey around it, dark lateral
+/// ventricles, cerebellum and brainstem in between; 0 outside the brain.
+pub fn synthetic_t1(grid: SimGrid) -> Vec<f32> {
+    let dims = grid.dims();
+    let mut img = vec![0f32; dims.iter().product()];
+    for_each_voxel(dims, &grid.affine(), |v, p| {
+        if !in_brain(p) {
+            return;
+        }
+        let white = in_superellipsoid(p, [0.0, -17.0, 15.0], [56.0, 72.0, 48.0], 2.4);
+        let ventricle = [-9.0, 9.0].iter().any(|&x| in_superellipsoid(p, [x, -8.0, 14.0], [5.0, 22.0, 8.0], 2.0));
+        let below = in_superellipsoid(p, [0.0, -60.0, -36.0], [48.0, 26.0, 20.0], 2.0)
+            || in_superellipsoid(p, [0.0, -28.0, -38.0], [13.0, 14.0, 36.0], 2.0);
+        img[v] = if ventricle {
+            25.0
+        } else if white && !below {
+            110.0
+        } else if below {
+            85.0
+        } else {
+            65.0
+        };
+    });
+    img
+}

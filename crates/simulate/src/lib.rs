@@ -22,7 +22,9 @@ mod noise;
 
 mod study;
 
-pub use anatomy::{in_brain, profile, Region, SimGrid, ACTIVATION_REGIONS, INTERACTION_REGIONS, PLATEAU_FRACTION};
+pub use anatomy::{
+    in_brain, planted_regions, profile, Region, SimGrid, ACTIVATION_REGIONS, INTERACTION_REGIONS, PLATEAU_FRACTION,
+};
 pub use study::{driving_study, DrivingStudy};
 
 use rand::SeedableRng;
@@ -200,12 +202,15 @@ pub fn write_dataset(data: &SimData, dir: &Path) -> Result<Vec<PathBuf>> {
     let as_f32 = |m: &[bool]| m.iter().map(|&b| f32::from(u8::from(b))).collect::<Vec<f32>>();
 
     let mut written = Vec::new();
-    let images: [(&str, usize, std::borrow::Cow<[f32]>); 5] = [
+    let grid = data.config.grid;
+    let images: [(&str, usize, std::borrow::Cow<[f32]>); 7] = [
         ("pre.nii.gz", n, (&data.pre[..]).into()),
         ("post.nii.gz", n, (&data.post[..]).into()),
         ("mask.nii.gz", 1, as_f32(&data.mask).into()),
         ("truth_interaction.nii.gz", 1, as_f32(&data.truth_interaction).into()),
         ("truth_activation.nii.gz", 1, as_f32(&data.truth_activation).into()),
+        ("regions.nii.gz", 1, anatomy::region_labels(grid, &data.mask).into()),
+        ("anatomy.nii.gz", 1, anatomy::synthetic_t1(grid).into()),
     ];
     for (name, nvol, values) in &images {
         let path = dir.join(name);
@@ -217,7 +222,11 @@ pub fn write_dataset(data: &SimData, dir: &Path) -> Result<Vec<PathBuf>> {
     for (id, g) in data.ids.iter().zip(&data.groups) {
         writeln!(tsv, "{id}\t{g}").unwrap();
     }
-    for (name, text) in [("participants.tsv", tsv), ("README.txt", readme(data))] {
+    let mut regions = String::from("index\tname\n");
+    for (k, r) in anatomy::planted_regions().iter().enumerate() {
+        writeln!(regions, "{}\t{}", k + 1, r.name).unwrap();
+    }
+    for (name, text) in [("participants.tsv", tsv), ("regions.tsv", regions), ("README.txt", readme(data))] {
         let path = dir.join(name);
         std::fs::write(&path, text).map_err(|e| Error::output(&path, e.to_string()))?;
         written.push(path);

@@ -56,6 +56,11 @@ impl Blocks {
         Ok(Blocks { members, of_row, whole })
     }
 
+    /// The block of each row (blocks numbered in order of first appearance).
+    pub fn of_rows(&self) -> &[u32] {
+        &self.of_row
+    }
+
     /// Number of blocks.
     pub fn len(&self) -> usize {
         self.members.len()
