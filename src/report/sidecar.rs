@@ -69,11 +69,11 @@ impl Sidecar {
     /// `{prefix}_voxflip.json`.
     pub fn read(prefix: &str) -> Result<Sidecar> {
         let path = PathBuf::from(format!("{prefix}_voxflip.json"));
-        let text = std::fs::read_to_string(&path).map_err(|e| {
-            Error::input(
-                &path,
-                format!("cannot read the run's sidecar ({}); is {prefix} the run's -o prefix?", e.kind()),
-            )
+        let text = std::fs::read_to_string(&path).map_err(|e| match e.kind() {
+            std::io::ErrorKind::NotFound => {
+                Error::input(&path, format!("no such file: is {prefix} the -o prefix of a finished run?"))
+            }
+            _ => Error::input(&path, format!("cannot read the run's sidecar ({e})")),
         })?;
         let s: Sidecar = serde_json::from_str(&text)
             .map_err(|e| Error::input(&path, format!("not the sidecar of a run of this voxflip version ({e})")))?;

@@ -94,7 +94,9 @@ fn good_run_writes_randomise_outputs_and_provenance() {
         vec![
             "r_clusters_tstat1.tsv",
             "r_lmax_tstat1.tsv",
+            "r_mean.nii.gz",
             "r_null_tstat1.txt",
+            "r_report.html",
             "r_tstat1.nii.gz",
             "r_vox_corrp_tstat1.nii.gz",
             "r_vox_p_tstat1.nii.gz",
@@ -413,7 +415,9 @@ fn randomise_flags_fonly_n_r_v_are_understood() {
             "r_clusters_fstat1.tsv",
             "r_fstat1.nii.gz",
             "r_lmax_fstat1.tsv",
+            "r_mean.nii.gz",
             "r_null_fstat1.txt",
+            "r_report.html",
             "r_vox_corrp_fstat1.nii.gz",
             "r_voxflip.json"
         ]

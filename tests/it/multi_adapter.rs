@@ -58,7 +58,13 @@ fn outputs(dir: &Path) -> Vec<String> {
     let mut v: Vec<String> = std::fs::read_dir(dir)
         .unwrap()
         .map(|e| e.unwrap().file_name().to_string_lossy().to_string())
-        .filter(|f| f.starts_with("ia_") && !f.ends_with("_voxflip.json") && !f.contains("_shard-"))
+        // The sidecar and the report record the engines and timings.
+        .filter(|f| {
+            f.starts_with("ia_")
+                && !f.ends_with("_voxflip.json")
+                && !f.ends_with("_report.html")
+                && !f.contains("_shard-")
+        })
         .collect();
     v.sort();
     v

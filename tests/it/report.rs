@@ -330,3 +330,35 @@ fn cluster_labels_are_the_atlas_at_the_peak() {
     let html = std::fs::read_to_string(dir.join("out_report.html")).unwrap();
     assert!(html.contains("<td>Hot Column</td>") && html.contains("<td>70% Beta</td>"));
 }
+
+/// --no-report writes neither the report nor its background; `voxflip report` makes one
+/// later all the same (on the analysed voxels' silhouette). A bad --atlas or --background
+/// fails in one line naming it, before any work, and leaves nothing.
+#[test]
+fn no_report_then_report_later_and_bad_display_options() {
+    let d = voxflip_testkit::tempdir().unwrap();
+    let dir = d.path();
+    hot_voxel_study(dir);
+    ok(dir, &["-i", "data.nii.gz", "-1", "-o", "out", "-x", "-n", "50", "--no-report", "-q"]);
+    assert!(!dir.join("out_report.html").exists() && !dir.join("out_mean.nii.gz").exists());
+    let said = ok(dir, &["report", "out"]);
+    assert!(said.contains("report in out_report.html"), "{said}");
+    let html = std::fs::read_to_string(dir.join("out_report.html")).unwrap();
+    assert!(html.contains("the analysed voxels (the run kept no mean image)"));
+    check_self_contained(&html);
+    for (flag, value, words) in [
+        ("--atlas", "nothere.nii.gz", "nothere.nii.gz: "),
+        ("--background", "nobg.nii.gz", "nobg.nii.gz: no such file"),
+    ] {
+        let o = voxflip(dir, &["-i", "data.nii.gz", "-1", "-o", "bad", "-x", "-n", "50", flag, value]);
+        let err = String::from_utf8_lossy(&o.stderr);
+        assert!(!o.status.success() && err.contains(words) && err.trim().lines().count() == 1, "{err}");
+        assert!(!std::fs::read_dir(dir).unwrap().any(|e| e.unwrap().file_name().to_string_lossy().starts_with("bad")));
+    }
+    let o = voxflip(dir, &["report", "nothing"]);
+    let err = String::from_utf8_lossy(&o.stderr);
+    assert!(
+        !o.status.success() && err.contains("nothing_voxflip.json: no such file") && err.trim().lines().count() == 1,
+        "{err}"
+    );
+}

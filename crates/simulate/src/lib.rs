@@ -263,6 +263,9 @@ fn readme(data: &SimData) -> String {
          \x20 mask.nii.gz               brain mask ({} voxels); the data are 0 outside it\n\
          \x20 truth_interaction.nii.gz  voxels where group A's post - pre change is nonzero ({} voxels)\n\
          \x20 truth_activation.nii.gz   voxels where every map is activated ({} voxels)\n\
+         \x20 regions.nii.gz, .tsv      label image of the planted regions and its index -> name table\n\
+         \x20                           (an atlas for --atlas)\n\
+         \x20 anatomy.nii.gz            a T1-like picture of the simulated brain (for --background)\n\
          \x20 participants.tsv          participant_id, group (BIDS)\n",
         data.dims[0],
         data.dims[1],
