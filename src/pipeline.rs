@@ -75,11 +75,7 @@ fn permutation_sets(
             PermSet::generate_in_blocks(n, kind, &labels, &blocks, opts.n_perm, opts.seed).map_err(Error::usage)?;
         {
             let nperm = perms.len();
-            let what = match kind {
-                PermKind::SignFlip => "sign flips",
-                PermKind::Permute => "permutations",
-                PermKind::Both => "permutations with sign flips",
-            };
+            let what = kind.words();
             let for_which = if kinds.iter().all(|&k| k == kind) {
                 String::new()
             } else {
@@ -292,7 +288,7 @@ pub fn run(ds: &Dataset, design: &Design, opts: &AnalysisOptions, prefix: &str) 
     }
     let first = &plans[0];
     let mut report = RunReport {
-        version: env!("CARGO_PKG_VERSION"),
+        version: env!("CARGO_PKG_VERSION").to_string(),
         date: utc_now(),
         command_line: opts.command_line.clone(),
         input: ds.source.display().to_string(),
@@ -321,7 +317,8 @@ pub fn run(ds: &Dataset, design: &Design, opts: &AnalysisOptions, prefix: &str) 
         p_values: match opts.scale {
             PScale::OneMinusP => "1 - p (randomise convention)",
             PScale::NegLog10 => "-log10(p)",
-        },
+        }
+        .into(),
         contrasts: summaries,
         seconds_total: start.elapsed().as_secs_f64(),
         shards: match &opts.distribution {

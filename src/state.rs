@@ -258,7 +258,7 @@ pub fn identity(ds: &Dataset, design: &Design, opts: &AnalysisOptions) -> String
 }
 
 /// A shard that took part in a merge, as the sidecar records it.
-#[derive(Clone, Debug, Serialize)]
+#[derive(Clone, Debug, Serialize, serde::Deserialize)]
 pub struct ShardRecord {
     pub file: PathBuf,
     pub index: usize,

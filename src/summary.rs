@@ -6,7 +6,7 @@ use voxflip_engines::EngineOptions;
 use voxflip_stats::{MaxStatNull, PermKind, StatKind};
 
 /// The exchangeability blocks of a run, as the sidecar records them.
-#[derive(Clone, Debug, Serialize)]
+#[derive(Clone, Debug, Serialize, Deserialize)]
 pub struct ExchangeBlocks {
     /// Number of blocks.
     pub count: usize,
@@ -15,7 +15,7 @@ pub struct ExchangeBlocks {
 }
 
 /// What a run found, for the user's summary on stderr.
-#[derive(Clone, Debug, Serialize)]
+#[derive(Clone, Debug, Serialize, Deserialize)]
 pub struct ContrastSummary {
     pub name: String,
     pub label: String,
@@ -41,9 +41,9 @@ pub struct ContrastSummary {
     pub spatial: Vec<SpatialSummary>,
 }
 
-#[derive(Clone, Debug, Serialize)]
+#[derive(Clone, Debug, Serialize, Deserialize)]
 pub struct SpatialSummary {
-    pub statistic: &'static str,
+    pub statistic: String,
     /// The cluster-forming threshold (cluster extent and mass).
     pub cluster_threshold: Option<f32>,
     /// The largest observed value (a voxel's TFCE, a cluster's extent or mass).
@@ -63,7 +63,7 @@ impl SpatialSummary {
     /// The summary of a spatial statistic's null, its observed values (NaN: none) and its
     /// corrected p per voxel.
     pub fn of(
-        statistic: &'static str,
+        statistic: &str,
         cluster_threshold: Option<f32>,
         null: &MaxStatNull,
         observed: &[f32],
@@ -71,7 +71,7 @@ impl SpatialSummary {
     ) -> SpatialSummary {
         let observed_max = observed.iter().copied().filter(|x| !x.is_nan()).fold(0f32, f32::max);
         SpatialSummary {
-            statistic,
+            statistic: statistic.to_string(),
             cluster_threshold,
             observed_max,
             null_histogram: Histogram::of(&null.values, observed_max, null.threshold(0.05)),
@@ -109,9 +109,9 @@ pub struct DroppedVoxels {
     pub reason: String,
 }
 
-#[derive(Clone, Debug, Serialize)]
+#[derive(Clone, Debug, Serialize, Deserialize)]
 pub struct RunReport {
-    pub version: &'static str,
+    pub version: String,
     /// When the run ended (UTC, ISO 8601).
     pub date: String,
     pub command_line: Vec<String>,
@@ -135,7 +135,7 @@ pub struct RunReport {
     pub engine_options: EngineOptions,
     /// Where TFCE / cluster statistics ran (None without them).
     pub spatial_backend: Option<String>,
-    pub p_values: &'static str,
+    pub p_values: String,
     /// p maps hold -log10(p) (true) or 1 - p.
     pub logp: bool,
     /// What the report shows (background, atlases).
@@ -143,7 +143,7 @@ pub struct RunReport {
     pub contrasts: Vec<ContrastSummary>,
     pub seconds_total: f64,
     /// The shards merged into these outputs (`voxflip merge`); absent for a single run.
-    #[serde(skip_serializing_if = "Option::is_none")]
+    #[serde(default, skip_serializing_if = "Option::is_none")]
     pub shards: Option<Vec<crate::state::ShardRecord>>,
     pub outputs: Vec<PathBuf>,
 }

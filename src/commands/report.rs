@@ -5,7 +5,7 @@ use crate::error::Result;
 use crate::report;
 
 pub fn run(a: &ReportCommandArgs) -> Result<()> {
-    let sidecar = report::Sidecar::read(&a.prefix)?;
+    let sidecar = report::read_sidecar(&a.prefix)?;
     let mut opts = sidecar.report.clone();
     if a.background.is_some() {
         opts.background = a.background.clone();

@@ -1,8 +1,8 @@
 //! The report's page: sections, tables and the inline pictures.
-use super::sidecar::{ContrastRecord, Sidecar};
 use super::{map_path, missing, volume, Background};
 use crate::error::Result;
 use crate::summary::Histogram;
+use crate::summary::{ContrastSummary as ContrastRecord, RunReport as Sidecar};
 use std::fmt::Write;
 use std::path::PathBuf;
 use voxflip_atlas::Atlas;
@@ -120,7 +120,7 @@ fn run_section(h: &mut String, s: &Sidecar) {
             esc(&c.name),
             c.permutations,
             if c.exhaustive { "exhaustive" } else { "random" },
-            esc(&c.permutation_kind),
+            c.permutation_kind.words(),
             esc(&c.permutation_reason)
         );
     }
@@ -163,7 +163,7 @@ fn run_section(h: &mut String, s: &Sidecar) {
     h.push_str("</tr>\n");
     for c in &s.contrasts {
         for (i, w) in c.weights.iter().enumerate() {
-            let name = if i == 0 { format!("{} ({})", esc(&c.name), esc(&c.kind)) } else { String::new() };
+            let name = if i == 0 { format!("{} ({:?})", esc(&c.name), c.kind) } else { String::new() };
             let label = if i == 0 { esc(&c.label) } else { String::new() };
             let _ = write!(h, "<tr><td>{name}</td><td>{label}</td>");
             for x in w {
@@ -207,7 +207,7 @@ fn warnings<'a>(h: &mut String, s: &'a Sidecar) {
             add(format!("{} degrees of freedom: the variance estimates are noisy", c.dof), &c.name);
         }
         if !c.permutation_reason.contains("--perm-kind") {
-            add(format!("{} chosen automatically ({}); check that this is what the design needs, or choose with --perm-kind", c.permutation_kind, c.permutation_reason), &c.name);
+            add(format!("{} chosen automatically ({}); check that this is what the design needs, or choose with --perm-kind", c.permutation_kind.words(), c.permutation_reason), &c.name);
         }
     }
     let dropped: usize = s.voxels_dropped.iter().map(|d| d.count).sum();
@@ -283,8 +283,8 @@ fn contrast_section(
     let _ = writeln!(h, "<h2>{}: {}</h2>", esc(&c.name), esc(&c.label));
     let _ = writeln!(
         h,
-        "<p>{} statistic, {} degrees of freedom, maximum {:.3}; {} {} permutations.</p>",
-        esc(&c.kind),
+        "<p>{:?} statistic, {} degrees of freedom, maximum {:.3}; {} {} permutations.</p>",
+        c.kind,
         c.dof,
         c.max_stat,
         c.permutations,

@@ -12,7 +12,7 @@ mod sidecar;
 
 use crate::error::{Error, Result};
 use crate::options::ReportOptions;
-pub use sidecar::Sidecar;
+pub use sidecar::read_sidecar;
 use std::path::{Path, PathBuf};
 use voxflip_report::Volume;
 
@@ -33,7 +33,7 @@ pub fn write(prefix: &str, opts: &ReportOptions, path: &Path) -> Result<()> {
 
 /// The report's HTML.
 pub fn build(prefix: &str, opts: &ReportOptions) -> Result<String> {
-    let sidecar = Sidecar::read(prefix)?;
+    let sidecar = read_sidecar(prefix)?;
     let atlases = crate::labels::open_atlases(&opts.atlases)?;
     let background = match &opts.background {
         Some(p) => Background { volume: volume(p)?, what: format!("background: {}", p.display()) },

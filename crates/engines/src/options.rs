@@ -1,10 +1,10 @@
 //! How engines are chosen and tuned: option structs the binary fills from its flags and
 //! records in the sidecar. Nothing here is read from the environment.
-use serde::Serialize;
+use serde::{Deserialize, Serialize};
 use voxflip_shaders::GlmKernel;
 
 /// Which engine runs the permutations.
-#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Serialize)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(rename_all = "lowercase")]
 pub enum Backend {
     /// A hardware GPU when one exists, else the CPU engine.
@@ -17,7 +17,7 @@ pub enum Backend {
 }
 
 /// Where the spatial statistics (TFCE, clusters) of the GPU engine's maps run.
-#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Serialize)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(rename_all = "lowercase")]
 pub enum SpatialPlacement {
     /// On the GPU engine's adapter when it is hardware; on the CPU after a software adapter
@@ -33,7 +33,7 @@ pub enum SpatialPlacement {
 
 /// Limits that size the GPU engine's work, overridden by tests so that small problems
 /// exercise chunking, dispatch splitting and grouped read-back. None: from the adapter.
-#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Serialize)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
 pub struct GpuTuning {
     /// Voxels per chunk of E at most.
     pub chunk_voxels: Option<usize>,
@@ -46,7 +46,7 @@ pub struct GpuTuning {
 }
 
 /// The GPU engine's options.
-#[derive(Clone, Debug, Default, PartialEq, Eq, Serialize)]
+#[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
 pub struct GpuOptions {
     /// `--adapter` as typed (see [`crate::gpu::AdapterSpec`]): the adapter whose name (or
     /// `name (backend)`) contains this, case-insensitive, or `#K` for the K-th adapter of
@@ -54,7 +54,7 @@ pub struct GpuOptions {
     /// list of such patterns for several. None: the best one.
     pub adapter: Option<String>,
     /// The glm_stat kernel; None: the fastest the adapter allows.
-    #[serde(serialize_with = "kernel_name")]
+    #[serde(serialize_with = "kernel_name", deserialize_with = "kernel_by_name")]
     pub kernel: Option<GlmKernel>,
     /// Compile the Wide kernels without wgpu's runtime checks (benchmarks; see
     /// `GpuEngine::set_unchecked`).
@@ -76,8 +76,14 @@ fn kernel_name<S: serde::Serializer>(k: &Option<GlmKernel>, s: S) -> Result<S::O
     }
 }
 
+/// The kernel a sidecar names (see `kernel_name`).
+fn kernel_by_name<'de, D: serde::Deserializer<'de>>(d: D) -> Result<Option<GlmKernel>, D::Error> {
+    let name: Option<String> = Option::deserialize(d)?;
+    name.map(|n| GlmKernel::parse(&n).ok_or_else(|| serde::de::Error::custom(format!("no glm kernel {n}")))).transpose()
+}
+
 /// Everything that chooses and configures the engines of a run.
-#[derive(Clone, Debug, Default, PartialEq, Eq, Serialize)]
+#[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
 pub struct EngineOptions {
     pub backend: Backend,
     pub gpu: GpuOptions,

@@ -7,7 +7,7 @@
 //! `statistic4` in the shaders crate's `shared/statistic.wgsl`, in the same arithmetic form.
 
 /// Which statistic the epilogue computes.
-#[derive(Clone, Copy, Debug, PartialEq, Eq, serde::Serialize)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
 pub enum StatKind {
     /// t = u_1 / sqrt(RSS / dof)   (s = 1)
     T,

@@ -17,7 +17,7 @@ mod blocks;
 pub use blocks::{count_distinct, count_distinct_in_blocks, Blocks};
 
 /// Which transformations of the data are exchangeable under the null.
-#[derive(Clone, Copy, Debug, PartialEq, Eq, serde::Serialize)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
 #[serde(rename_all = "kebab-case")]
 pub enum PermKind {
     /// Independent and symmetric errors: flip signs of rows (randomise -1).
@@ -34,6 +34,14 @@ impl PermKind {
     }
     pub fn permutes(self) -> bool {
         matches!(self, PermKind::Permute | PermKind::Both)
+    }
+    /// What is exchanged, in words, plural: "sign flips", "permutations", ...
+    pub fn words(self) -> &'static str {
+        match self {
+            PermKind::SignFlip => "sign flips",
+            PermKind::Permute => "permutations",
+            PermKind::Both => "permutations with sign flips",
+        }
     }
 }
 
