@@ -524,7 +524,9 @@ mod tests {
         let dir = voxflip_testkit::tempdir().unwrap();
         let out = dir.path().join("sim");
         let written = write_dataset(&d, &out).unwrap();
-        assert_eq!(written.len(), 7);
+        assert_eq!(written.len(), 10);
+        let regions = std::fs::read_to_string(out.join("regions.tsv")).unwrap();
+        assert!(regions.starts_with("index\tname\n1\tmedial orbitofrontal cortex\n"), "{regions}");
         assert!(written.iter().all(|p| p.is_file()));
         let tsv = std::fs::read_to_string(out.join("participants.tsv")).unwrap();
         assert_eq!(tsv, "participant_id\tgroup\nsub-01\tcompassion\nsub-02\tcompassion\nsub-03\tmemory\n");
