@@ -394,10 +394,13 @@ fn peak_mm(stat: &Volume, shown: &Volume) -> [f64; 3] {
             best = (x, i);
         }
     }
-    let [nx, ny, _] = stat.dims;
-    let v = [(best.1 % nx) as f64, ((best.1 / nx) % ny) as f64, (best.1 / (nx * ny)) as f64];
-    let a = &stat.affine;
-    [0, 1, 2].map(|r| a[r][0] * v[0] + a[r][1] * v[1] + a[r][2] * v[2] + a[r][3])
+    index_mm(stat, best.1)
+}
+
+/// World mm of the voxel at linear index `i` (x fastest) of `v`'s grid.
+fn index_mm(v: &Volume, i: usize) -> [f64; 3] {
+    let [nx, ny, _] = v.dims;
+    v.voxel_to_world([(i % nx) as f64, ((i / nx) % ny) as f64, (i / (nx * ny)) as f64])
 }
 
 /// A contrast's cluster and local-maximum tables, labelled with the report's atlases.
@@ -448,12 +451,8 @@ impl Tables {
 fn label_summary(h: &mut String, atlases: &[Atlas], stat: &Volume, shown: &Volume) {
     for a in atlases.iter().filter(|a| a.kind() == voxflip_atlas::AtlasKind::Label) {
         let mut counts: Vec<(String, usize)> = a.labels().map(|(_, n)| (n.to_string(), 0)).collect();
-        let [nx, ny, _] = stat.dims;
-        let aff = &stat.affine;
         for (i, _) in shown.data.iter().enumerate().filter(|(_, &m)| m > 0.0) {
-            let v = [(i % nx) as f64, ((i / nx) % ny) as f64, (i / (nx * ny)) as f64];
-            let mm = [0, 1, 2].map(|r| aff[r][0] * v[0] + aff[r][1] * v[1] + aff[r][2] * v[2] + aff[r][3]);
-            if let Some(l) = a.label_at(mm) {
+            if let Some(l) = a.label_at(index_mm(stat, i)) {
                 if let Some(e) = counts.iter_mut().find(|e| e.0 == l.name) {
                     e.1 += 1;
                 }
