@@ -624,6 +624,7 @@ impl CommonArgs {
             backend: self.backend.into(),
             gpu: self.gpu.options(self.adapter.clone()),
             with_cpu: self.with_cpu,
+            product: Default::default(),
         }
     }
 

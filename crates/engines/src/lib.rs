@@ -21,7 +21,7 @@ mod options;
 pub mod scheduler;
 
 pub use error::{EngineError, Result};
-pub use options::{Backend, EngineOptions, GpuOptions, GpuTuning, SpatialPlacement};
+pub use options::{Backend, EngineOptions, GpuOptions, GpuTuning, Product, SpatialPlacement};
 pub use scheduler::{ContrastNulls, Progress, Scheduler};
 pub use voxflip_shaders::GlmKernel;
 

@@ -31,6 +31,21 @@ pub enum SpatialPlacement {
     Cpu,
 }
 
+/// How an engine forms the coefficients u = Q' P_j E of a batch (DESIGN.md, "Sign flips
+/// without multiplications").
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum Product {
+    /// The table-driven product where the permutation set allows it (sign flips; relabelings
+    /// when the rows of Q take few distinct values), else the matrix product.
+    #[default]
+    Auto,
+    /// Always the matrix product (the general path and the reference).
+    Gemm,
+    /// The table-driven product; a set it cannot serve runs the matrix product.
+    Table,
+}
+
 /// Limits that size the GPU engine's work, overridden by tests so that small problems
 /// exercise chunking, dispatch splitting and grouped read-back. None: from the adapter.
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
