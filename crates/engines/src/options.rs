@@ -105,6 +105,9 @@ pub struct EngineOptions {
     /// The CPU engine runs permutations too, beside the GPU adapters (`--with-cpu`; see
     /// [`crate::make_engines`] and [`crate::Scheduler`] for how the work is shared).
     pub with_cpu: bool,
+    /// Table-driven or matrix product, on every engine of the run.
+    #[serde(default)]
+    pub product: Product,
 }
 
 impl EngineOptions {
