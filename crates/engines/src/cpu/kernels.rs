@@ -112,15 +112,43 @@ fn tile_body(
     scratch: &mut Scratch,
     maxes: &mut [f32],
 ) {
-    let Batch { p, a, nperm, observed, maps, counts } = *batch;
-    let Scratch { packed, ubuf } = scratch;
+    let p = batch.p;
     let (n, v, q) = (p.n, p.v, p.q);
     let w = TILE.min(v - v0);
+    let Scratch { packed, ubuf } = scratch;
     packed.clear();
     packed.resize(n * TILE, 0.0);
     for i in 0..n {
         packed[i * TILE..i * TILE + w].copy_from_slice(&p.e[i * v + v0..i * v + v0 + w]);
     }
+    let a = batch.a;
+    let total_rows = a.len() / n;
+    reduce_tile(batch, v0, ubuf, maxes, |pb, np, ubuf| {
+        let r0 = pb * q;
+        for r in (0..np * q).step_by(ROWS) {
+            // A is padded to a multiple of ROWS rows, so the kernel always has ROWS rows.
+            debug_assert!(r0 + r + ROWS <= total_rows);
+            micro(&a[(r0 + r) * n..], packed, n, &mut ubuf[r * TILE..(r + ROWS) * TILE]);
+        }
+    });
+}
+
+/// The reductions of tile `v0` over all permutations of the batch, whichever product forms
+/// the coefficients: `produce(pb, np, ubuf)` writes permutations pb..pb+np's q rows of U
+/// (each TILE long, permutation-major) into `ubuf`, at most [`PERM_BLOCK`] at a time; this
+/// runs the epilogue and keeps the per-permutation maxima (into `maxes`), the exceedance
+/// counts and, when asked for, the maps.
+#[inline(always)]
+pub(super) fn reduce_tile(
+    batch: &Batch,
+    v0: usize,
+    ubuf: &mut Vec<f32>,
+    maxes: &mut [f32],
+    mut produce: impl FnMut(usize, usize, &mut [f32]),
+) {
+    let Batch { p, a: _, nperm, observed, maps, counts } = *batch;
+    let (v, q) = (p.v, p.q);
+    let w = TILE.min(v - v0);
     // Padding voxels get ss = 0 so their statistic is 0 and never counted.
     let mut ss = [0f32; TILE];
     ss[..w].copy_from_slice(&p.ss[v0..v0 + w]);
@@ -132,17 +160,10 @@ fn tile_body(
     let rows_per_block = PERM_BLOCK * q;
     let padded_rows = rows_per_block.div_ceil(ROWS) * ROWS;
     ubuf.resize(padded_rows * TILE, 0.0);
-    let total_rows = a.len() / n;
     let mut stat = [0f32; TILE];
     for pb in (0..nperm).step_by(PERM_BLOCK) {
         let np = PERM_BLOCK.min(nperm - pb);
-        let r0 = pb * q;
-        let nrows = np * q;
-        for r in (0..nrows).step_by(ROWS) {
-            // A is padded to a multiple of ROWS rows, so the kernel always has ROWS rows.
-            debug_assert!(r0 + r + ROWS <= total_rows);
-            micro(&a[(r0 + r) * n..], packed, n, &mut ubuf[r * TILE..(r + ROWS) * TILE]);
-        }
+        produce(pb, np, ubuf);
         for j in 0..np {
             epilogue_tile(p.kind, &ubuf[j * q * TILE..(j + 1) * q * TILE], q, p.s, &ss, p.dof, &mut stat);
             let mut mx = f32::NEG_INFINITY;
