@@ -20,7 +20,7 @@ use std::time::Instant;
 use voxflip_engines::cpu::CpuEngine;
 use voxflip_engines::gpu::{AdapterChoice, GpuEngine};
 use voxflip_engines::scheduler::SPATIAL_BATCH;
-use voxflip_engines::{Engine, Scheduler, SpatialPlacement};
+use voxflip_engines::{Engine, Product, Scheduler, SpatialPlacement};
 use voxflip_simulate::DrivingStudy;
 use voxflip_stats::spatial::{tfce_step_from_observed, SpatialJob, TfceOptions, TfceParams};
 use voxflip_stats::{PermKind, PermSet};
@@ -95,6 +95,14 @@ fn sign_flips(n: usize, count: usize, seed: u64) -> Result<PermSet> {
     PermSet::generate(n, PermKind::SignFlip, &vec![0; n], count, seed).map_err(Error::usage)
 }
 
+fn product_name(p: Product) -> &'static str {
+    match p {
+        Product::Auto => "auto",
+        Product::Gemm => "matrix",
+        Product::Table => "table",
+    }
+}
+
 fn kernel_seconds(s: &Scheduler) -> Option<f64> {
     match s.engine() {
         Engine::Gpu(g) => g.kernel_seconds(),
@@ -142,17 +150,25 @@ pub fn run(a: &BenchArgs) -> Result<()> {
         let tw = Instant::now();
         time_contrast(s, &study, &warm, tfce)?;
         let warm_s = tw.elapsed().as_secs_f64();
-        let k0 = kernel_seconds(s);
-        let (secs, _) = time_contrast(s, &study, &perms, false)?;
-        let kernel = kernel_seconds(s).zip(k0).map(|(a, b)| a - b);
-        let gf = flops / secs / 1e9;
-        let of_peak = peak.map(|peak| format!(" = {:.0}% of the sgemm peak", 100.0 * gf / peak)).unwrap_or_default();
-        println!("{}", s.describe());
-        println!(
-            "  voxelwise: {} sign flips in {secs:.3} s ({:.0} permutations/s), {gf:.1} GFLOP/s effective{of_peak} (warm-up {warm_s:.2} s)",
-            perms.len(),
-            perms.len() as f64 / secs,
-        );
+        let mut by_path = Vec::new();
+        for product in [Product::Gemm, Product::Table] {
+            s.engine_mut().set_product(product);
+            let k0 = kernel_seconds(s);
+            let (secs, _) = time_contrast(s, &study, &perms, false)?;
+            let kernel = kernel_seconds(s).zip(k0).map(|(a, b)| a - b);
+            let gf = flops / secs / 1e9;
+            let of_peak = peak.map(|peak| format!(" = {:.0}% of the sgemm peak", 100.0 * gf / peak)).unwrap_or_default();
+            by_path.push((product, secs, kernel));
+            println!(
+                "  voxelwise, {} product: {} sign flips in {secs:.3} s ({:.0} permutations/s), {gf:.1} GFLOP/s effective{of_peak}",
+                product_name(product),
+                perms.len(),
+                perms.len() as f64 / secs,
+            );
+        }
+        s.engine_mut().set_product(Product::Auto);
+        let (secs, kernel) = (by_path[0].1, by_path[0].2);
+        println!("  table / matrix product speed: {:.2}x (warm-up {warm_s:.2} s)", by_path[0].1 / by_path[1].1);
         if let Some(k) = kernel {
             // --gpu-timestamps: the glm_stat passes' own time on the GPU.
             println!("  glm_stat passes alone: {k:.4} s on the GPU, {:.1} GFLOP/s", flops / k / 1e9);

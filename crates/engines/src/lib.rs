@@ -52,6 +52,15 @@ impl Engine {
         }
     }
 
+    /// Which product forms the coefficients of the batches that follow.
+    pub fn set_product(&mut self, product: Product) {
+        match self {
+            Engine::Cpu(e) => e.set_product(product),
+            // The GPU engine's table path is not wired yet: it keeps its matrix kernels.
+            Engine::Gpu(_) => {}
+        }
+    }
+
     /// Make `problem` resident (upload E, Q, ss). Called once per contrast.
     pub fn prepare(&mut self, problem: &ContrastProblem) -> Result<()> {
         match self {

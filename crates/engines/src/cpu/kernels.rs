@@ -121,30 +121,50 @@ fn tile_body(
     for i in 0..n {
         packed[i * TILE..i * TILE + w].copy_from_slice(&p.e[i * v + v0..i * v + v0 + w]);
     }
-    let a = batch.a;
-    let total_rows = a.len() / n;
-    reduce_tile(batch, v0, ubuf, maxes, |pb, np, ubuf| {
+    reduce_tile(batch, v0, ubuf, maxes, &mut MatrixProduct { micro, a: batch.a, packed, n, q });
+}
+
+/// Forms a block's coefficients for [`reduce_tile`]. Not a closure: closures are compiled
+/// apart from the tile function and without its target features when not inlined, and an
+/// `#[inline(always)]` method is always inlined.
+pub(super) trait Coefficients {
+    /// Permutations pb..pb+np's q rows of U (each TILE long, permutation-major) into `ubuf`.
+    fn produce(&mut self, pb: usize, np: usize, ubuf: &mut [f32]);
+}
+
+/// The matrix product: the batch's coefficient rows times the tile's packed residuals.
+struct MatrixProduct<'a> {
+    micro: fn(&[f32], &[f32], usize, &mut [f32]),
+    a: &'a [f32],
+    packed: &'a [f32],
+    n: usize,
+    q: usize,
+}
+
+impl Coefficients for MatrixProduct<'_> {
+    #[inline(always)]
+    fn produce(&mut self, pb: usize, np: usize, ubuf: &mut [f32]) {
+        let (n, q, a) = (self.n, self.q, self.a);
         let r0 = pb * q;
         for r in (0..np * q).step_by(ROWS) {
             // A is padded to a multiple of ROWS rows, so the kernel always has ROWS rows.
-            debug_assert!(r0 + r + ROWS <= total_rows);
-            micro(&a[(r0 + r) * n..], packed, n, &mut ubuf[r * TILE..(r + ROWS) * TILE]);
+            debug_assert!(r0 + r + ROWS <= a.len() / n);
+            (self.micro)(&a[(r0 + r) * n..], self.packed, n, &mut ubuf[r * TILE..(r + ROWS) * TILE]);
         }
-    });
+    }
 }
 
 /// The reductions of tile `v0` over all permutations of the batch, whichever product forms
-/// the coefficients: `produce(pb, np, ubuf)` writes permutations pb..pb+np's q rows of U
-/// (each TILE long, permutation-major) into `ubuf`, at most [`PERM_BLOCK`] at a time; this
-/// runs the epilogue and keeps the per-permutation maxima (into `maxes`), the exceedance
-/// counts and, when asked for, the maps.
+/// the coefficients: `coefficients` fills the U buffer, at most [`PERM_BLOCK`] permutations
+/// at a time; this runs the epilogue and keeps the per-permutation maxima (into `maxes`),
+/// the exceedance counts and, when asked for, the maps.
 #[inline(always)]
 pub(super) fn reduce_tile(
     batch: &Batch,
     v0: usize,
     ubuf: &mut Vec<f32>,
     maxes: &mut [f32],
-    mut produce: impl FnMut(usize, usize, &mut [f32]),
+    coefficients: &mut impl Coefficients,
 ) {
     let Batch { p, a: _, nperm, observed, maps, counts } = *batch;
     let (v, q) = (p.v, p.q);
@@ -163,7 +183,7 @@ pub(super) fn reduce_tile(
     let mut stat = [0f32; TILE];
     for pb in (0..nperm).step_by(PERM_BLOCK) {
         let np = PERM_BLOCK.min(nperm - pb);
-        produce(pb, np, ubuf);
+        coefficients.produce(pb, np, ubuf);
         for j in 0..np {
             epilogue_tile(p.kind, &ubuf[j * q * TILE..(j + 1) * q * TILE], q, p.s, &ss, p.dof, &mut stat);
             let mut mx = f32::NEG_INFINITY;

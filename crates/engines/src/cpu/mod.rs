@@ -11,14 +11,21 @@
 //!
 //! The microkernel is compiled for AVX-512 and AVX2+FMA and picked at run time; elsewhere a
 //! portable version (no FMA) runs.
+//!
+//! Where the permutation set allows it (sign flips; relabelings of few distinct coefficient
+//! rows), the coefficients come from tables instead ([`table`], the table-driven product,
+//! [`Product`]); the epilogue and the reductions are the same.
 use crate::error::{EngineError, Result};
-use crate::BatchResult;
+use crate::{BatchResult, Product};
 use kernels::{Batch, Disjoint, Scratch};
 use rayon::prelude::*;
 use std::ops::Range;
 use voxflip_stats::{ContrastProblem, PermSet};
 
 mod kernels;
+mod table;
+
+pub(crate) use table::TablePlan;
 
 /// Voxels per tile (4 AVX-512 vectors).
 pub(crate) const TILE: usize = 64;
@@ -30,6 +37,7 @@ pub(crate) const PERM_BLOCK: usize = 24;
 pub struct CpuEngine {
     problem: Option<ContrastProblem>,
     batch: usize,
+    product: Product,
 }
 
 impl Default for CpuEngine {
@@ -40,7 +48,30 @@ impl Default for CpuEngine {
 
 impl CpuEngine {
     pub fn new() -> Self {
-        CpuEngine { problem: None, batch: 240 }
+        CpuEngine { problem: None, batch: 240, product: Product::Auto }
+    }
+
+    /// Which product forms the coefficients (the table path where the set allows it, by
+    /// default).
+    pub fn set_product(&mut self, product: Product) {
+        self.product = product;
+    }
+
+    /// The product [`CpuEngine::set_product`] chose.
+    pub fn product(&self) -> Product {
+        self.product
+    }
+
+    /// Whether the batches of `perms` run on the tables.
+    pub fn uses_tables(&self, perms: &PermSet) -> bool {
+        self.table_plan(perms).is_some()
+    }
+
+    fn table_plan(&self, perms: &PermSet) -> Option<TablePlan> {
+        match (self.product, &self.problem) {
+            (Product::Gemm, _) | (_, None) => None,
+            (_, Some(p)) => TablePlan::for_set(p, perms),
+        }
     }
     /// Which microkernel this machine runs.
     pub fn isa() -> &'static str {
@@ -71,7 +102,12 @@ impl CpuEngine {
 
     /// The batch this engine prefers (permutations per call).
     pub fn preferred_batch(&self) -> usize {
-        self.batch
+        match self.product {
+            Product::Gemm => self.batch,
+            // Larger batches spread the building of the tables over more lookups; a set the
+            // tables cannot serve runs the matrix product at this size just as well.
+            Product::Auto | Product::Table => table::PREFERRED_BATCH,
+        }
     }
 
     /// Run permutations `range` of `perms`: the maximum statistic of each, with `observed`
@@ -96,44 +132,58 @@ impl CpuEngine {
         if observed.is_some_and(|o| o.len() != v) || maps.as_deref().is_some_and(|m| m.len() != nperm * v) {
             return Err(EngineError::Invalid("observed map or maps buffer of the wrong size".into()));
         }
-        // Coefficient rows for the batch, padded with zero rows to a multiple of ROWS.
-        let rows = (nperm * q).div_ceil(ROWS) * ROWS + ROWS;
-        let mut a = vec![0f32; rows * n];
-        for (jj, j) in range.clone().enumerate() {
-            perms.coefficient_rows(j, &p.qbasis, q, &mut a[jj * q * n..(jj + 1) * q * n]);
-        }
         let mut exceed = if observed.is_some() { vec![0u32; v] } else { Vec::new() };
-        let batch = Batch {
-            p,
-            a: &a,
-            nperm,
-            observed,
-            maps: maps.map(|m| Disjoint(m.as_mut_ptr())),
-            counts: observed.map(|_| Disjoint(exceed.as_mut_ptr())),
+        let maps = maps.map(|m| Disjoint(m.as_mut_ptr()));
+        let counts = observed.map(|_| Disjoint(exceed.as_mut_ptr()));
+        let max_stat = match self.table_plan(perms) {
+            Some(plan) => {
+                let codes = plan.codes(perms, range.clone());
+                let batch = Batch { p, a: &[], nperm, observed, maps, counts };
+                let tile = table::tile_fn(Self::isa());
+                // SAFETY: `tile_fn` picked the function of the instruction set this machine has.
+                over_tiles(v, nperm, |t, scratch: &mut table::TableScratch, maxes| unsafe {
+                    tile(&plan, &codes, &batch, t * TILE, scratch, maxes)
+                })
+            }
+            None => {
+                // Coefficient rows for the batch, padded with zero rows to a multiple of ROWS.
+                let rows = (nperm * q).div_ceil(ROWS) * ROWS + ROWS;
+                let mut a = vec![0f32; rows * n];
+                for (jj, j) in range.clone().enumerate() {
+                    perms.coefficient_rows(j, &p.qbasis, q, &mut a[jj * q * n..(jj + 1) * q * n]);
+                }
+                let batch = Batch { p, a: &a, nperm, observed, maps, counts };
+                let tile = kernels::tile_fn(Self::isa());
+                // SAFETY: as above.
+                over_tiles(v, nperm, |t, scratch: &mut Scratch, maxes| unsafe { tile(&batch, t * TILE, scratch, maxes) })
+            }
         };
-        let tile = kernels::tile_fn(Self::isa());
-        let max_stat = (0..v.div_ceil(TILE))
-            .into_par_iter()
-            .fold(
-                || (vec![f32::NEG_INFINITY; nperm], Scratch::default()),
-                |(mut maxes, mut scratch), t| {
-                    // SAFETY: `tile_fn` picked the function of the instruction set this machine has.
-                    unsafe { tile(&batch, t * TILE, &mut scratch, &mut maxes) };
-                    (maxes, scratch)
-                },
-            )
-            .map(|(m, _)| m)
-            .reduce(
-                || vec![f32::NEG_INFINITY; nperm],
-                |mut x, y| {
-                    for (a, b) in x.iter_mut().zip(y) {
-                        *a = a.max(b);
-                    }
-                    x
-                },
-            );
         Ok(BatchResult { max_stat, exceed })
     }
+}
+
+/// Runs `tile(t, scratch, maxes)` for every tile of V voxels in parallel, each worker with
+/// its own scratch and maxima, and returns the maxima of the `nperm` permutations.
+fn over_tiles<S: Default + Send>(v: usize, nperm: usize, tile: impl Fn(usize, &mut S, &mut [f32]) + Sync) -> Vec<f32> {
+    (0..v.div_ceil(TILE))
+        .into_par_iter()
+        .fold(
+            || (vec![f32::NEG_INFINITY; nperm], S::default()),
+            |(mut maxes, mut scratch), t| {
+                tile(t, &mut scratch, &mut maxes);
+                (maxes, scratch)
+            },
+        )
+        .map(|(m, _)| m)
+        .reduce(
+            || vec![f32::NEG_INFINITY; nperm],
+            |mut x, y| {
+                for (a, b) in x.iter_mut().zip(y) {
+                    *a = a.max(b);
+                }
+                x
+            },
+        )
 }
 
 #[cfg(test)]
