@@ -1,6 +1,7 @@
 //! voxflip's inputs and outputs: what users have on disk, read into the data matrix the
 //! statistics take, and the outputs written back atomically. No mathematics, no GPU.
 //!
+//! - [`gzip`]: gzip compressed and inflated on every core, in chunks fixed by the length;
 //! - [`nifti`]: NIfTI-1/2 images in (any datatype, scaling applied) and float32 maps out;
 //! - [`vest`]: FSL VEST design.mat / design.con / design.fts / design.grp;
 //! - [`participants`]: BIDS participants.tsv;
@@ -11,6 +12,7 @@
 //! Every error is one line that names the file ([`Error`]).
 pub mod dataset;
 mod error;
+pub mod gzip;
 pub mod nifti;
 pub mod nullstate;
 pub mod outputs;

@@ -342,3 +342,36 @@ fn qform_only_and_no_transform() {
         1e-9,
     );
 }
+
+/// A 4D image of several gzip chunks: the file is the same bytes whichever number of
+/// threads compressed it, a plain gzip decoder (miniz_oxide, not the writer's zlib-rs) finds
+/// the .nii bytes in it, and it reads back exactly.
+#[test]
+fn gzipped_image_bytes_do_not_depend_on_threads() {
+    let dir = tmp();
+    let dims = [40, 30, 20];
+    let h = header_from_affine(dims, [2.0; 3], oblique_affine([2.0; 3], 10.0), 4);
+    let data: Vec<f32> = (0..40 * 30 * 20 * 40).map(|i| ((i * 7919) % 1000) as f32 * 0.01 - 5.0).collect();
+    let write = |threads: usize, name: &str| {
+        let p = dir.path().join(name);
+        rayon::ThreadPoolBuilder::new()
+            .num_threads(threads)
+            .build()
+            .unwrap()
+            .install(|| write_image(&p, &h, dims, 40, &data))
+            .unwrap();
+        std::fs::read(p).unwrap()
+    };
+    let one = write(1, "one.nii.gz");
+    assert!(4 * data.len() > 2 * crate::gzip::chunk_size(4 * data.len()), "the test needs several chunks");
+    for threads in [2, 4] {
+        assert!(write(threads, &format!("t{threads}.nii.gz")) == one, "{threads} threads");
+    }
+    let plain = dir.path().join("plain.nii");
+    write_image(&plain, &h, dims, 40, &data).unwrap();
+    let xlen = u16::from_le_bytes([one[10], one[11]]) as usize;
+    let inflated = miniz_oxide::inflate::decompress_to_vec(&one[12 + xlen..one.len() - 8]).unwrap();
+    assert!(inflated == std::fs::read(&plain).unwrap());
+    assert_eq!(read_image(&dir.path().join("one.nii.gz")).unwrap().data, data);
+    assert_eq!(read_image(&plain).unwrap().data, data);
+}

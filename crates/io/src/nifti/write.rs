@@ -1,12 +1,15 @@
 //! Writing float32 .nii / .nii.gz images with a reference header's geometry: the NIfTI-1
-//! header (348 bytes, little-endian), an empty extension flag, the data x fastest; gzip at
-//! flate2's fast level for .nii.gz (what the `nifti` crate's writer does, so the files are
-//! the same bytes, without its ndarray dependency).
+//! header (348 bytes, little-endian), an empty extension flag, the data x fastest; for
+//! .nii.gz, gzip at the fastest level (as the `nifti` crate's writer uses), compressed in
+//! parallel chunks by [`crate::gzip`] (one standard gzip member, the same bytes for any
+//! number of threads).
 use crate::error::{io_msg, Error, Result};
-use flate2::write::GzEncoder;
 use nifti::{Endianness, NiftiHeader};
 use std::io::Write;
 use std::path::Path;
+
+/// The deflate level of .nii.gz outputs: the fastest, as flate2's `Compression::fast()`.
+const GZIP_LEVEL: u32 = 1;
 
 /// Write a 3D float32 map (.nii.gz) to `path` with the reference header's sform/qform,
 /// pixdims and units. `data` is x fastest. Writes exactly `path` (callers handle atomicity).
@@ -74,8 +77,13 @@ pub fn write_image(
 
     let file = std::fs::File::create(path).map_err(|e| err(io_msg(&e)))?;
     let written = if name.ends_with(".gz") {
-        let mut gz = GzEncoder::new(file, flate2::Compression::fast());
-        write_contents(&mut gz, &h, data).and_then(|()| gz.finish().map(|_| ()))
+        let mut head = header_bytes(&h);
+        head.extend_from_slice(&[0u8; 4]);
+        let gz = crate::gzip::compress_with(head.len() + 4 * data.len(), GZIP_LEVEL, |r, buf| {
+            file_bytes(&head, data, r, buf)
+        });
+        let mut file = file;
+        file.write_all(&gz)
     } else {
         let mut out = std::io::BufWriter::new(file);
         write_contents(&mut out, &h, data).and_then(|()| out.flush())
@@ -94,6 +102,24 @@ fn write_contents(out: &mut impl Write, h: &NiftiHeader, data: &[f32]) -> std::i
         out.write_all(&buf)?;
     }
     Ok(())
+}
+
+/// Append bytes `r` of the file (`head`: header and extension flag, then `data` as
+/// little-endian f32) to `buf`.
+fn file_bytes(head: &[u8], data: &[f32], r: std::ops::Range<usize>, buf: &mut Vec<u8>) {
+    let h = r.start.min(head.len())..r.end.min(head.len());
+    buf.extend_from_slice(&head[h]);
+    let (lo, hi) = (r.start.max(head.len()) - head.len(), r.end.max(head.len()) - head.len());
+    if lo >= hi {
+        return;
+    }
+    // The floats that hold bytes lo..hi of the data, then the part of them asked for.
+    let (first, last) = (lo / 4, hi.div_ceil(4));
+    let skip = lo - 4 * first;
+    let start = buf.len();
+    buf.extend(data[first..last].iter().flat_map(|x| x.to_le_bytes()));
+    buf.drain(start..start + skip);
+    buf.truncate(start + (hi - lo));
 }
 
 /// The 348 bytes of a NIfTI-1 header, little-endian, field by field in the standard's order.
