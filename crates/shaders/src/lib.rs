@@ -10,6 +10,7 @@
 //! | `glm_stat_wide.wgsl` | the same with wide register blocks (Wide, Wide128) | [`glm_stat`] | [`cpu::glm_stat_wide`] |
 //! | `label_components.wgsl` | connected components, cluster extent and mass | [`spatial`] | [`cpu::label_components`] |
 //! | `tfce.wgsl` | randomise's stepwise TFCE over the components | [`spatial`] | [`cpu::tfce`] |
+//! | `tfce_exact.wgsl` | the exact TFCE integral, one component tree per map | [`spatial`] | [`cpu::tfce_exact`] |
 //! | `shared/statistic.wgsl` | the t / F formula ([`voxflip_stats::statistic_of_sums`]) | | |
 //! | `shared/keys.wgsl` | order-preserving float keys | [`keys`] | |
 //! | `shared/glm_bindings.wgsl` | the bindings both glm_stat shaders share | [`glm_stat`] | |
@@ -59,6 +60,12 @@ pub fn variants() -> Vec<ShaderVariant> {
         source: spatial::wgsl_source(),
         overrides: Vec::new(),
         workgroup_bytes: spatial::WORKGROUP_STORAGE_BYTES,
+    });
+    out.push(ShaderVariant {
+        label: "tfce_exact".into(),
+        source: spatial::tfce_exact_wgsl_source(),
+        overrides: Vec::new(),
+        workgroup_bytes: spatial::EXACT_WORKGROUP_STORAGE_BYTES,
     });
     out
 }

@@ -1,7 +1,9 @@
 //! `shader/label_components.wgsl` and `shader/tfce.wgsl` (one module: tfce.wgsl imports
 //! label_components.wgsl, whose bindings and passes it uses): the uniform parameters and
 //! constants (declared here once and generated into the shaders) and the assembled source.
-//! The CPU ports are [`crate::cpu::label_components`] and [`crate::cpu::tfce`].
+//! The CPU ports are [`crate::cpu::label_components`] and [`crate::cpu::tfce`]. Also the
+//! exact TFCE module (`shader/tfce_exact.wgsl`, its own bindings; CPU port
+//! [`crate::cpu::tfce_exact`]).
 use crate::wgsl::{assemble, consts_wgsl, shader_consts, shader_struct, WgslStruct};
 
 shader_consts! {
@@ -76,6 +78,75 @@ shader_struct! {
     }
 }
 const _: () = assert!(std::mem::size_of::<SpatialParams>() == 64);
+
+shader_consts! {
+    /// Constants of `shader/tfce_exact.wgsl` and its host.
+    TFCE_EXACT_CONSTS {
+        /// Bits per radix-sort digit of the per-map sort.
+        EXACT_DIGIT_BITS = 11;
+        /// Counters per map of the radix sort's histogram (2^EXACT_DIGIT_BITS).
+        EXACT_HIST_BINS = 1 << 11;
+        /// u32 slots of `results` per map: the TFCE maximum (f32 bits), the positive voxels.
+        EXACT_RES_STRIDE = 2;
+        /// The most neighbours a voxel has (26-connectivity): components one voxel can join.
+        EXACT_MAX_NEIGHBOURS = 26;
+    }
+}
+const _: () = assert!(EXACT_HIST_BINS == 1 << EXACT_DIGIT_BITS && 3 * EXACT_DIGIT_BITS >= 31);
+
+shader_struct! {
+    /// Uniform parameters of the exact TFCE passes (`TfceExactParams` in the shader).
+    pub struct TfceExactParams {
+        pub v: u32,
+        pub width: u32,
+        pub nmaps: u32,
+        /// H + 1 when it is a small positive integer (the height weight by repeated
+        /// multiplication), else 0 (pow).
+        pub int_power: u32,
+        pub h_plus_1: f32,
+        pub pad0: u32,
+        pub pad1: u32,
+        pub pad2: u32,
+    }
+}
+const _: () = assert!(std::mem::size_of::<TfceExactParams>() == 32);
+
+/// The largest H + 1 the exact TFCE raises heights to by repeated multiplication.
+pub const EXACT_MAX_INT_POWER: u32 = 8;
+
+impl TfceExactParams {
+    /// The parameters for TFCE height exponent `h` over `nmaps` maps of a graph's `v`
+    /// voxels and neighbour-row `width`.
+    pub fn new(v: usize, width: usize, nmaps: usize, h: f32) -> TfceExactParams {
+        let hp1 = h + 1.0;
+        let int_power =
+            if hp1.fract() == 0.0 && hp1 >= 1.0 && hp1 <= EXACT_MAX_INT_POWER as f32 { hp1 as u32 } else { 0 };
+        TfceExactParams {
+            v: v as u32,
+            width: width as u32,
+            nmaps: nmaps as u32,
+            int_power,
+            h_plus_1: hp1,
+            ..Default::default()
+        }
+    }
+}
+
+/// The assembled WGSL source of the exact TFCE kernels (`shader/tfce_exact.wgsl`).
+pub fn tfce_exact_wgsl_source() -> String {
+    assemble(include_str!("../shader/tfce_exact.wgsl"), &|name| match name {
+        "tfce_exact_params" => Some(format!(
+            "{}{}{}",
+            TfceExactParams::WGSL,
+            consts_wgsl(TFCE_EXACT_CONSTS),
+            consts_wgsl(&[("WG", WG), ("NONE", NONE)])
+        )),
+        _ => None,
+    })
+}
+
+/// Workgroup memory of the exact TFCE module: none.
+pub const EXACT_WORKGROUP_STORAGE_BYTES: u32 = 0;
 
 /// The assembled WGSL source of the spatial kernels (labels, clusters and TFCE).
 pub fn wgsl_source() -> String {

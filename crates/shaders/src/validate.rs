@@ -18,7 +18,7 @@ fn workgroup_bytes(module: &naga::Module) -> u32 {
 #[test]
 fn every_shader_variant_compiles() {
     let all = variants();
-    assert!(all.len() >= 9, "four glm_stat kernels x two row-source variants, and the spatial module");
+    assert!(all.len() >= 10, "four glm_stat kernels x two row-source variants, the spatial module, exact TFCE");
     for v in &all {
         let module = naga::front::wgsl::parse_str(&v.source)
             .unwrap_or_else(|e| panic!("{}: {}", v.label, e.emit_to_string(&v.source)));
@@ -68,4 +68,7 @@ fn generated_declarations_are_in_the_sources() {
     assert_eq!(glm.matches("fn statistic4(").count(), 1);
     let sp = crate::spatial::wgsl_source();
     assert!(sp.contains("struct SpatialParams {") && sp.contains("fn enter(") && sp.contains("fn init("));
+    let ex = crate::spatial::tfce_exact_wgsl_source();
+    assert!(ex.contains("struct TfceExactParams {") && ex.contains("const EXACT_HIST_BINS: u32 = 2048u;"));
+    assert!(ex.contains("const NONE: u32 = 4294967295u;") && ex.contains("fn push_down("));
 }

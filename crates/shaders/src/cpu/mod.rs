@@ -5,3 +5,4 @@ pub mod glm_stat;
 pub mod glm_stat_wide;
 pub mod label_components;
 pub mod tfce;
+pub mod tfce_exact;
