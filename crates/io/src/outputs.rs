@@ -6,14 +6,63 @@
 //! `.voxflip-{pid}-{stem}{ext}`: the pid keeps concurrent runs apart, and the extension
 //! stays last because the NIfTI writer picks compression from it. `commit` renames them
 //! all; dropping an uncommitted set (an error, a panic unwinding) deletes the temporaries.
+//!
+//! Images can also be written in the background ([`OutputSet::write_image_later`]): each
+//! is compressed and written on rayon's pool while the caller goes on (the next contrast's
+//! permutations), several at once; `commit` waits for them and commits nothing if one
+//! failed. The files are the same bytes as written directly.
 use crate::error::{Error, Result};
 use std::path::{Path, PathBuf};
+use std::sync::{Arc, Condvar, Mutex};
 
 /// Outputs pending under temporary names. See the module documentation.
 #[derive(Debug, Default)]
 pub struct OutputSet {
     /// (temporary, final) pairs not yet renamed, in the order they were first requested.
     pending: Vec<(PathBuf, PathBuf)>,
+    /// Background writes not yet finished, and the first of their errors.
+    background: Arc<Background>,
+}
+
+/// Writes running on rayon's pool: how many, and the first error.
+#[derive(Debug, Default)]
+struct Background {
+    state: Mutex<(usize, Option<Error>)>,
+    finished: Condvar,
+}
+
+impl Background {
+    fn start(&self) {
+        self.state.lock().unwrap_or_else(|e| e.into_inner()).0 += 1;
+    }
+
+    fn end(&self, result: Result<()>) {
+        let mut st = self.state.lock().unwrap_or_else(|e| e.into_inner());
+        st.0 -= 1;
+        if let Err(e) = result {
+            st.1.get_or_insert(e);
+        }
+        self.finished.notify_all();
+    }
+
+    /// Wait until every background write has finished; the first error, if any. On one of
+    /// rayon's threads (where the writes may be queued behind the caller) the waiting thread
+    /// runs queued work itself, so a one-thread pool cannot deadlock.
+    fn wait(&self) -> Result<()> {
+        let mut st = self.state.lock().unwrap_or_else(|e| e.into_inner());
+        while st.0 > 0 {
+            if rayon::current_thread_index().is_some() {
+                drop(st);
+                if rayon::yield_now() != Some(rayon::Yield::Executed) {
+                    std::thread::sleep(std::time::Duration::from_millis(1));
+                }
+                st = self.state.lock().unwrap_or_else(|e| e.into_inner());
+            } else {
+                st = self.finished.wait(st).unwrap_or_else(|e| e.into_inner());
+            }
+        }
+        st.1.take().map_or(Ok(()), Err)
+    }
 }
 
 impl OutputSet {
@@ -81,10 +130,46 @@ impl OutputSet {
         })
     }
 
-    /// Rename every temporary to its final name and return the final paths, in the order
-    /// they were first requested. If a rename fails, the outputs already renamed stay and the
+    /// Write a 3D or 4D float32 image like [`OutputSet::write_image`], but in the background
+    /// on rayon's pool: this returns at once, and [`OutputSet::commit`] (or
+    /// [`OutputSet::wait`]) reports a failure.
+    pub fn write_image_later(
+        &mut self,
+        final_path: &Path,
+        reference: &crate::Header,
+        dims: [usize; 3],
+        nvol: usize,
+        data: Vec<f32>,
+    ) {
+        let tmp = self.temp_for(final_path);
+        let (fin, reference) = (final_path.to_path_buf(), reference.clone());
+        let background = Arc::clone(&self.background);
+        background.start();
+        rayon::spawn(move || {
+            let write = || {
+                crate::nifti::write_image(&tmp, &reference, dims, nvol, &data).map_err(|e| match e {
+                    Error::Output { msg, .. } => Error::output(&fin, msg),
+                    other => other,
+                })
+            };
+            // A panic on rayon's pool would abort the process: make it this output's error.
+            let result = std::panic::catch_unwind(std::panic::AssertUnwindSafe(write))
+                .unwrap_or_else(|_| Err(Error::output(&fin, "the writer panicked")));
+            background.end(result);
+        });
+    }
+
+    /// Wait for the background writes; the first error among them.
+    pub fn wait(&self) -> Result<()> {
+        self.background.wait()
+    }
+
+    /// Wait for the background writes, then rename every temporary to its final name and
+    /// return the final paths, in the order they were first requested. If a write failed,
+    /// nothing is renamed. If a rename fails, the outputs already renamed stay and the
     /// rest are deleted (when the set drops); the error names the output that failed.
     pub fn commit(mut self) -> Result<Vec<PathBuf>> {
+        self.wait()?;
         let mut done = Vec::with_capacity(self.pending.len());
         while !self.pending.is_empty() {
             let (tmp, fin) = self.pending.remove(0);
@@ -102,8 +187,10 @@ impl OutputSet {
 }
 
 impl Drop for OutputSet {
-    /// Remove temporaries that were never committed; a missing one (never written) is fine.
+    /// Remove temporaries that were never committed (after the background writes that may
+    /// still be creating them); a missing one (never written) is fine.
     fn drop(&mut self) {
+        let _ = self.background.wait();
         for (tmp, _) in self.pending.drain(..) {
             let _ = std::fs::remove_file(tmp);
         }
@@ -217,6 +304,52 @@ mod tests {
             assert_eq!(names(d.path()).len(), 2);
         }
         assert!(names(d.path()).is_empty());
+    }
+
+    /// Maps written in the background are the same bytes as maps written directly, and are
+    /// renamed with the rest; a background write that fails stops the commit (naming its
+    /// final file), and no temporary is left behind.
+    #[test]
+    fn background_writes_match_direct_writes_and_fail_the_commit() {
+        let d = voxflip_testkit::tempdir().unwrap();
+        let dims = [64, 64, 64];
+        let maps: Vec<Vec<f32>> =
+            (0..6).map(|k| (0..64 * 64 * 64).map(|i| ((i * (k + 3)) % 977) as f32 * 0.25).collect()).collect();
+        let mut o = OutputSet::new();
+        let mut direct = Vec::new();
+        for (k, m) in maps.iter().enumerate() {
+            let p = d.path().join(format!("direct{k}.nii.gz"));
+            crate::nifti::write_image(&p, &header(), dims, 1, m).unwrap();
+            direct.push(std::fs::read(&p).unwrap());
+            o.write_image_later(&d.path().join(format!("out{k}.nii.gz")), &header(), dims, 1, m.clone());
+        }
+        o.write_text(&d.path().join("out.json"), "{}").unwrap();
+        let done = o.commit().unwrap();
+        assert_eq!(done.len(), 7);
+        for (k, bytes) in direct.iter().enumerate() {
+            assert!(std::fs::read(d.path().join(format!("out{k}.nii.gz"))).unwrap() == *bytes, "map {k}");
+        }
+        assert_eq!(names(d.path()).len(), 13, "{:?}", names(d.path()));
+
+        let e = failing_set_error(d.path());
+        assert!(e.contains("bad.nii.gz: cannot write") && !e.contains(".voxflip-"), "{e}");
+        assert_eq!(names(d.path()).len(), 13, "nothing of the failed set remains: {:?}", names(d.path()));
+        // Dropped without a commit: the background writes finish, then their files go.
+        {
+            let mut o = OutputSet::new();
+            for (k, m) in maps.iter().take(4).enumerate() {
+                o.write_image_later(&d.path().join(format!("gone{k}.nii.gz")), &header(), dims, 1, m.clone());
+            }
+        }
+        assert_eq!(names(d.path()).len(), 13);
+    }
+
+    /// A set with a good and a failing background write; the commit's error.
+    fn failing_set_error(dir: &Path) -> String {
+        let mut o = OutputSet::new();
+        o.write_image_later(&dir.join("good.nii.gz"), &header(), [2, 2, 2], 1, vec![1.0; 8]);
+        o.write_image_later(&dir.join("bad.nii.gz"), &header(), [2, 2, 2], 1, vec![1.0; 3]);
+        o.commit().unwrap_err().to_string()
     }
 
     #[test]
