@@ -28,17 +28,28 @@ impl<'a> Outputs<'a> {
     }
 
     /// `{prefix}_{what}.nii.gz`: in-mask values on the full grid (0 outside the mask).
+    /// Compressed and written in the background (the next contrast runs meanwhile); a
+    /// failure surfaces at [`Outputs::commit`].
     pub fn map(&mut self, what: &str, values: &[f32]) -> Result<()> {
-        let path = self.path(what, ".nii.gz");
-        self.set.write_map(&path, &self.ds.reference, self.ds.dims, &self.ds.expand(values))?;
+        self.map_full_owned(what, self.ds.expand(values));
         Ok(())
     }
 
-    /// `{prefix}_{what}.nii.gz`: a map already on the full grid.
+    /// `{prefix}_{what}.nii.gz`: a map already on the full grid (in the background, as
+    /// [`Outputs::map`]).
     pub fn map_full(&mut self, what: &str, values: &[f32]) -> Result<()> {
-        let path = self.path(what, ".nii.gz");
-        self.set.write_map(&path, &self.ds.reference, self.ds.dims, values)?;
+        self.map_full_owned(what, values.to_vec());
         Ok(())
+    }
+
+    fn map_full_owned(&mut self, what: &str, values: Vec<f32>) {
+        let path = self.path(what, ".nii.gz");
+        self.set.write_image_later(&path, &self.ds.reference, self.ds.dims, 1, values);
+    }
+
+    /// Wait for the maps still being written in the background (their first error).
+    pub fn wait(&self) -> Result<()> {
+        Ok(self.set.wait()?)
     }
 
     /// `{prefix}_{what}.nii.gz` of p-values in the run's convention (1 - p, or -log10 p).

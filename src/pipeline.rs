@@ -9,6 +9,7 @@ use crate::progress::Bar;
 use crate::state::{checkpoint_file, identity, ContrastState, NullState, Shard};
 use crate::summary::{
     null_quantiles, utc_now, ContrastSummary, DesignRecord, ExchangeBlocks, Grid, Histogram, RunReport, SpatialSummary,
+    Timings,
 };
 use std::ops::Range;
 use std::path::PathBuf;
@@ -248,6 +249,7 @@ pub fn run(ds: &Dataset, design: &Design, opts: &AnalysisOptions, prefix: &str) 
             .sum(),
     };
     let progress = Bar::new(remaining as u64, opts.quiet);
+    let (setup_seconds, contrasts_start) = (start.elapsed().as_secs_f64(), Instant::now());
     let mut summaries = Vec::new();
     let mut states: Vec<ContrastState> = Vec::new();
     for (ci, (contrast, plan)) in design.contrasts.iter().zip(&plans).enumerate() {
@@ -268,6 +270,7 @@ pub fn run(ds: &Dataset, design: &Design, opts: &AnalysisOptions, prefix: &str) 
         states.push(cs);
     }
     progress.finish();
+    let (contrasts_seconds, outputs_start) = (contrasts_start.elapsed().as_secs_f64(), Instant::now());
     let RunState { mut outputs, mut graphs, tables, spatial_backend, checkpoints, .. } = state;
     let mut full = checkpoints.template;
     full.spatial_backend = spatial_backend.clone();
@@ -320,7 +323,13 @@ pub fn run(ds: &Dataset, design: &Design, opts: &AnalysisOptions, prefix: &str) 
         }
         .into(),
         contrasts: summaries,
-        seconds_total: start.elapsed().as_secs_f64(),
+        seconds_total: 0.0,
+        timings: Timings {
+            read_inputs: ds.read_seconds,
+            setup: setup_seconds,
+            contrasts: contrasts_seconds,
+            outputs: 0.0,
+        },
         shards: match &opts.distribution {
             Distribution::Merge(m) => Some(m.shards.clone()),
             _ => None,
@@ -335,6 +344,10 @@ pub fn run(ds: &Dataset, design: &Design, opts: &AnalysisOptions, prefix: &str) 
         .chain(std::iter::once(json_path))
         .chain(opts.report.enabled.then(|| report_path.clone()))
         .collect();
+    // The maps still being written in the background belong to the outputs' time.
+    outputs.wait()?;
+    report.timings.outputs = outputs_start.elapsed().as_secs_f64();
+    report.seconds_total = start.elapsed().as_secs_f64();
     let json = serde_json::to_string_pretty(&report).map_err(|e| Error::usage(format!("provenance record: {e}")))?;
     outputs.text("voxflip", ".json", &json)?;
     outputs.commit()?;

@@ -54,6 +54,21 @@ pub struct SpatialSummary {
     pub voxels_fwe05: usize,
 }
 
+/// Where a run's wall time went, in seconds: the sidecar's `timings`.
+#[derive(Clone, Debug, Default, Serialize, Deserialize)]
+pub struct Timings {
+    /// Reading the inputs and forming the data matrix, before the analysis (0: unknown).
+    pub read_inputs: f64,
+    /// The analysis up to its first permutation: models, permutation sets, engines.
+    pub setup: f64,
+    /// Every contrast: observed maps, permutations with their spatial statistics (TFCE,
+    /// clusters; overlapped with the engine's batches), p-values.
+    pub contrasts: f64,
+    /// After the contrasts: cluster tables, the mean image, and waiting for the maps that
+    /// were being written in the background (most of them while later contrasts ran).
+    pub outputs: f64,
+}
+
 /// The quantiles of a null the sidecar records: median, 90%, 95%, 99% and the maximum.
 pub fn null_quantiles(null: &MaxStatNull) -> Vec<(f64, f32)> {
     [0.5, 0.9, 0.95, 0.99, 1.0].iter().map(|&q| (q, null.quantile(q))).collect()
@@ -141,7 +156,12 @@ pub struct RunReport {
     /// What the report shows (background, atlases).
     pub report: crate::options::ReportOptions,
     pub contrasts: Vec<ContrastSummary>,
+    /// From the analysis' start (the inputs read) to the sidecar (the report is written
+    /// after it).
     pub seconds_total: f64,
+    /// Where the wall time went (absent in sidecars of earlier versions).
+    #[serde(default)]
+    pub timings: Timings,
     /// The shards merged into these outputs (`voxflip merge`); absent for a single run.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub shards: Option<Vec<crate::state::ShardRecord>>,

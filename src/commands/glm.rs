@@ -23,9 +23,11 @@ pub fn run(g: &GlmArgs, args: &[String]) -> Result<()> {
     let input =
         g.input.as_ref().ok_or_else(|| Error::usage("no input: give -i 4D.nii.gz (or a subcommand; see --help)"))?;
     let prefix = g.common.out()?;
+    let read_start = std::time::Instant::now();
     let img = voxflip_io::read_image(input)?;
     let mask = read_mask(&g.common.mask)?;
-    let ds = Dataset::from_image(&img, input, mask.as_ref().zip(g.common.mask.as_deref()))?;
+    let mut ds = Dataset::from_image(&img, input, mask.as_ref().zip(g.common.mask.as_deref()))?;
+    ds.read_seconds = read_start.elapsed().as_secs_f64();
     drop(img);
     let mut design = match (&g.design, &g.contrasts) {
         (Some(d), Some(t)) => read_design(d, t, g.fts.as_deref(), ds.n)?,

@@ -12,15 +12,15 @@ use voxflip_stats::{Design, PermKind};
 /// Load --pre/--post as 4D files or per-subject patterns, in participants.tsv order.
 fn load_session(spec: &str, ids: &[String]) -> Result<(voxflip_io::Image, PathBuf)> {
     if spec.contains("{participant_id}") {
-        let mut imgs = Vec::with_capacity(ids.len());
+        let mut paths = Vec::with_capacity(ids.len());
         for id in ids {
             let p = PathBuf::from(spec.replace("{participant_id}", id));
             if !p.exists() {
                 return Err(Error::input(&p, format!("no such file for participant {id}")));
             }
-            imgs.push((voxflip_io::read_image(&p)?, p));
+            paths.push(p);
         }
-        Ok((voxflip_io::dataset::stack(imgs)?, PathBuf::from(spec)))
+        Ok((voxflip_io::dataset::read_stack(&paths)?, PathBuf::from(spec)))
     } else {
         let p = PathBuf::from(spec);
         let img = voxflip_io::read_image(&p)?;
@@ -79,12 +79,15 @@ pub fn run(a: &InteractionArgs, args: &[String]) -> Result<()> {
             ));
         }
     }
-    let (pre, pre_path) = load_session(&a.pre, &parts.ids)?;
-    let (post, post_path) = load_session(&a.post, &parts.ids)?;
+    let read_start = std::time::Instant::now();
+    // Both sessions at once: a 4D .nii.gz from another tool inflates as one stream each.
+    let (pre, post) = rayon::join(|| load_session(&a.pre, &parts.ids), || load_session(&a.post, &parts.ids));
+    let ((pre, pre_path), (post, post_path)) = (pre?, post?);
     let diff = voxflip_io::dataset::difference(&pre, &pre_path, &post, &post_path)?;
     drop((pre, post));
     let mask = read_mask(&a.common.mask)?;
-    let ds = Dataset::from_image(&diff, &post_path, mask.as_ref().zip(a.common.mask.as_deref()))?;
+    let mut ds = Dataset::from_image(&diff, &post_path, mask.as_ref().zip(a.common.mask.as_deref()))?;
+    ds.read_seconds = read_start.elapsed().as_secs_f64();
     drop(diff);
     let design = Design::group_by_time(&groups, &[names[0].clone(), names[1].clone()]);
     let (kind, reason) = if a.permute {

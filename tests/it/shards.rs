@@ -134,6 +134,7 @@ fn sidecar_sans_timings(bytes: &[u8]) -> serde_json::Value {
     let mut j: serde_json::Value = serde_json::from_slice(bytes).unwrap();
     let o = j.as_object_mut().unwrap();
     o.remove("seconds_total");
+    o.remove("timings");
     o.remove("date");
     o.remove("shards");
     // A resumed run records that it was (the command line it was given); nothing else.

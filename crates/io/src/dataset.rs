@@ -23,6 +23,9 @@ pub struct Dataset {
     pub source: PathBuf,
     /// The mask image (-m), if one was given.
     pub mask_source: Option<PathBuf>,
+    /// Seconds its reader took to read the files and form the dataset (for the sidecar's
+    /// timings; 0 unless the reader sets it).
+    pub read_seconds: f64,
 }
 
 fn same_grid(a: &Image, b: &Image) -> bool {
@@ -150,6 +153,7 @@ impl Dataset {
             reference: img.header.clone(),
             source: img_path.to_path_buf(),
             mask_source: mask.map(|(_, p)| p.to_path_buf()),
+            read_seconds: 0.0,
         })
     }
 
@@ -178,6 +182,16 @@ impl Dataset {
     pub fn voxel_volume(&self) -> f64 {
         self.pixdim.iter().map(|&p| p.abs() as f64).product()
     }
+}
+
+/// Read one 3D image per path, several at once (each file's inflate is one stream unless
+/// voxflip wrote it), and stack them in the order given ([`stack`]). An error names the
+/// first file, in that order, that could not be read.
+pub fn read_stack(paths: &[PathBuf]) -> Result<Image> {
+    use rayon::prelude::*;
+    let images: Vec<Result<Image>> = paths.par_iter().map(|p| crate::nifti::read_image(p)).collect();
+    let images = images.into_iter().zip(paths).map(|(r, p)| r.map(|img| (img, p.clone()))).collect::<Result<_>>()?;
+    stack(images)
 }
 
 /// Stack 3D images (one per subject) into one 4D image; all must share the first's grid.
