@@ -122,12 +122,20 @@ fn deflate_chunk(input: &[u8], level: u32, last: bool) -> Vec<u8> {
 /// in parallel when it is the whole file; anything else by one streaming decoder. Errors say
 /// what is wrong with the data, for the caller to put after the file name.
 pub fn decompress(raw: &[u8]) -> Result<Vec<u8>, String> {
-    if let Some(index) = ChunkIndex::parse(raw) {
-        if let Some(out) = inflate_indexed(raw, &index)? {
-            return Ok(out);
-        }
+    match decompress_indexed(raw)? {
+        Some(out) => Ok(out),
+        None => inflate_stream(raw),
     }
-    inflate_stream(raw)
+}
+
+/// Decompress a gzip member that voxflip wrote, in parallel; `Ok(None)` for any other
+/// gzip file (no index, several members, an index that does not add up), which the caller
+/// then inflates as a stream.
+pub fn decompress_indexed(raw: &[u8]) -> Result<Option<Vec<u8>>, String> {
+    match ChunkIndex::parse(raw) {
+        Some(index) => inflate_indexed(raw, &index),
+        None => Ok(None),
+    }
 }
 
 /// One streaming decoder over every member (what gzip -d does).

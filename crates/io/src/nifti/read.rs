@@ -4,6 +4,7 @@ use super::Image;
 use crate::error::{io_msg, Error, Result};
 use nifti::{Endianness, NiftiHeader};
 use rayon::prelude::*;
+use std::io::Read;
 use std::path::Path;
 
 /// NIfTI datatype codes this reader decodes (the same codes in NIfTI-1 and NIfTI-2).
@@ -63,9 +64,51 @@ struct Layout {
 /// Compression is detected from the gzip magic bytes, not the file name, so a mislabelled
 /// file still reads. scl_slope/scl_inter are applied as the NIfTI standard says (a slope of
 /// 0 or a non-finite slope means "no scaling"), computing in f64 before rounding to f32.
+///
+/// A gzip file that voxflip wrote is inflated in parallel first; any other is inflated as
+/// one stream and converted to f32 block by block as it is read, so a 4D input never sits
+/// in memory twice (as bytes and as floats).
 pub fn read_image(path: &Path) -> Result<Image> {
-    let bytes = read_all(path)?;
+    let raw = std::fs::read(path).map_err(|e| Error::input(path, format!("cannot read: {}", io_msg(&e))))?;
+    if raw.len() < 2 || raw[0] != 0x1f || raw[1] != 0x8b {
+        return read_from(path, &mut &raw[..]);
+    }
+    match crate::gzip::decompress_indexed(&raw).map_err(|msg| Error::input(path, msg))? {
+        Some(bytes) => read_from(path, &mut &bytes[..]),
+        None => {
+            // Multi-member streams (as some tools write) are read whole.
+            let mut stream = flate2::read::MultiGzDecoder::new(&raw[..]);
+            let img = read_from(path, &mut stream)?;
+            // The rest of the stream, so a corrupt or truncated end is still found.
+            std::io::copy(&mut stream, &mut std::io::sink()).map_err(|e| gzip_error(path, &e))?;
+            Ok(img)
+        }
+    }
+}
+
+/// The error of a gzip stream that cannot be inflated.
+fn gzip_error(path: &Path, e: &std::io::Error) -> Error {
+    Error::input(path, format!("corrupt or truncated gzip data ({})", io_msg(e)))
+}
+
+/// Append up to `want` bytes from `src` to `buf`, fewer only at the end of the stream.
+fn read_up_to(path: &Path, src: &mut impl Read, buf: &mut Vec<u8>, want: usize) -> Result<()> {
+    buf.reserve(want);
+    let got = (&mut *src).take(want as u64).read_to_end(buf).map_err(|e| gzip_error(path, &e))?;
+    debug_assert!(got <= want);
+    Ok(())
+}
+
+/// Bytes converted to f32 at a time while reading a stream (a multiple of every datatype's
+/// size).
+pub(super) const BLOCK_BYTES: usize = 4 << 20;
+
+/// Parse a NIfTI file from `src` (plain bytes or an inflating stream): the header from its
+/// first bytes, then the data block by block into the image's floats.
+fn read_from(path: &Path, src: &mut impl Read) -> Result<Image> {
     let err = |msg: String| Error::input(path, msg);
+    let mut bytes = Vec::with_capacity(544);
+    read_up_to(path, src, &mut bytes, 544)?;
 
     if bytes.len() < 4 {
         return Err(err(format!("not a NIfTI file (only {} bytes)", bytes.len())));
@@ -91,35 +134,43 @@ pub fn read_image(path: &Path) -> Result<Image> {
     let nbytes = n.checked_mul(esize).ok_or_else(|| err("image dimensions are too large".into()))?;
     let offset = layout.vox_offset.max(layout.min_offset);
     let offset = usize::try_from(offset).map_err(|_| err("vox_offset is too large".into()))?;
-    let available = bytes.len().saturating_sub(offset);
-    if available < nbytes {
-        return Err(err(format!(
-            "data shorter than the header says (expected {nbytes} bytes after offset {offset}, found {available}): truncated file?"
-        )));
-    }
-    let raw = &bytes[offset..offset + nbytes];
     let scale = if layout.scl_slope != 0.0 && layout.scl_slope.is_finite() {
         let inter = if layout.scl_inter.is_finite() { layout.scl_inter } else { 0.0 };
         Some((layout.scl_slope, inter))
     } else {
         None
     };
-    let data = decode(raw, layout.datatype, layout.big_endian, scale);
+    // Up to the data: what the header read took beyond it stays, the rest is skipped.
+    if offset > bytes.len() {
+        let skip = (offset - bytes.len()) as u64;
+        let skipped =
+            std::io::copy(&mut (&mut *src).take(skip), &mut std::io::sink()).map_err(|e| gzip_error(path, &e))?;
+        if skipped < skip {
+            bytes.clear();
+        }
+    }
+    let mut block = bytes.split_off(offset.min(bytes.len()));
+    let mut data = vec![0f32; n];
+    let mut done = 0;
+    while done < nbytes {
+        let want = (nbytes - done).min(BLOCK_BYTES);
+        let missing = want - block.len().min(want);
+        read_up_to(path, src, &mut block, missing)?;
+        if block.len() < want {
+            let available = done + block.len();
+            return Err(err(format!(
+                "data shorter than the header says (expected {nbytes} bytes after offset {offset}, found {available}): truncated file?"
+            )));
+        }
+        let rest = block.split_off(want);
+        decode(&block, layout.datatype, layout.big_endian, scale, &mut data[done / esize..(done + want) / esize]);
+        done += want;
+        block = rest;
+    }
 
     let pixdim = [header.pixdim[1], header.pixdim[2], header.pixdim[3]];
     let affine = affine_of(&header);
     Ok(Image { dims, nvol, pixdim, affine, header, data })
-}
-
-/// Read the file, decompressing if it starts with the gzip magic (see [`crate::gzip`]:
-/// in parallel for files voxflip wrote; multi-member streams, as some tools write, whole).
-fn read_all(path: &Path) -> Result<Vec<u8>> {
-    let raw = std::fs::read(path).map_err(|e| Error::input(path, format!("cannot read: {}", io_msg(&e))))?;
-    if raw.len() >= 2 && raw[0] == 0x1f && raw[1] == 0x8b {
-        crate::gzip::decompress(&raw).map_err(|msg| Error::input(path, msg))
-    } else {
-        Ok(raw)
-    }
 }
 
 /// NIfTI-1: header via the nifti crate, after checking the magic and that the byte order
@@ -307,13 +358,12 @@ fn shape_of(dim: &[i64; 8]) -> std::result::Result<([usize; 3], usize), String> 
     Ok(([get(1), get(2), get(3)], get(4)))
 }
 
-/// Convert raw voxel bytes to f32, applying (slope, inter) in f64 when given; in blocks
-/// on every core (a 4D input is hundreds of megabytes).
-fn decode(raw: &[u8], dt: i64, big: bool, scale: Option<(f64, f64)>) -> Vec<f32> {
+/// Convert raw voxel bytes to f32 into `out`, applying (slope, inter) in f64 when given;
+/// in pieces on every core.
+fn decode(raw: &[u8], dt: i64, big: bool, scale: Option<(f64, f64)>, out: &mut [f32]) {
     const BLOCK: usize = 1 << 16;
     macro_rules! conv {
         ($t:ty, $n:expr) => {{
-            let mut out = vec![0f32; raw.len() / $n];
             out.par_chunks_mut(BLOCK).zip(raw.par_chunks(BLOCK * $n)).for_each(|(dst, src)| {
                 let it = src.chunks_exact($n).map(|c| {
                     let a: [u8; $n] = c.try_into().unwrap();
@@ -328,7 +378,6 @@ fn decode(raw: &[u8], dt: i64, big: bool, scale: Option<(f64, f64)>) -> Vec<f32>
                     None => dst.iter_mut().zip(it).for_each(|(d, v)| *d = v as f32),
                 }
             });
-            out
         }};
     }
     match dt {

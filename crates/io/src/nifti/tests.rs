@@ -375,3 +375,43 @@ fn gzipped_image_bytes_do_not_depend_on_threads() {
     assert_eq!(read_image(&dir.path().join("one.nii.gz")).unwrap().data, data);
     assert_eq!(read_image(&plain).unwrap().data, data);
 }
+
+/// An image larger than the reader's conversion block, in 8-byte big-endian values with
+/// scaling, from a plain gzip stream (another tool's, read block by block), an uncompressed
+/// file, and the same stream cut short: each value as the standard says, or the error.
+#[test]
+fn large_streams_convert_block_by_block() {
+    use std::io::Write;
+    let dir = tmp();
+    let (nx, ny, nz, nt) = (50i64, 40, 30, 24);
+    let n = (nx * ny * nz * nt) as usize;
+    assert!(8 * n > 2 * super::read::BLOCK_BYTES, "the test needs several blocks");
+    let values: Vec<f64> = (0..n).map(|i| (i % 9973) as f64 * 0.125 - 600.0).collect();
+    let raw: Vec<u8> = values.iter().flat_map(|v| v.to_be_bytes()).collect();
+    let mut bytes = nifti2_bytes([4, nx, ny, nz, nt, 1, 1, 1], 64, &raw, true);
+    // scl_slope 2, scl_inter -1 (big-endian f64 at 176 and 184).
+    bytes[176..184].copy_from_slice(&2.0f64.to_be_bytes());
+    bytes[184..192].copy_from_slice(&(-1.0f64).to_be_bytes());
+    let want: Vec<f32> = values.iter().map(|v| (v * 2.0 - 1.0) as f32).collect();
+
+    let gz = dir.path().join("big.nii.gz");
+    let mut enc = flate2::write::GzEncoder::new(Vec::new(), flate2::Compression::fast());
+    enc.write_all(&bytes).unwrap();
+    let stream = enc.finish().unwrap();
+    std::fs::write(&gz, &stream).unwrap();
+    assert_eq!(crate::gzip::decompress_indexed(&stream).unwrap(), None, "a stream without voxflip's index");
+    let img = read_image(&gz).unwrap();
+    assert_eq!((img.dims, img.nvol), ([50, 40, 30], 24));
+    assert!(img.data == want);
+
+    let plain = dir.path().join("big.nii");
+    std::fs::write(&plain, &bytes).unwrap();
+    assert!(read_image(&plain).unwrap().data == want);
+
+    // Cut within the data: the stream's own error; a cut file's data: how much there was.
+    std::fs::write(&gz, &stream[..stream.len() * 2 / 3]).unwrap();
+    assert_one_line_naming(&read_image(&gz).unwrap_err(), &gz, "corrupt or truncated gzip data");
+    std::fs::write(&plain, &bytes[..bytes.len() - 3]).unwrap();
+    let e = read_image(&plain).unwrap_err();
+    assert_one_line_naming(&e, &plain, &format!("found {}", 8 * n - 3));
+}
