@@ -8,6 +8,7 @@
 //! |---|---|---|---|
 //! | `glm_stat.wgsl` | the permutation GLM product, statistic and reductions (Direct, Tiles) | [`glm_stat`] | [`cpu::glm_stat`] |
 //! | `glm_stat_wide.wgsl` | the same with wide register blocks (Wide, Wide128) | [`glm_stat`] | [`cpu::glm_stat_wide`] |
+//! | `glm_stat_table.wgsl` | the same for sign flips by the table-driven product | [`glm_stat_table`] | [`cpu::glm_stat_table`] |
 //! | `label_components.wgsl` | connected components, cluster extent and mass | [`spatial`] | [`cpu::label_components`] |
 //! | `tfce.wgsl` | randomise's stepwise TFCE over the components | [`spatial`] | [`cpu::tfce`] |
 //! | `tfce_exact.wgsl` | the exact TFCE integral, one component tree per map | [`spatial`] | [`cpu::tfce_exact`] |
@@ -19,6 +20,7 @@
 //! crate's tests, so a broken shader fails `cargo test` on a machine without any GPU.
 pub mod cpu;
 pub mod glm_stat;
+pub mod glm_stat_table;
 pub mod keys;
 pub mod spatial;
 pub mod wgsl;
@@ -54,6 +56,14 @@ pub fn variants() -> Vec<ShaderVariant> {
                 workgroup_bytes: kernel.workgroup_storage_bytes(),
             });
         }
+    }
+    for bits in [1, glm_stat_table::best_bits(58), glm_stat_table::MAX_BITS] {
+        out.push(ShaderVariant {
+            label: format!("glm_stat_table BITS={bits}"),
+            source: glm_stat_table::wgsl_source(),
+            overrides: glm_stat_table::overrides(bits),
+            workgroup_bytes: glm_stat_table::WORKGROUP_STORAGE_BYTES,
+        });
     }
     out.push(ShaderVariant {
         label: "label_components + tfce".into(),

@@ -66,6 +66,9 @@ fn generated_declarations_are_in_the_sources() {
     let glm = crate::GlmKernel::Wide.wgsl_source();
     assert!(glm.contains("struct GlmParams {") && glm.contains("const FLAG_OBSERVED: u32 = 2u;"));
     assert_eq!(glm.matches("fn statistic4(").count(), 1);
+    let table = crate::glm_stat_table::wgsl_source();
+    assert!(table.contains("struct GlmParams {") && table.contains("const TABLE_ROWS: u32 = 64u;"));
+    assert!(table.contains("override BITS: u32") && table.matches("fn statistic4(").count() == 1);
     let sp = crate::spatial::wgsl_source();
     assert!(sp.contains("struct SpatialParams {") && sp.contains("fn enter(") && sp.contains("fn init("));
     let ex = crate::spatial::tfce_exact_wgsl_source();

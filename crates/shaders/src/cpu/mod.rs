@@ -2,6 +2,7 @@
 //! same arithmetic order where the language allows. They are the oracle the GPU stages are
 //! tested against, written for clarity rather than speed.
 pub mod glm_stat;
+pub mod glm_stat_table;
 pub mod glm_stat_wide;
 pub mod label_components;
 pub mod tfce;
