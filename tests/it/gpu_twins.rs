@@ -319,6 +319,8 @@ fn reference(pb: &ContrastProblem, ps: &PermSet) -> Vec<f32> {
 #[test]
 fn engine_matches_reference_with_small_chunks() {
     let Some(mut g) = gpu() else { return };
+    // The matrix kernels for sign flips too (the table path has its own: gpu_table_twins).
+    g.set_product(voxflip_engines::Product::Gemm);
     for kernel in GlmKernel::ALL {
         g.set_kernel(kernel).unwrap();
         println!("kernel: {kernel:?}");

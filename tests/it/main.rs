@@ -18,6 +18,7 @@ mod cli;
 mod fallback;
 mod glm_oracles;
 mod gpu_spatial_twins;
+mod gpu_table_twins;
 mod gpu_twins;
 mod multi_adapter;
 mod report;

@@ -23,13 +23,14 @@
 use super::adapters::{select_adapter, AdapterChoice};
 use super::device::Device;
 use crate::error::{EngineError, Result};
-use crate::options::{GpuOptions, GpuTuning};
+use crate::options::{GpuOptions, GpuTuning, Product};
 use crate::BatchResult;
 use std::ops::Range;
 use std::sync::Mutex;
 use voxflip_shaders::glm_stat::{self, GlmKernel, GlmParams, FLAG_MAPS, FLAG_OBSERVED, FLAG_SRC, KIND_F, KIND_T, TV};
+use voxflip_shaders::glm_stat_table;
 use voxflip_shaders::keys::value_of;
-use voxflip_stats::{ContrastProblem, PermSet, StatKind};
+use voxflip_stats::{ContrastProblem, PermKind, PermSet, StatKind};
 
 /// Largest E chunk we allocate even where the limits allow more: leaves room on a 4 GiB card
 /// for the staging copy wgpu makes on upload and for the maps buffer.
@@ -186,6 +187,50 @@ fn build_pipeline(device: &wgpu::Device, kernel: GlmKernel, has_src: bool, unche
     (pipeline, layout)
 }
 
+/// Host-side marker in [`GlmParams::flags`]: the dispatch runs the table-driven product
+/// (`glm_stat_table.wgsl`). The shaders never read this bit.
+const FLAG_TABLE: u32 = 1 << 31;
+
+/// Why the adapter's limits refuse `glm_stat_table.wgsl`, or None (wgpu does not check
+/// workgroup memory against the limit itself: lavapipe allows 32 KiB).
+fn table_unsupported(l: &wgpu::Limits) -> Option<String> {
+    let bytes = glm_stat_table::WORKGROUP_STORAGE_BYTES;
+    let (x, y) = (glm_stat_table::WG_V, glm_stat_table::WG_P);
+    if l.max_compute_workgroup_storage_size < bytes {
+        Some(format!("glm_stat_table: workgroup storage {} B < {bytes} B needed", l.max_compute_workgroup_storage_size))
+    } else if l.max_compute_invocations_per_workgroup < x * y
+        || l.max_compute_workgroup_size_x < x
+        || l.max_compute_workgroup_size_y < y
+    {
+        Some(format!("glm_stat_table: workgroups of {x}x{y} not supported"))
+    } else {
+        None
+    }
+}
+
+/// The glm_stat_table pipeline for blocks of `bits` rows.
+fn build_table_pipeline(device: &wgpu::Device, bits: u32) -> Kernel {
+    let module = device.create_shader_module(wgpu::ShaderModuleDescriptor {
+        label: Some("glm_stat_table"),
+        source: wgpu::ShaderSource::Wgsl(glm_stat_table::wgsl_source().into()),
+    });
+    let constants = glm_stat_table::overrides(bits);
+    let pipeline = device.create_compute_pipeline(&wgpu::ComputePipelineDescriptor {
+        label: Some("glm_stat_table"),
+        layout: None,
+        module: &module,
+        entry_point: Some("main"),
+        compilation_options: wgpu::PipelineCompilationOptions {
+            constants: &constants,
+            // The shader initialises the workgroup memory it reads.
+            zero_initialize_workgroup_memory: false,
+        },
+        cache: None,
+    });
+    let layout = pipeline.get_bind_group_layout(0);
+    (pipeline, layout)
+}
+
 /// Resident data of one chunk of voxels.
 struct Chunk {
     v0: usize,
@@ -218,6 +263,10 @@ pub struct GpuEngine {
     kernels: [Option<Kernel>; 2],
     /// Which glm_stat kernel runs.
     glm_kernel: GlmKernel,
+    /// Table-driven or matrix product ([`GpuEngine::set_product`]).
+    product: Product,
+    /// The glm_stat_table pipeline and the block size it was built for, on first use.
+    table_kernel: Option<(u32, Kernel)>,
     /// Wide kernels compiled without wgpu's runtime checks (see `set_unchecked`).
     unchecked: bool,
     /// Set once the device failed: later calls fail fast rather than trust a broken device.
@@ -289,6 +338,8 @@ impl GpuEngine {
             // Sign flips need no row sources; the variant with them is built on first use.
             kernels: [None, None],
             glm_kernel,
+            product: Product::default(),
+            table_kernel: None,
             unchecked: opts.unchecked,
             broken: None,
             state: None,
@@ -359,7 +410,55 @@ impl GpuEngine {
         Ok(())
     }
 
+    /// Which product forms the coefficients of the batches that follow: with `Auto` or
+    /// `Table`, a sign-flip set (no row exchanges) runs `glm_stat_table.wgsl`, every other
+    /// set the glm_stat kernel. Results agree within float rounding (the GPU table twins).
+    pub fn set_product(&mut self, product: Product) {
+        self.product = product;
+    }
+
+    /// The product [`GpuEngine::set_product`] chose.
+    pub fn product(&self) -> Product {
+        self.product
+    }
+
+    /// The block size of the table-driven product for the batches of `perms` on the
+    /// prepared problem, or None when they run the matrix product.
+    pub fn table_bits(&self, perms: &PermSet) -> Option<u32> {
+        let st = self.state.as_ref()?;
+        let table = self.product != Product::Gemm
+            && perms.kind == PermKind::SignFlip
+            && perms.all_src().is_empty()
+            && perms.words_per_perm > 0
+            && table_unsupported(self.device.limits()).is_none();
+        table.then(|| glm_stat_table::best_bits(st.n as u32))
+    }
+
+    /// Build the glm_stat_table pipeline for `bits` if it is not there yet.
+    fn ensure_table_kernel(&mut self, bits: u32) -> Result<()> {
+        if let Some(why) = table_unsupported(self.device.limits()) {
+            return Err(EngineError::Unsupported(format!("{}: {why}", self.device.info().name)));
+        }
+        if self.table_kernel.as_ref().is_none_or(|(b, _)| *b != bits) {
+            self.table_kernel = Some((bits, build_table_pipeline(self.device.wgpu(), bits)));
+            self.device.poll("compiling glm_stat_table").map_err(|e| self.fail(e))?;
+        }
+        Ok(())
+    }
+
+    /// (voxel tiles, permutation tiles) of a dispatch of `params`.
+    fn workgroups_of(&self, params: &GlmParams) -> (u32, u32) {
+        if params.flags & FLAG_TABLE != 0 {
+            glm_stat_table::workgroups(params)
+        } else {
+            glm_stat::workgroups(params, self.glm_kernel)
+        }
+    }
+
     fn pipeline(&self, params: &GlmParams) -> &Kernel {
+        if params.flags & FLAG_TABLE != 0 {
+            return &self.table_kernel.as_ref().expect("ensure_table_kernel first").1;
+        }
         self.kernels[(params.flags & FLAG_SRC != 0) as usize].as_ref().expect("ensure_kernel first")
     }
 
@@ -429,7 +528,7 @@ impl GpuEngine {
     }
 
     fn encode_dispatch(&self, enc: &mut wgpu::CommandEncoder, bg: &wgpu::BindGroup, params: &GlmParams) {
-        let (wx, wy) = glm_stat::workgroups(params, self.glm_kernel);
+        let (wx, wy) = self.workgroups_of(params);
         if wx == 0 || wy == 0 {
             return;
         }
@@ -452,6 +551,31 @@ impl GpuEngine {
         pass.dispatch_workgroups(wx, wy, 1);
     }
 
+    /// Run glm_stat_table once on the device with blocks of `bits` rows and exactly its
+    /// twin's buffers ([`voxflip_shaders::cpu::glm_stat_table::glm_stat_table`]), as
+    /// [`GpuEngine::run_glm_stat`] runs glm_stat: the test hook for the table shader. `params`
+    /// must describe sign flips (`wpp > 0`, no `FLAG_SRC`).
+    #[allow(clippy::too_many_arguments)]
+    pub fn run_glm_stat_table(
+        &mut self,
+        params: &GlmParams,
+        bits: u32,
+        perm_words: &[u32],
+        qbasis: &[f32],
+        e: &[f32],
+        vox: &[f32],
+        max_bits: &mut [u32],
+        counts: &mut [u32],
+        maps: &mut [f32],
+    ) -> Result<()> {
+        if params.flags & FLAG_SRC != 0 || params.wpp == 0 || !(1..=glm_stat_table::MAX_BITS).contains(&bits) {
+            return Err(EngineError::Invalid("run_glm_stat_table: sign flips and 1 <= bits <= MAX_BITS only".into()));
+        }
+        self.ensure_table_kernel(bits)?;
+        let params = GlmParams { flags: params.flags | FLAG_TABLE, ..*params };
+        self.run_glm_stat(&params, perm_words, qbasis, e, vox, max_bits, counts, maps)
+    }
+
     /// Run glm_stat once on the device with exactly the twin's buffers
     /// ([`voxflip_shaders::cpu::glm_stat::glm_stat`]): the test hook that holds the shader against its twin.
     /// `max_bits` and `counts` are read as initial values and overwritten with the results;
@@ -468,7 +592,9 @@ impl GpuEngine {
         counts: &mut [u32],
         maps: &mut [f32],
     ) -> Result<()> {
-        self.ensure_kernel(params.flags & FLAG_SRC != 0)?;
+        if params.flags & FLAG_TABLE == 0 {
+            self.ensure_kernel(params.flags & FLAG_SRC != 0)?;
+        }
         // The buffers must hold what the parameters address (the kernels clamp indices into
         // these extents; see set_unchecked).
         let p = params;
@@ -491,7 +617,7 @@ impl GpuEngine {
         {
             return Err(EngineError::Invalid("run_glm_stat: buffers smaller than the parameters address".into()));
         }
-        let (wx, wy) = glm_stat::workgroups(params, self.glm_kernel);
+        let (wx, wy) = self.workgroups_of(params);
         let maxd = self.device.limits().max_compute_workgroups_per_dimension;
         if wx > maxd || wy > maxd {
             return Err(EngineError::Invalid(format!("dispatch {wx}x{wy} exceeds {maxd} workgroups per dimension")));
@@ -601,7 +727,11 @@ impl GpuEngine {
         mut maps: Option<&mut [f32]>,
         keep: bool,
     ) -> Result<(BatchResult, Option<wgpu::Buffer>)> {
-        self.ensure_kernel(!perms.all_src().is_empty())?;
+        let table_bits = self.table_bits(perms);
+        match table_bits {
+            Some(bits) => self.ensure_table_kernel(bits)?,
+            None => self.ensure_kernel(!perms.all_src().is_empty())?,
+        }
         let st = self.state.as_ref().ok_or_else(|| EngineError::Invalid("run_batch before prepare".into()))?;
         let (n, v, q) = (st.n, st.v, st.q);
         let b = range.len();
@@ -652,6 +782,9 @@ impl GpuEngine {
         let max_buf =
             self.device.storage_init("max", bytemuck::cast_slice(&vec![0u32; b]), wgpu::BufferUsages::COPY_SRC);
         let mut flags = if has_src { FLAG_SRC } else { 0 };
+        if table_bits.is_some() {
+            flags |= FLAG_TABLE;
+        }
         if observed.is_some() {
             flags |= FLAG_OBSERVED;
         }
@@ -690,7 +823,8 @@ impl GpuEngine {
             let g1 = (g0 + group).min(b);
             for c in &st.chunks {
                 let per_perm = (c.vc * n * q) as u64;
-                let tile_perms = self.glm_kernel.tile_perms() as usize;
+                let tile_perms =
+                    if table_bits.is_some() { glm_stat_table::TP } else { self.glm_kernel.tile_perms() } as usize;
                 let round = tile_perms.max(glm_stat::TP as usize);
                 let mut pd = ((max_macs / per_perm.max(1)) as usize).max(1);
                 if pd >= round {
@@ -838,6 +972,9 @@ impl GpuEngine {
                 ""
             },
         );
+        if self.product != Product::Gemm && table_unsupported(self.device.limits()).is_none() {
+            d += ", table-driven product for sign flips";
+        }
         if self.state.is_some() {
             d += &format!(", E chunk {} voxels, batch {}", self.chunk_voxels(), self.preferred_batch());
         }
