@@ -22,8 +22,11 @@ pub mod levels;
 pub mod null;
 pub mod table;
 pub mod tfce;
+pub mod tfce_reference;
 pub mod workspace;
 
+#[cfg(test)]
+mod equivalence_tests;
 #[cfg(test)]
 mod oracle_tests;
 
@@ -35,5 +38,9 @@ pub use table::{cluster_table, local_maxima_table};
 pub use tfce::{
     tfce_exact, tfce_exact_into, tfce_exact_max, tfce_step_from_observed, tfce_stepwise, tfce_stepwise_into,
     tfce_stepwise_max, TfceParams,
+};
+pub use tfce_reference::{
+    tfce_exact_reference, tfce_exact_reference_into, tfce_exact_reference_max, tfce_stepwise_reference,
+    tfce_stepwise_reference_into, tfce_stepwise_reference_max,
 };
 pub use workspace::{pow_fast, Workspace};

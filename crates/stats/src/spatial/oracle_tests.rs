@@ -691,6 +691,10 @@ fn timing() {
         }
         println!("{name}: min {best:.2} ms, mean {:.2} ms", total / reps as f64);
     };
+    time("tfce_stepwise_reference_into (C6)", &mut || {
+        tfce_stepwise_reference_into(&g6, &map, &p, dh, &mut ws, &mut out).unwrap()
+    });
+    time("tfce_exact_reference_into (C6)", &mut || tfce_exact_reference_into(&g6, &map, &p, &mut ws, &mut out));
     time("tfce_stepwise_into (C6)", &mut || tfce_stepwise_into(&g6, &map, &p, dh, &mut ws, &mut out).unwrap());
     time("tfce_stepwise_max (C6)", &mut || {
         std::hint::black_box(tfce_stepwise_max(&g6, &map, &p, dh, &mut ws).unwrap());

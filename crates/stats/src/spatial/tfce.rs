@@ -40,7 +40,7 @@
 
 use super::graph::{Connectivity, MaskGraph};
 use super::levels::{tfce_levels, TooManyLevels, MAX_TFCE_LEVELS};
-use super::workspace::{pow_fast, Node, Workspace};
+use super::workspace::{pow_fast, TfNode, Workspace, UNSEEN};
 
 /// TFCE exponents and connectivity.
 #[derive(Clone, Copy, Debug, PartialEq)]
@@ -68,7 +68,7 @@ impl TfceParams {
 
 /// Whether a voxel takes part in TFCE at all.
 #[inline]
-fn enhanced(x: f32) -> bool {
+pub(crate) fn enhanced(x: f32) -> bool {
     x > 0.0 && x.is_finite()
 }
 
@@ -112,10 +112,7 @@ pub fn tfce_stepwise_into(
         if p.h > 0.0 {
             // Voxels at level 0 only (0 < T <= dh) sum 0^H = 0 exactly; the offsets would
             // leave f64 residue of a cancellation there. They sit at the end of the order.
-            for &v in ws.order.iter().rev() {
-                if ws.level[v as usize] != 0 {
-                    break;
-                }
+            for &v in &ws.order[ws.level0_start..] {
                 out[v as usize] = 0.0;
             }
         }
@@ -200,15 +197,17 @@ fn prepare_stepwise(
     }
 
     // Level of each voxel: the highest k with h_k < T_v. The float estimate T/dh is off by
-    // at most a step or two (rounding, accumulated thresholds); the table decides.
+    // at most a step or two (rounding, accumulated thresholds); the table decides. Voxels
+    // not enhanced get the marker `NOT_ENHANCED` so the scatter pass needs no second test
+    // of the map.
     let inv_dh = 1.0 / dh as f64;
     let hist = &mut ws.hist;
     hist.clear();
     hist.resize(top_level + 2, 0);
-    let mut n_active = 0usize;
-    for v in 0..n {
-        let t = map[v];
+    let level = &mut ws.level[..n];
+    for (lv, &t) in level.iter_mut().zip(map) {
         if !enhanced(t) {
+            *lv = NOT_ENHANCED;
             continue;
         }
         let mut k = ((t as f64 * inv_dh) as usize).min(top_level);
@@ -218,35 +217,44 @@ fn prepare_stepwise(
         while hs[k] >= t {
             k -= 1; // h_0 = 0 < t, so this stops
         }
-        ws.level[v] = k as u32;
+        *lv = k as u32;
         hist[k] += 1;
-        n_active += 1;
     }
-    // Counting sort, highest level first: bucket start of level k = count above k.
+    // Counting sort, highest level first: bucket start of level k = count above k. The
+    // same order as the reference (stable: voxel order within a level).
     let mut start = 0u32;
     for k in (0..=top_level).rev() {
         let c = hist[k];
         hist[k] = start;
         start += c;
     }
+    let n_active = start as usize;
     ws.order.resize(n_active, 0);
-    for v in 0..n {
-        if enhanced(map[v]) {
-            let k = ws.level[v] as usize;
-            ws.order[hist[k] as usize] = v as u32;
-            hist[k] += 1;
+    for (v, &k) in level.iter().enumerate() {
+        if k != NOT_ENHANCED {
+            let slot = &mut hist[k as usize];
+            ws.order[*slot as usize] = v as u32;
+            *slot += 1;
         }
     }
+    // Now hist[k] is the end of level k's bucket; each bucket gets its weight, written in
+    // order so the engine reads weights sequentially instead of looking up levels.
+    ws.order_w.resize(n_active, 0.0);
+    let mut begin = 0usize;
+    for k in (0..=top_level).rev() {
+        let end = hist[k] as usize;
+        ws.order_w[begin..end].fill(ws.level_q[k + 1]);
+        begin = end;
+    }
+    ws.level0_start = if top_level == 0 { 0 } else { hist[1] as usize };
 
     ws.prepare_size_pow(n, p.e);
-    // Move the tables out while the engine borrows the rest of `ws` (no copies).
-    let level = std::mem::take(&mut ws.level);
-    let level_q = std::mem::take(&mut ws.level_q);
-    grow_components(g, ws, |v| level_q[level[v as usize] as usize + 1]);
-    ws.level = level;
-    ws.level_q = level_q;
+    grow_components(g, ws);
     Ok(true)
 }
+
+/// Marks a voxel that TFCE does not enhance in `Workspace::level`.
+const NOT_ENHANCED: u32 = u32::MAX;
 
 /// Orders the positive voxels by decreasing value and runs the engine with W(h) = h^{H+1}.
 fn prepare_exact(g: &MaskGraph, map: &[f32], p: &TfceParams, ws: &mut Workspace) {
@@ -260,11 +268,12 @@ fn prepare_exact(g: &MaskGraph, map: &[f32], p: &TfceParams, ws: &mut Workspace)
         map.iter().enumerate().filter(|(_, &x)| enhanced(x)).map(|(v, &x)| ((x.to_bits() as u64) << 32) | v as u64),
     );
     radix_sort_high32(&mut ws.keys, &mut ws.keys_tmp, &mut ws.hist);
-    ws.order.clear();
-    ws.order.extend(ws.keys.iter().rev().map(|&k| k as u32));
-    ws.prepare_size_pow(n, p.e);
     let hp1 = p.h as f64 + 1.0;
-    grow_components(g, ws, |v| pow_fast(map[v as usize] as f64, hp1));
+    // The value travels in the key, so the weights need no lookup of the map.
+    ws.order.extend(ws.keys.iter().rev().map(|&k| k as u32));
+    ws.order_w.extend(ws.keys.iter().rev().map(|&k| pow_fast(f32::from_bits((k >> 32) as u32) as f64, hp1)));
+    ws.prepare_size_pow(n, p.e);
+    grow_components(g, ws);
 }
 
 /// LSD radix sort of `keys` by their upper 32 bits (three passes of 11 bits); stable, so
@@ -274,23 +283,31 @@ fn radix_sort_high32(keys: &mut Vec<u64>, tmp: &mut Vec<u64>, hist: &mut Vec<u32
     const BUCKETS: usize = 1 << BITS;
     tmp.clear();
     tmp.resize(keys.len(), 0);
+    // All three histograms in one read of the keys.
+    hist.clear();
+    hist.resize(3 * BUCKETS, 0);
+    for &k in keys.iter() {
+        for pass in 0..3 {
+            hist[pass * BUCKETS + (((k >> (32 + pass as u32 * BITS)) as usize) & (BUCKETS - 1))] += 1;
+        }
+    }
     for pass in 0..3 {
-        let shift = 32 + pass * BITS;
-        hist.clear();
-        hist.resize(BUCKETS, 0);
-        for &k in keys.iter() {
-            hist[((k >> shift) as usize) & (BUCKETS - 1)] += 1;
+        let shift = 32 + pass as u32 * BITS;
+        let h = &mut hist[pass * BUCKETS..(pass + 1) * BUCKETS];
+        // A pass where every key falls in one bucket would copy the keys unchanged.
+        if h.iter().any(|&c| c as usize == keys.len()) {
+            continue;
         }
         let mut sum = 0u32;
-        for h in hist.iter_mut() {
-            let c = *h;
-            *h = sum;
-            sum += c;
+        for c in h.iter_mut() {
+            let count = *c;
+            *c = sum;
+            sum += count;
         }
         for &k in keys.iter() {
             let b = ((k >> shift) as usize) & (BUCKETS - 1);
-            tmp[hist[b] as usize] = k;
-            hist[b] += 1;
+            tmp[h[b] as usize] = k;
+            h[b] += 1;
         }
         std::mem::swap(keys, tmp);
     }
@@ -299,13 +316,19 @@ fn radix_sort_high32(keys: &mut Vec<u64>, tmp: &mut Vec<u64>, hist: &mut Vec<u32
 // ---------------------------------------------------------------------------------------
 // Engine
 
-/// Adds the voxels of `ws.order` (non-increasing `weight`) one by one, merging components
-/// and settling their contributions lazily (see the module notes).
-fn grow_components(g: &MaskGraph, ws: &mut Workspace, weight: impl Fn(u32) -> f64) {
-    let size_pow = std::mem::take(&mut ws.size_pow);
+/// Adds the voxels of `ws.order` (weights `ws.order_w`, non-increasing) one by one,
+/// merging components and settling their contributions lazily (see the module notes).
+///
+/// The same floating-point operations in the same order as the reference engine
+/// ([`super::tfce_reference`]), so the same bits; only the memory layout differs: parents
+/// in their own compact array (the `find` walks and the "already added?" tests touch only
+/// it), weights read in order instead of looked up per voxel, and the final settling
+/// visits roots only.
+fn grow_components(g: &MaskGraph, ws: &mut Workspace) {
     let (rows, width) = g.padded_rows();
-    let Workspace { nodes, added, order, seeds, .. } = ws;
-    for (i, &v) in order.iter().enumerate() {
+    let Workspace { tf_parent: parent, tf_nodes: nodes, order, order_w, seeds, size_pow, .. } = ws;
+    let size_pow = &size_pow[..];
+    for (i, (&v, &w)) in order.iter().zip(order_w.iter()).enumerate() {
         // The visiting order jumps around the volume; fetch a later voxel's neighbour row
         // and node while this one is being merged.
         if let Some(&ahead) = order.get(i + PREFETCH_ROW_AHEAD) {
@@ -316,32 +339,31 @@ fn grow_components(g: &MaskGraph, ws: &mut Workspace, weight: impl Fn(u32) -> f6
             }
             prefetch(&nodes[ahead as usize]);
         }
-        let w = weight(v);
         let vi = v as usize;
-        nodes[vi] = Node { parent: v, size: 1, off: 0.0, top: w };
-        added[vi] = true;
+        parent[vi] = v;
+        nodes[vi] = TfNode { off: 0.0, top: w, size: 1 };
         let mut root = v;
         let mut alone = true;
         for &u in &rows[vi * width..(vi + 1) * width] {
             // The row padding (index V) is never added.
-            if !added[u as usize] {
+            if parent[u as usize] == UNSEEN {
                 continue;
             }
             alone = false;
-            let ru = find(nodes, u);
+            let ru = find(parent, nodes, u);
             if ru == root {
                 continue;
             }
             // `root` was created or last merged at weight w, so only `ru` has a range to
             // settle: the heights from its last change down to w, at its old size.
-            settle(&mut nodes[ru as usize], w, &size_pow);
+            settle(&mut nodes[ru as usize], w, size_pow);
             // Union by size; the absorbed root's offset becomes relative to the new root.
             let (big, small) =
                 if nodes[ru as usize].size >= nodes[root as usize].size { (ru, root) } else { (root, ru) };
             let (big_off, big_size) = (nodes[big as usize].off, nodes[big as usize].size);
             let s = &mut nodes[small as usize];
             s.off -= big_off;
-            s.parent = big;
+            parent[small as usize] = big;
             let small_size = s.size;
             nodes[big as usize].size = big_size + small_size;
             root = big;
@@ -352,16 +374,13 @@ fn grow_components(g: &MaskGraph, ws: &mut Workspace, weight: impl Fn(u32) -> f6
     }
     // Every component lives on down to height 0, where the weight is 0.
     for &v in order.iter() {
-        let n = &mut nodes[v as usize];
-        if n.parent == v {
-            settle(n, 0.0, &size_pow);
+        if parent[v as usize] == v {
+            settle(&mut nodes[v as usize], 0.0, size_pow);
         }
     }
-    ws.size_pow = size_pow;
 }
 
 /// How many voxels ahead of the current one to prefetch the neighbour row and node.
-/// (Prefetching the nodes of the neighbours too measured slower: more traffic than help.)
 const PREFETCH_ROW_AHEAD: usize = 8;
 
 #[inline(always)]
@@ -377,7 +396,7 @@ fn prefetch<T>(x: &T) {
 }
 
 #[inline]
-fn settle(r: &mut Node, w: f64, size_pow: &[f64]) {
+fn settle(r: &mut TfNode, w: f64, size_pow: &[f64]) {
     if r.top != w {
         r.off += size_pow[r.size as usize] * (r.top - w);
         r.top = w;
@@ -387,19 +406,19 @@ fn settle(r: &mut Node, w: f64, size_pow: &[f64]) {
 /// Root of `x` with path halving; a node that skips to its grandparent absorbs its
 /// parent's offset so path sums are unchanged.
 #[inline]
-fn find(nodes: &mut [Node], mut x: u32) -> u32 {
+fn find(parent: &mut [u32], nodes: &mut [TfNode], mut x: u32) -> u32 {
     loop {
-        let p = nodes[x as usize].parent;
+        let p = parent[x as usize];
         if p == x {
             return x;
         }
-        let (gp, p_off) = (nodes[p as usize].parent, nodes[p as usize].off);
+        let gp = parent[p as usize];
         if gp == p {
             return p;
         }
-        let n = &mut nodes[x as usize];
-        n.off += p_off;
-        n.parent = gp;
+        let p_off = nodes[p as usize].off;
+        nodes[x as usize].off += p_off;
+        parent[x as usize] = gp;
         x = gp;
     }
 }
@@ -407,12 +426,21 @@ fn find(nodes: &mut [Node], mut x: u32) -> u32 {
 /// Value of voxel `v` (sum of offsets to the root), compressing its path fully so later
 /// queries through it are O(1).
 #[inline]
-fn path_sum(nodes: &mut [Node], stack: &mut Vec<u32>, v: u32) -> f64 {
-    stack.clear();
+fn path_sum(parent: &mut [u32], nodes: &mut [TfNode], stack: &mut Vec<u32>, v: u32) -> f64 {
     let mut x = v;
-    while nodes[x as usize].parent != x {
+    let mut p = parent[x as usize];
+    // The common cases, a root or a child of one, need no stack.
+    if p == x {
+        return nodes[x as usize].off;
+    }
+    if parent[p as usize] == p {
+        return nodes[x as usize].off + nodes[p as usize].off;
+    }
+    stack.clear();
+    while p != x {
         stack.push(x);
-        x = nodes[x as usize].parent;
+        x = p;
+        p = parent[x as usize];
     }
     let root = x;
     // From the node just below the root downwards, fold each parent's (already
@@ -421,32 +449,25 @@ fn path_sum(nodes: &mut [Node], stack: &mut Vec<u32>, v: u32) -> f64 {
         let (c, p) = (stack[i] as usize, stack[i + 1] as usize);
         let p_off = nodes[p].off;
         nodes[c].off += p_off;
-        nodes[c].parent = root;
+        parent[c] = root;
     }
-    if v == root {
-        nodes[root as usize].off
-    } else {
-        nodes[v as usize].off + nodes[root as usize].off
-    }
+    nodes[v as usize].off + nodes[root as usize].off
 }
 
 fn settle_values(ws: &mut Workspace, scale: f64, out: &mut [f32]) {
-    assert_eq!(out.len() + 1, ws.added.len(), "output length must equal the number of in-mask voxels");
-    out.fill(0.0);
-    let Workspace { nodes, added, stack, .. } = ws;
+    assert_eq!(out.len() + 1, ws.tf_parent.len(), "output length must equal the number of in-mask voxels");
+    let Workspace { tf_parent: parent, tf_nodes: nodes, stack, .. } = ws;
     // In voxel order rather than visiting order: neighbouring nodes share cache lines.
     for (v, o) in out.iter_mut().enumerate() {
-        if added[v] {
-            *o = (path_sum(nodes, stack, v as u32) * scale) as f32;
-        }
+        *o = if parent[v] == UNSEEN { 0.0 } else { (path_sum(parent, nodes, stack, v as u32) * scale) as f32 };
     }
 }
 
 fn settle_max(ws: &mut Workspace, scale: f64) -> f32 {
-    let Workspace { nodes, seeds, stack, .. } = ws;
+    let Workspace { tf_parent: parent, tf_nodes: nodes, seeds, stack, .. } = ws;
     let mut best = 0.0f64;
     for &v in seeds.iter() {
-        best = best.max(path_sum(nodes, stack, v));
+        best = best.max(path_sum(parent, nodes, stack, v));
     }
     (best * scale) as f32
 }
