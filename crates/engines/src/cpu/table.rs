@@ -21,13 +21,16 @@
 //! (γ_n = nε/(1 − nε), ε = 2^-24), and the statistics equal the matrix path's within
 //! float rounding, not bit for bit.
 //!
-//! Tiles are the matrix path's [`TILE`] voxels, so the epilogue and the reductions are
-//! the same code ([`reduce_tile`]).
+//! A tile is the matrix path's [`TILE`] voxels, for the epilogue and the reductions (the
+//! matrix path's, [`reduce_tile`]), but its tables are built per sub-tile of [`SUB`] voxels
+//! (one AVX-512 vector), small enough to stay in L1 while a long block of
+//! [`PERM_BLOCK`] permutations reads them at random: the lookups, not the additions, set
+//! the pace, and from L2 they are several times slower.
 
 // Table and voxel loops index several parallel arrays; iterator chains would hide that.
 #![allow(clippy::needless_range_loop)]
 use super::kernels::{reduce_tile, Batch, Coefficients};
-use super::{PERM_BLOCK, TILE};
+use super::TILE;
 use voxflip_stats::{ContrastProblem, PermKind, PermSet};
 
 /// The largest block of rows: 2^8 table entries of TILE floats per block and k.
@@ -35,9 +38,17 @@ pub(crate) const MAX_BITS: usize = 8;
 /// At most this many distinct coefficient rows for the relabeling tables (each group past
 /// the first costs one pass of lookups per permutation).
 pub(crate) const MAX_GROUPS: usize = 4;
-/// Bytes of tables per worker at most: they are read at random by the lookups, so they
-/// should stay in the core's L2.
-const TABLE_BYTES: usize = 1 << 20;
+/// Voxels per sub-tile: one table row.
+pub(crate) const SUB: usize = 16;
+/// Permutations per block of the epilogue: each sub-tile's tables are read by this many
+/// permutations before the next sub-tile's (the U buffer, PERM_BLOCK x q x TILE floats,
+/// streams through L2).
+pub(crate) const PERM_BLOCK: usize = 192;
+/// Bytes of a sub-tile's tables at most, so that they stay in L1 (48 KiB on current x86
+/// cores, 32 KiB on older ones, beside the other buffers).
+const L1_TABLE_BYTES: usize = 30 << 10;
+/// The same where even one-row blocks do not fit L1 (many rows and coefficients): L2.
+const L2_TABLE_BYTES: usize = 256 << 10;
 
 /// What the tables hold, for which permutation set.
 #[derive(Clone, Debug, PartialEq)]
@@ -80,6 +91,12 @@ impl TablePlan {
         };
         let bits = best_bits(p.n, PREFERRED_BATCH, sets, passes);
         Some(TablePlan { form, bits, blocks: p.n.div_ceil(bits) })
+    }
+
+    /// The plan with `bits` rows per block (1 to [`MAX_BITS`]) for N = `n` rows.
+    pub fn with_bits(self, bits: usize, n: usize) -> TablePlan {
+        let bits = bits.clamp(1, MAX_BITS);
+        TablePlan { bits, blocks: n.div_ceil(bits), ..self }
     }
 
     /// Table entries per block.
@@ -137,6 +154,13 @@ impl TablePlan {
         }
         codes
     }
+
+    /// The codes of [`TablePlan::codes`] as the offsets (in floats) of the rows they select
+    /// within a set of tables, so that a lookup is one load and its additions.
+    pub fn row_offsets(&self, codes: &[u8]) -> Vec<u32> {
+        let blocks = self.blocks;
+        codes.iter().enumerate().map(|(i, &c)| (((i % blocks) << self.bits) + c as usize) as u32 * SUB as u32).collect()
+    }
 }
 
 /// The rows of Q as G groups of equal rows, when there are at most [`MAX_GROUPS`]. Rows
@@ -178,48 +202,48 @@ fn groups_of_rows(p: &ContrastProblem) -> Option<TableForm> {
 }
 
 /// The block size that minimizes the work of a batch, N/b lookups per permutation and pass
-/// plus 2^b entries per table to build, among those whose tables fit [`TABLE_BYTES`].
+/// plus 2^(b+1) additions per table to build, among those whose tables fit L1
+/// ([`L1_TABLE_BYTES`]), else L2.
 fn best_bits(n: usize, nperm: usize, sets: usize, passes: usize) -> usize {
+    let bytes = |b: usize| sets * n.div_ceil(b) * (1 << b) * SUB * 4;
+    let budget = if bytes(1) <= L1_TABLE_BYTES { L1_TABLE_BYTES } else { L2_TABLE_BYTES };
     (1..=MAX_BITS)
-        .filter(|&b| b == 1 || sets * n.div_ceil(b) * (1 << b) * TILE * 4 <= TABLE_BYTES)
-        .min_by_key(|&b| {
-            let blocks = n.div_ceil(b);
-            blocks * (nperm * passes + 2 * sets * (1 << b))
-        })
+        .filter(|&b| b == 1 || bytes(b) <= budget)
+        .min_by_key(|&b| n.div_ceil(b) * (nperm * passes + 2 * sets * (1 << b)))
         .unwrap_or(1)
 }
 
 /// A worker's table buffers, reused from tile to tile.
 #[derive(Default)]
 pub(super) struct TableScratch {
-    /// The tile's table rows: (set, block, entry) x TILE.
+    /// The tile's tables: (sub-tile, set, block, entry) x SUB floats.
     tables: Vec<f32>,
-    /// The rows being tabulated: blocks * bits x TILE (zero rows past N).
+    /// The rows being tabulated: blocks * bits x SUB (zero rows past N).
     rows: Vec<f32>,
     ubuf: Vec<f32>,
-    /// Group sums of one permutation (groups past the first) x TILE.
+    /// Group sums of a block of permutations: (permutation, group past the first) x TILE.
     sums: Vec<f32>,
 }
 
-/// Tabulates `rows` (blocks * bits rows of TILE) into `tables` (blocks * 2^bits rows):
-/// entry c of a block is Σ_r (bit r of c ? neg(w_r) : w_r) summed r = 0, 1, ..., with
-/// `neg(w) = -w` (sign tables) or 0 (subset tables: a set bit adds, a clear one does not —
-/// then the roles swap, see `subset`).
+/// Tabulates `rows` (blocks * bits rows of SUB) into `tables` (blocks * 2^bits rows):
+/// entry c of a block is the left-to-right sum over its rows r of ±w_r (sign tables: bit r
+/// of c set = −w_r) or of the w_r whose bit is set (subset tables), each entry one
+/// addition from the entry without its top bit.
 #[inline(always)]
 fn tabulate(rows: &[f32], bits: usize, blocks: usize, subset: bool, tables: &mut [f32]) {
     let entries = 1 << bits;
     for blk in 0..blocks {
-        let t = &mut tables[blk * entries * TILE..(blk + 1) * entries * TILE];
-        t[..TILE].fill(0.0);
+        let t = &mut tables[blk * entries * SUB..(blk + 1) * entries * SUB];
+        t[..SUB].fill(0.0);
         for r in 0..bits {
-            let w: &[f32; TILE] = rows[(blk * bits + r) * TILE..][..TILE].try_into().unwrap();
+            let w: &[f32; SUB] = rows[(blk * bits + r) * SUB..][..SUB].try_into().unwrap();
             let half = 1 << r;
             // Entries c < 2^r hold the sums of rows 0..r; entry c + 2^r has row r's bit set.
-            let (lo, hi) = t[..2 * half * TILE].split_at_mut(half * TILE);
+            let (lo, hi) = t[..2 * half * SUB].split_at_mut(half * SUB);
             for c in 0..half {
-                let a: &mut [f32; TILE] = (&mut lo[c * TILE..(c + 1) * TILE]).try_into().unwrap();
-                let b: &mut [f32; TILE] = (&mut hi[c * TILE..(c + 1) * TILE]).try_into().unwrap();
-                for x in 0..TILE {
+                let a: &mut [f32; SUB] = (&mut lo[c * SUB..(c + 1) * SUB]).try_into().unwrap();
+                let b: &mut [f32; SUB] = (&mut hi[c * SUB..(c + 1) * SUB]).try_into().unwrap();
+                for x in 0..SUB {
                     let base = a[x];
                     if subset {
                         b[x] = base + w[x];
@@ -233,71 +257,150 @@ fn tabulate(rows: &[f32], bits: usize, blocks: usize, subset: bool, tables: &mut
     }
 }
 
-/// Adds the table rows that `codes` select (one per block) into `out`, block by block.
+/// Permutations processed together by the lookups: each adds a chain of `blocks`
+/// dependent additions, so several interleaved keep the adders busy instead of waiting on
+/// one chain's latency.
+const LOOKUP_GROUP: usize = 4;
+
+/// Where [`lookup_block`] reads and writes.
+struct LookupJob<'a> {
+    /// The sub-tile's first set of tables used; K sets follow, `set_len` floats apart.
+    tables: &'a [f32],
+    set_len: usize,
+    /// `codes[j * stride + blk]`: the offset of local permutation j's row in block `blk`
+    /// ([`TablePlan::row_offsets`]).
+    codes: &'a [u32],
+    stride: usize,
+    blocks: usize,
+    entries: usize,
+    /// Permutation j's sum for set k goes to `dst[(j * per_perm + first + k) * TILE + offset..]`.
+    per_perm: usize,
+    first: usize,
+    offset: usize,
+}
+
+/// For each of `P` permutations from `j0` and each of `K` table sets, the sum of the table
+/// rows its codes select (one per block, blocks in order, from 0), into `out[j][k]`; one
+/// code serves the K sets.
 #[inline(always)]
-fn lookup(tables: &[f32], codes: &[u8], entries: usize, out: &mut [f32]) {
-    let first: &[f32; TILE] = tables[codes[0] as usize * TILE..][..TILE].try_into().unwrap();
-    // Accumulated in a local array (registers), stored once.
-    let mut acc = *first;
-    for (blk, &c) in codes.iter().enumerate().skip(1) {
-        let row: &[f32; TILE] = tables[(blk * entries + c as usize) * TILE..][..TILE].try_into().unwrap();
-        for x in 0..TILE {
-            acc[x] += row[x];
+fn lookup<const P: usize, const K: usize>(job: &LookupJob, j0: usize, out: &mut [[[f32; SUB]; K]; P]) {
+    let LookupJob { tables, set_len, codes, stride, blocks, entries, .. } = *job;
+    assert!(tables.len() >= (K - 1) * set_len + blocks * entries * SUB);
+    assert!(codes.len() >= (j0 + P - 1) * stride + blocks);
+    let _ = entries;
+    // Accumulated in local arrays (registers), stored once.
+    let mut acc = [[[0f32; SUB]; K]; P];
+    for blk in 0..blocks {
+        for j in 0..P {
+            // SAFETY: the offsets come from `TablePlan::row_offsets` of this plan, so each
+            // is below blocks * entries * SUB; with blk < blocks, k < K and the asserts
+            // above, every read is in bounds.
+            let at = unsafe { *codes.get_unchecked((j0 + j) * stride + blk) } as usize;
+            for k in 0..K {
+                let row = unsafe { &*(tables.as_ptr().add(k * set_len + at) as *const [f32; SUB]) };
+                add_row(&mut acc[j][k], row);
+            }
         }
     }
-    out.copy_from_slice(&acc);
+    *out = acc;
+}
+
+/// acc += row, one vector.
+#[inline(always)]
+fn add_row(acc: &mut [f32; SUB], row: &[f32; SUB]) {
+    for x in 0..SUB {
+        acc[x] += row[x];
+    }
+}
+
+/// Stores permutation `j`'s K sums where `job` says.
+#[inline(always)]
+fn store<const K: usize>(job: &LookupJob, j: usize, sums: &[[f32; SUB]; K], dst: &mut [f32]) {
+    for (k, row) in sums.iter().enumerate() {
+        dst[(j * job.per_perm + job.first + k) * TILE + job.offset..][..SUB].copy_from_slice(row);
+    }
+}
+
+/// [`lookup`] for local permutations 0..np, [`LOOKUP_GROUP`] at a time.
+#[inline(always)]
+fn lookup_block<const K: usize>(job: &LookupJob, np: usize, dst: &mut [f32]) {
+    let mut group = [[[0f32; SUB]; K]; LOOKUP_GROUP];
+    let mut one = [[[0f32; SUB]; K]; 1];
+    let mut j = 0;
+    while j + LOOKUP_GROUP <= np {
+        lookup(job, j, &mut group);
+        for (g, sums) in group.iter().enumerate() {
+            store(job, j + g, sums, dst);
+        }
+        j += LOOKUP_GROUP;
+    }
+    while j < np {
+        lookup(job, j, &mut one);
+        store(job, j, &one[0], dst);
+        j += 1;
+    }
 }
 
 /// One tile, all permutations of the batch, through the tables.
 #[inline(always)]
-fn tile_body(plan: &TablePlan, codes: &[u8], batch: &Batch, v0: usize, s: &mut TableScratch, maxes: &mut [f32]) {
+fn tile_body<const RSQRT: bool>(
+    plan: &TablePlan,
+    codes: &[u32],
+    batch: &Batch,
+    v0: usize,
+    s: &mut TableScratch,
+    maxes: &mut [f32],
+) {
     let p = batch.p;
     let (n, v, q) = (p.n, p.v, p.q);
-    let w = TILE.min(v - v0);
     let (bits, blocks, entries) = (plan.bits, plan.blocks, plan.entries());
     let sets = plan.sets(q);
-    let passes = plan.passes();
-    let set_len = blocks * entries * TILE;
-    s.tables.resize(sets * set_len, 0.0);
-    s.rows.clear();
-    s.rows.resize(blocks * bits * TILE, 0.0);
-    let e_row = |i: usize| &p.e[i * v + v0..i * v + v0 + w];
+    let set_len = blocks * entries * SUB;
+    let sub_len = sets * set_len;
+    s.tables.resize(TILE / SUB * sub_len, 0.0);
     let mut total = [0f32; TILE];
-    match &plan.form {
-        TableForm::Signs => {
-            for k in 0..q {
+    for sub in 0..TILE / SUB {
+        // A sub-tile past the last voxel tabulates zero rows.
+        let x0 = (v0 + sub * SUB).min(v);
+        let w = SUB.min(v - x0);
+        s.rows.clear();
+        s.rows.resize(blocks * bits * SUB, 0.0);
+        let e_row = |i: usize| &p.e[i * v + x0..i * v + x0 + w];
+        let t = &mut s.tables[sub * sub_len..(sub + 1) * sub_len];
+        match &plan.form {
+            TableForm::Signs => {
+                for k in 0..q {
+                    for i in 0..n {
+                        let qk = p.qbasis[i * q + k];
+                        for (d, &e) in s.rows[i * SUB..i * SUB + w].iter_mut().zip(e_row(i)) {
+                            *d = qk * e;
+                        }
+                    }
+                    tabulate(&s.rows, bits, blocks, false, &mut t[k * set_len..(k + 1) * set_len]);
+                }
+            }
+            TableForm::Groups { .. } => {
                 for i in 0..n {
-                    let qk = p.qbasis[i * q + k];
-                    let dst = &mut s.rows[i * TILE..i * TILE + w];
-                    for (d, &e) in dst.iter_mut().zip(e_row(i)) {
-                        *d = qk * e;
+                    s.rows[i * SUB..i * SUB + w].copy_from_slice(e_row(i));
+                    for x in 0..SUB {
+                        total[sub * SUB + x] += s.rows[i * SUB + x];
                     }
                 }
-                tabulate(&s.rows, bits, blocks, false, &mut s.tables[k * set_len..(k + 1) * set_len]);
+                tabulate(&s.rows, bits, blocks, true, &mut t[..set_len]);
             }
-        }
-        TableForm::Groups { .. } => {
-            for i in 0..n {
-                s.rows[i * TILE..i * TILE + w].copy_from_slice(e_row(i));
-                for x in 0..TILE {
-                    total[x] += s.rows[i * TILE + x];
-                }
-            }
-            tabulate(&s.rows, bits, blocks, true, &mut s.tables[..set_len]);
         }
     }
     let TableScratch { tables, ubuf, sums, .. } = s;
-    sums.resize(passes * TILE, 0.0);
     let mut lookups = Lookups { plan, codes, tables, sums, total: &total, q };
-    reduce_tile(batch, v0, ubuf, maxes, &mut lookups);
+    reduce_tile::<TILE, PERM_BLOCK, RSQRT>(batch, v0, ubuf, maxes, &mut lookups);
 }
 
 /// What the lookups of a tile read.
 struct Lookups<'a> {
     plan: &'a TablePlan,
-    codes: &'a [u8],
+    codes: &'a [u32],
     tables: &'a [f32],
-    sums: &'a mut [f32],
+    sums: &'a mut Vec<f32>,
     total: &'a [f32; TILE],
     q: usize,
 }
@@ -308,32 +411,59 @@ impl Coefficients for Lookups<'_> {
         let Lookups { plan, codes, tables, sums, total, q } = self;
         let (q, codes, tables, total) = (*q, *codes, *tables, *total);
         let (blocks, entries, passes) = (plan.blocks, plan.entries(), plan.passes());
-        let set_len = blocks * entries * TILE;
-    for jj in 0..np {
-        let j = pb + jj;
-        let u = &mut ubuf[jj * q * TILE..(jj + 1) * q * TILE];
-        match &plan.form {
-            TableForm::Signs => {
-                let c = &codes[j * blocks..(j + 1) * blocks];
-                for k in 0..q {
-                    lookup(&tables[k * set_len..], c, entries, &mut u[k * TILE..(k + 1) * TILE]);
+        let set_len = blocks * entries * SUB;
+        let sub_len = plan.sets(q) * set_len;
+        let stride = passes * blocks;
+        let codes = &codes[pb * stride..];
+        sums.resize(PERM_BLOCK * passes * TILE, 0.0);
+        for sub in 0..TILE / SUB {
+            let sub_tables = &tables[sub * sub_len..(sub + 1) * sub_len];
+            let job = |first: usize, code0: usize, per_perm: usize| LookupJob {
+                tables: &sub_tables[first.min(plan.sets(q) - 1) * set_len..],
+                set_len,
+                codes: &codes[code0..],
+                stride,
+                blocks,
+                entries,
+                per_perm,
+                first,
+                offset: sub * SUB,
+            };
+            match plan.form {
+                TableForm::Signs => {
+                    // One code selects a row in each of the q sets: two sets per pass.
+                    let mut k = 0;
+                    while k < q {
+                        if q - k >= 2 {
+                            lookup_block::<2>(&job(k, 0, q), np, ubuf);
+                            k += 2;
+                        } else {
+                            lookup_block::<1>(&job(k, 0, q), np, ubuf);
+                            k += 1;
+                        }
+                    }
+                }
+                TableForm::Groups { .. } => {
+                    for g in 0..passes {
+                        let mut j = job(0, g * blocks, passes);
+                        j.first = g;
+                        lookup_block::<1>(&j, np, sums);
+                    }
                 }
             }
-            TableForm::Groups { groups, coef, .. } => {
-                for g in 0..passes {
-                    let c = &codes[(j * passes + g) * blocks..(j * passes + g + 1) * blocks];
-                    lookup(tables, c, entries, &mut sums[g * TILE..(g + 1) * TILE]);
-                }
-                let g_n = *groups;
+        }
+        if let TableForm::Groups { groups, coef, .. } = &plan.form {
+            let g_n = *groups;
+            for jj in 0..np {
                 for k in 0..q {
                     let c0 = coef[k * g_n];
-                    let uk: &mut [f32; TILE] = (&mut u[k * TILE..(k + 1) * TILE]).try_into().unwrap();
+                    let uk: &mut [f32; TILE] = (&mut ubuf[(jj * q + k) * TILE..][..TILE]).try_into().unwrap();
                     for x in 0..TILE {
                         uk[x] = c0 * total[x];
                     }
                     for g in 1..g_n {
                         let d = coef[k * g_n + g] - c0;
-                        let sg: &[f32; TILE] = sums[(g - 1) * TILE..g * TILE].try_into().unwrap();
+                        let sg: &[f32; TILE] = sums[(jj * passes + g - 1) * TILE..][..TILE].try_into().unwrap();
                         for x in 0..TILE {
                             uk[x] += d * sg[x];
                         }
@@ -342,11 +472,10 @@ impl Coefficients for Lookups<'_> {
             }
         }
     }
-    }
 }
 
 /// The tile function of one instruction set (see `kernels::TileFn`).
-pub(super) type TableTileFn = unsafe fn(&TablePlan, &[u8], &Batch, usize, &mut TableScratch, &mut [f32]);
+pub(super) type TableTileFn = unsafe fn(&TablePlan, &[u32], &Batch, usize, &mut TableScratch, &mut [f32]);
 
 /// The tile function for `isa` (see `CpuEngine::isa`).
 pub(super) fn tile_fn(isa: &str) -> TableTileFn {
@@ -361,21 +490,21 @@ pub(super) fn tile_fn(isa: &str) -> TableTileFn {
 
 #[cfg(target_arch = "x86_64")]
 #[target_feature(enable = "avx512f,avx512vl,avx2,fma")]
-unsafe fn tile_avx512(plan: &TablePlan, codes: &[u8], b: &Batch, v0: usize, s: &mut TableScratch, m: &mut [f32]) {
-    tile_body(plan, codes, b, v0, s, m)
+unsafe fn tile_avx512(plan: &TablePlan, codes: &[u32], b: &Batch, v0: usize, s: &mut TableScratch, m: &mut [f32]) {
+    tile_body::<true>(plan, codes, b, v0, s, m)
 }
 
 #[cfg(target_arch = "x86_64")]
 #[target_feature(enable = "avx2,fma")]
-unsafe fn tile_avx2(plan: &TablePlan, codes: &[u8], b: &Batch, v0: usize, s: &mut TableScratch, m: &mut [f32]) {
-    tile_body(plan, codes, b, v0, s, m)
+unsafe fn tile_avx2(plan: &TablePlan, codes: &[u32], b: &Batch, v0: usize, s: &mut TableScratch, m: &mut [f32]) {
+    tile_body::<false>(plan, codes, b, v0, s, m)
 }
 
 // Safe, but of the type of the others.
-unsafe fn tile_portable(plan: &TablePlan, codes: &[u8], b: &Batch, v0: usize, s: &mut TableScratch, m: &mut [f32]) {
-    tile_body(plan, codes, b, v0, s, m)
+unsafe fn tile_portable(plan: &TablePlan, codes: &[u32], b: &Batch, v0: usize, s: &mut TableScratch, m: &mut [f32]) {
+    tile_body::<false>(plan, codes, b, v0, s, m)
 }
 
 /// Permutations per batch the table path prefers: enough that building the tables costs
 /// little beside the lookups.
-pub(crate) const PREFERRED_BATCH: usize = 40 * PERM_BLOCK;
+pub(crate) const PREFERRED_BATCH: usize = 10 * PERM_BLOCK;
