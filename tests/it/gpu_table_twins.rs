@@ -409,3 +409,54 @@ fn engine_runs_the_matrix_product_where_tables_do_not_apply() {
     g.set_product(Product::Gemm);
     assert!(!g.describe().contains("table-driven product"));
 }
+
+/// The table path against the matrix path on the driving study's shape (N = 58, q = 2, the
+/// 2 mm brain's 228,000 voxels; VOXFLIP_TIME_VOXELS, VOXFLIP_TIME_PERMS change them), each
+/// timed best of three after a warm-up; VOXFLIP_GPU_TIMESTAMPS=1 adds the passes' GPU time.
+/// Run with `cargo test --release --test it time_table -- --ignored --nocapture`.
+#[test]
+#[ignore]
+fn time_table_against_matrix_sign_flips_n58_q2() {
+    let env = |k: &str, d: usize| std::env::var(k).ok().and_then(|s| s.parse().ok()).unwrap_or(d);
+    let (n, q) = (58, 2);
+    let v = env("VOXFLIP_TIME_VOXELS", 228_000);
+    let count = env("VOXFLIP_TIME_PERMS", 1000);
+    let timestamps = std::env::var("VOXFLIP_GPU_TIMESTAMPS").as_deref() == Ok("1");
+    let opts = voxflip_engines::GpuOptions { timestamps, ..Default::default() };
+    let Some(mut g) = crate::common::gpu_engine_with(module_path!(), &opts) else { return };
+    let mut rng = ChaCha8Rng::seed_from_u64(1);
+    let pb = problem(&mut rng, n, v, q, 1, StatKind::T);
+    let ps = flips(n, count, 2);
+    let observed = vec![0.5f32; v];
+    let flops = pb.flops_per_perm() * ps.len() as f64;
+    g.prepare(&pb).unwrap();
+    let mut best = Vec::new();
+    for product in [Product::Gemm, Product::Table] {
+        g.set_product(product);
+        let batch = g.preferred_batch();
+        g.run_batch(&ps, 0..batch.min(ps.len()), Some(&observed), None).unwrap();
+        let (mut secs, mut gpu_secs, mut maxima) = (f64::INFINITY, None, Vec::new());
+        for _ in 0..3 {
+            let k0 = g.kernel_seconds();
+            let t0 = std::time::Instant::now();
+            let got =
+                run_all("timing", &ps, v, batch, &observed, |r, _| g.run_batch(&ps, r, Some(&observed), None).unwrap());
+            let s = t0.elapsed().as_secs_f64();
+            if s < secs {
+                secs = s;
+                gpu_secs = g.kernel_seconds().zip(k0).map(|(a, b)| a - b);
+            }
+            maxima = got.0;
+        }
+        println!(
+            "{product:?} ({}): {count} flips x {v} voxels in {secs:.3} s best of 3 ({:.1} effective GFLOP/s){}",
+            g.describe(),
+            flops / secs / 1e9,
+            gpu_secs.map_or(String::new(), |k| format!(", passes {k:.4} s on the GPU"))
+        );
+        best.push((secs, maxima));
+    }
+    let worst = best[1].1.iter().zip(&best[0].1).map(|(a, b)| (a - b).abs() / b.abs().max(1.0)).fold(0f32, f32::max);
+    println!("table / matrix: {:.2}x faster; maxima differ by at most {worst:e} (relative)", best[0].0 / best[1].0);
+    assert!(worst <= TOL.rel);
+}
