@@ -718,6 +718,52 @@ fn timing() {
     });
 }
 
+/// The fast engine against the reference, interleaved so both see the same machine load
+/// (run with: cargo test --release --lib spatial::oracle_tests::timing_fast_vs_reference -- --ignored --nocapture).
+#[test]
+#[ignore]
+fn timing_fast_vs_reference() {
+    let mut rng = Rng(6);
+    let (g6, map, _) = brain_like(&mut rng);
+    let p = TfceParams::default();
+    let dh = map.iter().copied().fold(f32::MIN, f32::max) / 100.0;
+    let mut ws = Workspace::new();
+    let mut out = vec![0.0f32; g6.len()];
+    let ms = |f: &mut dyn FnMut()| {
+        let t = std::time::Instant::now();
+        f();
+        t.elapsed().as_secs_f64() * 1e3
+    };
+    for exact in [false, true] {
+        let (mut best_ref, mut best_fast, mut ratios) = (f64::INFINITY, f64::INFINITY, Vec::new());
+        for _ in 0..40 {
+            let r = ms(&mut || {
+                if exact {
+                    tfce_exact_reference_into(&g6, &map, &p, &mut ws, &mut out)
+                } else {
+                    tfce_stepwise_reference_into(&g6, &map, &p, dh, &mut ws, &mut out).unwrap()
+                }
+            });
+            let f = ms(&mut || {
+                if exact {
+                    tfce_exact_into(&g6, &map, &p, &mut ws, &mut out)
+                } else {
+                    tfce_stepwise_into(&g6, &map, &p, dh, &mut ws, &mut out).unwrap()
+                }
+            });
+            best_ref = best_ref.min(r);
+            best_fast = best_fast.min(f);
+            ratios.push(r / f);
+        }
+        ratios.sort_by(f64::total_cmp);
+        let what = if exact { "exact" } else { "stepwise" };
+        println!(
+            "{what}: reference min {best_ref:.2} ms, fast min {best_fast:.2} ms, median ratio {:.2}",
+            ratios[ratios.len() / 2]
+        );
+    }
+}
+
 #[test]
 fn cluster_threshold_is_inclusive() {
     // randomise binarises with `>= thr`; a voxel exactly at the threshold is in.

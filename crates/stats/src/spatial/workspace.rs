@@ -24,6 +24,8 @@ pub struct Workspace {
     /// the offsets and the roots' data sit in `tf_nodes`.
     pub(crate) tf_parent: Vec<u32>,
     pub(crate) tf_nodes: Vec<TfNode>,
+    /// The voxels added so far, a bit each (the padding index n included, never set).
+    pub(crate) tf_added: Vec<u64>,
     /// The height weight of each voxel of `order`, in that order (read sequentially).
     pub(crate) order_w: Vec<f64>,
     /// Stepwise TFCE: where the voxels of level 0 (0 < T <= dh) start in `order`.
@@ -107,6 +109,8 @@ impl Workspace {
     pub(crate) fn reset_tfce(&mut self, n: usize) {
         self.tf_parent.clear();
         self.tf_parent.resize(n + 1, UNSEEN);
+        self.tf_added.clear();
+        self.tf_added.resize((n + 1).div_ceil(64), 0);
         if self.tf_nodes.len() < n {
             self.tf_nodes.resize(n, TfNode::default());
             self.level.resize(n, 0);
