@@ -5,6 +5,15 @@
 use super::{cluster_sizes_masses, label_components, Connectivity, MaskGraph, TfceParams, TooManyLevels, Workspace};
 use super::{tfce_exact_into, tfce_stepwise_into};
 use rayon::prelude::*;
+use std::cell::RefCell;
+
+thread_local! {
+    /// Each worker thread's workspace and TFCE output map, kept across batches (and
+    /// contrasts): rayon calls a fold's initialiser once per split of the batch, and a
+    /// fresh workspace there would allocate and fill its per-voxel buffers (several MB at
+    /// 2 mm) and its s^E table again each time.
+    static WORKER: RefCell<(Workspace, Vec<f32>)> = RefCell::new((Workspace::new(), Vec::new()));
+}
 
 /// TFCE as the user asked for it.
 #[derive(Clone, Copy, Debug)]
@@ -84,37 +93,46 @@ impl SpatialJob<'_> {
     pub fn reduce(&self, maps: &[f32], v: usize, null: &mut SpatialNull) -> Result<(), TooManyLevels> {
         let nmaps = maps.len() / v;
         let want_counts = self.tfce_observed.is_some();
-        type Acc = (Vec<(usize, f32, f32, f32)>, Vec<u32>, Workspace, Vec<f32>);
+        type Acc = (Vec<(usize, f32, f32, f32)>, Vec<u32>);
         let (rows, counts) = maps
             .par_chunks(v)
             .enumerate()
             .try_fold(
-                || -> Acc {
-                    (Vec::new(), if want_counts { vec![0u32; v] } else { Vec::new() }, Workspace::new(), vec![0f32; v])
-                },
-                |(mut rows, mut counts, mut ws, mut tf), (j, map)| -> Result<Acc, TooManyLevels> {
-                    let mut tmax = f32::NAN;
-                    if self.tfce.is_some() {
-                        self.tfce_map(map, &mut ws, &mut tf)?;
-                        tmax = tf.iter().copied().fold(0f32, f32::max);
-                        if let Some(obs) = self.tfce_observed {
-                            for ((c, &t), &o) in counts.iter_mut().zip(tf.iter()).zip(obs) {
-                                *c += (t >= o) as u32;
+                || -> Acc { (Vec::new(), if want_counts { vec![0u32; v] } else { Vec::new() }) },
+                |(mut rows, mut counts), (j, map)| -> Result<Acc, TooManyLevels> {
+                    WORKER.with(|worker| -> Result<(), TooManyLevels> {
+                        let (ws, tf) = &mut *worker.borrow_mut();
+                        tf.resize(v, 0.0);
+                        let mut tmax = f32::NAN;
+                        if self.tfce.is_some() {
+                            self.tfce_map(map, ws, tf)?;
+                            tmax = tf.iter().copied().fold(0f32, f32::max);
+                            if let Some(obs) = self.tfce_observed {
+                                for ((c, &t), &o) in counts.iter_mut().zip(tf.iter()).zip(obs) {
+                                    *c += (t >= o) as u32;
+                                }
                             }
                         }
-                    }
-                    let (mut ext, mut mass) = (f32::NAN, f32::NAN);
-                    if let (Some(g), Some(thr)) = (self.cluster_graph, self.extent_thr) {
-                        ext = cluster_sizes_masses(g, map, thr, &mut ws).0 as f32;
-                    }
-                    if let (Some(g), Some(thr)) = (self.cluster_graph, self.mass_thr) {
-                        mass = cluster_sizes_masses(g, map, thr, &mut ws).1;
-                    }
-                    rows.push((j, tmax, ext, mass));
-                    Ok((rows, counts, ws, tf))
+                        let (mut ext, mut mass) = (f32::NAN, f32::NAN);
+                        if let (Some(g), Some(thr)) = (self.cluster_graph, self.extent_thr) {
+                            let (e, m) = cluster_sizes_masses(g, map, thr, ws);
+                            ext = e as f32;
+                            // -c and -C at one threshold share the components.
+                            if self.mass_thr == Some(thr) {
+                                mass = m;
+                            }
+                        }
+                        if let (Some(g), Some(thr)) = (self.cluster_graph, self.mass_thr) {
+                            if self.extent_thr != Some(thr) {
+                                mass = cluster_sizes_masses(g, map, thr, ws).1;
+                            }
+                        }
+                        rows.push((j, tmax, ext, mass));
+                        Ok(())
+                    })?;
+                    Ok((rows, counts))
                 },
             )
-            .map(|acc| acc.map(|(rows, counts, _, _)| (rows, counts)))
             .try_reduce(
                 || (Vec::new(), if want_counts { vec![0u32; v] } else { Vec::new() }),
                 |(mut ra, mut ca), (rb, cb)| {
@@ -176,4 +194,64 @@ pub fn observed_cluster_values(g: &MaskGraph, map: &[f32], thr: f32, mass: bool)
             }
         })
         .collect()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::spatial::tfce_stepwise_reference_into;
+
+    /// `reduce` (parallel, per-thread workspaces reused across calls, -c and -C sharing one
+    /// labelling at a common threshold) against a plain loop over the maps with fresh
+    /// workspaces and the reference TFCE engine.
+    #[test]
+    fn reduce_equals_a_sequential_loop() {
+        let dims = [7, 6, 5];
+        let n: usize = dims.iter().product();
+        let mask: Vec<bool> = (0..n).map(|i| i % 11 != 3).collect();
+        let g6 = MaskGraph::from_mask(dims, &mask, Connectivity::C6);
+        let g26 = MaskGraph::from_mask(dims, &mask, Connectivity::C26);
+        let v = g6.len();
+        let nmaps = 9;
+        let maps: Vec<f32> =
+            (0..nmaps * v).map(|i| ((i as f32 * 0.37).sin() * 2.0 + (i as f32 * 0.013).cos()) * 1.5).collect();
+        let params = TfceParams::default();
+        let opts = TfceOptions { params, exact: false, step: None };
+        let dh = super::super::tfce_step_from_observed(&maps[..v]);
+        let mut ws = Workspace::new();
+        let mut observed = vec![0f32; v];
+        tfce_stepwise_reference_into(&g6, &maps[..v], &params, dh, &mut ws, &mut observed).unwrap();
+        for (ext, mass) in [(Some(1.0), Some(1.0)), (Some(1.0), Some(2.0)), (None, Some(0.5)), (Some(0.5), None)] {
+            let job = SpatialJob {
+                tfce: Some((&g6, opts, dh)),
+                tfce_observed: Some(&observed),
+                cluster_graph: Some(&g26),
+                extent_thr: ext,
+                mass_thr: mass,
+            };
+            // Twice, so the second call runs on the workspaces the first left behind.
+            let mut got = SpatialNull::default();
+            job.reduce(&maps, v, &mut got).unwrap();
+            job.reduce(&maps, v, &mut got).unwrap();
+            let mut want = SpatialNull { tfce_counts: vec![0; v], ..Default::default() };
+            for _ in 0..2 {
+                for m in maps.chunks(v) {
+                    let mut ws = Workspace::new();
+                    let mut tf = vec![0f32; v];
+                    tfce_stepwise_reference_into(&g6, m, &params, dh, &mut ws, &mut tf).unwrap();
+                    want.tfce_max.push(tf.iter().copied().fold(0f32, f32::max));
+                    for ((c, &t), &o) in want.tfce_counts.iter_mut().zip(&tf).zip(&observed) {
+                        *c += (t >= o) as u32;
+                    }
+                    if let Some(thr) = ext {
+                        want.extent_max.push(cluster_sizes_masses(&g26, m, thr, &mut ws).0 as f32);
+                    }
+                    if let Some(thr) = mass {
+                        want.mass_max.push(cluster_sizes_masses(&g26, m, thr, &mut ws).1);
+                    }
+                }
+            }
+            assert_eq!(got, want, "extent {ext:?}, mass {mass:?}");
+        }
+    }
 }
