@@ -376,7 +376,10 @@ fn engine_runs_the_matrix_product_where_tables_do_not_apply() {
     let permute = PermSet::generate(20, PermKind::Permute, &labels, 30, 1).unwrap();
     let both = PermSet::generate(20, PermKind::Both, &labels, 30, 1).unwrap();
     let signs = flips(20, 30, 1);
+    // Auto: the tables on hardware; on software adapters (lavapipe) the matrix product.
     g.set_product(Product::Auto);
+    assert_eq!(g.table_bits(&signs), (!g.is_software()).then_some(best_bits(20)));
+    g.set_product(Product::Table);
     assert_eq!(g.table_bits(&signs), Some(best_bits(20)));
     g.set_product(Product::Table);
     assert!(g.table_bits(&permute).is_none() && g.table_bits(&both).is_none());

@@ -410,9 +410,12 @@ impl GpuEngine {
         Ok(())
     }
 
-    /// Which product forms the coefficients of the batches that follow: with `Auto` or
-    /// `Table`, a sign-flip set (no row exchanges) runs `glm_stat_table.wgsl`, every other
-    /// set the glm_stat kernel. Results agree within float rounding (the GPU table twins).
+    /// Which product forms the coefficients of the batches that follow: with `Table`, and
+    /// with `Auto` on a hardware adapter, a sign-flip set (no row exchanges) runs
+    /// `glm_stat_table.wgsl`, every other set the glm_stat kernel. `Auto` keeps the matrix
+    /// product on software adapters, where the table path measured no faster than the
+    /// `Direct` kernel (lavapipe keeps workgroup memory slow). Results agree within float
+    /// rounding (tests/it/gpu_table_twins.rs).
     pub fn set_product(&mut self, product: Product) {
         self.product = product;
     }
@@ -426,7 +429,12 @@ impl GpuEngine {
     /// prepared problem, or None when they run the matrix product.
     pub fn table_bits(&self, perms: &PermSet) -> Option<u32> {
         let st = self.state.as_ref()?;
-        let table = self.product != Product::Gemm
+        let wanted = match self.product {
+            Product::Gemm => false,
+            Product::Table => true,
+            Product::Auto => !self.is_software(),
+        };
+        let table = wanted
             && perms.kind == PermKind::SignFlip
             && perms.all_src().is_empty()
             && perms.words_per_perm > 0
@@ -972,7 +980,12 @@ impl GpuEngine {
                 ""
             },
         );
-        if self.product != Product::Gemm && table_unsupported(self.device.limits()).is_none() {
+        let table = match self.product {
+            Product::Gemm => false,
+            Product::Table => true,
+            Product::Auto => !self.is_software(),
+        };
+        if table && table_unsupported(self.device.limits()).is_none() {
             d += ", table-driven product for sign flips";
         }
         if self.state.is_some() {
