@@ -462,9 +462,9 @@ fn reduce_matches_cpu() {
         runs.push((bits(&n.tfce_max), n.tfce_counts, bits(&n.extent_max), bits(&n.mass_max)));
     }
     assert!(runs.windows(2).all(|w| w[0] == w[1]), "results depend on the sub-batch size");
-    // Exact TFCE is refused.
+    // Exact TFCE is taken too (tests/it/gpu_tfce_exact_twins.rs checks its results).
     let exact = SpatialJob { tfce: Some((&g6, TfceOptions { exact: true, ..opts }, dh)), ..job };
-    assert!(gs.configure(&exact).is_err());
+    assert!(gs.configure(&exact).is_ok());
 }
 
 /// Time per map of GpuSpatial::reduce (TFCE C6 + extent + mass C26) on a brain-sized grid.

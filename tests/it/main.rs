@@ -6,7 +6,8 @@
 //!   and killed runs resumed give the single run's files), `slurm` (the job scripts, and a
 //!   real SLURM when one answers: CI starts one), `report` (the HTML report, in a real
 //!   browser when one is installed: CI installs Chromium);
-//! - the shaders against their CPU ports on a real adapter: `gpu_twins`, `gpu_spatial_twins`.
+//! - the shaders against their CPU ports on a real adapter: `gpu_twins`, `gpu_spatial_twins`,
+//!   `gpu_tfce_exact_twins`.
 //!
 //! GPU tests run on any adapter, software ones (lavapipe) included. Without one they skip,
 //! saying so on the terminal (not in the captured output), unless VOXFLIP_REQUIRE_GPU=1,
@@ -19,9 +20,11 @@ mod fallback;
 mod glm_oracles;
 mod gpu_spatial_twins;
 mod gpu_table_twins;
+mod gpu_tfce_exact_twins;
 mod gpu_twins;
 mod multi_adapter;
 mod report;
 mod shards;
+mod shared_contrasts;
 mod slurm;
 mod spatial_calibration;

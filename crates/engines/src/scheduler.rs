@@ -149,7 +149,7 @@ impl Scheduler {
     }
 
     /// Decide where the spatial statistics of `job` run: on the GPU engine's adapter when
-    /// the placement wants it there and the job can run there (not exact TFCE), else on the
+    /// the placement wants it there and the job can run there, else on the
     /// CPU. Returns the adapter's name when on the GPU; says why not on the log when the GPU
     /// was wanted but cannot.
     pub fn place_spatial(&mut self, job: &SpatialJob) -> Result<Option<String>> {
@@ -166,13 +166,10 @@ impl Scheduler {
         let wanted = match self.placement {
             SpatialPlacement::Cpu => false,
             SpatialPlacement::Gpu => true,
-            SpatialPlacement::Auto => !g.is_software(),
+            // Exact TFCE is one sequential sweep per map on the device: asked for, not chosen.
+            SpatialPlacement::Auto => !g.is_software() && !job.tfce.is_some_and(|(_, o, _)| o.exact),
         };
         if !wanted {
-            return Ok(None);
-        }
-        if job.tfce.is_some_and(|(_, o, _)| o.exact) {
-            log::info!("exact TFCE runs on the CPU");
             return Ok(None);
         }
         if self.reducer.is_none() {
@@ -255,6 +252,109 @@ impl Scheduler {
         }
         let reducer = if on_gpu { self.reducer.as_mut() } else { None };
         permute_contrast(&mut self.engine, problem, perms, range, observed, spatial, reducer, progress)
+    }
+
+    /// Whether [`Scheduler::permute_mirrored`] can run a t contrast and its mirror from one
+    /// product: one engine that [mirrors](Engine::mirrors), with spatial statistics (if any)
+    /// on the CPU.
+    pub fn mirrors(&self) -> bool {
+        self.others.is_empty() && self.engine.mirrors()
+    }
+
+    /// [`Scheduler::permute`] for a t contrast and its mirror at once (the contrast of the
+    /// negated weights: `problem`, prepared, with Q's first column negated), from one
+    /// product per batch: `observed` and `spatial` are the two contrasts' own (the mirror's
+    /// TFCE with its own step). The two nulls equal those of two [`Scheduler::permute`]
+    /// calls, the mirror's on its own problem, bit for bit: the same batches, the same
+    /// reductions of the same statistics, in the same order. Only where
+    /// [`Scheduler::mirrors`].
+    pub fn permute_mirrored(
+        &mut self,
+        problem: &ContrastProblem,
+        perms: &PermSet,
+        range: Range<usize>,
+        observed: [&[f32]; 2],
+        spatial: Option<[&SpatialJob; 2]>,
+        progress: &dyn Progress,
+    ) -> Result<[ContrastNulls; 2]> {
+        if !self.mirrors() {
+            return Err(EngineError::Invalid("a contrast and its mirror at once need one CPU engine".into()));
+        }
+        check_range(perms, &range)?;
+        let (engine, v, end) = (&mut self.engine, problem.v, range.end);
+        let empty =
+            || ContrastNulls { max_stat: Vec::with_capacity(range.len()), counts: vec![0u32; v], ..Default::default() };
+        let mut out = [empty(), empty()];
+        let Some(jobs) = spatial else {
+            let mut done = range.start;
+            while done < end {
+                let b = engine.preferred_batch().min(end - done);
+                let (a, m) = engine.run_batch_mirrored(
+                    perms,
+                    done..done + b,
+                    Some(observed[0]),
+                    None,
+                    Some(observed[1]),
+                    None,
+                )?;
+                out[0].add_batch(&a);
+                out[1].add_batch(&m);
+                done += b;
+                progress.advance(2 * b as u64);
+            }
+            return Ok(out);
+        };
+        // As permute_contrast's host path: batch k's maps, both signs, reduced on a second
+        // thread while the engine computes batch k + 1, appended in batch order.
+        std::thread::scope(|scope| -> Result<()> {
+            type Pair = [Vec<f32>; 2];
+            let mut spare: Pair = [Vec::new(), Vec::new()];
+            let mut in_flight: Option<std::thread::ScopedJoinHandle<'_, Result<([SpatialNull; 2], Pair)>>> = None;
+            let collect = |in_flight: &mut Option<std::thread::ScopedJoinHandle<'_, _>>,
+                           spare: &mut Pair,
+                           out: &mut [ContrastNulls; 2]|
+             -> Result<()> {
+                if let Some(h) = in_flight.take() {
+                    let (parts, maps): ([SpatialNull; 2], Pair) =
+                        h.join().expect("spatial reduction thread panicked")?;
+                    for (o, part) in out.iter_mut().zip(parts) {
+                        o.spatial.append(part);
+                    }
+                    *spare = maps;
+                }
+                Ok(())
+            };
+            let mut done = range.start;
+            while done < end {
+                let b = engine.preferred_batch().min(end - done).min(SPATIAL_BATCH);
+                let [mut maps, mut mirror_maps] = std::mem::take(&mut spare);
+                maps.resize(b * v, 0f32);
+                mirror_maps.resize(b * v, 0f32);
+                let res = engine.run_batch_mirrored(
+                    perms,
+                    done..done + b,
+                    Some(observed[0]),
+                    Some(&mut maps[..]),
+                    Some(observed[1]),
+                    Some(&mut mirror_maps[..]),
+                );
+                collect(&mut in_flight, &mut spare, &mut out)?;
+                let (a, m) = res?;
+                out[0].add_batch(&a);
+                out[1].add_batch(&m);
+                in_flight = Some(scope.spawn(move || {
+                    let mut parts = [SpatialNull::default(), SpatialNull::default()];
+                    for ((job, maps), part) in jobs.iter().zip([&maps, &mirror_maps]).zip(&mut parts) {
+                        job.reduce(maps, v, part).map_err(|e| EngineError::Invalid(e.to_string()))?;
+                    }
+                    Ok((parts, [maps, mirror_maps]))
+                }));
+                done += b;
+                progress.advance(2 * b as u64);
+            }
+            collect(&mut in_flight, &mut spare, &mut out)
+        })?;
+        Ok(out)
     }
 
     /// [`Scheduler::permute`] on several engines (see [`Scheduler`]): chunks of

@@ -3,8 +3,8 @@
 // crate's gpu/spatial/exact.rs; CPU port: src/cpu/tfce_exact.rs (the same f32 operations in
 // the same order). Parameters and constants are generated from src/spatial.rs.
 //
-// One invocation per map (the union-find sweep is sequential), three passes, each its own
-// dispatch, the maps of the batch in parallel:
+// One invocation per map (the union-find sweep is sequential), the maps of the batch in
+// parallel, three stages run as one resumable state machine (`exact_step`, see S_* below):
 //
 //   sort_map: the positive finite voxels of the map, stable LSD radix sort by decreasing
 //     value (3 passes of 11 bits; ties in increasing voxel index); zeroes the map's TFCE.
@@ -32,8 +32,8 @@
 //   work.z: sort pong (voxel) -> the voxel of node i (the sorted order), read by every pass
 //   work.w: sort pong (key)   | grow: current node of a root's component
 //   node: (parent node or NONE, edge weight bits, own term bits, unused), by node.
-// results[map * EXACT_RES_STRIDE]: the map's TFCE maximum (f32 bits, folded from 0), then the
-// number of positive voxels (nodes).
+// results[map * EXACT_RES_STRIDE + S_*]: the map's TFCE maximum (f32 bits, folded from 0),
+// the number of positive voxels (nodes), and the state machine's phase, cursor and scan sum.
 
 #import tfce_exact_params
 
@@ -94,69 +94,31 @@ fn add_compensated(acc: vec2<f32>, x: f32) -> vec2<f32> {
     return vec2<f32>(t, c);
 }
 
-// One radix pass of map `b`'s n entries from lanes (x, y) to (z, w) (`forward`) or back.
-fn radix_pass(b: u32, base: u32, n: u32, shift: u32, forward: bool) {
-    let hb = b * EXACT_HIST_BINS;
-    for (var d = 0u; d < EXACT_HIST_BINS; d++) {
-        hist[hb + d] = 0u;
-    }
-    for (var i = 0u; i < n; i++) {
-        let e = work[base + i];
-        let key = select(e.w, e.y, forward);
-        let d = (key >> shift) & (EXACT_HIST_BINS - 1u);
-        hist[hb + d] += 1u;
-    }
-    var sum = 0u;
-    for (var d = 0u; d < EXACT_HIST_BINS; d++) {
-        let c = hist[hb + d];
-        hist[hb + d] = sum;
-        sum += c;
-    }
-    for (var i = 0u; i < n; i++) {
-        let e = work[base + i];
-        let voxel = select(e.z, e.x, forward);
-        let key = select(e.w, e.y, forward);
-        let d = (key >> shift) & (EXACT_HIST_BINS - 1u);
-        let at = base + hist[hb + d];
-        hist[hb + d] += 1u;
-        if forward {
-            work[at].z = voxel;
-            work[at].w = key;
-        } else {
-            work[at].x = voxel;
-            work[at].y = key;
-        }
-    }
-}
+// Per-map state in results[map * EXACT_RES_STRIDE + S_*]: the passes run as a resumable
+// state machine, each dispatch doing at most `p.budget` loop iterations per map (llvmpipe
+// ends any shader invocation's loops after 65,535 iterations in all, silently; a desktop
+// GPU's watchdog wants short dispatches too). The host repeats the dispatch until every map
+// reaches PH_DONE. Phases: PH_GATHER; then for radix pass k = 0..3 the steps zero / count /
+// scan / scatter (phase 1 + 4k + step); PH_INIT (union-find reset); PH_GROW; PH_PUSH.
+const S_MAX: u32 = 0u;
+const S_N: u32 = 1u;
+const S_PHASE: u32 = 2u;
+const S_CURSOR: u32 = 3u;
+const S_SUM: u32 = 4u;
+const PH_GATHER: u32 = 0u;
+const PH_INIT: u32 = 13u;
+const PH_GROW: u32 = 14u;
+const PH_PUSH: u32 = 15u;
+const PH_DONE: u32 = 16u;
+// Iterations reserved per step: a voxel of grow_voxel costs at most width * (1 + find) +
+// children <= 26 * 34 + 26 (union by size keeps trees below 32 levels for V < 2^32).
+const STEP_COST: u32 = 1024u;
 
-@compute @workgroup_size(1)
-fn sort_map(@builtin(workgroup_id) wid: vec3<u32>) {
-    let b = wid.x;
-    if b >= p.nmaps {
-        return;
-    }
-    let base = b * p.v;
-    var n = 0u;
-    for (var v = 0u; v < p.v; v++) {
-        let x = maps[base + v];
-        tfce[base + v] = 0.0;
-        if is_finite(x) && x > 0.0 {
-            work[base + n].x = v;
-            work[base + n].y = sort_key(x);
-            n += 1u;
-        }
-    }
-    results[b * EXACT_RES_STRIDE + 1u] = n;
-    // Three passes end in the pong lanes (z, w).
-    radix_pass(b, base, n, 0u, true);
-    radix_pass(b, base, n, EXACT_DIGIT_BITS, false);
-    radix_pass(b, base, n, 2u * EXACT_DIGIT_BITS, true);
-}
-
-// Root of voxel x of the map at `base`, halving the path on the way.
-fn find(base: u32, x0: u32) -> u32 {
+// Root of voxel x of the map at `base`, halving the path on the way; counts its iterations.
+fn find(base: u32, x0: u32, spent: ptr<function, u32>) -> u32 {
     var x = x0;
     loop {
+        *spent += 1u;
         let q = work[base + x].x;
         if q == x {
             return x;
@@ -168,91 +130,183 @@ fn find(base: u32, x0: u32) -> u32 {
     return x;
 }
 
-@compute @workgroup_size(1)
-fn grow_tree(@builtin(workgroup_id) wid: vec3<u32>) {
-    let b = wid.x;
-    if b >= p.nmaps {
-        return;
-    }
-    let base = b * p.v;
-    let n = results[b * EXACT_RES_STRIDE + 1u];
-    for (var v = 0u; v < p.v; v++) {
-        work[base + v].x = NONE;
-    }
+// Adds the i-th voxel of the order: node i (see the header).
+fn grow_voxel(base: u32, i: u32, spent: ptr<function, u32>) {
     var child: array<u32, EXACT_MAX_NEIGHBOURS>;
     var child_size: array<u32, EXACT_MAX_NEIGHBOURS>;
-    for (var i = 0u; i < n; i++) {
-        let x = work[base + i].z;
-        let w = height_weight(maps[base + x]);
-        work[base + x].x = x;
-        var root = x;
-        var size = 1u;
-        var nc = 0u;
-        let row = x * p.width;
-        for (var j = 0u; j < p.width; j++) {
-            let u = nbrs[row + j];
-            if u >= p.v {
-                break; // the padding after the in-mask neighbours
-            }
-            if work[base + u].x == NONE {
-                continue;
-            }
-            let ru = find(base, u);
-            if ru == root {
-                continue;
-            }
-            let su = work[base + ru].y;
-            child[nc] = work[base + ru].w;
-            child_size[nc] = su;
-            nc += 1u;
-            // Union by size (ties: the neighbour's root).
-            if su >= size {
-                work[base + root].x = ru;
-                root = ru;
-            } else {
-                work[base + ru].x = root;
-            }
-            size += su;
+    let x = work[base + i].z;
+    let w = height_weight(maps[base + x]);
+    work[base + x].x = x;
+    var root = x;
+    var size = 1u;
+    var nc = 0u;
+    let row = x * p.width;
+    for (var j = 0u; j < p.width; j++) {
+        *spent += 1u;
+        let u = nbrs[row + j];
+        if u >= p.v {
+            break; // the padding after the in-mask neighbours
         }
-        work[base + root].y = size;
-        work[base + root].w = i;
-        let own = w * sizepow[size].x;
-        node[base + i] = vec4<u32>(NONE, 0u, bitcast<u32>(own), 0u);
-        for (var k = 0u; k < nc; k++) {
-            let edge = w * size_gain(size, child_size[k]);
-            let c = base + child[k];
-            node[c].x = i;
-            node[c].y = bitcast<u32>(edge);
+        if work[base + u].x == NONE {
+            continue;
+        }
+        let ru = find(base, u, spent);
+        if ru == root {
+            continue;
+        }
+        let su = work[base + ru].y;
+        child[nc] = work[base + ru].w;
+        child_size[nc] = su;
+        nc += 1u;
+        // Union by size (ties: the neighbour's root).
+        if su >= size {
+            work[base + root].x = ru;
+            root = ru;
+        } else {
+            work[base + ru].x = root;
+        }
+        size += su;
+    }
+    work[base + root].y = size;
+    work[base + root].w = i;
+    let own = w * sizepow[size].x;
+    node[base + i] = vec4<u32>(NONE, 0u, bitcast<u32>(own), 0u);
+    for (var k = 0u; k < nc; k++) {
+        *spent += 1u;
+        let edge = w * size_gain(size, child_size[k]);
+        let c = base + child[k];
+        node[c].x = i;
+        node[c].y = bitcast<u32>(edge);
+    }
+}
+
+// The value of node i from its parent's path sum (see the header); returns the voxel's TFCE.
+fn push_node(base: u32, i: u32) -> f32 {
+    let nd = node[base + i];
+    var acc = vec2<f32>(0.0, 0.0);
+    if nd.x != NONE {
+        let up = work[base + nd.x];
+        acc = vec2<f32>(bitcast<f32>(up.x), bitcast<f32>(up.y));
+    }
+    acc = add_compensated(acc, bitcast<f32>(nd.y));
+    work[base + i].x = bitcast<u32>(acc.x);
+    work[base + i].y = bitcast<u32>(acc.y);
+    let own = add_compensated(acc, bitcast<f32>(nd.z));
+    let t = own.x + own.y;
+    tfce[base + work[base + i].z] = t;
+    return t;
+}
+
+// One element of radix pass k's step s for map b: zero or scan a bin (e < 2048), count or
+// scatter entry e. Pass k moves lanes (x, y) to (z, w) for even k, back for odd k, so three
+// passes end in (z, w).
+fn radix_step(b: u32, base: u32, k: u32, s: u32, e: u32) {
+    let hb = b * EXACT_HIST_BINS;
+    let st = b * EXACT_RES_STRIDE;
+    let forward = (k & 1u) == 0u;
+    let shift = k * EXACT_DIGIT_BITS;
+    if s == 0u {
+        hist[hb + e] = 0u;
+        results[st + S_SUM] = 0u;
+    } else if s == 2u {
+        let c = hist[hb + e];
+        let sum = results[st + S_SUM];
+        hist[hb + e] = sum;
+        results[st + S_SUM] = sum + c;
+    } else {
+        let x = work[base + e];
+        let voxel = select(x.z, x.x, forward);
+        let key = select(x.w, x.y, forward);
+        let d = (key >> shift) & (EXACT_HIST_BINS - 1u);
+        if s == 1u {
+            hist[hb + d] += 1u;
+        } else {
+            let at = base + hist[hb + d];
+            hist[hb + d] += 1u;
+            if forward {
+                work[at].z = voxel;
+                work[at].w = key;
+            } else {
+                work[at].x = voxel;
+                work[at].y = key;
+            }
         }
     }
 }
 
+// Up to p.budget iterations of map wid.x's state machine (see S_* above).
 @compute @workgroup_size(1)
-fn push_down(@builtin(workgroup_id) wid: vec3<u32>) {
+fn exact_step(@builtin(workgroup_id) wid: vec3<u32>) {
     let b = wid.x;
     if b >= p.nmaps {
         return;
     }
     let base = b * p.v;
-    let n = results[b * EXACT_RES_STRIDE + 1u];
-    var best = 0.0;
-    for (var k = 0u; k < n; k++) {
-        let i = n - 1u - k;
-        let nd = node[base + i];
-        var acc = vec2<f32>(0.0, 0.0);
-        if nd.x != NONE {
-            let up = work[base + nd.x];
-            acc = vec2<f32>(bitcast<f32>(up.x), bitcast<f32>(up.y));
+    let st = b * EXACT_RES_STRIDE;
+    var phase = results[st + S_PHASE];
+    var cur = results[st + S_CURSOR];
+    var n = results[st + S_N];
+    var best = bitcast<f32>(results[st + S_MAX]);
+    var spent = 0u;
+    loop {
+        if phase == PH_DONE || spent + STEP_COST > p.budget {
+            break;
         }
-        acc = add_compensated(acc, bitcast<f32>(nd.y));
-        work[base + i].x = bitcast<u32>(acc.x);
-        work[base + i].y = bitcast<u32>(acc.y);
-        let own = add_compensated(acc, bitcast<f32>(nd.z));
-        let t = own.x + own.y;
-        tfce[base + work[base + i].z] = t;
-        best = max(best, t);
+        spent += 1u;
+        if phase == PH_GATHER {
+            if cur == p.v {
+                phase = 1u;
+                cur = 0u;
+                continue;
+            }
+            let x = maps[base + cur];
+            tfce[base + cur] = 0.0;
+            if is_finite(x) && x > 0.0 {
+                work[base + n].x = cur;
+                work[base + n].y = sort_key(x);
+                n += 1u;
+            }
+            cur += 1u;
+        } else if phase < PH_INIT {
+            let k = (phase - 1u) / 4u;
+            let s = (phase - 1u) % 4u;
+            let len = select(n, EXACT_HIST_BINS, s == 0u || s == 2u);
+            if cur == len {
+                phase += 1u;
+                cur = 0u;
+                continue;
+            }
+            radix_step(b, base, k, s, cur);
+            cur += 1u;
+        } else if phase == PH_INIT {
+            if cur == p.v {
+                phase = PH_GROW;
+                cur = 0u;
+                continue;
+            }
+            work[base + cur].x = NONE;
+            cur += 1u;
+        } else if phase == PH_GROW {
+            if cur == n {
+                phase = PH_PUSH;
+                cur = 0u;
+                continue;
+            }
+            grow_voxel(base, cur, &spent);
+            cur += 1u;
+        } else {
+            if cur == n {
+                phase = PH_DONE;
+                continue;
+            }
+            best = max(best, push_node(base, n - 1u - cur));
+            cur += 1u;
+        }
     }
-    results[b * EXACT_RES_STRIDE] = bitcast<u32>(best);
+    results[st + S_PHASE] = phase;
+    results[st + S_CURSOR] = cur;
+    results[st + S_N] = n;
+    results[st + S_MAX] = bitcast<u32>(best);
 }
 
 // Per-voxel exceedance counts tfce_jv >= observed_v over the maps of the batch; one thread

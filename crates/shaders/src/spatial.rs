@@ -86,8 +86,15 @@ shader_consts! {
         EXACT_DIGIT_BITS = 11;
         /// Counters per map of the radix sort's histogram (2^EXACT_DIGIT_BITS).
         EXACT_HIST_BINS = 1 << 11;
-        /// u32 slots of `results` per map: the TFCE maximum (f32 bits), the positive voxels.
-        EXACT_RES_STRIDE = 2;
+        /// u32 slots of `results` per map: the TFCE maximum (f32 bits), the positive voxels,
+        /// the state machine's phase, cursor and scan sum (tfce_exact.wgsl's S_*).
+        EXACT_RES_STRIDE = 8;
+        /// `results` slot of a map's phase, and the phase when it is done.
+        EXACT_S_PHASE = 2;
+        EXACT_PH_DONE = 16;
+        /// Loop iterations per map and dispatch the host asks for (llvmpipe ends an
+        /// invocation's loops after 65,535 iterations in all).
+        EXACT_BUDGET = 1 << 12;
         /// The most neighbours a voxel has (26-connectivity): components one voxel can join.
         EXACT_MAX_NEIGHBOURS = 26;
     }
@@ -104,7 +111,8 @@ shader_struct! {
         /// multiplication), else 0 (pow).
         pub int_power: u32,
         pub h_plus_1: f32,
-        pub pad0: u32,
+        /// Loop iterations each map may spend per dispatch ([`EXACT_BUDGET`]).
+        pub budget: u32,
         pub pad1: u32,
         pub pad2: u32,
     }
@@ -127,6 +135,7 @@ impl TfceExactParams {
             nmaps: nmaps as u32,
             int_power,
             h_plus_1: hp1,
+            budget: EXACT_BUDGET,
             ..Default::default()
         }
     }

@@ -73,5 +73,5 @@ fn generated_declarations_are_in_the_sources() {
     assert!(sp.contains("struct SpatialParams {") && sp.contains("fn enter(") && sp.contains("fn init("));
     let ex = crate::spatial::tfce_exact_wgsl_source();
     assert!(ex.contains("struct TfceExactParams {") && ex.contains("const EXACT_HIST_BINS: u32 = 2048u;"));
-    assert!(ex.contains("const NONE: u32 = 4294967295u;") && ex.contains("fn push_down("));
+    assert!(ex.contains("const NONE: u32 = 4294967295u;") && ex.contains("fn exact_step("));
 }

@@ -36,14 +36,17 @@
 //! dispatches. A +inf value enters a cluster with a
 //! clamped, finite mass contribution (the CPU's mass is infinite).
 //!
-//! Exact TFCE (`--tfce-exact`) is not done here: it needs voxels sorted by value and a
-//! sequential union-find; the scheduler keeps it on the CPU and `configure` refuses it.
+//! Exact TFCE (`--tfce-exact`) runs its own kernels ([`exact`]: per map a sort by value and
+//! a sequential union-find sweep, the maps in parallel), in place of the levels.
+mod exact;
+
 use super::adapters::{select_adapter, AdapterChoice};
 use super::device::Device;
 use crate::error::{EngineError, Result};
 use std::sync::atomic::{AtomicU64, Ordering};
 use voxflip_shaders::cpu::label_components::MassScale;
 use voxflip_shaders::cpu::tfce::{level_table, size_pow_table};
+use voxflip_shaders::cpu::tfce_exact::size_pow_table as exact_size_pow_table;
 use voxflip_shaders::keys::{key_of, value_of};
 use voxflip_shaders::spatial::{self as sp, wgsl_source, SpatialParams};
 use voxflip_shaders::spatial::{FLAG_FIRST, FLAG_MASS, FLAG_PREV, LIST_NEW, MODE_INCLUSIVE, MODE_TFCE, NO_LIST, WG};
@@ -96,7 +99,9 @@ struct TfceSetup {
     graph: GraphBuf,
     params: TfceParams,
     dh: f32,
+    /// s^E in f32 (stepwise), or s^E / (H + 1) as two f32 (exact).
     sizepow: wgpu::Buffer,
+    exact: bool,
 }
 
 struct ClusterSetup {
@@ -198,6 +203,8 @@ pub struct GpuSpatial {
     cluster: Option<ClusterSetup>,
     observed: Option<(wgpu::Buffer, usize)>,
     work: Option<Work>,
+    /// The exact TFCE kernels, compiled when a job first asks for them.
+    exact: Option<exact::ExactPipes>,
     /// Limits tests shrink to exercise sub-batches and two-dimensional grids.
     pub tuning: SpatialTuning,
 }
@@ -351,6 +358,7 @@ impl GpuSpatial {
             cluster: None,
             observed: None,
             work: None,
+            exact: None,
             tuning: SpatialTuning::default(),
         };
         s.device.poll("compiling the spatial kernels")?;
@@ -365,23 +373,25 @@ impl GpuSpatial {
     }
 
     /// Take the work of `job`: upload its graphs' neighbour tables, the TFCE size table and
-    /// the observed TFCE map. Refuses exact TFCE (CPU only).
+    /// the observed TFCE map (exact TFCE compiles its kernels here, the first time).
     pub fn configure(&mut self, job: &SpatialJob) -> Result<()> {
         self.tfce = None;
         self.cluster = None;
         self.observed = None;
         let mut v_job = None;
         if let Some((g, o, dh)) = job.tfce {
-            if o.exact {
-                return Err(EngineError::Unsupported(
-                    "exact TFCE is not available on the GPU (it runs on the CPU)".into(),
-                ));
-            }
             if g.connectivity() != o.params.conn {
                 return Err(EngineError::Invalid("TFCE connectivity differs from the mask graph's".into()));
             }
-            let sizepow = self.storage_init("tfce sizepow", bytemuck::cast_slice(&size_pow_table(g.len(), o.params.e)));
-            self.tfce = Some(TfceSetup { graph: self.upload_graph(g), params: o.params, dh, sizepow });
+            let sizepow = if o.exact {
+                self.exact_pipes()?;
+                let table = exact_size_pow_table(g.len(), o.params.e, o.params.h);
+                self.storage_init("exact tfce sizepow", bytemuck::cast_slice(&table))
+            } else {
+                self.storage_init("tfce sizepow", bytemuck::cast_slice(&size_pow_table(g.len(), o.params.e)))
+            };
+            let exact = o.exact;
+            self.tfce = Some(TfceSetup { graph: self.upload_graph(g), params: o.params, dh, sizepow, exact });
             v_job = Some(g.len());
         }
         if job.extent_thr.is_some() || job.mass_thr.is_some() {
@@ -499,17 +509,38 @@ impl GpuSpatial {
             }
             None => None,
         };
+        // Exact TFCE runs its own kernels; the request then holds the cluster passes only.
+        let exact = self.tfce.as_ref().filter(|t| t.exact);
+        let observed = self.observed.as_ref().map(|o| &o.0);
         let req = Request {
             maps,
             v,
+            tfce: if exact.is_some() { None } else { tfce },
+            observed: if exact.is_some() { None } else { observed },
             clusters,
-            tfce,
-            observed: self.observed.as_ref().map(|o| &o.0),
             read_labels: false,
             read_tfce: false,
         };
-        let out = self.run(&req);
-        let out = out.map_err(|e| self.fail(e))?;
+        let (out, exact_out) = if let Some(t) = exact {
+            let cluster_out = if req.clusters.is_empty() {
+                Ok(Output { results: vec![0; nmaps * RES_STRIDE], ..Default::default() })
+            } else {
+                self.run(&req)
+            };
+            let run =
+                exact::ExactRun { graph: &t.graph, sizepow: &t.sizepow, h: t.params.h, observed, read_tfce: false };
+            let exact_out = cluster_out.and_then(|o| Ok((o, Some(self.run_exact(maps, v, &run)?))));
+            exact_out.map_err(|e| self.fail(e))?
+        } else {
+            (self.run(&req).map_err(|e| self.fail(e))?, None)
+        };
+        let mut out = out;
+        if let Some(e) = exact_out {
+            out.counts = e.counts;
+            for (r, &m) in out.results.chunks_mut(RES_STRIDE).zip(&e.max) {
+                r[RES_TFCE] = key_of(m);
+            }
+        }
         for j in 0..nmaps {
             let r = &out.results[j * RES_STRIDE..(j + 1) * RES_STRIDE];
             if self.tfce.is_some() {
@@ -612,14 +643,51 @@ impl GpuSpatial {
         Ok(TfceBatch { tfce: out.tfce, max, counts: out.counts })
     }
 
-    /// The stepwise TFCE of one map with the configured job's graph, tables and step (the
-    /// same passes as its permutation maps get, so that the identity's TFCE equals it).
+    /// Test hook: exact TFCE maps of `maps` over `g`, per-map maxima, and counts against
+    /// `observed`, as the [`voxflip_shaders::cpu::tfce_exact`] port gives them.
+    pub fn tfce_exact_batch(
+        &mut self,
+        g: &MaskGraph,
+        maps: &[f32],
+        params: &TfceParams,
+        observed: Option<&[f32]>,
+    ) -> Result<TfceBatch> {
+        self.check_usable()?;
+        self.exact_pipes().map_err(|e| self.fail(e))?;
+        let v = g.len();
+        if v == 0 || !maps.len().is_multiple_of(v) {
+            return Err(EngineError::Invalid(format!("{} values are not whole maps of {v} voxels", maps.len())));
+        }
+        let graph = self.upload_graph(g);
+        let table = exact_size_pow_table(v, params.e, params.h);
+        let sizepow = self.storage_init("exact tfce sizepow", bytemuck::cast_slice(&table));
+        let obs = observed.map(|o| self.storage_init("observed tfce", bytemuck::cast_slice(o)));
+        let run =
+            exact::ExactRun { graph: &graph, sizepow: &sizepow, h: params.h, observed: obs.as_ref(), read_tfce: true };
+        let out = self.run_exact(BatchMaps::Host(maps), v, &run);
+        let out = out.map_err(|e| self.fail(e))?;
+        Ok(TfceBatch { tfce: out.tfce, max: out.max, counts: out.counts })
+    }
+
+    /// The TFCE of one map with the configured job's graph, tables and step (the same
+    /// passes as its permutation maps get, so that the identity's TFCE equals it).
     pub fn tfce_map(&mut self, map: &[f32]) -> Result<Vec<f32>> {
         self.check_usable()?;
         let Some(t) = &self.tfce else {
             return Err(EngineError::Invalid("tfce_map without TFCE configured".into()));
         };
         let v = t.graph.v;
+        if t.exact {
+            let run = exact::ExactRun {
+                graph: &t.graph,
+                sizepow: &t.sizepow,
+                h: t.params.h,
+                observed: None,
+                read_tfce: true,
+            };
+            let out = self.run_exact(BatchMaps::Host(map), v, &run);
+            return Ok(out.map_err(|e| self.fail(e))?.tfce);
+        }
         self.prepare(map, v)?;
         let t = self.tfce.as_ref().expect("checked above");
         let req = Request {
