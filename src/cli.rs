@@ -216,6 +216,11 @@ pub struct CommonArgs {
     /// the last bit).
     #[arg(long = "with-cpu")]
     pub with_cpu: bool,
+    /// Run a t contrast and its mirror (the next contrast with the weights negated, e.g.
+    /// [1 -1] then [-1 1]) each on its own product instead of sharing one (the outputs are
+    /// the same; sharing saves the second product, on the CPU engine).
+    #[arg(long = "no-shared-contrasts")]
+    pub no_shared_contrasts: bool,
     #[command(flatten)]
     pub spatial: SpatialArgs,
     #[command(flatten)]
@@ -671,6 +676,7 @@ impl CommonArgs {
             resume: self.distribution.resume,
             keep_state: self.distribution.keep_null_state,
             report: self.report.options(),
+            share_contrasts: !self.no_shared_contrasts,
         })
     }
 

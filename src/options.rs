@@ -66,6 +66,9 @@ pub struct AnalysisOptions {
     pub keep_state: bool,
     /// The HTML report.
     pub report: ReportOptions,
+    /// A t contrast and its mirror (the next contrast, weights negated) share one product
+    /// on the CPU engine (--no-shared-contrasts: each runs its own; the outputs are the same).
+    pub share_contrasts: bool,
 }
 
 /// The HTML report a run ends with.

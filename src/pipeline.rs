@@ -18,8 +18,8 @@ use voxflip_engines::{make_engines, ContrastNulls, Scheduler};
 use voxflip_io::Dataset;
 use voxflip_stats::spatial::{observed_cluster_values, Connectivity, SpatialJob};
 use voxflip_stats::{
-    corrected_p, identical_row_labels, uncorrected_p, with_identity_floor, Blocks, Contrast, ContrastModel, Design,
-    MaxStatNull, PScale, PermKind, PermSet, StatKind,
+    corrected_p, identical_row_labels, uncorrected_p, with_identity_floor, Blocks, Contrast, ContrastModel,
+    ContrastProblem, Design, MaxStatNull, PScale, PermKind, PermSet, StatKind,
 };
 
 /// Why a contrast's permutations are of `kind` (for stderr and the sidecar).
@@ -115,6 +115,44 @@ struct ContrastPlan<'a> {
     label: String,
     kind: PermKind,
     perms: &'a PermSet,
+    /// The contrast just before this one when this is its mirror (see [`mirrors`]).
+    mirror_of: Option<usize>,
+}
+
+/// Per contrast, the contrast just before it when it is that one's mirror: both t contrasts,
+/// the weights exactly negated, the same permutations. A mirror's problem is its partner's
+/// negated ([`mirrored`]), so that its maps are exactly the partner's negated and the two
+/// can share one product ([`Scheduler::permute_mirrored`]); a mirror is no partner itself.
+fn mirrors(design: &Design, kinds: &[PermKind]) -> Vec<Option<usize>> {
+    let mut of: Vec<Option<usize>> = vec![None; design.contrasts.len()];
+    for ci in 1..design.contrasts.len() {
+        let (a, b) = (&design.contrasts[ci - 1], &design.contrasts[ci]);
+        let t = a.kind == StatKind::T && b.kind == StatKind::T;
+        let negated = a.c.shape() == b.c.shape() && a.c.iter().zip(b.c.iter()).all(|(x, y)| *y == -*x);
+        if t && negated && kinds[ci - 1] == kinds[ci] && of[ci - 1].is_none() {
+            of[ci] = Some(ci - 1);
+        }
+    }
+    of
+}
+
+/// The problem of a contrast's mirror: `p` with Q's first column negated (E, ss and the
+/// degrees of freedom unchanged), so that u_1 and with it t change sign exactly. The
+/// mirror's own partition would give the same statistics only up to rounding (its nuisance
+/// basis comes from another factorisation).
+fn mirrored(mut p: ContrastProblem) -> ContrastProblem {
+    for row in p.qbasis.chunks_exact_mut(p.q) {
+        row[0] = -row[0];
+    }
+    p
+}
+
+/// The problem of contrast `ci`: its own, or its partner's negated when it is a mirror.
+fn problem_of(plans: &[ContrastPlan], ci: usize, ds: &Dataset) -> ContrastProblem {
+    match plans[ci].mirror_of {
+        Some(a) => mirrored(plans[a].model.problem(&ds.y, ds.v)),
+        None => plans[ci].model.problem(&ds.y, ds.v),
+    }
 }
 
 /// What all the contrasts of a run share: where their outputs go and the engines.
@@ -191,6 +229,7 @@ pub fn run(ds: &Dataset, design: &Design, opts: &AnalysisOptions, prefix: &str) 
     }
     let PermutationPlan { kinds, sets } = permutation_sets(design, &models, opts, ds.n)?;
     let set_of = |kind: PermKind| -> &PermSet { &sets.iter().find(|(k, _)| *k == kind).expect("generated above").1 };
+    let mirror_of = mirrors(design, &kinds);
     let plans: Vec<ContrastPlan> = models
         .iter()
         .zip(&kinds)
@@ -200,6 +239,7 @@ pub fn run(ds: &Dataset, design: &Design, opts: &AnalysisOptions, prefix: &str) 
             label: design.contrast_labels.get(ci).cloned().unwrap_or_default(),
             kind,
             perms: set_of(kind),
+            mirror_of: mirror_of[ci],
         })
         .collect();
     let scheduler = match merged {
@@ -252,16 +292,45 @@ pub fn run(ds: &Dataset, design: &Design, opts: &AnalysisOptions, prefix: &str) 
     let (setup_seconds, contrasts_start) = (start.elapsed().as_secs_f64(), Instant::now());
     let mut summaries = Vec::new();
     let mut states: Vec<ContrastState> = Vec::new();
+    // A mirror's state, computed with its partner's.
+    let mut mirror_done: Option<ContrastState> = None;
     for (ci, (contrast, plan)) in design.contrasts.iter().zip(&plans).enumerate() {
-        let cs = match merged {
-            Some(m) => {
+        let resumed_of = |ci: usize| {
+            let name = &design.contrasts[ci].name;
+            resumed.as_ref().and_then(|s| s.contrasts.get(ci)).filter(|c| &c.name == name)
+        };
+        let cs = match (merged, mirror_done.take()) {
+            (Some(m), _) => {
                 let c = m.contrasts.get(ci).filter(|c| c.name == contrast.name && c.range == (0..plan.perms.len()));
                 c.cloned().ok_or_else(|| Error::usage(format!("the shards hold no complete {}", contrast.name)))?
             }
-            None => {
+            (None, Some(cs)) => cs,
+            (None, None) => {
                 let range = shard.range(plan.perms.len());
-                let from = resumed.as_ref().and_then(|s| s.contrasts.get(ci)).filter(|c| c.name == contrast.name);
-                compute_contrast(&mut state, contrast, plan, range, from, &states, &progress)?
+                let from = resumed_of(ci);
+                // With its mirror next, one product serves both, unless a checkpoint of a
+                // run without sharing left the two at different points.
+                let share = opts.share_contrasts
+                    && plans.get(ci + 1).is_some_and(|p| p.mirror_of == Some(ci))
+                    && state.scheduler.as_ref().is_some_and(Scheduler::mirrors)
+                    && from.map(|c| &c.range) == resumed_of(ci + 1).map(|c| &c.range);
+                if share {
+                    let pair = [contrast, &design.contrasts[ci + 1]];
+                    let [a, b] = compute_pair(
+                        &mut state,
+                        pair,
+                        &plans,
+                        ci,
+                        range,
+                        from.zip(resumed_of(ci + 1)),
+                        &states,
+                        &progress,
+                    )?;
+                    mirror_done = Some(b);
+                    a
+                } else {
+                    compute_contrast(&mut state, contrast, &plans, ci, range, from, &states, &progress)?
+                }
             }
         };
         if !matches!(opts.distribution, Distribution::Shard(_)) {
@@ -412,26 +481,123 @@ impl Checkpointer {
         }
     }
 
-    fn maybe_write(&mut self, done: &[ContrastState], current: &ContrastState, spatial: &Option<String>) -> Result<()> {
+    fn maybe_write(
+        &mut self,
+        done: &[ContrastState],
+        current: &[&ContrastState],
+        spatial: &Option<String>,
+    ) -> Result<()> {
         let Some(every) = self.every else { return Ok(()) };
         if self.last.elapsed().as_secs_f64() < every {
             return Ok(());
         }
         let mut st = self.template.clone();
         st.spatial_backend = spatial.clone();
-        st.contrasts = done.iter().cloned().chain(std::iter::once(current.clone())).collect();
+        st.contrasts = done.iter().cloned().chain(current.iter().map(|&c| c.clone())).collect();
         st.write(&self.path)?;
         self.last = Instant::now();
         Ok(())
     }
 }
 
+/// A contrast's observed maps and spatial job, ready for its permutations.
+struct Setup<'g> {
+    observed: Vec<f32>,
+    /// Its TFCE step from its own observed map; `tfce_observed` is set where it is used.
+    job: SpatialJob<'g>,
+    tfce_obs: Vec<f32>,
+    wants_spatial: bool,
+}
+
+impl Setup<'_> {
+    /// The job with its observed TFCE map, for the scheduler (None without spatial work).
+    fn job(&self) -> Option<SpatialJob<'_>> {
+        let tfce_observed = self.job.tfce.is_some().then_some(&self.tfce_obs[..]);
+        self.wants_spatial.then_some(SpatialJob { tfce_observed, ..self.job })
+    }
+
+    /// The state of a contrast none of whose permutations `range.start..` ran yet.
+    fn fresh_state(&self, contrast: &Contrast, range: &Range<usize>, v: usize) -> ContrastState {
+        ContrastState {
+            name: contrast.name.clone(),
+            range: range.start..range.start,
+            seconds: 0.0,
+            observed: self.observed.clone(),
+            tfce_observed: self.tfce_obs.clone(),
+            nulls: ContrastNulls {
+                counts: vec![0; v],
+                spatial: voxflip_stats::spatial::SpatialNull {
+                    tfce_counts: if self.job.tfce.is_some() { vec![0; v] } else { Vec::new() },
+                    ..Default::default()
+                },
+                ..Default::default()
+            },
+        }
+    }
+}
+
+/// The graphs `contrast`'s spatial statistics need, built once per run.
+fn ensure_graphs(graphs: &mut Graphs, opts: &AnalysisOptions, contrast: &Contrast) {
+    let (extent_thr, mass_thr) = cluster_thresholds(opts, contrast.kind);
+    if let Some(o) = opts.spatial.tfce {
+        graphs.ensure(o.params.conn);
+    }
+    if extent_thr.is_some() || mass_thr.is_some() {
+        graphs.ensure(opts.spatial.cluster_conn.unwrap_or(Connectivity::C26));
+    }
+}
+
+/// Prepare `problem` and set up its contrast: the observed map (the checkpoint's when
+/// resumed), the spatial job and where it runs (recorded in `spatial_backend`), the observed
+/// TFCE map.
+fn set_up<'g>(
+    scheduler: &mut Scheduler,
+    graphs: &'g Graphs,
+    spatial_backend: &mut Option<String>,
+    opts: &AnalysisOptions,
+    contrast: &Contrast,
+    problem: &ContrastProblem,
+    resumed: Option<&ContrastState>,
+) -> Result<Setup<'g>> {
+    scheduler.prepare(problem)?;
+    let observed = match resumed {
+        Some(r) => r.observed.clone(),
+        None => scheduler.observed_map(problem)?,
+    };
+    let (extent_thr, mass_thr) = cluster_thresholds(opts, contrast.kind);
+    let wants_clusters = extent_thr.is_some() || mass_thr.is_some();
+    let mut job = SpatialJob { tfce: None, tfce_observed: None, cluster_graph: None, extent_thr, mass_thr };
+    if let Some(o) = opts.spatial.tfce {
+        // randomise: dh = max(observed) / 100, fixed for every permutation.
+        let dh = o.step.unwrap_or(observed.iter().copied().fold(0f32, f32::max) / 100.0);
+        job.tfce = Some((graphs.get(o.params.conn).expect("ensure_graphs built it"), o, dh));
+    }
+    if wants_clusters {
+        job.cluster_graph = graphs.get(opts.spatial.cluster_conn.unwrap_or(Connectivity::C26));
+    }
+    let wants_spatial = job.tfce.is_some() || wants_clusters;
+    let on_gpu = if wants_spatial { scheduler.place_spatial(&job)? } else { None };
+    let tfce_obs = match (job.tfce.is_some(), resumed) {
+        (false, _) => Vec::new(),
+        (true, Some(r)) => r.tfce_observed.clone(),
+        (true, None) => scheduler.tfce_observed(&job, &observed)?,
+    };
+    if let Some(name) = &on_gpu {
+        *spatial_backend = Some(format!("gpu: {name}"));
+    } else if wants_spatial {
+        spatial_backend.get_or_insert_with(|| format!("cpu ({} threads)", rayon::current_num_threads()));
+    }
+    Ok(Setup { observed, job, tfce_obs, wants_spatial })
+}
+
 /// One contrast's permutations `range` (continuing `resumed`, the state a checkpoint held
 /// for it): the observed maps, then the permutations in stretches, checkpointing between.
+#[allow(clippy::too_many_arguments)]
 fn compute_contrast(
     st: &mut RunState,
     contrast: &Contrast,
-    plan: &ContrastPlan,
+    plans: &[ContrastPlan],
+    ci: usize,
     range: Range<usize>,
     resumed: Option<&ContrastState>,
     done: &[ContrastState],
@@ -442,63 +608,14 @@ fn compute_contrast(
     }
     let t0 = Instant::now();
     let (ds, opts) = (st.ds, st.opts);
+    let problem = problem_of(plans, ci, ds);
+    ensure_graphs(&mut st.graphs, opts, contrast);
     let scheduler = st.scheduler.as_mut().expect("a scheduler unless merging");
-    let problem = plan.model.problem(&ds.y, ds.v);
-    scheduler.prepare(&problem)?;
-    let observed = match resumed {
-        Some(r) => r.observed.clone(),
-        None => scheduler.observed_map(&problem)?,
-    };
-    let (extent_thr, mass_thr) = cluster_thresholds(opts, contrast.kind);
-    let cluster_conn = opts.spatial.cluster_conn.unwrap_or(Connectivity::C26);
-    let wants_clusters = extent_thr.is_some() || mass_thr.is_some();
-    if let Some(o) = opts.spatial.tfce {
-        st.graphs.ensure(o.params.conn);
-    }
-    if wants_clusters {
-        st.graphs.ensure(cluster_conn);
-    }
-    let mut job = SpatialJob { tfce: None, tfce_observed: None, cluster_graph: None, extent_thr, mass_thr };
-    if let Some(o) = opts.spatial.tfce {
-        // randomise: dh = max(observed) / 100, fixed for every permutation.
-        let dh = o.step.unwrap_or(observed.iter().copied().fold(0f32, f32::max) / 100.0);
-        job.tfce = Some((st.graphs.get(o.params.conn).expect("built above"), o, dh));
-    }
-    if wants_clusters {
-        job.cluster_graph = st.graphs.get(cluster_conn);
-    }
-    let wants_spatial = job.tfce.is_some() || wants_clusters;
-    let on_gpu = if wants_spatial { scheduler.place_spatial(&job)? } else { None };
-    let tfce_obs = match (job.tfce.is_some(), resumed) {
-        (false, _) => Vec::new(),
-        (true, Some(r)) => r.tfce_observed.clone(),
-        (true, None) => scheduler.tfce_observed(&job, &observed)?,
-    };
-    if job.tfce.is_some() {
-        job.tfce_observed = Some(&tfce_obs);
-    }
-    if let Some(name) = &on_gpu {
-        st.spatial_backend = Some(format!("gpu: {name}"));
-    } else if wants_spatial {
-        st.spatial_backend.get_or_insert_with(|| format!("cpu ({} threads)", rayon::current_num_threads()));
-    }
+    let setup = set_up(scheduler, &st.graphs, &mut st.spatial_backend, opts, contrast, &problem, resumed)?;
+    let job = setup.job();
     let mut cs = match resumed {
         Some(r) => r.clone(),
-        None => ContrastState {
-            name: contrast.name.clone(),
-            range: range.start..range.start,
-            seconds: 0.0,
-            observed: observed.clone(),
-            tfce_observed: tfce_obs.clone(),
-            nulls: ContrastNulls {
-                counts: vec![0; ds.v],
-                spatial: voxflip_stats::spatial::SpatialNull {
-                    tfce_counts: if job.tfce.is_some() { vec![0; ds.v] } else { Vec::new() },
-                    ..Default::default()
-                },
-                ..Default::default()
-            },
-        },
+        None => setup.fresh_state(contrast, &range, ds.v),
     };
     let stretch = st.checkpoints.stretch(scheduler.engine().preferred_batch());
     while cs.range.end < range.end {
@@ -506,22 +623,98 @@ fn compute_contrast(
         let next = cs.range.end.saturating_add(stretch).min(range.end);
         let part = scheduler.permute(
             &problem,
-            plan.perms,
+            plans[ci].perms,
             cs.range.end..next,
-            &observed,
-            wants_spatial.then_some(&job),
+            &setup.observed,
+            job.as_ref(),
             progress,
         )?;
         cs.nulls.append(part);
         cs.range.end = next;
         cs.seconds += t.elapsed().as_secs_f64();
         if cs.range.end < range.end {
-            st.checkpoints.maybe_write(done, &cs, &st.spatial_backend)?;
+            st.checkpoints.maybe_write(done, &[&cs], &st.spatial_backend)?;
         }
     }
     // The observed map and its set-up count towards the contrast's time once.
     if resumed.is_none() {
         cs.seconds = t0.elapsed().as_secs_f64();
+    }
+    Ok(cs)
+}
+
+/// Contrast `ci` and its mirror `ci + 1` ([`mirrors`]) from one product per batch
+/// ([`Scheduler::permute_mirrored`]), continuing `resumed` (both at the same point): their
+/// states as [`compute_contrast`] gives them one after the other, each with half the time.
+#[allow(clippy::too_many_arguments)]
+fn compute_pair(
+    st: &mut RunState,
+    contrasts: [&Contrast; 2],
+    plans: &[ContrastPlan],
+    ci: usize,
+    range: Range<usize>,
+    resumed: Option<(&ContrastState, &ContrastState)>,
+    done: &[ContrastState],
+    progress: &Bar,
+) -> Result<[ContrastState; 2]> {
+    if let Some((a, b)) = resumed.filter(|(a, _)| a.range == range) {
+        return Ok([a.clone(), b.clone()]);
+    }
+    let t0 = Instant::now();
+    let (ds, opts) = (st.ds, st.opts);
+    log::info!(
+        "{} and {} share one product (the second's weights are the first's negated)",
+        contrasts[0].name,
+        contrasts[1].name
+    );
+    let problem = plans[ci].model.problem(&ds.y, ds.v);
+    let mirror = mirrored(problem.clone());
+    for c in contrasts {
+        ensure_graphs(&mut st.graphs, opts, c);
+    }
+    let scheduler = st.scheduler.as_mut().expect("a scheduler unless merging");
+    let backend = &mut st.spatial_backend;
+    let [ra, rb] = [resumed.map(|r| r.0), resumed.map(|r| r.1)];
+    // The mirror first, so that the partner's problem stays prepared for the product.
+    let sb = set_up(scheduler, &st.graphs, backend, opts, contrasts[1], &mirror, rb)?;
+    drop(mirror);
+    let sa = set_up(scheduler, &st.graphs, backend, opts, contrasts[0], &problem, ra)?;
+    let jobs = [sa.job(), sb.job()];
+    let mut cs = match resumed {
+        Some((a, b)) => [a.clone(), b.clone()],
+        None => [sa.fresh_state(contrasts[0], &range, ds.v), sb.fresh_state(contrasts[1], &range, ds.v)],
+    };
+    let stretch = st.checkpoints.stretch(scheduler.engine().preferred_batch());
+    while cs[0].range.end < range.end {
+        let t = Instant::now();
+        let next = cs[0].range.end.saturating_add(stretch).min(range.end);
+        let spatial = match &jobs {
+            [Some(a), Some(b)] => Some([a, b]),
+            _ => None,
+        };
+        let observed = [&sa.observed[..], &sb.observed[..]];
+        let parts = scheduler.permute_mirrored(
+            &problem,
+            plans[ci].perms,
+            cs[0].range.end..next,
+            observed,
+            spatial,
+            progress,
+        )?;
+        let half = t.elapsed().as_secs_f64() / 2.0;
+        for (c, part) in cs.iter_mut().zip(parts) {
+            c.nulls.append(part);
+            c.range.end = next;
+            c.seconds += half;
+        }
+        if next < range.end {
+            st.checkpoints.maybe_write(done, &[&cs[0], &cs[1]], &st.spatial_backend)?;
+        }
+    }
+    if resumed.is_none() {
+        let half = t0.elapsed().as_secs_f64() / 2.0;
+        cs[0].seconds = half;
+        cs[1].seconds = half;
     }
     Ok(cs)
 }

@@ -94,6 +94,34 @@ impl Engine {
     }
 }
 
+impl Engine {
+    /// Whether [`Engine::run_batch_mirrored`] computes a contrast and its mirror from one
+    /// product (the CPU engine; the GPU engine's kernels reduce one sign only).
+    pub fn mirrors(&self) -> bool {
+        matches!(self, Engine::Cpu(_))
+    }
+
+    /// [`Engine::run_batch`] for a t contrast and its mirror, the contrast of the negated
+    /// weights whose problem is the prepared one with Q's first column negated: from one
+    /// product, the mirror's maxima, its counts against `mirror_observed` and its maps, as a
+    /// run of its own problem gives them ([`cpu::CpuEngine::run_batch_mirrored`]). An engine
+    /// that does not [mirror](Engine::mirrors) answers [`EngineError::Unsupported`].
+    pub fn run_batch_mirrored(
+        &mut self,
+        perms: &PermSet,
+        range: Range<usize>,
+        observed: Option<&[f32]>,
+        maps: Option<&mut [f32]>,
+        mirror_observed: Option<&[f32]>,
+        mirror_maps: Option<&mut [f32]>,
+    ) -> Result<(BatchResult, BatchResult)> {
+        match self {
+            Engine::Cpu(e) => e.run_batch_mirrored(perms, range, observed, maps, mirror_observed, mirror_maps),
+            Engine::Gpu(_) => Err(EngineError::Unsupported("the GPU engine reduces one sign of a contrast".into())),
+        }
+    }
+}
+
 /// Engines move to the scheduler's worker threads, one each (wgpu's handles are Send on
 /// native targets).
 const _: fn() = || {

@@ -308,8 +308,9 @@ impl Scheduler {
         // thread while the engine computes batch k + 1, appended in batch order.
         std::thread::scope(|scope| -> Result<()> {
             type Pair = [Vec<f32>; 2];
+            type Reduction = Result<([SpatialNull; 2], Pair)>;
             let mut spare: Pair = [Vec::new(), Vec::new()];
-            let mut in_flight: Option<std::thread::ScopedJoinHandle<'_, Result<([SpatialNull; 2], Pair)>>> = None;
+            let mut in_flight: Option<std::thread::ScopedJoinHandle<'_, Reduction>> = None;
             let collect = |in_flight: &mut Option<std::thread::ScopedJoinHandle<'_, _>>,
                            spare: &mut Pair,
                            out: &mut [ContrastNulls; 2]|
