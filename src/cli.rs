@@ -10,7 +10,7 @@ use clap::{Args, Parser, Subcommand};
 use std::path::PathBuf;
 use std::process::ExitCode;
 use std::sync::Arc;
-use voxflip_engines::{Backend, EngineOptions, GlmKernel, GpuOptions, SpatialPlacement};
+use voxflip_engines::{Backend, EngineOptions, GlmKernel, GpuOptions, Product, SpatialPlacement};
 use voxflip_stats::spatial::{Connectivity, SpatialOptions, TfceOptions, TfceParams};
 use voxflip_stats::{PScale, PermKind};
 
@@ -163,6 +163,17 @@ pub struct BenchArgs {
     /// Pick the GPU adapter whose name contains this.
     #[arg(long)]
     pub adapter: Option<String>,
+    /// Also run `voxflip example` (with -T when --tfce) in a scratch folder and report the
+    /// split of its wall time.
+    #[arg(long = "end-to-end")]
+    pub end_to_end: bool,
+    /// Also time 1,000 sign flips against N (58, 500, 5,000) and V (4 mm and 2 mm brains),
+    /// each engine and product (minutes).
+    #[arg(long)]
+    pub scaling: bool,
+    /// Print the report as one JSON object.
+    #[arg(long)]
+    pub json: bool,
     #[command(flatten)]
     pub gpu: GpuArgs,
 }
@@ -216,6 +227,10 @@ pub struct CommonArgs {
     /// the last bit).
     #[arg(long = "with-cpu")]
     pub with_cpu: bool,
+    /// How the engines form the coefficients of the permutations: auto (table-driven where
+    /// the set allows it), gemm (the matrix product) or table.
+    #[arg(long, value_enum, default_value_t = ProductArg::Auto)]
+    pub product: ProductArg,
     /// Run a t contrast and its mirror (the next contrast with the weights negated, e.g.
     /// [1 -1] then [-1 1]) each on its own product instead of sharing one (the outputs are
     /// the same; sharing saves the second product, on the CPU engine).
@@ -342,6 +357,29 @@ impl From<BackendArg> for Backend {
             BackendArg::Auto => Backend::Auto,
             BackendArg::Gpu => Backend::Gpu,
             BackendArg::Cpu => Backend::Cpu,
+        }
+    }
+}
+
+/// `--product`.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, clap::ValueEnum)]
+pub enum ProductArg {
+    /// The table-driven product where the permutation set allows it (sign flips;
+    /// relabelings of designs with at most four distinct rows), else the matrix product.
+    #[default]
+    Auto,
+    /// Always the matrix product (the general path and the reference).
+    Gemm,
+    /// The table-driven product (a set it cannot serve runs the matrix product).
+    Table,
+}
+
+impl From<ProductArg> for Product {
+    fn from(p: ProductArg) -> Product {
+        match p {
+            ProductArg::Auto => Product::Auto,
+            ProductArg::Gemm => Product::Gemm,
+            ProductArg::Table => Product::Table,
         }
     }
 }
@@ -629,7 +667,7 @@ impl CommonArgs {
             backend: self.backend.into(),
             gpu: self.gpu.options(self.adapter.clone()),
             with_cpu: self.with_cpu,
-            product: Default::default(),
+            product: self.product.into(),
         }
     }
 

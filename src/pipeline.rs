@@ -549,7 +549,9 @@ fn ensure_graphs(graphs: &mut Graphs, opts: &AnalysisOptions, contrast: &Contras
 
 /// Prepare `problem` and set up its contrast: the observed map (the checkpoint's when
 /// resumed), the spatial job and where it runs (recorded in `spatial_backend`), the observed
-/// TFCE map.
+/// TFCE map. `kind`: what the permutations exchange, so that the observed map comes from
+/// the product they run on.
+#[allow(clippy::too_many_arguments)]
 fn set_up<'g>(
     scheduler: &mut Scheduler,
     graphs: &'g Graphs,
@@ -557,12 +559,13 @@ fn set_up<'g>(
     opts: &AnalysisOptions,
     contrast: &Contrast,
     problem: &ContrastProblem,
+    kind: PermKind,
     resumed: Option<&ContrastState>,
 ) -> Result<Setup<'g>> {
     scheduler.prepare(problem)?;
     let observed = match resumed {
         Some(r) => r.observed.clone(),
-        None => scheduler.observed_map(problem)?,
+        None => scheduler.observed_map(problem, kind)?,
     };
     let (extent_thr, mass_thr) = cluster_thresholds(opts, contrast.kind);
     let wants_clusters = extent_thr.is_some() || mass_thr.is_some();
@@ -611,7 +614,8 @@ fn compute_contrast(
     let problem = problem_of(plans, ci, ds);
     ensure_graphs(&mut st.graphs, opts, contrast);
     let scheduler = st.scheduler.as_mut().expect("a scheduler unless merging");
-    let setup = set_up(scheduler, &st.graphs, &mut st.spatial_backend, opts, contrast, &problem, resumed)?;
+    let setup =
+        set_up(scheduler, &st.graphs, &mut st.spatial_backend, opts, contrast, &problem, plans[ci].kind, resumed)?;
     let job = setup.job();
     let mut cs = match resumed {
         Some(r) => r.clone(),
@@ -676,9 +680,9 @@ fn compute_pair(
     let backend = &mut st.spatial_backend;
     let [ra, rb] = [resumed.map(|r| r.0), resumed.map(|r| r.1)];
     // The mirror first, so that the partner's problem stays prepared for the product.
-    let sb = set_up(scheduler, &st.graphs, backend, opts, contrasts[1], &mirror, rb)?;
+    let sb = set_up(scheduler, &st.graphs, backend, opts, contrasts[1], &mirror, plans[ci].kind, rb)?;
     drop(mirror);
-    let sa = set_up(scheduler, &st.graphs, backend, opts, contrasts[0], &problem, ra)?;
+    let sa = set_up(scheduler, &st.graphs, backend, opts, contrasts[0], &problem, plans[ci].kind, ra)?;
     let jobs = [sa.job(), sb.job()];
     let mut cs = match resumed {
         Some((a, b)) => [a.clone(), b.clone()],

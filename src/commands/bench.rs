@@ -184,7 +184,7 @@ struct ScalingRow {
 fn time_contrast(s: &mut Scheduler, study: &DrivingStudy, perms: &PermSet, tfce: bool) -> Result<(f64, bool)> {
     let t = Instant::now();
     s.prepare(&study.problem)?;
-    let observed = s.observed_map(&study.problem)?;
+    let observed = s.observed_map(&study.problem, perms.kind)?;
     let opts = TfceOptions { params: TfceParams::default(), exact: false, step: None };
     let mut job = SpatialJob { tfce: None, tfce_observed: None, cluster_graph: None, extent_thr: None, mass_thr: None };
     let mut on_gpu = false;
@@ -534,7 +534,7 @@ fn scaling(a: &BenchArgs, out: &mut Vec<String>) -> Result<Vec<ScalingRow>> {
                 for product in [Product::Gemm, Product::Table] {
                     s.engine_mut().set_product(product);
                     s.prepare(&problem)?;
-                    let observed = s.observed_map(&problem)?;
+                    let observed = s.observed_map(&problem, perms.kind)?;
                     let t = Instant::now();
                     s.permute(&problem, &perms, 0..perms.len(), &observed, None, &())?;
                     let secs = t.elapsed().as_secs_f64() * 1000.0 / perms.len() as f64;

@@ -42,6 +42,7 @@ pub fn run(a: &ExampleArgs, args: &[String]) -> Result<()> {
             backend: a.backend,
             adapter: None,
             with_cpu: false,
+            product: Default::default(),
             no_shared_contrasts: false,
             spatial: SpatialArgs { tfce: a.tfce, ..Default::default() },
             gpu: Default::default(),

@@ -81,7 +81,9 @@ fn expected(pb: &ContrastProblem, perms: &PermSet, fail_at: usize) -> Option<Exp
     let mut cpu = Engine::Cpu(CpuEngine::new());
     gpu.prepare(pb).unwrap();
     cpu.prepare(pb).unwrap();
-    let obs = if fail_at == 1 { observed_map(&mut cpu, pb) } else { observed_map(&mut gpu, pb) }.unwrap();
+    let obs =
+        if fail_at == 1 { observed_map(&mut cpu, pb, perms.kind) } else { observed_map(&mut gpu, pb, perms.kind) }
+            .unwrap();
     let split = BATCH.saturating_mul(fail_at.saturating_sub(2)).min(perms.len());
     let (mut null, mut counts, mut maps) = run_range(&mut gpu, perms, 0..split, &obs);
     let (n2, c2, m2) = run_range(&mut cpu, perms, split..perms.len(), &obs);
@@ -104,7 +106,7 @@ fn lost_device_continues_on_cpu_with_identical_results() {
         };
         let mut engine = flaky(module_path!(), fail_at).unwrap();
         engine.prepare(&pb).unwrap();
-        let obs = observed_map(&mut engine, &pb).unwrap();
+        let obs = observed_map(&mut engine, &pb, perms.kind).unwrap();
         assert_eq!(obs, obs_ref, "fail at batch {fail_at}");
         let got = permute_contrast(&mut engine, &pb, &perms, 0..perms.len(), &obs, None, None, &()).unwrap();
         assert_eq!(got.max_stat, null_ref, "fail at batch {fail_at}");
@@ -143,7 +145,7 @@ fn overlapped_spatial_reduction_equals_one_sequential_pass() {
 
         let mut engine = flaky(module_path!(), fail_at).unwrap();
         engine.prepare(&pb).unwrap();
-        let obs2 = observed_map(&mut engine, &pb).unwrap();
+        let obs2 = observed_map(&mut engine, &pb, perms.kind).unwrap();
         assert_eq!(obs2, obs);
         let got =
             permute_contrast(&mut engine, &pb, &perms, 0..perms.len(), &obs, Some(&job), None, &()).unwrap().spatial;

@@ -65,7 +65,7 @@ fn tfce_and_cluster_extent_fwe_rates_are_calibrated() {
         let perms = PermSet::generate(n, PermKind::SignFlip, &vec![0; n], nperm, d as u64).unwrap();
         let mut engine = Engine::Cpu(CpuEngine::new());
         engine.prepare(&problem).unwrap();
-        let observed = observed_map(&mut engine, &problem).unwrap();
+        let observed = observed_map(&mut engine, &problem, perms.kind).unwrap();
         let dh = observed.iter().copied().fold(0f32, f32::max) / 100.0;
         // Cluster-forming threshold t = 2.2 (about p = 0.025 at 11 dof).
         let thr = 2.2;

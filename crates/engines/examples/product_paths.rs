@@ -1,5 +1,7 @@
 //! Thread CPU time of the CPU engine's two products on a 2 mm-sized random problem (one
 //! thread): `cargo run --release -p voxflip-engines --example product_paths`.
+// An example program reports on stdout; the library crates it uses do not print.
+#![allow(clippy::print_stdout)]
 use rand::{Rng, SeedableRng};
 use voxflip_engines::cpu::CpuEngine;
 use voxflip_engines::Product;

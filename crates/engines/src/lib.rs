@@ -56,8 +56,7 @@ impl Engine {
     pub fn set_product(&mut self, product: Product) {
         match self {
             Engine::Cpu(e) => e.set_product(product),
-            // The GPU engine's table path is not wired yet: it keeps its matrix kernels.
-            Engine::Gpu(_) => {}
+            Engine::Gpu(e) => e.set_product(product),
         }
     }
 
@@ -154,7 +153,8 @@ pub fn make_engine(opts: &EngineOptions) -> Result<Engine> {
             "--adapter all, a list of adapters or --with-cpu asks for several engines (make_engines)".into(),
         ));
     }
-    let engine = one_engine(opts)?;
+    let mut engine = one_engine(opts)?;
+    engine.set_product(opts.product);
     log::info!("engine: {}", engine.describe());
     Ok(engine)
 }
@@ -185,6 +185,9 @@ pub fn make_engines(opts: &EngineOptions) -> Result<Vec<Engine>> {
     let mut engines = if spec.is_multi() { open_adapters(&spec, opts)? } else { vec![one_engine(opts)?] };
     if opts.with_cpu && !engines.iter().any(|e| matches!(e, Engine::Cpu(_))) {
         engines.push(Engine::Cpu(cpu::CpuEngine::new()));
+    }
+    for e in engines.iter_mut() {
+        e.set_product(opts.product);
     }
     match engines.as_slice() {
         [one] => log::info!("engine: {}", one.describe()),

@@ -144,8 +144,8 @@ impl Scheduler {
     }
 
     /// The observed statistic map (the identity permutation, always index 0).
-    pub fn observed_map(&mut self, problem: &ContrastProblem) -> Result<Vec<f32>> {
-        observed_map(&mut self.engine, problem)
+    pub fn observed_map(&mut self, problem: &ContrastProblem, kind: PermKind) -> Result<Vec<f32>> {
+        observed_map(&mut self.engine, problem, kind)
     }
 
     /// Decide where the spatial statistics of `job` run: on the GPU engine's adapter when
@@ -552,9 +552,12 @@ fn short_name(e: &Engine) -> String {
 }
 
 /// The observed statistic map of `problem` on `engine` (the identity permutation).
-pub fn observed_map(engine: &mut Engine, problem: &ContrastProblem) -> Result<Vec<f32>> {
-    let identity =
-        PermSet::generate(problem.n, PermKind::SignFlip, &vec![0; problem.n], 1, 0).map_err(EngineError::Invalid)?;
+pub fn observed_map(engine: &mut Engine, problem: &ContrastProblem, kind: PermKind) -> Result<Vec<f32>> {
+    // The identity as permutation 0 of a set of the run's kind, so that the engine forms it
+    // with the same product (tables or matrix) as the permutations: then permutation 0
+    // reproduces the observed map bit for bit and counts itself.
+    let labels: Vec<u32> = (0..problem.n as u32).collect();
+    let identity = PermSet::generate(problem.n, kind, &labels, 1, 0).map_err(EngineError::Invalid)?;
     let mut observed = vec![0f32; problem.v];
     run_with_fallback(engine, problem, |e| e.run_batch(&identity, 0..1, None, Some(&mut observed)).map(|_| ()))?;
     Ok(observed)
@@ -576,7 +579,7 @@ pub struct ContrastResult {
 pub fn permutation_test(problem: &ContrastProblem, perms: &PermSet) -> Result<ContrastResult> {
     let mut engine = Engine::Cpu(CpuEngine::new());
     engine.prepare(problem)?;
-    let observed = observed_map(&mut engine, problem)?;
+    let observed = observed_map(&mut engine, problem, perms.kind)?;
     let nulls = permute_contrast(&mut engine, problem, perms, 0..perms.len(), &observed, None, None, &())?;
     Ok(ContrastResult { observed, null: nulls.max_stat, counts: nulls.counts })
 }

@@ -39,30 +39,77 @@ macro_rules! microkernel {
 microkernel!(micro_fma, |a: f32, b: f32, c: f32| a.mul_add(b, c));
 microkernel!(micro_plain, |a: f32, b: f32, c: f32| a * b + c);
 
-/// The statistic for one permutation over a tile, from its q rows of U (each TILE long):
+/// The statistic for one permutation over a tile, from its q rows of U (each W long):
 /// |u|^2 and aux folded in the order k = 0, 1, ..., then the one formula
-/// ([`statistic_of_sums`]) per voxel, in a loop the compiler vectorizes.
+/// ([`statistic_of_sums`]) per voxel, in a loop the compiler vectorizes. Its correctly
+/// rounded division and square root are monotone, so a permutation whose RSS is no larger
+/// than the observed one never gets a smaller t: ties at the observed value (a contrast
+/// that permutations leave unchanged, exhaustive sets) count exactly. An approximate
+/// reciprocal square root, though faster, is not, and breaks such ties.
 #[inline(always)]
-fn epilogue_tile(kind: StatKind, u: &[f32], q: usize, s: usize, ss: &[f32; TILE], dof: f32, out: &mut [f32; TILE]) {
-    let mut usq = [0f32; TILE];
-    let mut num = [0f32; TILE];
+fn epilogue_tile<const W: usize>(
+    kind: StatKind,
+    u: &[f32],
+    q: usize,
+    s: usize,
+    ss: &[f32; W],
+    dof: f32,
+    out: &mut [f32; W],
+) {
+    let mut usq = [0f32; W];
+    let mut num = [0f32; W];
     for k in 0..q {
-        let uk: &[f32; TILE] = u[k * TILE..(k + 1) * TILE].try_into().unwrap();
-        for w in 0..TILE {
+        let uk: &[f32; W] = u[k * W..(k + 1) * W].try_into().unwrap();
+        for w in 0..W {
             usq[w] += uk[w] * uk[w];
         }
         if k + 1 == s {
             num = usq;
         }
     }
-    let aux: &[f32; TILE] = match kind {
-        StatKind::T => u[..TILE].try_into().unwrap(),
+    let aux: &[f32; W] = match kind {
+        StatKind::T => u[..W].try_into().unwrap(),
         StatKind::F => &num,
     };
     let inv_s = 1.0 / s as f32;
-    for w in 0..TILE {
+    for w in 0..W {
         out[w] = statistic_of_sums(kind, usq[w], aux[w], ss[w], dof, inv_s);
     }
+}
+
+/// Lanes of the per-permutation maxima a worker keeps: a tile folds its statistics into
+/// them with vector selects, and the lanes are folded into one maximum per permutation
+/// once per batch ([`fold_lanes`]); a scalar fold per tile and permutation costs as much
+/// as the table-driven product itself.
+pub(super) const LANES: usize = 16;
+
+/// `b` where it is larger than `a`, else `a`: NaN fails the comparison, so it never wins
+/// a select, as `f32::max` skips it.
+#[inline(always)]
+fn larger(a: f32, b: f32) -> f32 {
+    if b > a {
+        b
+    } else {
+        a
+    }
+}
+
+/// Folds the first `w` statistics of a tile into `lanes` (the others count as -inf).
+#[inline(always)]
+fn fold_into_lanes<const W: usize>(stat: &[f32; W], w: usize, lanes: &mut [f32]) {
+    const { assert!(W.is_multiple_of(LANES)) };
+    let lanes: &mut [f32; LANES] = lanes.try_into().unwrap();
+    for c in 0..W / LANES {
+        for l in 0..LANES {
+            let x = c * LANES + l;
+            lanes[l] = larger(lanes[l], if x < w { stat[x] } else { f32::NEG_INFINITY });
+        }
+    }
+}
+
+/// The maximum of each permutation from its [`LANES`] lanes (`lanes.len() / LANES` of them).
+pub(super) fn fold_lanes(lanes: &[f32]) -> Vec<f32> {
+    lanes.chunks_exact(LANES).map(|l| l.iter().fold(f32::NEG_INFINITY, |a, &b| larger(a, b))).collect()
 }
 
 /// What every tile of a batch reads and writes.
@@ -75,6 +122,19 @@ pub(super) struct Batch<'a> {
     /// The batch's maps (nperm x V), when asked for; each tile writes its own voxels.
     pub maps: Option<Disjoint<f32>>,
     /// The exceedance counts (V), when observed is given; each tile writes its own voxels.
+    pub counts: Option<Disjoint<u32>>,
+    /// The mirror contrast's reductions from the same coefficients, when asked for.
+    pub mirror: Option<Mirror<'a>>,
+}
+
+/// What a tile reduces for the mirror of a t contrast: the same problem with Q's first
+/// column negated, whose statistic is therefore -T exactly (every operation of the product
+/// and of the epilogue is odd in u_1), except that a zero stays +0 as the mirror's own
+/// product gives it. Its maxima follow the batch's in `maxes` (as permutation nperm + j).
+#[derive(Clone, Copy)]
+pub(super) struct Mirror<'a> {
+    pub observed: Option<&'a [f32]>,
+    pub maps: Option<Disjoint<f32>>,
     pub counts: Option<Disjoint<u32>>,
 }
 
@@ -121,7 +181,7 @@ fn tile_body(
     for i in 0..n {
         packed[i * TILE..i * TILE + w].copy_from_slice(&p.e[i * v + v0..i * v + v0 + w]);
     }
-    reduce_tile(batch, v0, ubuf, maxes, &mut MatrixProduct { micro, a: batch.a, packed, n, q });
+    reduce_tile::<TILE, PERM_BLOCK>(batch, v0, ubuf, maxes, &mut MatrixProduct { micro, a: batch.a, packed, n, q });
 }
 
 /// Forms a block's coefficients for [`reduce_tile`]. Not a closure: closures are compiled
@@ -154,45 +214,47 @@ impl Coefficients for MatrixProduct<'_> {
     }
 }
 
-/// The reductions of tile `v0` over all permutations of the batch, whichever product forms
-/// the coefficients: `coefficients` fills the U buffer, at most [`PERM_BLOCK`] permutations
-/// at a time; this runs the epilogue and keeps the per-permutation maxima (into `maxes`),
+/// The reductions of the tile of `W` voxels at `v0` over all permutations of the batch,
+/// whichever product forms the coefficients: `coefficients` fills the U buffer (q rows of W
+/// per permutation), at most `PB` permutations at a time; this runs the epilogue and keeps the per-permutation maxima (into `maxes`,
+/// [`LANES`] per permutation),
 /// the exceedance counts and, when asked for, the maps.
 #[inline(always)]
-pub(super) fn reduce_tile(
+pub(super) fn reduce_tile<const W: usize, const PB: usize>(
     batch: &Batch,
     v0: usize,
     ubuf: &mut Vec<f32>,
     maxes: &mut [f32],
     coefficients: &mut impl Coefficients,
 ) {
-    let Batch { p, a: _, nperm, observed, maps, counts } = *batch;
+    let Batch { p, a: _, nperm, observed, maps, counts, mirror } = *batch;
     let (v, q) = (p.v, p.q);
-    let w = TILE.min(v - v0);
+    let w = W.min(v - v0);
     // Padding voxels get ss = 0 so their statistic is 0 and never counted.
-    let mut ss = [0f32; TILE];
+    let mut ss = [0f32; W];
     ss[..w].copy_from_slice(&p.ss[v0..v0 + w]);
-    let mut obs = [f32::INFINITY; TILE];
+    let mut obs = [f32::INFINITY; W];
     if let Some(o) = observed {
         obs[..w].copy_from_slice(&o[v0..v0 + w]);
     }
-    let mut cnt = [0u32; TILE];
-    let rows_per_block = PERM_BLOCK * q;
+    let mut cnt = [0u32; W];
+    let mut obs2 = [f32::INFINITY; W];
+    if let Some(o) = mirror.and_then(|m| m.observed) {
+        obs2[..w].copy_from_slice(&o[v0..v0 + w]);
+    }
+    let mut cnt2 = [0u32; W];
+    let rows_per_block = PB * q;
     let padded_rows = rows_per_block.div_ceil(ROWS) * ROWS;
-    ubuf.resize(padded_rows * TILE, 0.0);
-    let mut stat = [0f32; TILE];
-    for pb in (0..nperm).step_by(PERM_BLOCK) {
-        let np = PERM_BLOCK.min(nperm - pb);
+    ubuf.resize(padded_rows * W, 0.0);
+    let mut stat = [0f32; W];
+    for pb in (0..nperm).step_by(PB) {
+        let np = PB.min(nperm - pb);
         coefficients.produce(pb, np, ubuf);
         for j in 0..np {
-            epilogue_tile(p.kind, &ubuf[j * q * TILE..(j + 1) * q * TILE], q, p.s, &ss, p.dof, &mut stat);
-            let mut mx = f32::NEG_INFINITY;
-            for x in 0..w {
-                mx = mx.max(stat[x]);
-            }
+            epilogue_tile::<W>(p.kind, &ubuf[j * q * W..(j + 1) * q * W], q, p.s, &ss, p.dof, &mut stat);
             let pj = pb + j;
-            maxes[pj] = maxes[pj].max(mx);
-            for x in 0..TILE {
+            fold_into_lanes(&stat, w, &mut maxes[pj * LANES..(pj + 1) * LANES]);
+            for x in 0..W {
                 cnt[x] += (stat[x] >= obs[x]) as u32;
             }
             if let Some(m) = maps {
@@ -200,6 +262,30 @@ pub(super) fn reduce_tile(
                 unsafe {
                     std::ptr::copy_nonoverlapping(stat.as_ptr(), m.0.add(pj * v + v0), w);
                 }
+            }
+            if let Some(mr) = mirror {
+                let mut neg = [0f32; W];
+                for x in 0..W {
+                    neg[x] = if stat[x] == 0.0 { 0.0 } else { -stat[x] };
+                }
+                fold_into_lanes(&neg, w, &mut maxes[(nperm + pj) * LANES..(nperm + pj + 1) * LANES]);
+                for x in 0..W {
+                    cnt2[x] += (neg[x] >= obs2[x]) as u32;
+                }
+                if let Some(m) = mr.maps {
+                    // SAFETY: as for the maps above.
+                    unsafe {
+                        std::ptr::copy_nonoverlapping(neg.as_ptr(), m.0.add(pj * v + v0), w);
+                    }
+                }
+            }
+        }
+    }
+    if let Some(c) = mirror.and_then(|m| m.counts) {
+        // SAFETY: this task owns voxels v0..v0+w of the mirror's counts.
+        unsafe {
+            for x in 0..w {
+                *c.0.add(v0 + x) = cnt2[x];
             }
         }
     }

@@ -20,7 +20,7 @@ use crate::{BatchResult, Product};
 use kernels::{Batch, Disjoint, Scratch};
 use rayon::prelude::*;
 use std::ops::Range;
-use voxflip_stats::{ContrastProblem, PermSet};
+use voxflip_stats::{ContrastProblem, PermSet, StatKind};
 
 mod kernels;
 mod table;
@@ -38,6 +38,8 @@ pub struct CpuEngine {
     problem: Option<ContrastProblem>,
     batch: usize,
     product: Product,
+    /// The table path's rows per block instead of the planned one (tests reach the edges).
+    table_bits: Option<usize>,
 }
 
 impl Default for CpuEngine {
@@ -48,7 +50,7 @@ impl Default for CpuEngine {
 
 impl CpuEngine {
     pub fn new() -> Self {
-        CpuEngine { problem: None, batch: 240, product: Product::Auto }
+        CpuEngine { problem: None, batch: 240, product: Product::Auto, table_bits: None }
     }
 
     /// Which product forms the coefficients (the table path where the set allows it, by
@@ -70,7 +72,10 @@ impl CpuEngine {
     fn table_plan(&self, perms: &PermSet) -> Option<TablePlan> {
         match (self.product, &self.problem) {
             (Product::Gemm, _) | (_, None) => None,
-            (_, Some(p)) => TablePlan::for_set(p, perms),
+            (_, Some(p)) => TablePlan::for_set(p, perms).map(|plan| match self.table_bits {
+                Some(bits) => plan.with_bits(bits, p.n),
+                None => plan,
+            }),
         }
     }
     /// Which microkernel this machine runs.
@@ -119,6 +124,37 @@ impl CpuEngine {
         observed: Option<&[f32]>,
         maps: Option<&mut [f32]>,
     ) -> Result<BatchResult> {
+        let (res, _) = self.run(perms, range, observed, maps, None)?;
+        Ok(res)
+    }
+
+    /// [`CpuEngine::run_batch`] for a t contrast and its mirror (the contrast of the negated
+    /// weights, whose problem is this one with Q's first column negated, so that its maps are
+    /// -T), from one product: the mirror's maxima, its exceedance counts against
+    /// `mirror_observed` and its maps in `mirror_maps`, equal to a run of the mirror's own
+    /// problem.
+    pub fn run_batch_mirrored(
+        &mut self,
+        perms: &PermSet,
+        range: Range<usize>,
+        observed: Option<&[f32]>,
+        maps: Option<&mut [f32]>,
+        mirror_observed: Option<&[f32]>,
+        mirror_maps: Option<&mut [f32]>,
+    ) -> Result<(BatchResult, BatchResult)> {
+        let (res, mirror) = self.run(perms, range, observed, maps, Some((mirror_observed, mirror_maps)))?;
+        Ok((res, mirror.expect("asked for")))
+    }
+
+    #[allow(clippy::type_complexity)]
+    fn run(
+        &mut self,
+        perms: &PermSet,
+        range: Range<usize>,
+        observed: Option<&[f32]>,
+        maps: Option<&mut [f32]>,
+        mirror: Option<(Option<&[f32]>, Option<&mut [f32]>)>,
+    ) -> Result<(BatchResult, Option<BatchResult>)> {
         let p = self.problem.as_ref().ok_or_else(|| EngineError::Invalid("run_batch before prepare".into()))?;
         let (n, v, q) = (p.n, p.v, p.q);
         let nperm = range.len();
@@ -129,20 +165,38 @@ impl CpuEngine {
                 perms.n
             )));
         }
-        if observed.is_some_and(|o| o.len() != v) || maps.as_deref().is_some_and(|m| m.len() != nperm * v) {
+        let wrong_map = |o: Option<&[f32]>, m: Option<&[f32]>| {
+            o.is_some_and(|o| o.len() != v) || m.is_some_and(|m| m.len() != nperm * v)
+        };
+        if wrong_map(observed, maps.as_deref()) || mirror.as_ref().is_some_and(|(o, m)| wrong_map(*o, m.as_deref())) {
             return Err(EngineError::Invalid("observed map or maps buffer of the wrong size".into()));
+        }
+        if mirror.is_some() && p.kind != StatKind::T {
+            return Err(EngineError::Invalid("only a t contrast has a mirror".into()));
         }
         let mut exceed = if observed.is_some() { vec![0u32; v] } else { Vec::new() };
         let maps = maps.map(|m| Disjoint(m.as_mut_ptr()));
         let counts = observed.map(|_| Disjoint(exceed.as_mut_ptr()));
+        let mut mirror_exceed = match &mirror {
+            Some((Some(_), _)) => vec![0u32; v],
+            _ => Vec::new(),
+        };
+        let mirrored = mirror.is_some();
+        let mirror = mirror.map(|(observed, maps)| kernels::Mirror {
+            observed,
+            maps: maps.map(|m| Disjoint(m.as_mut_ptr())),
+            counts: observed.map(|_| Disjoint(mirror_exceed.as_mut_ptr())),
+        });
+        // The mirror's maxima follow the batch's.
+        let slots = if mirrored { 2 * nperm } else { nperm };
         let max_stat = match self.table_plan(perms) {
             Some(plan) => {
-                let codes = plan.codes(perms, range.clone());
-                let batch = Batch { p, a: &[], nperm, observed, maps, counts };
+                let codes = plan.row_offsets(&plan.codes(perms, range.clone()));
+                let batch = Batch { p, a: &[], nperm, observed, maps, counts, mirror };
                 let tile = table::tile_fn(Self::isa());
                 // SAFETY: `tile_fn` picked the function of the instruction set this machine has.
-                over_tiles(v, nperm, |t, scratch: &mut table::TableScratch, maxes| unsafe {
-                    tile(&plan, &codes, &batch, t * TILE, scratch, maxes)
+                over_tiles(v, TILE, slots, |v0, scratch: &mut table::TableScratch, maxes| unsafe {
+                    tile(&plan, &codes, &batch, v0, scratch, maxes)
                 })
             }
             None => {
@@ -152,39 +206,56 @@ impl CpuEngine {
                 for (jj, j) in range.clone().enumerate() {
                     perms.coefficient_rows(j, &p.qbasis, q, &mut a[jj * q * n..(jj + 1) * q * n]);
                 }
-                let batch = Batch { p, a: &a, nperm, observed, maps, counts };
+                let batch = Batch { p, a: &a, nperm, observed, maps, counts, mirror };
                 let tile = kernels::tile_fn(Self::isa());
                 // SAFETY: as above.
-                over_tiles(v, nperm, |t, scratch: &mut Scratch, maxes| unsafe { tile(&batch, t * TILE, scratch, maxes) })
+                over_tiles(v, TILE, slots, |v0, scratch: &mut Scratch, maxes| unsafe {
+                    tile(&batch, v0, scratch, maxes)
+                })
             }
         };
-        Ok(BatchResult { max_stat, exceed })
+        if !mirrored {
+            return Ok((BatchResult { max_stat, exceed }, None));
+        }
+        let mut max_stat = max_stat;
+        let mirror_max = max_stat.split_off(nperm);
+        Ok((BatchResult { max_stat, exceed }, Some(BatchResult { max_stat: mirror_max, exceed: mirror_exceed })))
     }
 }
 
-/// Runs `tile(t, scratch, maxes)` for every tile of V voxels in parallel, each worker with
-/// its own scratch and maxima, and returns the maxima of the `nperm` permutations.
-fn over_tiles<S: Default + Send>(v: usize, nperm: usize, tile: impl Fn(usize, &mut S, &mut [f32]) + Sync) -> Vec<f32> {
-    (0..v.div_ceil(TILE))
+/// Runs `tile(v0, scratch, maxes)` for every tile of `width` of the V voxels in parallel,
+/// each worker with its own scratch and maxima (`kernels::LANES` per permutation), and
+/// returns the maxima of the `nperm` permutations.
+fn over_tiles<S: Default + Send>(
+    v: usize,
+    width: usize,
+    nperm: usize,
+    tile: impl Fn(usize, &mut S, &mut [f32]) + Sync,
+) -> Vec<f32> {
+    let lanes = (0..v.div_ceil(width))
         .into_par_iter()
         .fold(
-            || (vec![f32::NEG_INFINITY; nperm], S::default()),
+            || (vec![f32::NEG_INFINITY; nperm * kernels::LANES], S::default()),
             |(mut maxes, mut scratch), t| {
-                tile(t, &mut scratch, &mut maxes);
+                tile(t * width, &mut scratch, &mut maxes);
                 (maxes, scratch)
             },
         )
         .map(|(m, _)| m)
         .reduce(
-            || vec![f32::NEG_INFINITY; nperm],
+            || vec![f32::NEG_INFINITY; nperm * kernels::LANES],
             |mut x, y| {
                 for (a, b) in x.iter_mut().zip(y) {
                     *a = a.max(b);
                 }
                 x
             },
-        )
+        );
+    kernels::fold_lanes(&lanes)
 }
+
+#[cfg(test)]
+mod table_tests;
 
 #[cfg(test)]
 mod tests {
@@ -259,5 +330,86 @@ mod tests {
         assert_eq!(whole.max_stat, joined);
         let sum: Vec<u32> = a.exceed.iter().zip(&b.exceed).map(|(x, y)| x + y).collect();
         assert_eq!(whole.exceed, sum);
+    }
+
+    /// A t contrast and its mirror from one product equal each run on its own problem (the
+    /// mirror's: Q's first column negated) bit for bit: maxima, counts and maps, on both
+    /// products, with sign flips and relabelings, with voxels whose residuals are zero on
+    /// some rows (u_1 = 0 exactly on some permutations) or on all (ss = 0), and batches
+    /// that end inside a block of permutations.
+    #[test]
+    fn mirrored_batch_equals_the_mirror_run_alone() {
+        let bits = |x: &[f32]| x.iter().map(|v| v.to_bits()).collect::<Vec<_>>();
+        for product in [Product::Gemm, Product::Table] {
+            for &(n, v, q, pk) in &[
+                (13usize, 70usize, 2usize, PermKind::SignFlip),
+                (20, 130, 3, PermKind::Permute),
+                (9, 1, 1, PermKind::SignFlip),
+            ] {
+                let mut p = random_problem(n, v, q, 1, StatKind::T, 40 + n as u64);
+                // The first rows of voxel 0 and every row of the last voxel are zero.
+                for i in 0..n {
+                    if i < n / 2 || v > 1 {
+                        p.e[i * v] = 0.0;
+                    }
+                    p.e[i * v + v - 1] = if v > 1 { 0.0 } else { p.e[i * v + v - 1] };
+                }
+                p.ss[v - 1] = if v > 1 { 0.0 } else { p.ss[v - 1] };
+                let mut m = p.clone();
+                for row in m.qbasis.chunks_exact_mut(q) {
+                    row[0] = -row[0];
+                }
+                let perms = PermSet::generate(n, pk, &(0..n as u32).collect::<Vec<_>>(), 61, 3).unwrap();
+                let run_alone = |prob: &ContrastProblem, observed: Option<&[f32]>| {
+                    let mut e = CpuEngine::new();
+                    e.set_product(product);
+                    e.prepare(prob).unwrap();
+                    let mut maps = vec![0f32; perms.len() * v];
+                    let r = e.run_batch(&perms, 0..perms.len(), observed, Some(&mut maps)).unwrap();
+                    (r, maps)
+                };
+                // Observed maps that tie with permuted ones: the identity's.
+                let (_, o1) = run_alone(&p, None);
+                let (_, o2) = run_alone(&m, None);
+                let (o1, o2) = (o1[..v].to_vec(), o2[..v].to_vec());
+                let (alone1, maps1) = run_alone(&p, Some(&o1));
+                let (alone2, maps2) = run_alone(&m, Some(&o2));
+                let mut e = CpuEngine::new();
+                e.set_product(product);
+                e.prepare(&p).unwrap();
+                let (mut got1, mut got2) = (BatchResult::default(), BatchResult::default());
+                let (mut gm1, mut gm2) = (vec![0f32; perms.len() * v], vec![0f32; perms.len() * v]);
+                for r in [0..25, 25..perms.len()] {
+                    let span = r.start * v..r.end * v;
+                    let (a, b) = e
+                        .run_batch_mirrored(
+                            &perms,
+                            r.clone(),
+                            Some(&o1),
+                            Some(&mut gm1[span.clone()]),
+                            Some(&o2),
+                            Some(&mut gm2[span]),
+                        )
+                        .unwrap();
+                    for (got, part) in [(&mut got1, a), (&mut got2, b)] {
+                        got.max_stat.extend(part.max_stat);
+                        got.exceed.resize(v, 0);
+                        for (c, x) in got.exceed.iter_mut().zip(part.exceed) {
+                            *c += x;
+                        }
+                    }
+                }
+                let what = format!("{product:?} n={n} v={v} {pk:?}");
+                assert_eq!(bits(&got1.max_stat), bits(&alone1.max_stat), "{what}: maxima");
+                assert_eq!(bits(&got2.max_stat), bits(&alone2.max_stat), "{what}: mirror maxima");
+                assert_eq!(got1.exceed, alone1.exceed, "{what}: counts");
+                assert_eq!(got2.exceed, alone2.exceed, "{what}: mirror counts");
+                assert_eq!(bits(&gm1), bits(&maps1), "{what}: maps");
+                assert_eq!(bits(&gm2), bits(&maps2), "{what}: mirror maps");
+                // Not vacuous: the mirror's maps are the negated maps, and counts differ.
+                assert!(maps2.iter().zip(&maps1).all(|(a, b)| *a == -*b));
+                assert_ne!(alone1.exceed, alone2.exceed, "{what}");
+            }
+        }
     }
 }

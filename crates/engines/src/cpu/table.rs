@@ -343,14 +343,7 @@ fn lookup_block<const K: usize>(job: &LookupJob, np: usize, dst: &mut [f32]) {
 
 /// One tile, all permutations of the batch, through the tables.
 #[inline(always)]
-fn tile_body<const RSQRT: bool>(
-    plan: &TablePlan,
-    codes: &[u32],
-    batch: &Batch,
-    v0: usize,
-    s: &mut TableScratch,
-    maxes: &mut [f32],
-) {
+fn tile_body(plan: &TablePlan, codes: &[u32], batch: &Batch, v0: usize, s: &mut TableScratch, maxes: &mut [f32]) {
     let p = batch.p;
     let (n, v, q) = (p.n, p.v, p.q);
     let (bits, blocks, entries) = (plan.bits, plan.blocks, plan.entries());
@@ -392,7 +385,7 @@ fn tile_body<const RSQRT: bool>(
     }
     let TableScratch { tables, ubuf, sums, .. } = s;
     let mut lookups = Lookups { plan, codes, tables, sums, total: &total, q };
-    reduce_tile::<TILE, PERM_BLOCK, RSQRT>(batch, v0, ubuf, maxes, &mut lookups);
+    reduce_tile::<TILE, PERM_BLOCK>(batch, v0, ubuf, maxes, &mut lookups);
 }
 
 /// What the lookups of a tile read.
@@ -491,18 +484,18 @@ pub(super) fn tile_fn(isa: &str) -> TableTileFn {
 #[cfg(target_arch = "x86_64")]
 #[target_feature(enable = "avx512f,avx512vl,avx2,fma")]
 unsafe fn tile_avx512(plan: &TablePlan, codes: &[u32], b: &Batch, v0: usize, s: &mut TableScratch, m: &mut [f32]) {
-    tile_body::<true>(plan, codes, b, v0, s, m)
+    tile_body(plan, codes, b, v0, s, m)
 }
 
 #[cfg(target_arch = "x86_64")]
 #[target_feature(enable = "avx2,fma")]
 unsafe fn tile_avx2(plan: &TablePlan, codes: &[u32], b: &Batch, v0: usize, s: &mut TableScratch, m: &mut [f32]) {
-    tile_body::<false>(plan, codes, b, v0, s, m)
+    tile_body(plan, codes, b, v0, s, m)
 }
 
 // Safe, but of the type of the others.
 unsafe fn tile_portable(plan: &TablePlan, codes: &[u32], b: &Batch, v0: usize, s: &mut TableScratch, m: &mut [f32]) {
-    tile_body::<false>(plan, codes, b, v0, s, m)
+    tile_body(plan, codes, b, v0, s, m)
 }
 
 /// Permutations per batch the table path prefers: enough that building the tables costs
