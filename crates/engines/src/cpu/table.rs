@@ -287,7 +287,6 @@ fn lookup<const P: usize, const K: usize>(job: &LookupJob, j0: usize, out: &mut 
     let LookupJob { tables, set_len, codes, stride, blocks, entries, .. } = *job;
     assert!(tables.len() >= (K - 1) * set_len + blocks * entries * SUB);
     assert!(codes.len() >= (j0 + P - 1) * stride + blocks);
-    let _ = entries;
     // Accumulated in local arrays (registers), stored once.
     let mut acc = [[[0f32; SUB]; K]; P];
     for blk in 0..blocks {
@@ -411,8 +410,10 @@ impl Coefficients for Lookups<'_> {
         sums.resize(PERM_BLOCK * passes * TILE, 0.0);
         for sub in 0..TILE / SUB {
             let sub_tables = &tables[sub * sub_len..(sub + 1) * sub_len];
-            let job = |first: usize, code0: usize, per_perm: usize| LookupJob {
-                tables: &sub_tables[first.min(plan.sets(q) - 1) * set_len..],
+            // Sums from table sets `set`.. into slots `first`.. of each permutation's
+            // `per_perm`, reading the codes from `code0` on.
+            let job = |set: usize, first: usize, code0: usize, per_perm: usize| LookupJob {
+                tables: &sub_tables[set * set_len..],
                 set_len,
                 codes: &codes[code0..],
                 stride,
@@ -428,19 +429,17 @@ impl Coefficients for Lookups<'_> {
                     let mut k = 0;
                     while k < q {
                         if q - k >= 2 {
-                            lookup_block::<2>(&job(k, 0, q), np, ubuf);
+                            lookup_block::<2>(&job(k, k, 0, q), np, ubuf);
                             k += 2;
                         } else {
-                            lookup_block::<1>(&job(k, 0, q), np, ubuf);
+                            lookup_block::<1>(&job(k, k, 0, q), np, ubuf);
                             k += 1;
                         }
                     }
                 }
                 TableForm::Groups { .. } => {
                     for g in 0..passes {
-                        let mut j = job(0, g * blocks, passes);
-                        j.first = g;
-                        lookup_block::<1>(&j, np, sums);
+                        lookup_block::<1>(&job(0, g, g * blocks, passes), np, sums);
                     }
                 }
             }
