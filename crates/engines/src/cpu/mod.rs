@@ -72,10 +72,12 @@ impl CpuEngine {
     fn table_plan(&self, perms: &PermSet) -> Option<TablePlan> {
         match (self.product, &self.problem) {
             (Product::Gemm, _) | (_, None) => None,
-            (_, Some(p)) => TablePlan::for_set(p, perms).map(|plan| match self.table_bits {
-                Some(bits) => plan.with_bits(bits, p.n),
-                None => plan,
-            }),
+            (product, Some(p)) => TablePlan::for_set(p, perms)
+                .filter(|plan| product == Product::Table || plan.pays_off(p.q))
+                .map(|plan| match self.table_bits {
+                    Some(bits) => plan.with_bits(bits, p.n),
+                    None => plan,
+                }),
         }
     }
     /// Which microkernel this machine runs.

@@ -93,6 +93,14 @@ impl TablePlan {
         Some(TablePlan { form, bits, blocks: p.n.div_ceil(bits) })
     }
 
+    /// Whether the tables beat the matrix product here: measured on AVX-512 cores, they do
+    /// only while a sub-tile's tables of blocks of 4 rows or more stay in L1 (q N up to
+    /// about 120); from L2 each lookup waits on the cache and the matrix product is faster
+    /// (several times so at N = 5,000). `Product::Auto` takes the tables only then.
+    pub fn pays_off(&self, q: usize) -> bool {
+        self.bits >= 4 && self.sets(q) * self.blocks * self.entries() * SUB * 4 <= L1_TABLE_BYTES
+    }
+
     /// The plan with `bits` rows per block (1 to [`MAX_BITS`]) for N = `n` rows.
     pub fn with_bits(self, bits: usize, n: usize) -> TablePlan {
         let bits = bits.clamp(1, MAX_BITS);

@@ -165,3 +165,19 @@ fn table_batches_are_independent() {
     let sum: Vec<u32> = a.exceed.iter().zip(&b.exceed).map(|(x, y)| x + y).collect();
     assert_eq!(whole.exceed, sum);
 }
+
+/// `Product::Auto` takes the tables only where they stay in L1 with blocks of 4 rows or
+/// more (the driving study's N = 58, q = 2), and the matrix product for large N, where
+/// the tables would spill to L2; `Product::Table` takes them anyway.
+#[test]
+fn auto_takes_the_tables_only_where_they_pay_off() {
+    let flips = |n: usize| PermSet::generate(n, PermKind::SignFlip, &vec![0; n], 20, 1).unwrap();
+    for (n, q, auto) in [(58usize, 2usize, true), (100, 1, true), (500, 2, false), (5000, 2, false)] {
+        let p = problem(n, 3, q, 1, StatKind::T, None, 1);
+        let mut eng = CpuEngine::new();
+        eng.prepare(&p).unwrap();
+        assert_eq!(eng.uses_tables(&flips(n)), auto, "auto, n={n} q={q}");
+        eng.set_product(Product::Table);
+        assert!(eng.uses_tables(&flips(n)), "table, n={n} q={q}");
+    }
+}
