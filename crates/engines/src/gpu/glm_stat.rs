@@ -72,22 +72,24 @@ fn unsuitable(a: &wgpu::Adapter) -> Option<String> {
 
 /// Why `kernel` cannot run under `l` (workgroup memory and size), or None if it can.
 fn kernel_unsupported(l: &wgpu::Limits, kernel: GlmKernel) -> Option<String> {
-    let bytes = kernel.workgroup_storage_bytes();
+    let what = format!("glm_stat {}", kernel.name());
+    workgroup_unsupported(l, &what, kernel.workgroup_storage_bytes(), kernel.workgroup_size())
+}
+
+/// Why a kernel `what` with `bytes` of workgroup memory and workgroups of `x` x `y` cannot
+/// run under `l`, or None (wgpu does not check workgroup memory against the limit itself:
+/// lavapipe allows 32 KiB).
+fn workgroup_unsupported(l: &wgpu::Limits, what: &str, bytes: u32, (x, y): (u32, u32)) -> Option<String> {
     if l.max_compute_workgroup_storage_size < bytes {
-        return Some(format!(
-            "glm_stat {}: workgroup storage {} B < {bytes} B needed",
-            kernel.name(),
-            l.max_compute_workgroup_storage_size
-        ));
-    }
-    let (x, y) = kernel.workgroup_size();
-    if l.max_compute_invocations_per_workgroup < x * y
+        Some(format!("{what}: workgroup storage {} B < {bytes} B needed", l.max_compute_workgroup_storage_size))
+    } else if l.max_compute_invocations_per_workgroup < x * y
         || l.max_compute_workgroup_size_x < x
         || l.max_compute_workgroup_size_y < y
     {
-        return Some(format!("glm_stat {}: workgroups of {x}x{y} not supported", kernel.name()));
+        Some(format!("{what}: workgroups of {x}x{y} not supported"))
+    } else {
+        None
     }
-    None
 }
 
 /// The glm_stat kernel for an adapter: `Direct` on software adapters, else the first of
@@ -170,15 +172,20 @@ fn build_pipeline(device: &wgpu::Device, kernel: GlmKernel, has_src: bool, unche
     } else {
         device.create_shader_module(desc)
     };
-    let constants = kernel.overrides(has_src);
+    pipeline_of(device, "glm_stat", &module, &kernel.overrides(has_src))
+}
+
+/// The compute pipeline of `module`'s `main` with its override `constants`, and its bind
+/// group layout.
+fn pipeline_of(device: &wgpu::Device, label: &str, module: &wgpu::ShaderModule, constants: &[(&str, f64)]) -> Kernel {
     let pipeline = device.create_compute_pipeline(&wgpu::ComputePipelineDescriptor {
-        label: Some("glm_stat"),
+        label: Some(label),
         layout: None,
-        module: &module,
+        module,
         entry_point: Some("main"),
         compilation_options: wgpu::PipelineCompilationOptions {
-            constants: &constants,
-            // The shader initialises the workgroup memory it reads.
+            constants,
+            // The shaders initialise the workgroup memory they read.
             zero_initialize_workgroup_memory: false,
         },
         cache: None,
@@ -191,21 +198,10 @@ fn build_pipeline(device: &wgpu::Device, kernel: GlmKernel, has_src: bool, unche
 /// (`glm_stat_table.wgsl`). The shaders never read this bit.
 const FLAG_TABLE: u32 = 1 << 31;
 
-/// Why the adapter's limits refuse `glm_stat_table.wgsl`, or None (wgpu does not check
-/// workgroup memory against the limit itself: lavapipe allows 32 KiB).
+/// Why the adapter's limits refuse `glm_stat_table.wgsl`, or None.
 fn table_unsupported(l: &wgpu::Limits) -> Option<String> {
-    let bytes = glm_stat_table::WORKGROUP_STORAGE_BYTES;
-    let (x, y) = (glm_stat_table::WG_V, glm_stat_table::WG_P);
-    if l.max_compute_workgroup_storage_size < bytes {
-        Some(format!("glm_stat_table: workgroup storage {} B < {bytes} B needed", l.max_compute_workgroup_storage_size))
-    } else if l.max_compute_invocations_per_workgroup < x * y
-        || l.max_compute_workgroup_size_x < x
-        || l.max_compute_workgroup_size_y < y
-    {
-        Some(format!("glm_stat_table: workgroups of {x}x{y} not supported"))
-    } else {
-        None
-    }
+    let size = (glm_stat_table::WG_V, glm_stat_table::WG_P);
+    workgroup_unsupported(l, "glm_stat_table", glm_stat_table::WORKGROUP_STORAGE_BYTES, size)
 }
 
 /// The glm_stat_table pipeline for blocks of `bits` rows.
@@ -214,21 +210,7 @@ fn build_table_pipeline(device: &wgpu::Device, bits: u32) -> Kernel {
         label: Some("glm_stat_table"),
         source: wgpu::ShaderSource::Wgsl(glm_stat_table::wgsl_source().into()),
     });
-    let constants = glm_stat_table::overrides(bits);
-    let pipeline = device.create_compute_pipeline(&wgpu::ComputePipelineDescriptor {
-        label: Some("glm_stat_table"),
-        layout: None,
-        module: &module,
-        entry_point: Some("main"),
-        compilation_options: wgpu::PipelineCompilationOptions {
-            constants: &constants,
-            // The shader initialises the workgroup memory it reads.
-            zero_initialize_workgroup_memory: false,
-        },
-        cache: None,
-    });
-    let layout = pipeline.get_bind_group_layout(0);
-    (pipeline, layout)
+    pipeline_of(device, "glm_stat_table", &module, &glm_stat_table::overrides(bits))
 }
 
 /// Resident data of one chunk of voxels.
