@@ -116,7 +116,8 @@ struct EngineReport {
 
 #[derive(Serialize)]
 struct PathTiming {
-    product: &'static str,
+    /// As `--product` names it.
+    product: Product,
     permutations: usize,
     seconds: f64,
     permutations_per_second: f64,
@@ -171,7 +172,7 @@ struct EndToEnd {
 #[derive(Serialize)]
 struct ScalingRow {
     engine: String,
-    product: &'static str,
+    product: Product,
     n: usize,
     v: usize,
     seconds_per_1000: f64,
@@ -210,6 +211,7 @@ fn kernel_seconds(s: &Scheduler) -> Option<f64> {
     }
 }
 
+/// The product in the report's words (the JSON uses `--product`'s names).
 fn product_name(p: Product) -> &'static str {
     match p {
         Product::Auto => "auto",
@@ -294,7 +296,7 @@ fn measure(a: &BenchArgs, out: &mut Vec<String>) -> Result<BenchReport> {
                 out.push(format!("    glm_stat passes alone: {k:.4} s on the GPU, {:.1} GFLOP/s", flops / k / 1e9));
             }
             paths.push(PathTiming {
-                product: product_name(product),
+                product,
                 permutations: perms.len(),
                 seconds: secs,
                 permutations_per_second: perms.len() as f64 / secs,
@@ -543,13 +545,7 @@ fn scaling(a: &BenchArgs, out: &mut Vec<String>) -> Result<Vec<ScalingRow>> {
                         s.describe(),
                         product_name(product)
                     ));
-                    rows.push(ScalingRow {
-                        engine: s.describe(),
-                        product: product_name(product),
-                        n,
-                        v,
-                        seconds_per_1000: secs,
-                    });
+                    rows.push(ScalingRow { engine: s.describe(), product, n, v, seconds_per_1000: secs });
                 }
                 s.engine_mut().set_product(Product::Auto);
             }

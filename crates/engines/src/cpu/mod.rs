@@ -59,11 +59,6 @@ impl CpuEngine {
         self.product = product;
     }
 
-    /// The product [`CpuEngine::set_product`] chose.
-    pub fn product(&self) -> Product {
-        self.product
-    }
-
     /// Whether the batches of `perms` run on the tables.
     pub fn uses_tables(&self, perms: &PermSet) -> bool {
         self.table_plan(perms).is_some()
@@ -197,7 +192,7 @@ impl CpuEngine {
                 let batch = Batch { p, a: &[], nperm, observed, maps, counts, mirror };
                 let tile = table::tile_fn(Self::isa());
                 // SAFETY: `tile_fn` picked the function of the instruction set this machine has.
-                over_tiles(v, TILE, slots, |v0, scratch: &mut table::TableScratch, maxes| unsafe {
+                over_tiles(v, slots, |v0, scratch: &mut table::TableScratch, maxes| unsafe {
                     tile(&plan, &codes, &batch, v0, scratch, maxes)
                 })
             }
@@ -211,9 +206,7 @@ impl CpuEngine {
                 let batch = Batch { p, a: &a, nperm, observed, maps, counts, mirror };
                 let tile = kernels::tile_fn(Self::isa());
                 // SAFETY: as above.
-                over_tiles(v, TILE, slots, |v0, scratch: &mut Scratch, maxes| unsafe {
-                    tile(&batch, v0, scratch, maxes)
-                })
+                over_tiles(v, slots, |v0, scratch: &mut Scratch, maxes| unsafe { tile(&batch, v0, scratch, maxes) })
             }
         };
         if !mirrored {
@@ -225,21 +218,16 @@ impl CpuEngine {
     }
 }
 
-/// Runs `tile(v0, scratch, maxes)` for every tile of `width` of the V voxels in parallel,
+/// Runs `tile(v0, scratch, maxes)` for every tile of [`TILE`] of the V voxels in parallel,
 /// each worker with its own scratch and maxima (`kernels::LANES` per permutation), and
 /// returns the maxima of the `nperm` permutations.
-fn over_tiles<S: Default + Send>(
-    v: usize,
-    width: usize,
-    nperm: usize,
-    tile: impl Fn(usize, &mut S, &mut [f32]) + Sync,
-) -> Vec<f32> {
-    let lanes = (0..v.div_ceil(width))
+fn over_tiles<S: Default + Send>(v: usize, nperm: usize, tile: impl Fn(usize, &mut S, &mut [f32]) + Sync) -> Vec<f32> {
+    let lanes = (0..v.div_ceil(TILE))
         .into_par_iter()
         .fold(
             || (vec![f32::NEG_INFINITY; nperm * kernels::LANES], S::default()),
             |(mut maxes, mut scratch), t| {
-                tile(t * width, &mut scratch, &mut maxes);
+                tile(t * TILE, &mut scratch, &mut maxes);
                 (maxes, scratch)
             },
         )
