@@ -3,6 +3,7 @@
 //!
 //! - [`gzip`]: gzip compressed and inflated on every core, in chunks fixed by the length;
 //! - [`nifti`]: NIfTI-1/2 images in (any datatype, scaling applied) and float32 maps out;
+//! - [`names`]: image names without extension (FSL's rule) and FSLOUTPUTTYPE's extension;
 //! - [`vest`]: FSL VEST design.mat / design.con / design.fts / design.grp;
 //! - [`participants`]: BIDS participants.tsv;
 //! - [`dataset`]: the in-mask data matrix Y (N images x V voxels) and its grid;
@@ -13,6 +14,7 @@
 pub mod dataset;
 mod error;
 pub mod gzip;
+pub mod names;
 pub mod nifti;
 pub mod nullstate;
 pub mod outputs;
@@ -21,6 +23,7 @@ pub mod vest;
 
 pub use dataset::Dataset;
 pub use error::{io_msg, Error, Result};
+pub use names::{resolve_image, OutputType};
 pub use nifti::{header_from_affine, read_image, write_image, write_map, Header, Image};
 pub use nullstate::{read_state, write_durably, write_state, StateArray, StateFile};
 pub use outputs::{check_dir, OutputSet};

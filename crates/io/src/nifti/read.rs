@@ -61,14 +61,18 @@ struct Layout {
 
 /// Read a .nii or .nii.gz (NIfTI-1 or NIfTI-2). Errors name the file and the problem.
 ///
-/// Compression is detected from the gzip magic bytes, not the file name, so a mislabelled
-/// file still reads. scl_slope/scl_inter are applied as the NIfTI standard says (a slope of
-/// 0 or a non-finite slope means "no scaling"), computing in f64 before rounding to f32.
+/// The name is resolved as FSL tools resolve it ([`crate::names::resolve_image`]: `-i data`
+/// reads data.nii.gz or data.nii). Compression is detected from the gzip magic bytes, not
+/// the file name, so a mislabelled file still reads. scl_slope/scl_inter are applied as the
+/// NIfTI standard says (see [`scaling`]), computing in f64 before rounding to f32; a header
+/// with fields no writer produces (scale factors, transform codes, voxel sizes, vox_offset)
+/// is refused naming the field ([`check_geometry`]).
 ///
 /// A gzip file that voxflip wrote is inflated in parallel first; any other is inflated as
 /// one stream and converted to f32 block by block as it is read, so a 4D input never sits
 /// in memory twice (as bytes and as floats).
 pub fn read_image(path: &Path) -> Result<Image> {
+    let path = &crate::names::resolve_image(path)?;
     let raw = std::fs::read(path).map_err(|e| Error::input(path, format!("cannot read: {}", io_msg(&e))))?;
     if raw.len() < 2 || raw[0] != 0x1f || raw[1] != 0x8b {
         return read_from(path, &mut &raw[..]);
@@ -134,12 +138,8 @@ fn read_from(path: &Path, src: &mut impl Read) -> Result<Image> {
     let nbytes = n.checked_mul(esize).ok_or_else(|| err("image dimensions are too large".into()))?;
     let offset = layout.vox_offset.max(layout.min_offset);
     let offset = usize::try_from(offset).map_err(|_| err("vox_offset is too large".into()))?;
-    let scale = if layout.scl_slope != 0.0 && layout.scl_slope.is_finite() {
-        let inter = if layout.scl_inter.is_finite() { layout.scl_inter } else { 0.0 };
-        Some((layout.scl_slope, inter))
-    } else {
-        None
-    };
+    let scale = scaling(layout.scl_slope, layout.scl_inter).map_err(err)?;
+    check_geometry(&header).map_err(err)?;
     // Up to the data: what the header read took beyond it stays, the rest is skipped.
     if offset > bytes.len() {
         let skip = (offset - bytes.len()) as u64;
@@ -194,7 +194,11 @@ fn parse_nifti1(bytes: &[u8], big_endian: bool) -> std::result::Result<(Layout, 
         // dim is signed short in the standard; the crate reads it unsigned.
         *d = v as i16 as i64;
     }
-    let vox_offset = if h.vox_offset.is_finite() && h.vox_offset > 0.0 { h.vox_offset as u64 } else { 0 };
+    let vox_offset = h.vox_offset;
+    if !(vox_offset.is_finite() && vox_offset >= 0.0 && vox_offset.fract() == 0.0) {
+        return Err(format!("invalid vox_offset = {vox_offset} (the data's byte offset must be a whole number >= 0)"));
+    }
+    let vox_offset = vox_offset as u64;
     let layout = Layout {
         dim,
         datatype: h.datatype as i64,
@@ -270,6 +274,9 @@ fn parse_nifti2(bytes: &[u8], big_endian: bool) -> std::result::Result<(Layout, 
         *p = f.f64(104 + 8 * i) as f32;
     }
     let vox_offset = f.i64(168);
+    if vox_offset < 0 {
+        return Err(format!("invalid vox_offset = {vox_offset} (the data's byte offset must be >= 0)"));
+    }
     let scl_slope = f.f64(176);
     let scl_inter = f.f64(184);
     let srow = |off: usize| [f.f64(off) as f32, f.f64(off + 8) as f32, f.f64(off + 16) as f32, f.f64(off + 24) as f32];
@@ -337,6 +344,54 @@ fn parse_nifti2(bytes: &[u8], big_endian: bool) -> std::result::Result<(Layout, 
         big_endian,
     };
     Ok((layout, header))
+}
+
+/// The (slope, intercept) to apply, or None for "no scaling".
+///
+/// NIfTI: scl_slope = 0 means no scaling (the intercept is then ignored). A NaN slope
+/// with a NaN or zero intercept is also "no scaling": nibabel writes NaN into both for
+/// unscaled data, and niftilib reads any non-finite factor as 0. Anything else that is not a
+/// finite, normal number (an infinite factor, a NaN slope beside a real intercept, a
+/// subnormal slope that would flush the data to 0, a NaN intercept beside a real slope) is
+/// a garbled header, refused naming the field.
+fn scaling(slope: f64, inter: f64) -> std::result::Result<Option<(f64, f64)>, String> {
+    let bad = |field: &str, v: f64| Err(format!("invalid {field} = {v} (not a usable scale factor): corrupt header?"));
+    if slope == 0.0 {
+        return Ok(None);
+    }
+    if slope.is_nan() {
+        return if inter.is_nan() || inter == 0.0 { Ok(None) } else { bad("scl_slope", slope) };
+    }
+    if !slope.is_finite() || slope.abs() < f32::MIN_POSITIVE as f64 {
+        return bad("scl_slope", slope);
+    }
+    if !inter.is_finite() {
+        return bad("scl_inter", inter);
+    }
+    Ok(Some((slope, inter)))
+}
+
+/// The transform codes must be NIfTI's (0..=4), and the voxel sizes and the transform the
+/// image's affine comes from finite: otherwise outputs would copy garbage into their headers.
+fn check_geometry(h: &NiftiHeader) -> std::result::Result<(), String> {
+    for (field, code) in [("qform_code", h.qform_code), ("sform_code", h.sform_code)] {
+        if !(0..=4).contains(&code) {
+            return Err(format!("invalid {field} = {code} (NIfTI's codes are 0 to 4): corrupt header?"));
+        }
+    }
+    if let Some(i) = (1..=3).find(|&i| !h.pixdim[i].is_finite()) {
+        return Err(format!("invalid pixdim[{i}] = {} (voxel sizes must be finite): corrupt header?", h.pixdim[i]));
+    }
+    let (field, finite) = if h.sform_code > 0 {
+        ("srow_x/y/z", h.srow_x.iter().chain(&h.srow_y).chain(&h.srow_z).all(|v| v.is_finite()))
+    } else {
+        let q = [h.quatern_b, h.quatern_c, h.quatern_d, h.quatern_x, h.quatern_y, h.quatern_z];
+        ("quatern_b/c/d/x/y/z", h.qform_code == 0 || q.iter().all(|v| v.is_finite()))
+    };
+    if !finite {
+        return Err(format!("invalid {field}: the transform holds NaN or Inf: corrupt header?"));
+    }
+    Ok(())
 }
 
 /// Spatial dims and volume count from a dim[] array; 5D+ (any dim[5..] > 1) is refused,

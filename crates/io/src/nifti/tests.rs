@@ -415,3 +415,58 @@ fn large_streams_convert_block_by_block() {
     let e = read_image(&plain).unwrap_err();
     assert_one_line_naming(&e, &plain, &format!("found {}", 8 * n - 3));
 }
+
+/// A header a fuzzer garbled is refused in one line naming the file and the field; the
+/// conventions real writers use for "no scaling" still read, unscaled. Each case patches one
+/// field of a good NIfTI-1 file at its offset in the standard's layout.
+#[test]
+fn garbled_header_fields_are_refused_naming_the_field() {
+    let dir = tmp();
+    let h = header_from_affine([2, 2, 2], [2.0; 3], oblique_affine([2.0; 3], 0.3), 4);
+    let good = dir.path().join("good.nii");
+    let values: Vec<f32> = (0..8).map(|v| v as f32 - 3.0).collect();
+    write_map(&good, &h, [2, 2, 2], &values).unwrap();
+    let bytes = std::fs::read(&good).unwrap();
+    let patched = |name: &str, at: usize, field: &[u8]| {
+        let p = dir.path().join(name);
+        let mut b = bytes.clone();
+        b[at..at + field.len()].copy_from_slice(field);
+        std::fs::write(&p, b).unwrap();
+        p
+    };
+    let f = |v: f32| v.to_le_bytes();
+    let i = |v: i16| v.to_le_bytes();
+    let refused: Vec<(&str, usize, Vec<u8>, &str)> = vec![
+        ("slope_inf.nii", 112, f(f32::INFINITY).to_vec(), "scl_slope"),
+        ("slope_nan_inter_2.nii", 112, [f(f32::NAN), f(2.0)].concat(), "scl_slope"),
+        ("slope_subnormal.nii", 112, f(1e-40).to_vec(), "scl_slope"),
+        ("inter_inf.nii", 116, f(f32::NEG_INFINITY).to_vec(), "scl_inter"),
+        ("inter_nan.nii", 116, f(f32::NAN).to_vec(), "scl_inter"),
+        ("qform_code.nii", 252, i(7).to_vec(), "qform_code"),
+        ("sform_code.nii", 254, i(-1).to_vec(), "sform_code"),
+        ("pixdim.nii", 84, f(f32::NAN).to_vec(), "pixdim[2]"),
+        ("vox_offset_nan.nii", 108, f(f32::NAN).to_vec(), "vox_offset"),
+        ("vox_offset_neg.nii", 108, f(-352.0).to_vec(), "vox_offset"),
+        ("vox_offset_frac.nii", 108, f(352.5).to_vec(), "vox_offset"),
+        ("srow.nii", 284, f(f32::INFINITY).to_vec(), "srow"),
+        ("datatype.nii", 70, i(99).to_vec(), "datatype"),
+        ("dims.nii", 40, i(9).to_vec(), "dim[0]"),
+        ("dim_neg.nii", 44, i(-2).to_vec(), "dimension"),
+    ];
+    for (name, at, field, what) in refused {
+        let p = patched(name, at, &field);
+        let e = read_image(&p).unwrap_err();
+        assert_one_line_naming(&e, &p, what);
+    }
+    // Still read, unscaled: slope 0 (the standard's "no scaling", any intercept) and NaN
+    // in both factors (nibabel's unscaled files; niftilib reads non-finite factors as 0).
+    for (name, field) in
+        [("slope0.nii", [f(0.0), f(5.0)].concat()), ("nan_nan.nii", [f(f32::NAN), f(f32::NAN)].concat())]
+    {
+        let img = read_image(&patched(name, 112, &field)).unwrap();
+        assert_eq!(img.data, values, "{name}");
+    }
+    // A real scaling still applies: slope 2, intercept 1.
+    let img = read_image(&patched("scaled.nii", 112, &[f(2.0), f(1.0)].concat())).unwrap();
+    assert_eq!(img.data, values.iter().map(|v| v * 2.0 + 1.0).collect::<Vec<_>>());
+}
