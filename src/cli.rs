@@ -728,6 +728,8 @@ impl CommonArgs {
                 )));
             }
         }
+        // A FSLOUTPUTTYPE voxflip cannot write fails here, before any work.
+        crate::outputs::output_type()?;
         self.out.clone().ok_or_else(|| Error::usage("no output prefix: give -o PREFIX"))
     }
 }

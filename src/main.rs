@@ -10,6 +10,7 @@ use std::process::ExitCode;
 mod cli;
 mod commands;
 mod error;
+mod interrupt;
 mod labels;
 mod logger;
 mod options;
@@ -28,5 +29,6 @@ fn main() -> ExitCode {
     if std::env::var_os("XDG_RUNTIME_DIR").is_none() {
         std::env::set_var("XDG_RUNTIME_DIR", std::env::temp_dir());
     }
+    interrupt::install();
     cli::main(std::env::args().collect())
 }

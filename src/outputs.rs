@@ -1,9 +1,9 @@
 //! A run's outputs under randomise's names: maps, p-maps, nulls, cluster tables and the
 //! sidecar, written into one atomic [`OutputSet`] (nothing appears unless the whole run
 //! succeeded).
-use crate::error::Result;
+use crate::error::{Error, Result};
 use std::path::PathBuf;
-use voxflip_io::{Dataset, OutputSet};
+use voxflip_io::{Dataset, OutputSet, OutputType};
 use voxflip_stats::spatial::{cluster_table, local_maxima_table, Connectivity, MaskGraph};
 use voxflip_stats::PScale;
 
@@ -13,13 +13,60 @@ pub struct Outputs<'a> {
     prefix: &'a str,
     ds: &'a Dataset,
     scale: PScale,
+    /// The images' extension (FSLOUTPUTTYPE).
+    ext: &'static str,
+}
+
+/// The type of the images a run writes: `FSLOUTPUTTYPE`'s (default `.nii.gz`); a type
+/// voxflip cannot write is refused in one line.
+pub fn output_type() -> Result<OutputType> {
+    let value = std::env::var_os("FSLOUTPUTTYPE").map(|v| v.to_string_lossy().into_owned());
+    OutputType::from_fsl(value.as_deref()).map_err(Error::usage)
+}
+
+/// Tests only: milliseconds to wait before each rename of a commit, so that the kill tests
+/// can land signals inside the renames (VOXFLIP_TEST_COMMIT_PAUSE_MS).
+fn commit_pause() -> Option<std::time::Duration> {
+    let ms: u64 = std::env::var("VOXFLIP_TEST_COMMIT_PAUSE_MS").ok()?.parse().ok()?;
+    Some(std::time::Duration::from_millis(ms.min(10_000)))
+}
+
+/// Before a run writes under `prefix`: finish the commits killed runs left half done and
+/// remove dead runs' temporaries with this prefix (see [`voxflip_io::temps`]), saying so.
+pub fn clean_up_after_dead_runs(prefix: &str) {
+    let done = voxflip_io::temps::clean_up_after_dead_runs(std::path::Path::new(prefix));
+    for marker in &done.rolled_forward {
+        log::warn!("{}: finished the commit of a run killed while renaming its outputs", marker.display());
+    }
+    if done.removed > 0 {
+        log::info!("removed {} temporary file(s) that interrupted runs with prefix {prefix} left", done.removed);
+    }
 }
 
 impl<'a> Outputs<'a> {
-    /// Checks, before any work, that the prefix's directory exists and is writable.
+    /// Checks, before any work, that the prefix's directory exists and is writable, and
+    /// cleans up after dead runs with the same prefix.
     pub fn new(prefix: &'a str, ds: &'a Dataset, scale: PScale) -> Result<Self> {
         OutputSet::check_dir(std::path::Path::new(prefix))?;
-        Ok(Outputs { set: OutputSet::new(), prefix, ds, scale })
+        let ext = output_type()?.extension();
+        clean_up_after_dead_runs(prefix);
+        let mut set = OutputSet::new();
+        if let Some(p) = commit_pause() {
+            set.pause_between_renames(p);
+        }
+        Ok(Outputs { set, prefix, ds, scale, ext })
+    }
+
+    /// The prefix the outputs' temporaries have until the commit: a report read from it sees
+    /// the run's files before they are renamed.
+    pub fn temporaries_prefix(&self) -> String {
+        voxflip_io::temps::temp_name(std::path::Path::new(self.prefix)).display().to_string()
+    }
+
+    /// The sidecar `{prefix}_voxflip.json`: renamed last, the mark of a complete set.
+    pub fn sidecar(&mut self, json: &str) -> Result<()> {
+        let path = self.path("voxflip", ".json");
+        Ok(self.set.write_marker(&path, json)?)
     }
 
     /// randomise's output file `{prefix}_{what}{ext}`.
@@ -27,7 +74,7 @@ impl<'a> Outputs<'a> {
         PathBuf::from(format!("{}_{what}{ext}", self.prefix))
     }
 
-    /// `{prefix}_{what}.nii.gz`: in-mask values on the full grid (0 outside the mask).
+    /// `{prefix}_{what}.nii.gz` (or FSLOUTPUTTYPE's extension): in-mask values on the full grid (0 outside the mask).
     /// Compressed and written in the background (the next contrast runs meanwhile); a
     /// failure surfaces at [`Outputs::commit`].
     pub fn map(&mut self, what: &str, values: &[f32]) -> Result<()> {
@@ -43,7 +90,7 @@ impl<'a> Outputs<'a> {
     }
 
     fn map_full_owned(&mut self, what: &str, values: Vec<f32>) {
-        let path = self.path(what, ".nii.gz");
+        let path = self.path(what, self.ext);
         self.set.write_image_later(&path, &self.ds.reference, self.ds.dims, 1, values);
     }
 

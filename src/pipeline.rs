@@ -223,9 +223,7 @@ pub fn run(ds: &Dataset, design: &Design, opts: &AnalysisOptions, prefix: &str) 
         _ => crate::labels::open_atlases(&opts.report.atlases)?,
     };
     if let Some(bg) = opts.report.background.as_ref().filter(|_| opts.report.enabled) {
-        if !bg.exists() {
-            return Err(Error::input(bg, "no such file (--background)"));
-        }
+        voxflip_io::resolve_image(bg)?;
     }
     let PermutationPlan { kinds, sets } = permutation_sets(design, &models, opts, ds.n)?;
     let set_of = |kind: PermKind| -> &PermSet { &sets.iter().find(|(k, _)| *k == kind).expect("generated above").1 };
@@ -418,12 +416,14 @@ pub fn run(ds: &Dataset, design: &Design, opts: &AnalysisOptions, prefix: &str) 
     report.timings.outputs = outputs_start.elapsed().as_secs_f64();
     report.seconds_total = start.elapsed().as_secs_f64();
     let json = serde_json::to_string_pretty(&report).map_err(|e| Error::usage(format!("provenance record: {e}")))?;
-    outputs.text("voxflip", ".json", &json)?;
-    outputs.commit()?;
+    outputs.sidecar(&json)?;
     if opts.report.enabled {
-        // From the outputs just written, as `voxflip report PREFIX` makes it.
-        crate::report::write(prefix, &opts.report, &report_path)?;
+        // From the outputs just written (still under their temporary names, so that the
+        // report joins the one commit), as `voxflip report PREFIX` makes it.
+        let page = crate::report::build_from(&outputs.temporaries_prefix(), prefix, &opts.report)?;
+        outputs.text("report", ".html", &page)?;
     }
+    outputs.commit()?;
     if merged.is_none() {
         let _ = std::fs::remove_file(&checkpoints.path);
     }

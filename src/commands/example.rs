@@ -61,7 +61,7 @@ pub fn run(a: &ExampleArgs, args: &[String]) -> Result<()> {
     let truth = voxflip_io::read_image(&data_dir.join("truth_interaction.nii.gz"))?;
     let true_n = truth.data.iter().filter(|&&t| t > 0.0).count();
     let against_truth = |map: &str| -> Result<(usize, usize)> {
-        let corrp = voxflip_io::read_image(Path::new(&format!("{prefix}_{map}_tstat1.nii.gz")))?;
+        let corrp = voxflip_io::read_image(Path::new(&format!("{prefix}_{map}_tstat1")))?;
         let sig: Vec<bool> = corrp.data.iter().map(|&x| x >= 0.95).collect();
         let hits = sig.iter().zip(&truth.data).filter(|(&s, &t)| s && t > 0.0).count();
         let false_pos = sig.iter().zip(&truth.data).filter(|(&s, &t)| s && t <= 0.0).count();
@@ -88,7 +88,7 @@ pub fn run(a: &ExampleArgs, args: &[String]) -> Result<()> {
     println!("  interaction_clusters_tstat1.tsv / _lmax_tstat1.tsv: the clusters and local maxima in MNI mm, labelled with the planted regions");
     let planted = voxflip_simulate::INTERACTION_REGIONS;
     let regions = voxflip_io::read_image(&data_dir.join("regions.nii.gz"))?;
-    let corrp = voxflip_io::read_image(Path::new(&format!("{prefix}_vox_corrp_tstat1.nii.gz")))?;
+    let corrp = voxflip_io::read_image(Path::new(&format!("{prefix}_vox_corrp_tstat1")))?;
     let found: Vec<String> = planted
         .iter()
         .enumerate()

@@ -23,10 +23,14 @@ pub fn run(g: &GlmArgs, args: &[String]) -> Result<()> {
     let input =
         g.input.as_ref().ok_or_else(|| Error::usage("no input: give -i 4D.nii.gz (or a subcommand; see --help)"))?;
     let prefix = g.common.out()?;
+    check_f_tests(g)?;
+    // FSL's names: `-i data -m mask` read data.nii.gz and mask.nii.gz (or .nii).
+    let input = &voxflip_io::resolve_image(input)?;
+    let mask_path = g.common.mask.as_deref().map(voxflip_io::resolve_image).transpose()?;
     let read_start = std::time::Instant::now();
     let img = voxflip_io::read_image(input)?;
-    let mask = read_mask(&g.common.mask)?;
-    let mut ds = Dataset::from_image(&img, input, mask.as_ref().zip(g.common.mask.as_deref()))?;
+    let mask = read_mask(&mask_path)?;
+    let mut ds = Dataset::from_image(&img, input, mask.as_ref().zip(mask_path.as_deref()))?;
     ds.read_seconds = read_start.elapsed().as_secs_f64();
     drop(img);
     let mut design = match (&g.design, &g.contrasts) {
@@ -62,6 +66,23 @@ pub fn run(g: &GlmArgs, args: &[String]) -> Result<()> {
     opts.flip_constant_contrasts = g.perm_kind.is_none();
     let outcome = pipeline::run(&ds, &design, &opts, &prefix)?;
     print_outcome(&outcome, opts.quiet);
+    Ok(())
+}
+
+/// `-f` before any image is read: an F test is built from the t contrasts of -t, so -f
+/// without -t (e.g. with -1, or PALM's `-fdr`, which reads as `-f dr`) is refused rather
+/// than ignored, and so is a file that does not exist.
+fn check_f_tests(g: &GlmArgs) -> Result<()> {
+    let Some(fts) = &g.fts else { return Ok(()) };
+    if g.contrasts.is_none() {
+        return Err(Error::usage(format!(
+            "-f {}: F tests combine the t contrasts of -t design.con, and none was given (PALM's -fdr is not a voxflip flag)",
+            fts.display()
+        )));
+    }
+    if !fts.is_file() {
+        return Err(Error::input(fts, "no such file (-f)"));
+    }
     Ok(())
 }
 

@@ -15,14 +15,15 @@ fn load_session(spec: &str, ids: &[String]) -> Result<(voxflip_io::Image, PathBu
         let mut paths = Vec::with_capacity(ids.len());
         for id in ids {
             let p = PathBuf::from(spec.replace("{participant_id}", id));
-            if !p.exists() {
-                return Err(Error::input(&p, format!("no such file for participant {id}")));
-            }
+            let p = voxflip_io::resolve_image(&p).map_err(|e| match e {
+                voxflip_io::Error::Input { path, msg } => Error::input(path, format!("{msg}, for participant {id}")),
+                other => other.into(),
+            })?;
             paths.push(p);
         }
         Ok((voxflip_io::dataset::read_stack(&paths)?, PathBuf::from(spec)))
     } else {
-        let p = PathBuf::from(spec);
+        let p = voxflip_io::resolve_image(&PathBuf::from(spec))?;
         let img = voxflip_io::read_image(&p)?;
         if img.nvol != ids.len() {
             return Err(Error::input(
@@ -85,8 +86,9 @@ pub fn run(a: &InteractionArgs, args: &[String]) -> Result<()> {
     let ((pre, pre_path), (post, post_path)) = (pre?, post?);
     let diff = voxflip_io::dataset::difference(&pre, &pre_path, &post, &post_path)?;
     drop((pre, post));
-    let mask = read_mask(&a.common.mask)?;
-    let mut ds = Dataset::from_image(&diff, &post_path, mask.as_ref().zip(a.common.mask.as_deref()))?;
+    let mask_path = a.common.mask.as_deref().map(voxflip_io::resolve_image).transpose()?;
+    let mask = read_mask(&mask_path)?;
+    let mut ds = Dataset::from_image(&diff, &post_path, mask.as_ref().zip(mask_path.as_deref()))?;
     ds.read_seconds = read_start.elapsed().as_secs_f64();
     drop(diff);
     let design = Design::group_by_time(&groups, &[names[0].clone(), names[1].clone()]);

@@ -53,7 +53,8 @@ window.addEventListener('load',function(){
   d.textContent=ok+' of '+imgs.length+' images decoded';});
 "#;
 
-pub fn page(prefix: &str, s: &Sidecar, bg: &Background, atlases: &[Atlas]) -> Result<String> {
+/// The page of the run named `prefix`, its files read from `files` (see `build_from`).
+pub fn page(files: &str, prefix: &str, s: &Sidecar, bg: &Background, atlases: &[Atlas]) -> Result<String> {
     let mut h = String::new();
     let title = format!(
         "voxflip report: {}",
@@ -76,7 +77,7 @@ pub fn page(prefix: &str, s: &Sidecar, bg: &Background, atlases: &[Atlas]) -> Re
     warnings(&mut h, s);
     let grid = DisplayGrid::covering(&bg.volume);
     for c in &s.contrasts {
-        contrast_section(&mut h, prefix, s, c, bg, &grid, atlases)?;
+        contrast_section(&mut h, files, s, c, bg, &grid, atlases)?;
     }
     let _ = write!(h, "<p id=\"image-check\" class=\"note\">images not checked (scripts off)</p>\n<script>{SCRIPT}</script>\n</body></html>\n");
     Ok(h)
@@ -290,20 +291,21 @@ fn contrast_section(
         c.permutations,
         if c.exhaustive { "(all of them)" } else { "random" }
     );
-    let stat_path = map_path(prefix, &c.name);
+    let stat_path = map_path(prefix, s, &c.name);
     if !stat_path.exists() {
         return Err(missing(&stat_path));
     }
     let stat = volume(&stat_path)?;
     let tables = Tables::read(prefix, &c.name, atlases);
     for k in corrections(c) {
-        let corrp_path = map_path(prefix, &format!("{}_corrp_{}", k.key, c.name));
+        let corrp_path = map_path(prefix, s, &format!("{}_corrp_{}", k.key, c.name));
         let _ = writeln!(h, "<h3>{} — {}</h3>", esc(&c.name), esc(&k.title));
         if !corrp_path.exists() {
             let _ = writeln!(
                 h,
                 "<p class=\"note\">no corrected p map ({}): not requested (-x writes the voxelwise one)</p>",
-                esc(&corrp_path.display().to_string())
+                // The file's name without the prefix, which may be the temporaries'.
+                esc(&format!("_{}_corrp_{}", k.key, c.name))
             );
             continue;
         }

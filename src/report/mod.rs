@@ -33,17 +33,23 @@ pub fn write(prefix: &str, opts: &ReportOptions, path: &Path) -> Result<()> {
 
 /// The report's HTML.
 pub fn build(prefix: &str, opts: &ReportOptions) -> Result<String> {
-    let sidecar = read_sidecar(prefix)?;
+    build_from(prefix, prefix, opts)
+}
+
+/// The report of the run with output prefix `prefix`, read from the files at `files`: the
+/// prefix itself, or the prefix of the run's temporaries before they are committed.
+pub fn build_from(files: &str, prefix: &str, opts: &ReportOptions) -> Result<String> {
+    let sidecar = read_sidecar(files)?;
     let atlases = crate::labels::open_atlases(&opts.atlases)?;
     let background = match &opts.background {
         Some(p) => Background { volume: volume(p)?, what: format!("background: {}", p.display()) },
         None => {
-            let mean = PathBuf::from(format!("{prefix}_mean.nii.gz"));
+            let mean = map_path(files, &sidecar, "mean");
             if mean.exists() {
                 Background { volume: volume(&mean)?, what: "background: the mean of the analysed images".into() }
             } else {
                 // A run with --no-report kept no mean image: the mask's silhouette.
-                let stat = volume(&map_path(prefix, &sidecar.contrasts[0].name))?;
+                let stat = volume(&map_path(files, &sidecar, &sidecar.contrasts[0].name))?;
                 let data = stat.data.iter().map(|&x| f32::from(u8::from(x != 0.0))).collect();
                 Background {
                     volume: Volume { data, ..stat },
@@ -52,7 +58,7 @@ pub fn build(prefix: &str, opts: &ReportOptions) -> Result<String> {
             }
         }
     };
-    html::page(prefix, &sidecar, &background, &atlases)
+    html::page(files, prefix, &sidecar, &background, &atlases)
 }
 
 /// The picture everything is drawn on, and what it is.
@@ -61,9 +67,14 @@ pub struct Background {
     pub what: String,
 }
 
-/// `{prefix}_{what}.nii.gz`.
-fn map_path(prefix: &str, what: &str) -> PathBuf {
-    PathBuf::from(format!("{prefix}_{what}.nii.gz"))
+/// `{prefix}_{what}` with the extension the run wrote its images with (FSLOUTPUTTYPE):
+/// `.nii` when the sidecar lists its first statistic map so, else `.nii.gz`. From the
+/// sidecar rather than from what is on disk, so that the maps of an earlier run with the
+/// same prefix and the other extension are never mistaken for this run's.
+fn map_path(prefix: &str, sidecar: &crate::summary::RunReport, what: &str) -> PathBuf {
+    let first = format!("_{}.nii", sidecar.contrasts[0].name);
+    let ext = if sidecar.outputs.iter().any(|o| o.to_string_lossy().ends_with(&first)) { ".nii" } else { ".nii.gz" };
+    PathBuf::from(format!("{prefix}_{what}{ext}"))
 }
 
 /// The first volume of a NIfTI image, with its grid.

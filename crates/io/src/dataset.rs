@@ -32,6 +32,18 @@ fn same_grid(a: &Image, b: &Image) -> bool {
     a.dims == b.dims && (0..3).all(|r| (0..4).all(|c| (a.affine[r][c] - b.affine[r][c]).abs() < 1e-3))
 }
 
+/// `10x12x8`.
+fn dims_text(d: [usize; 3]) -> String {
+    format!("{}x{}x{}", d[0], d[1], d[2])
+}
+
+/// A voxel-to-world affine on one line, its three rows: `[-2 0 0 90; 0 2 0 -126; 0 0 2 -72]`.
+fn affine_text(a: &[[f64; 4]; 3]) -> String {
+    let row =
+        |r: &[f64; 4]| r.iter().map(|v| format!("{}", (v * 1e4).round() / 1e4 + 0.0)).collect::<Vec<_>>().join(" ");
+    format!("[{}]", a.iter().map(row).collect::<Vec<_>>().join("; "))
+}
+
 fn voxel_xyz(dims: [usize; 3], lin: usize) -> (usize, usize, usize) {
     (lin % dims[0], (lin / dims[0]) % dims[1], lin / (dims[0] * dims[1]))
 }
@@ -65,18 +77,26 @@ impl Dataset {
                 if m.nvol != 1 {
                     return Err(Error::input(mpath, format!("a mask must be 3D, this has {} volumes", m.nvol)));
                 }
+                if m.dims != img.dims {
+                    return Err(Error::input(
+                        mpath,
+                        format!(
+                            "mask grid {} does not match the data {} ({})",
+                            dims_text(m.dims),
+                            img_path.display(),
+                            dims_text(img.dims)
+                        ),
+                    ));
+                }
                 if !same_grid(m, img) {
                     return Err(Error::input(
                         mpath,
                         format!(
-                            "mask grid {}x{}x{} (or its orientation) does not match the data {} ({}x{}x{})",
-                            m.dims[0],
-                            m.dims[1],
-                            m.dims[2],
-                            img_path.display(),
-                            img.dims[0],
-                            img.dims[1],
-                            img.dims[2]
+                            "mask has the data's shape {} but another orientation: mask affine {}, data affine {} ({})",
+                            dims_text(m.dims),
+                            affine_text(&m.affine),
+                            affine_text(&img.affine),
+                            img_path.display()
                         ),
                     ));
                 }

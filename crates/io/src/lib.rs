@@ -8,17 +8,20 @@
 //! - [`participants`]: BIDS participants.tsv;
 //! - [`dataset`]: the in-mask data matrix Y (N images x V voxels) and its grid;
 //! - [`outputs`]: a set of outputs written under temporary names and renamed together;
+//! - [`temps`]: temporaries named by pid, removed on an interrupt and after dead runs;
 //! - [`nullstate`]: permutation state (shards, checkpoints) as one durable, checksummed file.
 //!
 //! Every error is one line that names the file ([`Error`]).
 pub mod dataset;
 mod error;
 pub mod gzip;
+mod journal;
 pub mod names;
 pub mod nifti;
 pub mod nullstate;
 pub mod outputs;
 pub mod participants;
+pub mod temps;
 pub mod vest;
 
 pub use dataset::Dataset;

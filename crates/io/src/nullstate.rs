@@ -144,15 +144,15 @@ pub fn read_state(path: &Path) -> Result<StateFile> {
 
 /// `bytes` under `path`, all or nothing (see [`write_state`]).
 pub fn write_durably(path: &Path, bytes: &[u8]) -> Result<()> {
-    let name = path.file_name().map(|n| n.to_string_lossy().into_owned()).unwrap_or_default();
-    let dir = match path.parent() {
-        Some(p) if !p.as_os_str().is_empty() => p,
-        _ => Path::new("."),
-    };
-    let tmp = dir.join(format!(".{name}.tmp-{}", std::process::id()));
+    let dir = crate::temps::dir_of(path);
+    // A temporary as the output sets name theirs, so that an interrupt removes it and a
+    // later run knows it for a dead run's.
+    let mut tmp = crate::temps::temp_name(path).into_os_string();
+    tmp.push(".tmp");
+    let tmp = std::path::PathBuf::from(tmp);
     let fail = |e: std::io::Error| Error::output(path, io_msg(&e));
     let written = (|| {
-        let mut f = std::fs::File::create(&tmp)?;
+        let mut f = crate::temps::create(&tmp)?;
         f.write_all(bytes)?;
         f.sync_all()?;
         std::fs::rename(&tmp, path)
@@ -163,9 +163,7 @@ pub fn write_durably(path: &Path, bytes: &[u8]) -> Result<()> {
     }
     // The rename itself is durable once the directory is synced (not possible everywhere:
     // best effort).
-    if let Ok(d) = std::fs::File::open(dir) {
-        let _ = d.sync_all();
-    }
+    crate::temps::sync_dir(dir);
     Ok(())
 }
 

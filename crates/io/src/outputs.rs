@@ -1,25 +1,39 @@
 //! A set of output files written under temporary names and renamed together at the end,
-//! so a failed run leaves nothing partial behind.
+//! so a failed or interrupted run leaves nothing partial behind.
 //!
 //! Each output is written to a hidden temporary file in the same directory as its final
 //! name (same directory, so the rename is atomic on one filesystem), named
-//! `.voxflip-{pid}-{stem}{ext}`: the pid keeps concurrent runs apart, and the extension
-//! stays last because the NIfTI writer picks compression from it. `commit` renames them
-//! all; dropping an uncommitted set (an error, a panic unwinding) deletes the temporaries.
+//! `.voxflip-{pid}-{final name}` ([`crate::temps`]): the pid keeps concurrent runs apart and
+//! tells a later run whether its writer is still alive, and the extension stays last
+//! because the NIfTI writer picks compression from it. Temporaries are fsynced once
+//! written. `commit` renames them all; dropping an uncommitted set (an error, a panic
+//! unwinding) deletes the temporaries.
+//!
+//! A set with a marker ([`OutputSet::write_marker`], a run's sidecar) is committed through
+//! a journal ([`crate::journal`]): the earlier marker goes first, the marker comes last, and
+//! a commit cut short by a kill is finished by the next run. An interrupt waits for a commit
+//! under way ([`crate::temps::abandon`]).
 //!
 //! Images can also be written in the background ([`OutputSet::write_image_later`]): each
 //! is compressed and written on rayon's pool while the caller goes on (the next contrast's
 //! permutations), several at once; `commit` waits for them and commits nothing if one
 //! failed. The files are the same bytes as written directly.
 use crate::error::{Error, Result};
+use crate::journal::Rename;
+use std::io::Write;
 use std::path::{Path, PathBuf};
 use std::sync::{Arc, Condvar, Mutex};
+use std::time::Duration;
 
 /// Outputs pending under temporary names. See the module documentation.
 #[derive(Debug, Default)]
 pub struct OutputSet {
-    /// (temporary, final) pairs not yet renamed, in the order they were first requested.
-    pending: Vec<(PathBuf, PathBuf)>,
+    /// Outputs not yet renamed, in the order they were first requested.
+    pending: Vec<Rename>,
+    /// The final path of the file renamed last, as the mark of a complete set.
+    marker: Option<PathBuf>,
+    /// Tests: a wait between the commit's renames, to widen the window a kill can hit.
+    pause: Option<Duration>,
     /// Background writes not yet finished, and the first of their errors.
     background: Arc<Background>,
 }
@@ -78,27 +92,43 @@ impl OutputSet {
 
     /// Final paths of everything written so far (for the provenance record).
     pub fn planned(&self) -> Vec<PathBuf> {
-        self.pending.iter().map(|(_, f)| f.clone()).collect()
+        self.pending.iter().map(|r| r.fin.clone()).collect()
+    }
+
+    /// Tests only: wait this long before each rename of the commit (the kill tests use it to
+    /// land signals inside the renames).
+    pub fn pause_between_renames(&mut self, pause: Duration) {
+        self.pause = Some(pause);
     }
 
     /// The temporary path for `final_path`, registering it for `commit`/cleanup. Asking
     /// twice for the same final path returns the same temporary.
     pub fn temp_for(&mut self, final_path: &Path) -> PathBuf {
-        if let Some((tmp, _)) = self.pending.iter().find(|(_, f)| f == final_path) {
-            return tmp.clone();
+        if let Some(r) = self.pending.iter().find(|r| r.fin == final_path) {
+            return r.tmp.clone();
         }
-        let name = final_path.file_name().map(|n| n.to_string_lossy().into_owned()).unwrap_or_default();
-        let (stem, ext) = split_ext(&name);
-        let tmp_name = format!(".voxflip-{}-{stem}{ext}", std::process::id());
-        let tmp = final_path.with_file_name(tmp_name);
-        self.pending.push((tmp.clone(), final_path.to_path_buf()));
+        let tmp = crate::temps::temp_name(final_path);
+        self.pending.push(Rename { tmp: tmp.clone(), fin: final_path.to_path_buf() });
         tmp
     }
 
     /// Write a text output (a table, provenance JSON, a report) under its temporary name.
     pub fn write_text(&mut self, final_path: &Path, text: &str) -> Result<()> {
         let tmp = self.temp_for(final_path);
-        std::fs::write(&tmp, text).map_err(|e| Error::output(final_path, crate::io_msg(&e)))
+        let write = || {
+            let mut f = crate::temps::create(&tmp)?;
+            f.write_all(text.as_bytes())?;
+            f.sync_data()
+        };
+        write().map_err(|e| Error::output(final_path, crate::io_msg(&e)))
+    }
+
+    /// Write the set's marker, renamed after everything else (see the module documentation);
+    /// its earlier version is removed before any other file of the set is renamed.
+    pub fn write_marker(&mut self, final_path: &Path, text: &str) -> Result<()> {
+        self.write_text(final_path, text)?;
+        self.marker = Some(final_path.to_path_buf());
+        Ok(())
     }
 
     /// Write a 3D float32 map (see [`crate::nifti::write_map`]) under its temporary name.
@@ -123,7 +153,7 @@ impl OutputSet {
         data: &[f32],
     ) -> Result<()> {
         let tmp = self.temp_for(final_path);
-        crate::nifti::write_image(&tmp, reference, dims, nvol, data).map_err(|e| match e {
+        crate::nifti::write_temporary(&tmp, reference, dims, nvol, data).map_err(|e| match e {
             // Name the file the user asked for, not the hidden temporary.
             Error::Output { msg, .. } => Error::output(final_path, msg),
             other => other,
@@ -147,7 +177,7 @@ impl OutputSet {
         background.start();
         rayon::spawn(move || {
             let write = || {
-                crate::nifti::write_image(&tmp, &reference, dims, nvol, &data).map_err(|e| match e {
+                crate::nifti::write_temporary(&tmp, &reference, dims, nvol, &data).map_err(|e| match e {
                     Error::Output { msg, .. } => Error::output(&fin, msg),
                     other => other,
                 })
@@ -165,23 +195,32 @@ impl OutputSet {
     }
 
     /// Wait for the background writes, then rename every temporary to its final name and
-    /// return the final paths, in the order they were first requested. If a write failed,
-    /// nothing is renamed. If a rename fails, the outputs already renamed stay and the
-    /// rest are deleted (when the set drops); the error names the output that failed.
+    /// return the final paths, in the order they were first requested (the marker, if any,
+    /// renamed last). If a write failed, nothing is renamed. If a rename fails, the outputs
+    /// already renamed stay (without the marker) and the rest are deleted; the error names
+    /// the output that failed. An interrupt arriving meanwhile waits for the end.
     pub fn commit(mut self) -> Result<Vec<PathBuf>> {
         self.wait()?;
-        let mut done = Vec::with_capacity(self.pending.len());
-        while !self.pending.is_empty() {
-            let (tmp, fin) = self.pending.remove(0);
-            if let Err(e) = std::fs::rename(&tmp, &fin) {
-                let _ = std::fs::remove_file(&tmp);
-                return Err(Error::output(
-                    &fin,
-                    format!("cannot rename from {}: {}", tmp.display(), crate::io_msg(&e)),
-                ));
+        let held = crate::temps::hold()
+            .map_err(|e| Error::output(self.planned().first().cloned().unwrap_or_default(), crate::io_msg(&e)))?;
+        let done = self.planned();
+        let mut renames = std::mem::take(&mut self.pending);
+        if let Some(i) = self.marker.as_ref().and_then(|m| renames.iter().position(|r| &r.fin == m)) {
+            let marker = renames.remove(i);
+            renames.push(marker);
+            crate::journal::commit(&renames, self.pause)?;
+        } else {
+            for (k, r) in renames.iter().enumerate() {
+                if let Err(e) = std::fs::rename(&r.tmp, &r.fin) {
+                    renames[k..].iter().for_each(|r| drop(std::fs::remove_file(&r.tmp)));
+                    return Err(Error::output(
+                        &r.fin,
+                        format!("cannot rename from {}: {}", r.tmp.display(), crate::io_msg(&e)),
+                    ));
+                }
             }
-            done.push(fin);
         }
+        drop(held);
         Ok(done)
     }
 }
@@ -191,20 +230,9 @@ impl Drop for OutputSet {
     /// still be creating them); a missing one (never written) is fine.
     fn drop(&mut self) {
         let _ = self.background.wait();
-        for (tmp, _) in self.pending.drain(..) {
-            let _ = std::fs::remove_file(tmp);
+        for r in self.pending.drain(..) {
+            let _ = std::fs::remove_file(r.tmp);
         }
-    }
-}
-
-/// Split a file name into stem and extension, treating ".nii.gz" as one extension.
-fn split_ext(name: &str) -> (&str, &str) {
-    if let Some(stem) = name.strip_suffix(".nii.gz") {
-        return (stem, &name[stem.len()..]);
-    }
-    match name.rfind('.') {
-        Some(i) if i > 0 => (&name[..i], &name[i..]),
-        _ => (name, ""),
     }
 }
 
@@ -222,7 +250,7 @@ pub fn check_dir(prefix_path: &Path) -> Result<()> {
         Ok(_) => return Err(Error::output(dir, "output directory is not a directory")),
         Err(_) => return Err(Error::output(dir, "output directory does not exist")),
     }
-    let probe = dir.join(format!(".voxflip-{}-probe", std::process::id()));
+    let probe = crate::temps::temp_name(&dir.join("probe"));
     match std::fs::OpenOptions::new().write(true).create_new(true).open(&probe) {
         Ok(_) => {
             let _ = std::fs::remove_file(&probe);

@@ -21,6 +21,7 @@ mod tests;
 
 pub use affine::header_from_affine;
 pub use read::read_image;
+pub(crate) use write::write_temporary;
 pub use write::{write_image, write_map};
 
 /// A NIfTI header (NIfTI-1 form), as read and as used for writing outputs.

@@ -29,6 +29,39 @@ pub fn write_image(
     nvol: usize,
     data: &[f32],
 ) -> Result<()> {
+    write_with(path, reference, dims, nvol, data, Durability::AsIs)
+}
+
+/// [`write_image`] into a temporary of an output set: created through
+/// [`crate::temps::create`] (so an interrupt finds it) and fsynced before it returns, so
+/// that the commit's renames never expose a file whose data is not on disk.
+pub(crate) fn write_temporary(
+    path: &Path,
+    reference: &nifti::NiftiHeader,
+    dims: [usize; 3],
+    nvol: usize,
+    data: &[f32],
+) -> Result<()> {
+    write_with(path, reference, dims, nvol, data, Durability::Temporary)
+}
+
+/// How a file is created and whether it is synced.
+#[derive(Clone, Copy, PartialEq, Eq)]
+enum Durability {
+    /// `File::create`, no fsync (callers handle atomicity).
+    AsIs,
+    /// An output set's temporary: registered, then fsynced.
+    Temporary,
+}
+
+fn write_with(
+    path: &Path,
+    reference: &nifti::NiftiHeader,
+    dims: [usize; 3],
+    nvol: usize,
+    data: &[f32],
+    durability: Durability,
+) -> Result<()> {
     let err = |msg: String| Error::output(path, msg);
     let name = path.file_name().map(|n| n.to_string_lossy().into_owned()).unwrap_or_default();
     // Compression follows the extension; insisting on these two keeps names and contents
@@ -75,20 +108,29 @@ pub fn write_image(
     h.vox_offset = 352.0;
     h.descrip.resize(80, 0);
 
-    let file = std::fs::File::create(path).map_err(|e| err(io_msg(&e)))?;
-    let written = if name.ends_with(".gz") {
+    // Compressed before the file is created, so that a temporary exists only while written.
+    let gz = name.ends_with(".gz").then(|| {
         let mut head = header_bytes(&h);
         head.extend_from_slice(&[0u8; 4]);
-        let gz = crate::gzip::compress_with(head.len() + 4 * data.len(), GZIP_LEVEL, |r, buf| {
-            file_bytes(&head, data, r, buf)
-        });
-        let mut file = file;
-        file.write_all(&gz)
-    } else {
-        let mut out = std::io::BufWriter::new(file);
-        write_contents(&mut out, &h, data).and_then(|()| out.flush())
+        crate::gzip::compress_with(head.len() + 4 * data.len(), GZIP_LEVEL, |r, buf| file_bytes(&head, data, r, buf))
+    });
+    let file = match durability {
+        Durability::AsIs => std::fs::File::create(path),
+        Durability::Temporary => crate::temps::create(path),
+    }
+    .map_err(|e| err(io_msg(&e)))?;
+    let written = match gz {
+        Some(gz) => {
+            let mut file = file;
+            file.write_all(&gz).map(|()| file)
+        }
+        None => {
+            let mut out = std::io::BufWriter::new(file);
+            write_contents(&mut out, &h, data).and_then(|()| out.into_inner().map_err(|e| e.into_error()))
+        }
     };
-    written.map_err(|e| err(io_msg(&e)))
+    let synced = written.and_then(|f| if durability == Durability::Temporary { f.sync_data() } else { Ok(()) });
+    synced.map_err(|e| err(io_msg(&e)))
 }
 
 /// The header, the empty extension flag, then the data as little-endian f32.
