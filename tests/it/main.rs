@@ -7,7 +7,9 @@
 //!   real SLURM when one answers: CI starts one), `report` (the HTML report, in a real
 //!   browser when one is installed: CI installs Chromium);
 //! - the shaders against their CPU ports on a real adapter: `gpu_twins`, `gpu_spatial_twins`,
-//!   `gpu_tfce_exact_twins`.
+//!   `gpu_tfce_exact_twins`;
+//! - files users and machines make: `io_edges` (FSL names, FSLOUTPUTTYPE, garbled headers,
+//!   refusals) and `kill_safety` (SIGKILL/SIGINT/SIGTERM never leave a mixed set).
 //!
 //! GPU tests run on any adapter, software ones (lavapipe) included. Without one they skip,
 //! saying so on the terminal (not in the captured output), unless VOXFLIP_REQUIRE_GPU=1,
@@ -22,6 +24,8 @@ mod gpu_spatial_twins;
 mod gpu_table_twins;
 mod gpu_tfce_exact_twins;
 mod gpu_twins;
+mod io_edges;
+mod kill_safety;
 mod multi_adapter;
 mod report;
 mod shards;
