@@ -154,10 +154,9 @@ pub fn clean_up_after_dead_runs(prefix_path: &Path) -> Cleanup {
     }
     for name in names(dir) {
         let Some((_, rest)) = dead_temporary(&name) else { continue };
-        if (!base.is_empty() && rest.starts_with(&format!("{base}_"))) || rest == "probe" {
-            if std::fs::remove_file(dir.join(&name)).is_ok() {
-                done.removed += 1;
-            }
+        let ours = (!base.is_empty() && rest.starts_with(&format!("{base}_"))) || rest == "probe";
+        if ours && std::fs::remove_file(dir.join(&name)).is_ok() {
+            done.removed += 1;
         }
     }
     done
