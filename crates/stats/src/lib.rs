@@ -5,10 +5,12 @@
 //!   group-by-time interaction, `-D`);
 //! - [`model`]: the partitioned GLM of one contrast (Beckmann partitioning, Freedman–Lane),
 //!   and the [`problem`] it hands to an engine with the one statistic formula;
+//! - [`confound`]: randomise's confound methods (-U) as choices of that problem;
 //! - [`perm`]: seeded permutation sets, exhaustive or random, with exchangeability blocks;
 //! - [`inference`]: max-statistic nulls and p-values;
 //! - [`spatial`]: mask graphs, cluster extent and mass, TFCE, cluster tables, and the
 //!   spatial nulls of permutation maps.
+pub mod confound;
 pub mod design;
 pub mod inference;
 pub mod model;
@@ -16,6 +18,7 @@ pub mod perm;
 pub mod problem;
 pub mod spatial;
 
+pub use confound::ConfoundMethod;
 pub use design::{Contrast, Design, DesignError};
 pub use inference::{add_counts, corrected_p, uncorrected_p, with_identity_floor, MaxStatNull, PScale};
 pub use model::{column_basis, identical_row_labels, rank, ContrastModel};
