@@ -23,6 +23,7 @@ mod gpu_table_twins;
 mod gpu_tfce_exact_twins;
 mod gpu_twins;
 mod multi_adapter;
+mod randomise_outputs;
 mod report;
 mod shards;
 mod shared_contrasts;

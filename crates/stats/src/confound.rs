@@ -111,7 +111,8 @@ mod tests {
             1 => (i % 2) as f64,
             _ => (i as f64 * 0.7).sin(),
         });
-        let c = Contrast { name: "tstat1".into(), kind: StatKind::T, c: DMatrix::from_column_slice(3, 1, &[0., 1., 0.]) };
+        let c =
+            Contrast { name: "tstat1".into(), kind: StatKind::T, c: DMatrix::from_column_slice(3, 1, &[0., 1., 0.]) };
         let model = ContrastModel::new(&m, &c).unwrap();
         let y: Vec<f32> = (0..n * v).map(|k| ((k * 37 % 11) as f32 - 5.0) * 0.3).collect();
         let ym = DMatrix::from_fn(n, v, |i, x| y[i * v + x] as f64);
