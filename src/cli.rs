@@ -536,6 +536,11 @@ pub struct GlmArgs {
     /// _glm_pe, _glm_cope, _glm_varcope, _glm_sigmasqr.
     #[arg(long = "glm_output")]
     pub glm_output: bool,
+    /// Also write every permutation's statistic map, and its TFCE and cluster maps with
+    /// -T/-c/-C (randomise --permout: {prefix}_vox_perm00001_tstat1 ...); refused above
+    /// 10,000 maps or 4 GiB.
+    #[arg(long = "permout")]
+    pub permout: bool,
     /// randomise's FEAT-style output names: refused with a clear message (not implemented).
     #[arg(long = "film", hide = true)]
     pub film: bool,
@@ -730,6 +735,7 @@ impl CommonArgs {
             confound: Default::default(),
             raw_cluster_maps: self.raw_stats,
             glm_output: false,
+            permout: false,
         })
     }
 

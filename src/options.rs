@@ -75,6 +75,8 @@ pub struct AnalysisOptions {
     pub raw_cluster_maps: bool,
     /// Also write the unpermuted GLM's maps of the t contrasts (randomise --glm_output).
     pub glm_output: bool,
+    /// Also write every permutation's maps (randomise --permout; bounded, see `permout`).
+    pub permout: bool,
 }
 
 /// The HTML report a run ends with.

@@ -244,6 +244,9 @@ pub fn run(ds: &Dataset, design: &Design, opts: &AnalysisOptions, prefix: &str) 
             mirror_of: mirror_of[ci],
         })
         .collect();
+    if opts.permout {
+        check_permout(ds, design, &plans, opts)?;
+    }
     let scheduler = match merged {
         Some(_) => None,
         None => Some(Scheduler::with_engines(make_engines(&opts.engine)?, opts.engine.gpu.spatial)),
@@ -318,6 +321,7 @@ pub fn run(ds: &Dataset, design: &Design, opts: &AnalysisOptions, prefix: &str) 
                 // Under ter Braak the identity runs on another problem than the rest.
                 let share = opts.share_contrasts
                     && !opts.confound.observed_from_freedman_lane()
+                    && !opts.permout
                     && plans.get(ci + 1).is_some_and(|p| p.mirror_of == Some(ci))
                     && state.scheduler.as_ref().is_some_and(Scheduler::mirrors)
                     && from.map(|c| &c.range) == resumed_of(ci + 1).map(|c| &c.range);
@@ -669,6 +673,18 @@ fn compute_contrast(
             st.checkpoints.maybe_write(done, &[&cs], &st.spatial_backend)?;
         }
     }
+    if st.opts.permout {
+        let perms = plans[ci].perms;
+        crate::permout::write_permuted_maps(
+            scheduler,
+            &problem,
+            perms,
+            &setup.observed,
+            job.as_ref(),
+            &contrast.name,
+            &mut st.outputs,
+        )?;
+    }
     // The observed map and its set-up count towards the contrast's time once.
     if resumed.is_none() {
         cs.seconds = t0.elapsed().as_secs_f64();
@@ -810,8 +826,7 @@ fn finish_contrast(
         out.map(&format!("{what}_corrp_{name}"), &m)?;
         if opts.raw_cluster_maps {
             // randomise -R: each voxel holds its cluster's extent (or mass), 0 outside clusters.
-            let raw: Vec<f32> = obs_vals.iter().map(|&x| if x.is_nan() { 0.0 } else { x }).collect();
-            out.map(&format!("{what}_{name}"), &raw)?;
+            out.map(&format!("{what}_{name}"), &crate::permout::raw_cluster_map(&obs_vals))?;
         }
         if opts.save_null {
             out.null(&format!("null_{what}_{name}"), &cnull.values)?;
@@ -859,6 +874,25 @@ fn finish_contrast(
         st.tables.push(table_job("vox", name, observed, pcorr, None));
     }
     Ok(summary)
+}
+
+/// --permout's conditions: a whole run from the start, and maps within its bounds.
+fn check_permout(ds: &Dataset, design: &Design, plans: &[ContrastPlan], opts: &AnalysisOptions) -> Result<()> {
+    if !matches!(opts.distribution, Distribution::Whole) || opts.resume {
+        return Err(Error::usage(
+            "--permout writes the maps as the permutations run: not with --shard, --resume or merge",
+        ));
+    }
+    let maps: usize = design
+        .contrasts
+        .iter()
+        .zip(plans)
+        .map(|(c, p)| {
+            let (extent, mass) = cluster_thresholds(opts, c.kind);
+            p.perms.len() * crate::permout::maps_per_permutation((opts.spatial.tfce.is_some(), extent, mass))
+        })
+        .sum();
+    crate::permout::check_size(maps, ds.dims.iter().product())
 }
 
 /// randomise's --glm_output maps of the unpermuted data: the whole design, its t contrasts.

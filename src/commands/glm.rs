@@ -71,6 +71,7 @@ pub fn run(g: &GlmArgs, args: &[String]) -> Result<()> {
         log::info!("confounds: {}", opts.confound.words());
     }
     opts.glm_output = g.glm_output;
+    opts.permout = g.permout;
     let outcome = pipeline::run(&ds, &design, &opts, &prefix)?;
     print_outcome(&outcome, opts.quiet);
     Ok(())

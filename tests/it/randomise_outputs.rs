@@ -399,3 +399,110 @@ fn confound_method_out_of_range_and_film_are_refused() {
         assert!(written.is_empty(), "{extra:?}: outputs written");
     }
 }
+
+fn null_file(path: &Path) -> Vec<f32> {
+    std::fs::read_to_string(path).unwrap().split_whitespace().map(|s| s.parse().unwrap()).collect()
+}
+
+/// --permout on an exhaustive one-sample test (all 2^6 sign flips), with TFCE and cluster
+/// extent: permutation 1's map is the t map; the statistic maps are the 64 sign flips'
+/// one-sample t refits (each matched once); each map's maximum is that permutation's entry
+/// of the -N null, as are its TFCE and cluster maps' maxima; the cluster maps are the flood
+/// fill of their statistic map. Too many maps, and --shard, are refused in one line.
+#[test]
+fn permout_maps_are_the_permutations_statistics() {
+    let dir = voxflip_testkit::tempdir().unwrap();
+    let d = dir.path();
+    let (n, v) = (6usize, nvox());
+    let y = DMatrix::from_fn(n, v, |i, x| 0.3 + noise(i * v + x, 11) + if x < 8 { 0.4 } else { 0.0 });
+    let vols: Vec<f32> = (0..n).flat_map(|i| (0..v).map(move |x| (i, x))).map(|(i, x)| y[(i, x)] as f32).collect();
+    write(&d.join("in.nii.gz"), DIMS, n, &vols);
+    write(&d.join("mask.nii.gz"), DIMS, 1, &vec![1.0; v]);
+    let thr = "1.5";
+    let args = [
+        "-i",
+        "in.nii.gz",
+        "-m",
+        "mask.nii.gz",
+        "-1",
+        "-o",
+        "p",
+        "-n",
+        "100",
+        "-T",
+        "-c",
+        thr,
+        "-N",
+        "--permout",
+        "--backend",
+        "cpu",
+        "--no-report",
+    ];
+    let out = crate::common::voxflip(d, &args);
+    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    // The 64 sign flips' one-sample t, y_i s_i over sd / sqrt(n), explicitly.
+    let refits: Vec<Vec<f64>> = (0..1u32 << n)
+        .map(|bits| {
+            (0..v)
+                .map(|x| {
+                    let z: Vec<f64> = (0..n).map(|i| if bits >> i & 1 == 1 { -y[(i, x)] } else { y[(i, x)] }).collect();
+                    let mean = z.iter().sum::<f64>() / n as f64;
+                    let var = z.iter().map(|a| (a - mean).powi(2)).sum::<f64>() / (n - 1) as f64;
+                    mean / (var / n as f64).sqrt()
+                })
+                .collect()
+        })
+        .collect();
+    let (null_t, null_tfce, null_ext) = (
+        null_file(&d.join("p_null_tstat1.txt")),
+        null_file(&d.join("p_null_tfce_tstat1.txt")),
+        null_file(&d.join("p_null_clustere_tstat1.txt")),
+    );
+    assert_eq!(null_t.len(), 64);
+    let mut matched = vec![false; 64];
+    let maximum = |m: &[f32]| m.iter().copied().fold(f32::MIN, f32::max);
+    for j in 0..64 {
+        let name = |what: &str| d.join(format!("p_{what}_perm{:05}_tstat1.nii.gz", j + 1));
+        let t = map(&name("vox"));
+        if j == 0 {
+            assert_eq!(t, map(&d.join("p_tstat1.nii.gz")), "permutation 1 is the observed map");
+        }
+        // f32 against f64: 1e-4 relative.
+        let found =
+            refits.iter().position(|r| r.iter().zip(&t).all(|(a, &b)| (a - b as f64).abs() < 1e-4 * a.abs().max(1.0)));
+        let k = found.unwrap_or_else(|| panic!("permutation {j}: no sign flip gives its map"));
+        assert!(!matched[k], "permutation {j}: sign flip {k} written twice");
+        matched[k] = true;
+        // The same engine's maps as its nulls: equal to f32 rounding (1e-6 relative).
+        let same = |a: f32, b: f32| (a - b).abs() <= 1e-6 * a.abs().max(1.0);
+        assert!(same(maximum(&t), null_t[j]), "permutation {j}: max {} vs null {}", maximum(&t), null_t[j]);
+        let tfce = map(&name("tfce"));
+        assert!(
+            same(maximum(&tfce), null_tfce[j]),
+            "permutation {j}: TFCE max {} vs null {}",
+            maximum(&tfce),
+            null_tfce[j]
+        );
+        let ext = map(&name("clustere"));
+        let (oracle, _) = flood_fill(&t, DIMS, 1.5);
+        assert_eq!(ext.iter().map(|&e| e as f64).collect::<Vec<_>>(), oracle, "permutation {j}: cluster map");
+        assert_eq!(maximum(&ext).max(0.0), null_ext[j].max(0.0), "permutation {j}: cluster null");
+    }
+    assert!(!d.join("p_vox_perm00065_tstat1.nii.gz").exists());
+    // Bounds and sharding, refused before any output.
+    let big: Vec<f32> = (0..16 * v).map(|k| noise(k, 5) as f32).collect();
+    write(&d.join("big.nii.gz"), DIMS, 16, &big);
+    let refused = [
+        (vec!["-i", "big.nii.gz", "-1", "-o", "q", "-n", "20000", "--permout"], "--permout would write 20000 maps"),
+        (vec!["-i", "big.nii.gz", "-1", "-o", "q", "-n", "50", "--permout", "--shard", "1/2"], "not with --shard"),
+    ];
+    for (args, words) in refused {
+        let out = crate::common::voxflip(d, &args);
+        let err = String::from_utf8_lossy(&out.stderr);
+        // The permutation set is announced before its size is known to be too large.
+        let lines: Vec<&str> = err.lines().filter(|l| l.contains("error")).collect();
+        assert_eq!(out.status.code(), Some(2), "{args:?}: {err}");
+        assert!(lines.len() == 1 && lines[0].contains(words), "{args:?}: {err}");
+        assert!(!std::fs::read_dir(d).unwrap().any(|e| e.unwrap().file_name().to_string_lossy().starts_with("q_")));
+    }
+}
