@@ -459,7 +459,7 @@ fn permout_maps_are_the_permutations_statistics() {
         null_file(&d.join("p_null_clustere_tstat1.txt")),
     );
     assert_eq!(null_t.len(), 64);
-    let mut matched = vec![false; 64];
+    let mut matched = [false; 64];
     let maximum = |m: &[f32]| m.iter().copied().fold(f32::MIN, f32::max);
     for j in 0..64 {
         let name = |what: &str| d.join(format!("p_{what}_perm{:05}_tstat1.nii.gz", j + 1));
