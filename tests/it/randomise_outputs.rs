@@ -9,6 +9,8 @@ use voxflip_io::{header_from_affine, write_image};
 const DIMS: [usize; 3] = [4, 3, 2];
 const N: usize = 7;
 const AGE: [f64; N] = [31.0, 45.0, 28.0, 52.0, 39.0, 60.0, 24.0];
+/// The inputs `design_and_data` writes, as flags.
+const INPUTS: [&str; 8] = ["-i", "in.nii.gz", "-m", "mask.nii.gz", "-d", "design.mat", "-t", "design.con"];
 const GROUP: [f64; N] = [0.0, 0.0, 0.0, 1.0, 1.0, 1.0, 1.0];
 
 fn nvox() -> usize {
@@ -148,26 +150,10 @@ fn confound_methods_equal_their_refits_and_counts() {
             let prefix = format!("u{u}_{backend}");
             let us = u.to_string();
             let args = [
-                "-i",
-                "in.nii.gz",
-                "-m",
-                "mask.nii.gz",
-                "-d",
-                "design.mat",
-                "-t",
-                "design.con",
-                "-o",
-                &prefix,
-                "-n",
-                "6000",
-                "-x",
-                "--uncorrp",
-                "-U",
-                &us,
-                "--backend",
-                backend,
-                "--no-report",
-            ];
+                &INPUTS[..],
+                &["-o", &prefix, "-n", "6000", "-x", "--uncorrp", "-U", &us, "--backend", backend, "--no-report"],
+            ]
+            .concat();
             let out = crate::common::voxflip(d, &args);
             let err = String::from_utf8_lossy(&out.stderr);
             assert!(out.status.success(), "{args:?}: {err}");
@@ -207,24 +193,7 @@ fn glm_output_maps_equal_the_least_squares_fit() {
     let dir = voxflip_testkit::tempdir().unwrap();
     let d = dir.path();
     let (m, y) = design_and_data(d);
-    let args = [
-        "-i",
-        "in.nii.gz",
-        "-m",
-        "mask.nii.gz",
-        "-d",
-        "design.mat",
-        "-t",
-        "design.con",
-        "-o",
-        "g",
-        "-n",
-        "20",
-        "--glm_output",
-        "--backend",
-        "cpu",
-        "--no-report",
-    ];
+    let args = [&INPUTS[..], &["-o", "g", "-n", "20", "--glm_output", "--backend", "cpu", "--no-report"]].concat();
     let out = crate::common::voxflip(d, &args);
     assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
     let inv = (m.transpose() * &m).try_inverse().unwrap();
