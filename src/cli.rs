@@ -205,8 +205,9 @@ pub struct CommonArgs {
     /// Write each contrast's maximum-statistic null distribution as text (randomise -N).
     #[arg(short = 'N', long = "save-null")]
     pub save_null: bool,
-    /// Accepted for randomise scripts: the raw statistic images are always written.
-    #[arg(short = 'R', hide = true)]
+    /// Also write the observed cluster-size and cluster-mass maps (_clustere_tstat1,
+    /// _clusterm_tstat1) with -c/-C/-F/-S (the statistic and TFCE maps are always written).
+    #[arg(short = 'R')]
     pub raw_stats: bool,
     /// Accepted for randomise scripts (diagnostic messages are on unless -q).
     #[arg(short = 'V', hide = true)]
@@ -527,6 +528,22 @@ pub struct GlmArgs {
     /// reordered as units and sign-flipped as units.
     #[arg(long = "permuteBlocks")]
     pub permute_blocks: bool,
+    /// Confound method (randomise -U): 0 Kennedy (R_Z Y on R_Z X), 1 Freedman-Lane (the
+    /// default), 2 Manly (Y on X|Z), 3 ter Braak (the full model's residuals on X|Z).
+    #[arg(short = 'U', value_name = "0-3")]
+    pub confound: Option<u8>,
+    /// Also write the unpermuted GLM's maps of the t contrasts (randomise --glm_output):
+    /// _glm_pe, _glm_cope, _glm_varcope, _glm_sigmasqr.
+    #[arg(long = "glm_output")]
+    pub glm_output: bool,
+    /// Also write every permutation's statistic map, and its TFCE and cluster maps with
+    /// -T/-c/-C (randomise --permout: {prefix}_vox_perm00001_tstat1 ...); refused above
+    /// 10,000 maps or 4 GiB.
+    #[arg(long = "permout")]
+    pub permout: bool,
+    /// randomise's FEAT-style output names: refused with a clear message (not implemented).
+    #[arg(long = "film", hide = true)]
+    pub film: bool,
     #[command(flatten)]
     pub common: CommonArgs,
 }
@@ -715,6 +732,10 @@ impl CommonArgs {
             keep_state: self.distribution.keep_null_state,
             report: self.report.options(),
             share_contrasts: !self.no_shared_contrasts,
+            confound: Default::default(),
+            raw_cluster_maps: self.raw_stats,
+            glm_output: false,
+            permout: false,
         })
     }
 

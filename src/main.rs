@@ -15,6 +15,7 @@ mod labels;
 mod logger;
 mod options;
 mod outputs;
+mod permout;
 mod pipeline;
 mod progress;
 mod report;

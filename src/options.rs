@@ -4,7 +4,7 @@ use crate::state::{Merged, Shard};
 use std::sync::Arc;
 use voxflip_engines::EngineOptions;
 use voxflip_stats::spatial::SpatialOptions;
-use voxflip_stats::{Blocks, PScale, PermKind};
+use voxflip_stats::{Blocks, ConfoundMethod, PScale, PermKind};
 
 /// What a run does with its permutation set.
 #[derive(Clone, Debug)]
@@ -69,6 +69,14 @@ pub struct AnalysisOptions {
     /// A t contrast and its mirror (the next contrast, weights negated) share one product
     /// on the CPU engine (--no-shared-contrasts: each runs its own; the outputs are the same).
     pub share_contrasts: bool,
+    /// How the nuisance is handled under permutation (randomise -U; Freedman–Lane by default).
+    pub confound: ConfoundMethod,
+    /// Also write the observed cluster-extent and cluster-mass maps (randomise -R).
+    pub raw_cluster_maps: bool,
+    /// Also write the unpermuted GLM's maps of the t contrasts (randomise --glm_output).
+    pub glm_output: bool,
+    /// Also write every permutation's maps (randomise --permout; bounded, see `permout`).
+    pub permout: bool,
 }
 
 /// The HTML report a run ends with.

@@ -89,6 +89,15 @@ impl<'a> Outputs<'a> {
         Ok(())
     }
 
+    /// `{prefix}_{what}.nii.gz`: a 4D image of in-mask maps, one volume each (in the
+    /// background, as [`Outputs::map`]).
+    pub fn volumes(&mut self, what: &str, maps: &[Vec<f32>]) -> Result<()> {
+        let data: Vec<f32> = maps.iter().flat_map(|m| self.ds.expand(m)).collect();
+        let path = self.path(what, ".nii.gz");
+        self.set.write_image_later(&path, &self.ds.reference, self.ds.dims, maps.len(), data);
+        Ok(())
+    }
+
     fn map_full_owned(&mut self, what: &str, values: Vec<f32>) {
         let path = self.path(what, self.ext);
         self.set.write_image_later(&path, &self.ds.reference, self.ds.dims, 1, values);

@@ -18,8 +18,8 @@ use voxflip_engines::{make_engines, ContrastNulls, Scheduler};
 use voxflip_io::Dataset;
 use voxflip_stats::spatial::{observed_cluster_values, Connectivity, SpatialJob};
 use voxflip_stats::{
-    corrected_p, identical_row_labels, uncorrected_p, with_identity_floor, Blocks, Contrast, ContrastModel,
-    ContrastProblem, Design, MaxStatNull, PScale, PermKind, PermSet, StatKind,
+    corrected_p, glm_maps, identical_row_labels, uncorrected_p, with_identity_floor, Blocks, ConfoundMethod, Contrast,
+    ContrastModel, ContrastProblem, Design, GlmMaps, MaxStatNull, PScale, PermKind, PermSet, StatKind,
 };
 
 /// Why a contrast's permutations are of `kind` (for stderr and the sidecar).
@@ -147,11 +147,12 @@ fn mirrored(mut p: ContrastProblem) -> ContrastProblem {
     p
 }
 
-/// The problem of contrast `ci`: its own, or its partner's negated when it is a mirror.
-fn problem_of(plans: &[ContrastPlan], ci: usize, ds: &Dataset) -> ContrastProblem {
+/// The problem of contrast `ci` under confound `method` (-U): its own, or its partner's
+/// negated when it is a mirror.
+fn problem_of(plans: &[ContrastPlan], ci: usize, ds: &Dataset, method: ConfoundMethod) -> ContrastProblem {
     match plans[ci].mirror_of {
-        Some(a) => mirrored(plans[a].model.problem(&ds.y, ds.v)),
-        None => plans[ci].model.problem(&ds.y, ds.v),
+        Some(a) => mirrored(plans[a].model.problem_for(&ds.y, ds.v, method)),
+        None => plans[ci].model.problem_for(&ds.y, ds.v, method),
     }
 }
 
@@ -226,6 +227,7 @@ pub fn run(ds: &Dataset, design: &Design, opts: &AnalysisOptions, prefix: &str) 
         voxflip_io::resolve_image(bg)?;
     }
     let PermutationPlan { kinds, sets } = permutation_sets(design, &models, opts, ds.n)?;
+    let glm = opts.glm_output.then(|| glm_output_maps(ds, design)).transpose()?;
     let set_of = |kind: PermKind| -> &PermSet { &sets.iter().find(|(k, _)| *k == kind).expect("generated above").1 };
     let mirror_of = mirrors(design, &kinds);
     let plans: Vec<ContrastPlan> = models
@@ -240,6 +242,9 @@ pub fn run(ds: &Dataset, design: &Design, opts: &AnalysisOptions, prefix: &str) 
             mirror_of: mirror_of[ci],
         })
         .collect();
+    if opts.permout {
+        check_permout(ds, design, &plans, opts)?;
+    }
     let scheduler = match merged {
         Some(_) => None,
         None => Some(Scheduler::with_engines(make_engines(&opts.engine)?, opts.engine.gpu.spatial)),
@@ -288,6 +293,9 @@ pub fn run(ds: &Dataset, design: &Design, opts: &AnalysisOptions, prefix: &str) 
     };
     let progress = Bar::new(remaining as u64, opts.quiet);
     let (setup_seconds, contrasts_start) = (start.elapsed().as_secs_f64(), Instant::now());
+    if let Some(g) = &glm {
+        write_glm_maps(&mut state.outputs, g)?;
+    }
     let mut summaries = Vec::new();
     let mut states: Vec<ContrastState> = Vec::new();
     // A mirror's state, computed with its partner's.
@@ -308,7 +316,10 @@ pub fn run(ds: &Dataset, design: &Design, opts: &AnalysisOptions, prefix: &str) 
                 let from = resumed_of(ci);
                 // With its mirror next, one product serves both, unless a checkpoint of a
                 // run without sharing left the two at different points.
+                // Under ter Braak the identity runs on another problem than the rest.
                 let share = opts.share_contrasts
+                    && !opts.confound.observed_from_freedman_lane()
+                    && !opts.permout
                     && plans.get(ci + 1).is_some_and(|p| p.mirror_of == Some(ci))
                     && state.scheduler.as_ref().is_some_and(Scheduler::mirrors)
                     && from.map(|c| &c.range) == resumed_of(ci + 1).map(|c| &c.range);
@@ -611,16 +622,38 @@ fn compute_contrast(
     }
     let t0 = Instant::now();
     let (ds, opts) = (st.ds, st.opts);
-    let problem = problem_of(plans, ci, ds);
+    let problem = problem_of(plans, ci, ds, opts.confound);
+    // The unpermuted data's problem, where the permutations' one has another identity.
+    let unpermuted =
+        opts.confound.observed_from_freedman_lane().then(|| problem_of(plans, ci, ds, ConfoundMethod::FreedmanLane));
     ensure_graphs(&mut st.graphs, opts, contrast);
     let scheduler = st.scheduler.as_mut().expect("a scheduler unless merging");
-    let setup =
-        set_up(scheduler, &st.graphs, &mut st.spatial_backend, opts, contrast, &problem, plans[ci].kind, resumed)?;
+    let observed_problem = unpermuted.as_ref().unwrap_or(&problem);
+    let setup = set_up(
+        scheduler,
+        &st.graphs,
+        &mut st.spatial_backend,
+        opts,
+        contrast,
+        observed_problem,
+        plans[ci].kind,
+        resumed,
+    )?;
     let job = setup.job();
     let mut cs = match resumed {
         Some(r) => r.clone(),
         None => setup.fresh_state(contrast, &range, ds.v),
     };
+    if let Some(unpermuted) = &unpermuted {
+        // The identity's member of every null is the observed data's, as for the other
+        // methods; the other permutations permute R_M Y.
+        if cs.range.end == 0 && range.end > 0 {
+            let part = scheduler.permute(unpermuted, plans[ci].perms, 0..1, &setup.observed, job.as_ref(), progress)?;
+            cs.nulls.append(part);
+            cs.range.end = 1;
+        }
+        scheduler.prepare(&problem)?;
+    }
     let stretch = st.checkpoints.stretch(scheduler.engine().preferred_batch());
     while cs.range.end < range.end {
         let t = Instant::now();
@@ -639,6 +672,18 @@ fn compute_contrast(
         if cs.range.end < range.end {
             st.checkpoints.maybe_write(done, &[&cs], &st.spatial_backend)?;
         }
+    }
+    if st.opts.permout {
+        let perms = plans[ci].perms;
+        crate::permout::write_permuted_maps(
+            scheduler,
+            &problem,
+            perms,
+            &setup.observed,
+            job.as_ref(),
+            &contrast.name,
+            &mut st.outputs,
+        )?;
     }
     // The observed map and its set-up count towards the contrast's time once.
     if resumed.is_none() {
@@ -671,7 +716,7 @@ fn compute_pair(
         contrasts[0].name,
         contrasts[1].name
     );
-    let problem = plans[ci].model.problem(&ds.y, ds.v);
+    let problem = plans[ci].model.problem_for(&ds.y, ds.v, opts.confound);
     let mirror = mirrored(problem.clone());
     for c in contrasts {
         ensure_graphs(&mut st.graphs, opts, c);
@@ -779,6 +824,10 @@ fn finish_contrast(
         let m: Vec<f32> =
             pc.iter().zip(&obs_vals).map(|(&p, &x)| if x.is_nan() { 0.0 } else { opts.scale.apply(p) }).collect();
         out.map(&format!("{what}_corrp_{name}"), &m)?;
+        if opts.raw_cluster_maps {
+            // randomise -R: each voxel holds its cluster's extent (or mass), 0 outside clusters.
+            out.map(&format!("{what}_{name}"), &crate::permout::raw_cluster_map(&obs_vals))?;
+        }
         if opts.save_null {
             out.null(&format!("null_{what}_{name}"), &cnull.values)?;
         }
@@ -798,13 +847,14 @@ fn finish_contrast(
         out.null(&format!("null_{name}"), &null.values)?;
     }
     let m = plan.model;
-    let flops_per_perm = 2.0 * m.q as f64 * m.n as f64 * st.ds.v as f64;
+    let q = if opts.confound == ConfoundMethod::Kennedy { m.s } else { m.q };
+    let flops_per_perm = 2.0 * q as f64 * m.n as f64 * st.ds.v as f64;
     let max_stat = observed.iter().copied().fold(f32::NEG_INFINITY, f32::max);
     let summary = ContrastSummary {
         name: name.clone(),
         label: plan.label.clone(),
         kind: contrast.kind,
-        dof: m.dof,
+        dof: opts.confound.dof(m),
         permutation_kind: plan.kind,
         permutation_reason: reason_for(plan.kind, opts),
         permutations: nperm,
@@ -824,6 +874,47 @@ fn finish_contrast(
         st.tables.push(table_job("vox", name, observed, pcorr, None));
     }
     Ok(summary)
+}
+
+/// --permout's conditions: a whole run from the start, and maps within its bounds.
+fn check_permout(ds: &Dataset, design: &Design, plans: &[ContrastPlan], opts: &AnalysisOptions) -> Result<()> {
+    if !matches!(opts.distribution, Distribution::Whole) || opts.resume {
+        return Err(Error::usage(
+            "--permout writes the maps as the permutations run: not with --shard, --resume or merge",
+        ));
+    }
+    let maps: usize = design
+        .contrasts
+        .iter()
+        .zip(plans)
+        .map(|(c, p)| {
+            let (extent, mass) = cluster_thresholds(opts, c.kind);
+            p.perms.len() * crate::permout::maps_per_permutation((opts.spatial.tfce.is_some(), extent, mass))
+        })
+        .sum();
+    crate::permout::check_size(maps, ds.dims.iter().product())
+}
+
+/// randomise's --glm_output maps of the unpermuted data: the whole design, its t contrasts.
+fn glm_output_maps(ds: &Dataset, design: &Design) -> Result<GlmMaps> {
+    let t: Vec<Vec<f64>> = design
+        .contrasts
+        .iter()
+        .filter(|c| c.kind == StatKind::T)
+        .map(|c| c.c.column(0).iter().copied().collect())
+        .collect();
+    glm_maps(&design.m, &t, &ds.y, ds.v).map_err(Error::usage)
+}
+
+/// `{prefix}_glm_pe`, `_glm_cope`, `_glm_varcope` (4D, one volume per design column or t
+/// contrast) and `_glm_sigmasqr`, as randomise names them.
+fn write_glm_maps(out: &mut Outputs, g: &GlmMaps) -> Result<()> {
+    out.volumes("glm_pe", &g.pe)?;
+    if !g.cope.is_empty() {
+        out.volumes("glm_cope", &g.cope)?;
+        out.volumes("glm_varcope", &g.varcope)?;
+    }
+    out.map("glm_sigmasqr", &g.sigmasqr)
 }
 
 /// A corrected map whose clusters go into the tables.

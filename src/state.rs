@@ -250,8 +250,8 @@ pub fn identity(ds: &Dataset, design: &Design, opts: &AnalysisOptions) -> String
         put(&c.c.iter().flat_map(|x| x.to_le_bytes()).collect::<Vec<u8>>());
     }
     put(format!(
-        "n_perm {} seed {} kind {:?} flip_constant {} blocks {:?} spatial {:?}",
-        opts.n_perm, opts.seed, opts.perm_kind, opts.flip_constant_contrasts, opts.blocks, opts.spatial
+        "n_perm {} seed {} kind {:?} flip_constant {} blocks {:?} spatial {:?} confound {:?}",
+        opts.n_perm, opts.seed, opts.perm_kind, opts.flip_constant_contrasts, opts.blocks, opts.spatial, opts.confound
     )
     .as_bytes());
     h.finalize().iter().map(|b| format!("{b:02x}")).collect()

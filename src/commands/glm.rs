@@ -7,7 +7,7 @@ use crate::summary::print_outcome;
 use std::path::Path;
 use voxflip_io::{Dataset, Vest};
 use voxflip_stats::design::Matrix;
-use voxflip_stats::{Blocks, Design, DesignError, PermKind};
+use voxflip_stats::{Blocks, ConfoundMethod, Design, DesignError, PermKind};
 
 pub fn run(g: &GlmArgs, args: &[String]) -> Result<()> {
     if g.variance_smoothing.is_some() {
@@ -20,6 +20,12 @@ pub fn run(g: &GlmArgs, args: &[String]) -> Result<()> {
             "--vxl/--vxf (voxelwise regressors) are not supported: every regressor must be in -d",
         ));
     }
+    if g.film {
+        return Err(Error::usage(
+            "--film (randomise's FEAT-style names: cope1, pe1, z maps) is not supported: run without it; --glm_output writes pe, cope, varcope and sigmasqr",
+        ));
+    }
+    let confound = g.confound.map(ConfoundMethod::from_randomise).transpose().map_err(Error::usage)?;
     let input =
         g.input.as_ref().ok_or_else(|| Error::usage("no input: give -i 4D.nii.gz (or a subcommand; see --help)"))?;
     let prefix = g.common.out()?;
@@ -64,6 +70,12 @@ pub fn run(g: &GlmArgs, args: &[String]) -> Result<()> {
     opts.blocks = read_blocks(g, ds.n)?;
     // randomise's default: permute rows, but sign-flip a test of the mean.
     opts.flip_constant_contrasts = g.perm_kind.is_none();
+    opts.confound = confound.unwrap_or_default();
+    if opts.confound != ConfoundMethod::FreedmanLane {
+        log::info!("confounds: {}", opts.confound.words());
+    }
+    opts.glm_output = g.glm_output;
+    opts.permout = g.permout;
     let outcome = pipeline::run(&ds, &design, &opts, &prefix)?;
     print_outcome(&outcome, opts.quiet);
     Ok(())

@@ -5,18 +5,24 @@
 //!   group-by-time interaction, `-D`);
 //! - [`model`]: the partitioned GLM of one contrast (Beckmann partitioning, Freedman–Lane),
 //!   and the [`problem`] it hands to an engine with the one statistic formula;
+//! - [`confound`]: randomise's confound methods (-U) as choices of that problem;
+//! - [`glm_maps`]: the unpermuted GLM's pe, cope, varcope and sigmasqr maps (--glm_output);
 //! - [`perm`]: seeded permutation sets, exhaustive or random, with exchangeability blocks;
 //! - [`inference`]: max-statistic nulls and p-values;
 //! - [`spatial`]: mask graphs, cluster extent and mass, TFCE, cluster tables, and the
 //!   spatial nulls of permutation maps.
+pub mod confound;
 pub mod design;
+pub mod glm_maps;
 pub mod inference;
 pub mod model;
 pub mod perm;
 pub mod problem;
 pub mod spatial;
 
+pub use confound::ConfoundMethod;
 pub use design::{Contrast, Design, DesignError};
+pub use glm_maps::{glm_maps, GlmMaps};
 pub use inference::{add_counts, corrected_p, uncorrected_p, with_identity_floor, MaxStatNull, PScale};
 pub use model::{column_basis, identical_row_labels, rank, ContrastModel};
 pub use perm::{Blocks, PermKind, PermSet};

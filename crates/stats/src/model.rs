@@ -151,17 +151,25 @@ impl ContrastModel {
         off(&self.qbasis) < 1e-8 && off(&self.z_basis) > 1e-8
     }
 
-    /// The engine's problem for data `y` (N x V, row-major f32): E = R_Z Y and ||E_v||^2,
-    /// computed in f64 and stored as f32.
+    /// The engine's problem for data `y` (N x V, row-major f32) under Freedman–Lane:
+    /// E = R_Z Y and ||E_v||^2, computed in f64 and stored as f32 (other confound methods:
+    /// [`ContrastModel::problem_for`]).
     pub fn problem(&self, y: &[f32], v: usize) -> ContrastProblem {
+        self.residual_problem(y, v, &self.z_basis)
+    }
+
+    /// The problem with E = Y minus its projection on the orthonormal columns of `removed`
+    /// (the nuisance basis, none, or Q), on the whole basis Q with N - rank(M) degrees of
+    /// freedom.
+    pub(crate) fn residual_problem(&self, y: &[f32], v: usize, removed: &DMatrix<f64>) -> ContrastProblem {
         let n = self.n;
         assert_eq!(y.len(), n * v);
-        let rz = self.z_basis.ncols();
+        let rz = removed.ncols();
         let mut e = vec![0f32; n * v];
         let mut ss = vec![0f32; v];
         // Voxel blocks in parallel; within a block, rows are contiguous so loops vectorize.
         const BLK: usize = 1024;
-        let zb = &self.z_basis;
+        let zb = removed;
         let results: Vec<(usize, Vec<f32>, Vec<f32>)> = (0..v.div_ceil(BLK))
             .into_par_iter()
             .map(|b| {
