@@ -55,7 +55,7 @@ for name, data, M, c, tested, conf in cases:
     vest(f'{out}/{name}.mat', M, 'NumPoints'); vest(f'{out}/{name}.con', np.array(c, float), 'NumContrasts')
     inp = f'{out}/diff.nii.gz' if data is diff4d else f'{out}/post.nii.gz'
     r = subprocess.run([V, '-i', inp, '-m', f'{sim}/mask.nii.gz', '-d', f'{out}/{name}.mat', '-t', f'{out}/{name}.con',
-                        '-o', f'{out}/{name}', '-n', str(nperm), '-x', '--uncorrp', '-q', '--backend', 'cpu'], capture_output=True, text=True)
+                        '-o', f'{out}/{name}', '-n', str(nperm), '-x', '--uncorrp', '--quiet', '--backend', 'cpu'], capture_output=True, text=True)
     assert r.returncode == 0, r.stderr
     t_vf = nib.load(f'{out}/{name}_tstat1.nii.gz').get_fdata()[mask]
     p_vf = 1 - nib.load(f'{out}/{name}_vox_corrp_tstat1.nii.gz').get_fdata()[mask]
@@ -74,7 +74,7 @@ if len(sys.argv) > 4 and sys.argv[4] == 'tfce':
     runs = {}
     for tag, extra in [('step', []), ('exact', ['--tfce-exact'])]:
         r = subprocess.run([V, '-i', f'{out}/diff.nii.gz', '-m', f'{sim}/mask.nii.gz', '-d', f'{out}/{name}.mat', '-t', f'{out}/{name}.con',
-                            '-o', f'{out}/{name}_{tag}', '-n', str(nperm), '-T', '-q', '--backend', 'cpu'] + extra, capture_output=True, text=True)
+                            '-o', f'{out}/{name}_{tag}', '-n', str(nperm), '-T', '--quiet', '--backend', 'cpu'] + extra, capture_output=True, text=True)
         assert r.returncode == 0, r.stderr
         runs[tag] = (nib.load(f'{out}/{name}_{tag}_tfce_tstat1.nii.gz').get_fdata()[mask],
                      1 - nib.load(f'{out}/{name}_{tag}_tfce_corrp_tstat1.nii.gz').get_fdata()[mask])

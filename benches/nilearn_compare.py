@@ -61,7 +61,7 @@ print(f"nilearn permuted_ols: N={n} V={v} perms={args.perms}{' tfce' if args.tfc
 with tempfile.TemporaryDirectory() as tmp:
     cmd = [args.voxflip, "interaction", "--pre", os.path.join(args.simdir, "pre.nii.gz"), "--post", os.path.join(args.simdir, "post.nii.gz"),
            "--participants", os.path.join(args.simdir, "participants.tsv"), "-m", os.path.join(args.simdir, "mask.nii.gz"),
-           "-o", os.path.join(tmp, "r"), "-n", str(args.perms), "--permute", "-q", "--backend", "cpu"]
+           "-o", os.path.join(tmp, "r"), "-n", str(args.perms), "--permute", "--quiet", "--backend", "cpu"]
     if args.tfce:
         cmd.append("-T")
     t = time.time()

@@ -15,7 +15,7 @@ NL="${2:-1000}"
 mkdir -p "$W" && cd "$W"
 [ -x "$V" ] || (cd "$here" && cargo build --release)
 [ -f d2/post.nii.gz ] || "$V" simulate --out d2 --grid 2mm >/dev/null
-ia() { echo interaction --pre "$1/pre.nii.gz" --post "$1/post.nii.gz" --participants "$1/participants.tsv" -m "$1/mask.nii.gz" --backend cpu -q; }
+ia() { echo interaction --pre "$1/pre.nii.gz" --post "$1/post.nii.gz" --participants "$1/participants.tsv" -m "$1/mask.nii.gz" --backend cpu --quiet; }
 # "wall user+sys maxrss_MB" of a command.
 measure() { /usr/bin/time -f "%e %U %S %M" -o t.$$ "$@" >/dev/null; awk '{printf "%.2f s wall, %.2f s CPU, %.0f MB peak\n", $1, $2+$3, $4/1024}' t.$$; }
 concurrent() {
@@ -24,7 +24,7 @@ concurrent() {
     /usr/bin/time -f "%U %S %M" -o b.$$ "$@" --shard 2/2 >/dev/null &
     wait
     local t1=$(date +%s.%N)
-    "$V" merge "$OUT" -q
+    "$V" merge "$OUT" --quiet
     awk -v w="$(echo "$t1 - $t0" | bc)" 'NR==FNR{c+=$1+$2; m=$3; next}{c+=$1+$2; if ($3>m) m=$3} END{printf "%.2f s wall, %.2f s CPU, %.0f MB peak per process (+ merge)\n", w, c, m/1024}' a.$$ b.$$
 }
 mkdir -p out
@@ -48,6 +48,6 @@ half=$((NL / 2))
 [ -f "dl$NL/post.nii.gz" ] || { printf "simulate:           "; measure "$V" simulate --out "dl$NL" --grid 2mm --n-a $half --n-b $((NL - half)); }
 printf "one run:            "; measure "$V" $(ia "dl$NL") -n 1000 -x -o out/l1
 for k in 1 2 3 4 5 6 7 8; do printf "shard $k of 8:       "; measure "$V" $(ia "dl$NL") -n 1000 -x -o out/l8 --shard $k/8; done
-printf "merge:              "; measure "$V" merge out/l8 -q
+printf "merge:              "; measure "$V" merge out/l8 --quiet
 for f in out/l1_*.nii.gz; do cmp -s "$f" "out/l8_${f#out/l1_}" || echo "  DIFFERS: $f"; done
 rm -f t.$$ a.$$ b.$$

@@ -5,6 +5,7 @@ use crate::commands;
 use crate::error::{Error, Result};
 use crate::options::AnalysisOptions;
 use crate::options::{Checkpoints, Distribution, ReportOptions};
+use crate::permutations::Inquiry;
 use crate::state::{Merged, Shard};
 use clap::{Args, Parser, Subcommand};
 use std::path::PathBuf;
@@ -71,7 +72,7 @@ pub struct ReportCommandArgs {
     #[arg(long, value_name = "ATLAS")]
     pub atlas: Vec<String>,
     /// No messages.
-    #[arg(short = 'q', long = "quiet")]
+    #[arg(long = "quiet")]
     pub quiet: bool,
 }
 
@@ -141,7 +142,7 @@ pub struct MergeArgs {
     #[arg(long = "keep-null-state")]
     pub keep_null_state: bool,
     /// No messages but warnings and errors.
-    #[arg(short = 'q', long = "quiet")]
+    #[arg(long = "quiet")]
     pub quiet: bool,
 }
 
@@ -209,12 +210,24 @@ pub struct CommonArgs {
     /// _clusterm_tstat1) with -c/-C/-F/-S (the statistic and TFCE maps are always written).
     #[arg(short = 'R')]
     pub raw_stats: bool,
-    /// Accepted for randomise scripts (diagnostic messages are on unless -q).
+    /// Accepted for randomise scripts (diagnostic messages are on unless --quiet).
     #[arg(short = 'V', hide = true)]
     pub verbose: bool,
-    /// No progress bar or messages (errors are still printed).
-    #[arg(short = 'q', long = "quiet")]
+    /// No progress bar or messages (errors are still printed), as randomise --quiet.
+    #[arg(long = "quiet")]
     pub quiet: bool,
+    /// Print how many distinct permutations each contrast has, as randomise -q does, and
+    /// exit without analysing or writing anything.
+    #[arg(short = 'q', conflicts_with = "parallel_info")]
+    pub count_permutations: bool,
+    /// Print what randomise's parallel mode needs (permutations, contrasts, output prefix,
+    /// permutations per job), as randomise -Q does, and exit.
+    #[arg(short = 'Q')]
+    pub parallel_info: bool,
+    /// Also write each contrast's permutation vectors, one line per permutation
+    /// ({prefix}_perm_tstat1.txt, randomise -P).
+    #[arg(short = 'P')]
+    pub perm_vectors: bool,
     /// Engine: auto (hardware GPU if present, else CPU), gpu, or cpu.
     #[arg(long, value_enum, default_value_t = BackendArg::Auto)]
     pub backend: BackendArg,
@@ -544,6 +557,27 @@ pub struct GlmArgs {
     /// randomise's FEAT-style output names: refused with a clear message (not implemented).
     #[arg(long = "film", hide = true)]
     pub film: bool,
+    /// Only contrast N (randomise --skipTo): F-tests are numbered first, then t contrasts
+    /// (with 2 F-tests, 3 is tstat1); 0: all.
+    #[arg(long = "skipTo", value_name = "N", default_value_t = 0)]
+    pub skip_to: usize,
+    /// The alternative design whose identical rows decide which relabelings are distinct
+    /// (randomise --effective_design; VEST, one row per volume).
+    #[arg(long = "effective_design", value_name = "design2.mat")]
+    pub effective_design: Option<PathBuf>,
+    /// Rows where a contrast's effective regressor is zero (uninformative) are not
+    /// permuted (randomise --detectNull).
+    #[arg(long = "detectNull")]
+    pub detect_null: bool,
+    /// randomise's cluster normalisation: refused with a clear message (not implemented).
+    #[arg(long = "twopass", hide = true)]
+    pub twopass: bool,
+    /// randomise's beta multivariate mode: refused with a clear message (not implemented).
+    #[arg(long = "multi", value_name = "DIM", hide = true)]
+    pub multi: Option<String>,
+    /// Accepted for randomise scripts: voxflip's messages already report its choices.
+    #[arg(long = "debug", hide = true)]
+    pub debug: bool,
     #[command(flatten)]
     pub common: CommonArgs,
 }
@@ -621,7 +655,8 @@ pub struct ExampleArgs {
     pub n_perm: usize,
     #[arg(long, value_enum, default_value_t = BackendArg::Auto)]
     pub backend: BackendArg,
-    #[arg(short = 'q', long = "quiet")]
+    /// No progress bar or messages (errors are still printed).
+    #[arg(long = "quiet")]
     pub quiet: bool,
     /// Also run TFCE (randomise -T).
     #[arg(short = 'T')]
@@ -648,15 +683,15 @@ pub fn main(args: Vec<String>) -> ExitCode {
     }
 }
 
-/// Whether messages are off (-q), for the logger.
+/// Whether messages are off (--quiet, or -Q as in randomise), for the logger.
 fn cli_quiet(cli: &Cli) -> bool {
     match &cli.command {
-        Some(Command::Interaction(a)) => a.common.quiet,
+        Some(Command::Interaction(a)) => a.common.quiet || a.common.parallel_info,
         Some(Command::Example(a)) => a.quiet,
         Some(Command::Merge(a)) => a.quiet,
         Some(Command::Report(a)) => a.quiet,
         Some(_) => false,
-        None => cli.glm.common.quiet,
+        None => cli.glm.common.quiet || cli.glm.common.parallel_info,
     }
 }
 
@@ -713,6 +748,9 @@ impl CommonArgs {
         self.check_engines()?;
         Ok(AnalysisOptions {
             blocks: None,
+            effective_design: None,
+            detect_null: false,
+            perm_vectors: self.perm_vectors,
             flip_constant_contrasts: false,
             spatial: self.spatial.options()?,
             n_perm: self.n_perm,
@@ -737,6 +775,17 @@ impl CommonArgs {
             glm_output: false,
             permout: false,
         })
+    }
+
+    /// randomise's -q or -Q, if given.
+    pub fn inquiry(&self) -> Option<Inquiry> {
+        if self.count_permutations {
+            Some(Inquiry::Count)
+        } else if self.parallel_info {
+            Some(Inquiry::Parallel)
+        } else {
+            None
+        }
     }
 
     /// The output prefix, required.

@@ -1,5 +1,5 @@
 //! The library crates report through the `log` crate; this logger prints their records on
-//! stderr as "voxflip: {message}", the way the binary's own messages read. With `-q` only
+//! stderr as "voxflip: {message}", the way the binary's own messages read. With `--quiet` only
 //! warnings (a GPU that failed mid-run, a fallback) get through.
 use log::{LevelFilter, Log, Metadata, Record};
 

@@ -16,6 +16,7 @@ mod logger;
 mod options;
 mod outputs;
 mod permout;
+mod permutations;
 mod pipeline;
 mod progress;
 mod report;

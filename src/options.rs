@@ -39,6 +39,14 @@ pub struct AnalysisOptions {
     pub perm_reason: String,
     /// Exchangeability blocks (randomise -e, --permuteBlocks); None: every row exchangeable.
     pub blocks: Option<Blocks>,
+    /// randomise --effective_design: the matrix (N rows) whose identical rows say which
+    /// relabelings are distinct, instead of the design's; None: the design.
+    pub effective_design: Option<nalgebra::DMatrix<f64>>,
+    /// randomise --detectNull: rows where a contrast's effective regressor is zero are not
+    /// permuted.
+    pub detect_null: bool,
+    /// randomise -P: write each contrast's permutation vectors ({prefix}_perm_tstat1.txt).
+    pub perm_vectors: bool,
     /// When `perm_kind` is Permute by default (not the user's choice): contrasts that test
     /// the constant (a mean, see ContrastModel::tests_constant) are sign-flipped instead.
     pub flip_constant_contrasts: bool,

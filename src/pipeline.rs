@@ -5,6 +5,7 @@
 use crate::error::{Error, Result};
 use crate::options::{AnalysisOptions, Distribution};
 use crate::outputs::{write_cluster_tables, ClusterTableJob, Graphs, Outputs};
+use crate::permutations::{reason_for, PermutationPlan};
 use crate::progress::Bar;
 use crate::state::{checkpoint_file, identity, ContrastState, NullState, Shard};
 use crate::summary::{
@@ -18,96 +19,9 @@ use voxflip_engines::{make_engines, ContrastNulls, Scheduler};
 use voxflip_io::Dataset;
 use voxflip_stats::spatial::{observed_cluster_values, Connectivity, SpatialJob};
 use voxflip_stats::{
-    corrected_p, glm_maps, identical_row_labels, uncorrected_p, with_identity_floor, Blocks, ConfoundMethod, Contrast,
-    ContrastModel, ContrastProblem, Design, GlmMaps, MaxStatNull, PScale, PermKind, PermSet, StatKind,
+    corrected_p, glm_maps, uncorrected_p, with_identity_floor, ConfoundMethod, Contrast, ContrastModel,
+    ContrastProblem, Design, GlmMaps, MaxStatNull, PScale, PermKind, PermSet, StatKind,
 };
-
-/// Why a contrast's permutations are of `kind` (for stderr and the sidecar).
-fn reason_for(kind: PermKind, opts: &AnalysisOptions) -> String {
-    if kind == opts.perm_kind {
-        opts.perm_reason.clone()
-    } else {
-        "sign flips: the contrast tests the mean (the constant is not in its nuisance), which reordering rows cannot test".into()
-    }
-}
-
-/// What each contrast's permutations exchange, and the one set of each kind used.
-struct PermutationPlan {
-    /// Per contrast.
-    kinds: Vec<PermKind>,
-    sets: Vec<(PermKind, PermSet)>,
-}
-
-/// What each contrast's permutations exchange, and one permutation set per kind used.
-///
-/// The kind asked for, except that a contrast testing the constant (a mean; see
-/// ContrastModel::tests_constant) is sign-flipped when the kind was not the user's choice:
-/// randomise's one-sample rule, made per contrast. Every set comes from the same seed, so
-/// the draws agree where the kinds do. Each set is announced on stderr.
-fn permutation_sets(
-    design: &Design,
-    models: &[ContrastModel],
-    opts: &AnalysisOptions,
-    n: usize,
-) -> Result<PermutationPlan> {
-    let kinds: Vec<PermKind> = models
-        .iter()
-        .map(|m| {
-            if opts.flip_constant_contrasts && opts.perm_kind == PermKind::Permute && m.tests_constant() {
-                PermKind::SignFlip
-            } else {
-                opts.perm_kind
-            }
-        })
-        .collect();
-    let blocks = opts.blocks.clone().unwrap_or_else(|| Blocks::single(n));
-    let within = match &opts.blocks {
-        Some(b) if b.whole => format!(" of {} whole exchangeability blocks", b.len()),
-        Some(b) => format!(" within {} exchangeability blocks", b.len()),
-        None => String::new(),
-    };
-    let mut sets: Vec<(PermKind, PermSet)> = Vec::new();
-    for &kind in &kinds {
-        if sets.iter().any(|(k, _)| *k == kind) {
-            continue;
-        }
-        let labels = if kind.permutes() { identical_row_labels(&design.m) } else { vec![0; n] };
-        let perms =
-            PermSet::generate_in_blocks(n, kind, &labels, &blocks, opts.n_perm, opts.seed).map_err(Error::usage)?;
-        {
-            let nperm = perms.len();
-            let what = kind.words();
-            let for_which = if kinds.iter().all(|&k| k == kind) {
-                String::new()
-            } else {
-                let names: Vec<&str> = design
-                    .contrasts
-                    .iter()
-                    .zip(&kinds)
-                    .filter(|(_, &k)| k == kind)
-                    .map(|(c, _)| c.name.as_str())
-                    .collect();
-                format!(" for {}", names.join(", "))
-            };
-            let merged =
-                if matches!(opts.distribution, Distribution::Merge(_)) { ", merged from the shards" } else { "" };
-            if perms.exhaustive {
-                log::info!(
-                    "exhaustive: all {nperm} distinct {what}{within}{for_which} (asked for {}){merged}",
-                    opts.n_perm
-                );
-            } else {
-                log::info!(
-                    "{nperm} random {what}{within}{for_which} (seed {}); {}{merged}",
-                    opts.seed,
-                    reason_for(kind, opts)
-                );
-            }
-        }
-        sets.push((kind, perms));
-    }
-    Ok(PermutationPlan { kinds, sets })
-}
 
 /// One contrast to run: its model, the permutations it uses and why.
 struct ContrastPlan<'a> {
@@ -120,16 +34,16 @@ struct ContrastPlan<'a> {
 }
 
 /// Per contrast, the contrast just before it when it is that one's mirror: both t contrasts,
-/// the weights exactly negated, the same permutations. A mirror's problem is its partner's
-/// negated ([`mirrored`]), so that its maps are exactly the partner's negated and the two
-/// can share one product ([`Scheduler::permute_mirrored`]); a mirror is no partner itself.
-fn mirrors(design: &Design, kinds: &[PermKind]) -> Vec<Option<usize>> {
+/// the weights exactly negated, the same permutation set (`set_of`, per contrast). A
+/// mirror's problem is its partner's negated ([`mirrored`]), so that its maps are exactly
+/// the partner's negated and the two can share one product ([`Scheduler::permute_mirrored`]); a mirror is no partner itself.
+fn mirrors(design: &Design, set_of: &[usize]) -> Vec<Option<usize>> {
     let mut of: Vec<Option<usize>> = vec![None; design.contrasts.len()];
     for ci in 1..design.contrasts.len() {
         let (a, b) = (&design.contrasts[ci - 1], &design.contrasts[ci]);
         let t = a.kind == StatKind::T && b.kind == StatKind::T;
         let negated = a.c.shape() == b.c.shape() && a.c.iter().zip(b.c.iter()).all(|(x, y)| *y == -*x);
-        if t && negated && kinds[ci - 1] == kinds[ci] && of[ci - 1].is_none() {
+        if t && negated && set_of[ci - 1] == set_of[ci] && of[ci - 1].is_none() {
             of[ci] = Some(ci - 1);
         }
     }
@@ -226,10 +140,9 @@ pub fn run(ds: &Dataset, design: &Design, opts: &AnalysisOptions, prefix: &str) 
     if let Some(bg) = opts.report.background.as_ref().filter(|_| opts.report.enabled) {
         voxflip_io::resolve_image(bg)?;
     }
-    let PermutationPlan { kinds, sets } = permutation_sets(design, &models, opts, ds.n)?;
+    let PermutationPlan { kinds, set_of, sets } = crate::permutations::plan(design, &models, opts, ds.n)?;
     let glm = opts.glm_output.then(|| glm_output_maps(ds, design)).transpose()?;
-    let set_of = |kind: PermKind| -> &PermSet { &sets.iter().find(|(k, _)| *k == kind).expect("generated above").1 };
-    let mirror_of = mirrors(design, &kinds);
+    let mirror_of = mirrors(design, &set_of);
     let plans: Vec<ContrastPlan> = models
         .iter()
         .zip(&kinds)
@@ -238,7 +151,7 @@ pub fn run(ds: &Dataset, design: &Design, opts: &AnalysisOptions, prefix: &str) 
             model,
             label: design.contrast_labels.get(ci).cloned().unwrap_or_default(),
             kind,
-            perms: set_of(kind),
+            perms: &sets[set_of[ci]],
             mirror_of: mirror_of[ci],
         })
         .collect();
@@ -845,6 +758,9 @@ fn finish_contrast(
     }
     if opts.save_null {
         out.null(&format!("null_{name}"), &null.values)?;
+    }
+    if opts.perm_vectors {
+        out.text(&format!("perm_{name}"), ".txt", &crate::permutations::vectors_text(plan.perms))?;
     }
     let m = plan.model;
     let q = if opts.confound == ConfoundMethod::Kennedy { m.s } else { m.q };

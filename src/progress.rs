@@ -1,5 +1,5 @@
 //! The progress bar on stderr, as the scheduler's [`Progress`] report: redrawn in place at
-//! most ten times a second, and not at all with -q or when stderr is not a terminal.
+//! most ten times a second, and not at all with --quiet or when stderr is not a terminal.
 use std::io::{IsTerminal, Write};
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Mutex;

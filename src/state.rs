@@ -250,8 +250,16 @@ pub fn identity(ds: &Dataset, design: &Design, opts: &AnalysisOptions) -> String
         put(&c.c.iter().flat_map(|x| x.to_le_bytes()).collect::<Vec<u8>>());
     }
     put(format!(
-        "n_perm {} seed {} kind {:?} flip_constant {} blocks {:?} spatial {:?} confound {:?}",
-        opts.n_perm, opts.seed, opts.perm_kind, opts.flip_constant_contrasts, opts.blocks, opts.spatial, opts.confound
+        "n_perm {} seed {} kind {:?} flip_constant {} blocks {:?} spatial {:?} effective {:?} detect_null {} confound {:?}",
+        opts.n_perm,
+        opts.seed,
+        opts.perm_kind,
+        opts.flip_constant_contrasts,
+        opts.blocks,
+        opts.spatial,
+        opts.effective_design.as_ref().map(|e| e.as_slice()),
+        opts.detect_null,
+        opts.confound
     )
     .as_bytes());
     h.finalize().iter().map(|b| format!("{b:02x}")).collect()

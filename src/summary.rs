@@ -168,7 +168,7 @@ pub struct RunReport {
     pub outputs: Vec<PathBuf>,
 }
 
-/// How a run ended, on stderr (nothing with -q).
+/// How a run ended, on stderr (nothing with --quiet).
 pub fn print_outcome(o: &crate::pipeline::Outcome, quiet: bool) {
     match o {
         crate::pipeline::Outcome::Report(r) => print_summary(r, quiet),
@@ -188,7 +188,7 @@ pub fn print_outcome(o: &crate::pipeline::Outcome, quiet: bool) {
     }
 }
 
-/// What the run found, on stderr (nothing with -q).
+/// What the run found, on stderr (nothing with --quiet).
 pub fn print_summary(r: &RunReport, quiet: bool) {
     if quiet {
         return;

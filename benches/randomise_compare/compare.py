@@ -13,8 +13,11 @@ prints, per output map that both wrote, how far apart they are:
   difference over voxels, |a - b| / max(|b|, 1e-6) (target 1e-5);
 - p maps of exhaustive runs: the number of voxels whose p differ (target 0; p are
   multiples of 1/P, compared within 0.25/P);
-- p maps of random runs: the share of voxels whose difference is within Monte Carlo
-  error, 4 sqrt(2 p (1 - p) / P) + 2 / P (the two tools draw different permutations);
+- p maps of random runs (the two tools draw different permutations): for uncorrected p,
+  the share of voxels whose difference is within Monte Carlo error,
+  4 sqrt(2 p (1 - p) / P) + 2 / P (target 99%); for FWE-corrected p, whose voxels all read
+  one null, the largest difference against the two-sample Kolmogorov-Smirnov bound
+  1.95 sqrt(2 / P) (alpha = 0.001);
 and, per case, the outputs each tool wrote (the option-by-option table).
 """
 import argparse
@@ -96,8 +99,10 @@ def ellipsoid():
 
 
 class Case:
-    def __init__(self, name, flags, exhaustive, n_perm, build):
+    def __init__(self, name, flags, exhaustive, n_perm, build, show_stdout=False):
         self.name, self.flags, self.exhaustive, self.n_perm, self.build = name, flags, exhaustive, n_perm, build
+        # Options that print and exit (-q, -Q): show what each tool printed.
+        self.show_stdout = show_stdout
 
 
 def cases():
@@ -109,7 +114,7 @@ def cases():
         write_nii(f"{dirn}/mask.nii.gz", mask)
         return ["-i", "data", "-m", "mask", "-1"]
 
-    def two_group(dirn, rng, na, nb, extra=None):
+    def two_group(dirn, rng, na, nb, extra=None, blocks=None):
         n = na + nb
         g = np.r_[np.ones(na), np.zeros(nb)]
         write_nii(f"{dirn}/data.nii.gz", data_4d(rng, n, g, sig))
@@ -123,10 +128,37 @@ def cases():
         con[1, :2] = [-1, 1]
         write_vest(f"{dirn}/design.con", con)
         write_fts(f"{dirn}/design.fts", [[1, 0]])
-        return ["-i", "data", "-m", "mask", "-d", "design.mat", "-t", "design.con"]
+        flags = ["-i", "data", "-m", "mask", "-d", "design.mat", "-t", "design.con"]
+        if blocks is not None:
+            write_vest(f"{dirn}/design.grp", np.asarray(blocks(n)).reshape(-1, 1))
+            flags += ["-e", "design.grp"]
+        return flags
 
     spatial = ["-T", "-x", "--uncorrp", "-c", "1.5", "-C", "1.5", "-R"]
-    return [
+    covariate = lambda n, rng: rng.standard_normal((n, 1))  # noqa: E731
+    small = lambda d, r: one_sample(d, r, 8, interior_mask())  # noqa: E731
+    options = [
+        # One option at a time over a small exhaustive one-sample run (2^8 = 256 flips):
+        # what each tool writes or prints for it.
+        Case("option_N", ["-x", "-N"], True, 5000, small),
+        Case("option_P", ["-x", "-P"], True, 5000, small),
+        Case("option_q", ["-q"], True, 5000, small, show_stdout=True),
+        Case("option_Q", ["-Q"], True, 5000, small, show_stdout=True),
+        Case("option_v", ["-x", "--uncorrp", "-v", "3"], True, 5000, small),
+        Case("option_T2", ["--T2", "-x"], True, 5000, small),
+        Case("option_permout", ["-x", "--permout"], True, 5000, lambda d, r: one_sample(d, r, 5, interior_mask())),
+        Case("option_glm_output", ["-x", "--glm_output"], True, 5000, lambda d, r: two_group(d, r, 4, 5)),
+        Case("option_norcmask", ["-x", "--uncorrp", "--norcmask"], True, 5000,
+             lambda d, r: one_sample(d, r, 8, np.ones(GRID), ellipsoid())),
+        Case("option_D", ["-x", "--uncorrp", "-D"], False, 2000, lambda d, r: two_group(d, r, 6, 6, covariate)),
+        Case("option_e", ["-x", "--uncorrp"], True, 5000,
+             lambda d, r: two_group(d, r, 4, 4, blocks=lambda n: [1 + (i % 2) for i in range(n)])),
+    ] + [
+        Case(f"option_U{u}", ["-x", "--uncorrp", "-U", str(u)], False, 2000,
+             lambda d, r: two_group(d, r, 6, 6, covariate))
+        for u in range(4)
+    ]
+    return options + [
         # A mask that touches every face of the grid: randomise's TFCE edge rule.
         Case("onesample_full_mask", spatial, True, 5000,
              lambda d, r: one_sample(d, r, 10, full)),
@@ -151,11 +183,14 @@ def cases():
     ]
 
 
-def maps_of(prefix_dir, tag):
+def outputs_of(prefix_dir, tag):
+    """Every file the tool wrote under its prefix: maps by name without .nii.gz, other files
+    (text, JSON) with their extension."""
     out = {}
     for f in sorted(os.listdir(prefix_dir)):
-        if f.startswith(tag + "_") and f.endswith(".nii.gz"):
-            out[f[len(tag) + 1 : -len(".nii.gz")]] = os.path.join(prefix_dir, f)
+        if f.startswith(tag + "_"):
+            key = f[len(tag) + 1 :]
+            out[key[: -len(".nii.gz")] if key.endswith(".nii.gz") else key] = os.path.join(prefix_dir, f)
     return out
 
 
@@ -173,6 +208,13 @@ def compare_maps(a_path, b_path, name, case):
         if case.exhaustive:
             bad = int(np.sum(np.abs(a - b) > 0.25 / P))
             return f"{bad} voxels differ (P = {P})", bad == 0
+        if "corrp" in name:
+            # Every voxel of an FWE map reads the same null (of the maximum), so the errors
+            # of all voxels move together: bound the largest difference by the two-sample
+            # Kolmogorov-Smirnov critical value at alpha = 0.001, 1.95 sqrt(2 / P).
+            worst = float(np.max(np.abs(a - b)))
+            bound = 1.95 * np.sqrt(2.0 / P)
+            return f"largest difference {worst:.4f} (KS bound {bound:.4f}, P = {P})", worst <= bound
         p = 1.0 - b
         bound = 4.0 * np.sqrt(2.0 * p * (1.0 - p) / P) + 2.0 / P
         share = float(np.mean(np.abs(a - b) <= bound))
@@ -227,13 +269,17 @@ def main():
                     case.n_perm_used = nums[0]
                     case.exhaustive = line.startswith("Doing all")
                 break
-        r_maps, v_maps = maps_of(d, "rand"), maps_of(d, "vox")
+        if case.show_stdout:
+            for tool, run in (("randomise", r_run), ("voxflip", v_run)):
+                shown = [l for l in run.stdout.splitlines() if not l.startswith("randomise options")]
+                print(f"{tool} printed: " + " | ".join(shown[-4:]))
+        r_maps, v_maps = outputs_of(d, "rand"), outputs_of(d, "vox")
         names = sorted(set(r_maps) | set(v_maps))
         print(f"{'output':36} {'randomise':>9} {'voxflip':>8}  agreement")
         for name in names:
             has_r, has_v = name in r_maps, name in v_maps
             verdict = ""
-            if has_r and has_v:
+            if has_r and has_v and r_maps[name].endswith(".nii.gz"):
                 verdict, ok = compare_maps(v_maps[name], r_maps[name], name, case)
                 verdict += "" if ok else "  <-- MISMATCH"
                 all_ok &= ok

@@ -462,11 +462,12 @@ fn end_to_end(tfce: bool, out: &mut Vec<String>) -> Result<EndToEnd> {
     let dir = std::env::temp_dir().join(format!("voxflip-bench-{}", std::process::id()));
     let exe = std::env::current_exe().map_err(|e| Error::usage(format!("voxflip bench: {e}")))?;
     let mut cmd = std::process::Command::new(&exe);
-    cmd.arg("example").arg("--dir").arg(&dir).arg("-q").arg("--backend").arg("cpu");
+    cmd.arg("example").arg("--dir").arg(&dir).arg("--quiet").arg("--backend").arg("cpu");
     if tfce {
         cmd.arg("-T");
     }
-    let command = format!("voxflip example --dir {} -q --backend cpu{}", dir.display(), if tfce { " -T" } else { "" });
+    let command =
+        format!("voxflip example --dir {} --quiet --backend cpu{}", dir.display(), if tfce { " -T" } else { "" });
     let t = Instant::now();
     let status = cmd.stdout(std::process::Stdio::null()).status();
     let wall = t.elapsed().as_secs_f64();

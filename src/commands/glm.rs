@@ -2,12 +2,13 @@
 use super::read_mask;
 use crate::cli::GlmArgs;
 use crate::error::{Error, Result};
+use crate::permutations;
 use crate::pipeline;
 use crate::summary::print_outcome;
 use std::path::Path;
 use voxflip_io::{Dataset, Vest};
 use voxflip_stats::design::Matrix;
-use voxflip_stats::{Blocks, ConfoundMethod, Design, DesignError, PermKind};
+use voxflip_stats::{Blocks, ConfoundMethod, Design, DesignError, PermKind, StatKind};
 
 pub fn run(g: &GlmArgs, args: &[String]) -> Result<()> {
     if g.variance_smoothing.is_some() {
@@ -26,6 +27,7 @@ pub fn run(g: &GlmArgs, args: &[String]) -> Result<()> {
         ));
     }
     let confound = g.confound.map(ConfoundMethod::from_randomise).transpose().map_err(Error::usage)?;
+    refuse_unsupported(g)?;
     let input =
         g.input.as_ref().ok_or_else(|| Error::usage("no input: give -i 4D.nii.gz (or a subcommand; see --help)"))?;
     let prefix = g.common.out()?;
@@ -53,6 +55,9 @@ pub fn run(g: &GlmArgs, args: &[String]) -> Result<()> {
         }
         design = design.f_tests_only();
     }
+    if g.skip_to > 0 {
+        design = only_contrast(design, g.skip_to)?;
+    }
     if g.demean {
         let mat = g.design.as_deref().unwrap_or(Path::new("design"));
         design = design.demeaned().map_err(|e| design_error(e, mat, mat, mat))?;
@@ -76,6 +81,14 @@ pub fn run(g: &GlmArgs, args: &[String]) -> Result<()> {
     }
     opts.glm_output = g.glm_output;
     opts.permout = g.permout;
+    if let Some(path) = &g.effective_design {
+        opts.effective_design = Some(permutations::effective_design(&voxflip_io::read_design(path)?, path, ds.n)?);
+    }
+    opts.detect_null = g.detect_null;
+    if let Some(inquiry) = g.common.inquiry() {
+        print!("{}", permutations::answer(inquiry, &design, &opts, ds.n, &prefix)?);
+        return Ok(());
+    }
     let outcome = pipeline::run(&ds, &design, &opts, &prefix)?;
     print_outcome(&outcome, opts.quiet);
     Ok(())
@@ -96,6 +109,41 @@ fn check_f_tests(g: &GlmArgs) -> Result<()> {
         return Err(Error::input(fts, "no such file (-f)"));
     }
     Ok(())
+}
+
+/// randomise options voxflip does not implement, refused before any work in one line.
+fn refuse_unsupported(g: &GlmArgs) -> Result<()> {
+    if g.twopass {
+        return Err(Error::usage(
+            "--twopass (randomise's cluster normalisation: a second pass over every permutation that divides \
+             each voxel's cluster size or TFCE by its mean over the first pass) is not supported: run without it",
+        ));
+    }
+    if g.multi.is_some() {
+        return Err(Error::usage(
+            "--multi (randomise's beta multivariate mode, vertices x dimensions x subjects) is not supported",
+        ));
+    }
+    if g.detect_null && g.permute_blocks {
+        return Err(Error::usage(
+            "--detectNull with --permuteBlocks: rows cannot stay in place when whole blocks are exchanged",
+        ));
+    }
+    Ok(())
+}
+
+/// randomise's --skipTo N: only contrast N, F-tests numbered first, then t contrasts.
+fn only_contrast(design: Design, n: usize) -> Result<Design> {
+    let nf = design.contrasts.iter().filter(|c| c.kind == StatKind::F).count();
+    let nt = design.contrasts.iter().filter(|c| c.kind == StatKind::T).count();
+    let name = if n <= nf { format!("fstat{n}") } else { format!("tstat{}", n - nf) };
+    if !design.contrasts.iter().any(|c| c.name == name) {
+        return Err(Error::usage(format!(
+            "--skipTo {n}: there are {nf} F-test(s) (numbered first) and {nt} t contrast(s), so 1 to {}",
+            nf + nt
+        )));
+    }
+    Ok(design.keep_contrasts(|c| c.name == name))
 }
 
 /// design.mat, design.con and optionally design.fts, as a validated design for `n` images.

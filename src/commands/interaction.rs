@@ -102,6 +102,10 @@ pub fn run(a: &InteractionArgs, args: &[String]) -> Result<()> {
     // With --permute, the time effect (tstat3, a mean) is still sign-flipped: exchanging
     // group labels cannot test a mean.
     opts.flip_constant_contrasts = true;
+    if let Some(inquiry) = a.common.inquiry() {
+        print!("{}", crate::permutations::answer(inquiry, &design, &opts, ds.n, &prefix)?);
+        return Ok(());
+    }
     let outcome = pipeline::run(&ds, &design, &opts, &prefix)?;
     print_outcome(&outcome, opts.quiet);
     Ok(())

@@ -4,19 +4,19 @@ use std::path::{Path, PathBuf};
 use std::process::Command;
 use voxflip_io::{header_from_affine, write_image};
 
-const DIMS: [usize; 3] = [6, 5, 4];
+pub(crate) const DIMS: [usize; 3] = [6, 5, 4];
 
 fn affine() -> [[f64; 4]; 3] {
     [[-2.0, 0.0, 0.0, 10.0], [0.0, 2.0, 0.0, -8.0], [0.0, 0.0, 2.0, -4.0]]
 }
 
-fn write(path: &Path, dims: [usize; 3], nvol: usize, data: &[f32]) {
+pub(crate) fn write(path: &Path, dims: [usize; 3], nvol: usize, data: &[f32]) {
     let h = header_from_affine(dims, [2.0, 2.0, 2.0], affine(), 4);
     write_image(path, &h, dims, nvol, data).unwrap();
 }
 
 /// Noise with a positive shift so a one-sample test finds something.
-fn data(n: usize, seed: u32) -> Vec<f32> {
+pub(crate) fn data(n: usize, seed: u32) -> Vec<f32> {
     let nvox = DIMS.iter().product::<usize>();
     (0..n * nvox)
         .map(|k| {
@@ -26,12 +26,12 @@ fn data(n: usize, seed: u32) -> Vec<f32> {
         .collect()
 }
 
-struct Case {
+pub(crate) struct Case {
     dir: voxflip_testkit::TempDir,
 }
 
 impl Case {
-    fn new() -> Case {
+    pub(crate) fn new() -> Case {
         let c = Case { dir: voxflip_testkit::tempdir().unwrap() };
         write(&c.p("in.nii.gz"), DIMS, 10, &data(10, 1));
         write(&c.p("mask.nii.gz"), DIMS, 1, &vec![1.0; DIMS.iter().product()]);
@@ -40,13 +40,13 @@ impl Case {
         std::fs::create_dir(c.p("out")).unwrap();
         c
     }
-    fn p(&self, name: &str) -> PathBuf {
+    pub(crate) fn p(&self, name: &str) -> PathBuf {
         self.dir.path().join(name)
     }
-    fn text(&self, name: &str, s: &str) {
+    pub(crate) fn text(&self, name: &str, s: &str) {
         std::fs::write(self.p(name), s).unwrap();
     }
-    fn run(&self, args: &[&str]) -> (i32, String) {
+    pub(crate) fn run(&self, args: &[&str]) -> (i32, String) {
         let out = Command::new(env!("CARGO_BIN_EXE_voxflip"))
             .args(args)
             .current_dir(self.dir.path())
@@ -55,7 +55,7 @@ impl Case {
             .unwrap();
         (out.status.code().unwrap_or(-1), String::from_utf8_lossy(&out.stderr).to_string())
     }
-    fn outputs(&self) -> Vec<String> {
+    pub(crate) fn outputs(&self) -> Vec<String> {
         let mut v: Vec<String> = std::fs::read_dir(self.p("out"))
             .unwrap()
             .map(|e| e.unwrap().file_name().to_string_lossy().to_string())
@@ -64,7 +64,7 @@ impl Case {
         v
     }
     /// Expect a clean failure mentioning `file` and `words`.
-    fn fails(&self, args: &[&str], file: &str, words: &str) {
+    pub(crate) fn fails(&self, args: &[&str], file: &str, words: &str) {
         let (code, err) = self.run(args);
         assert_eq!(code, 2, "exit code for {args:?}: {err}");
         let lines: Vec<&str> = err.lines().filter(|l| !l.trim().is_empty()).collect();
@@ -76,7 +76,8 @@ impl Case {
     }
 }
 
-const GLM: [&str; 10] = ["-i", "in.nii.gz", "-o", "out/r", "-d", "design.mat", "-t", "design.con", "-n", "50"];
+pub(crate) const GLM: [&str; 10] =
+    ["-i", "in.nii.gz", "-o", "out/r", "-d", "design.mat", "-t", "design.con", "-n", "50"];
 
 fn glm_with(extra: &[&'static str]) -> Vec<&'static str> {
     let mut v = GLM.to_vec();
@@ -123,7 +124,7 @@ fn good_run_writes_randomise_outputs_and_provenance() {
 fn exhaustive_enumeration_is_announced() {
     let c = Case::new();
     // C(10,5) = 252 relabelings <= 500 asked for.
-    let mut args = glm_with(&["-q"]);
+    let mut args = glm_with(&["--quiet"]);
     args[9] = "500";
     let (code, err) = c.run(&args);
     assert_eq!(code, 0, "{err}");
@@ -266,7 +267,7 @@ fn interaction_from_per_subject_files_runs() {
         "p.tsv",
         "-o",
         "out/r",
-        "-q",
+        "--quiet",
     ];
     let (code, err) = c.run(&a);
     assert_eq!(code, 0, "{err}");
@@ -462,7 +463,7 @@ fn demean_models_the_mean_once() {
     c.text("iage.con", "/NumWaves 2\n/NumContrasts 2\n/Matrix\n0 1\n1 0\n");
     c.text("slope.con", "/NumWaves 2\n/NumContrasts 1\n/Matrix\n0 1\n");
     let tmap = |args: &[&str]| -> Vec<f32> {
-        let mut all = vec!["-i", "in.nii.gz", "-o", "out/r", "-n", "20", "-q", "--backend", "cpu"];
+        let mut all = vec!["-i", "in.nii.gz", "-o", "out/r", "-n", "20", "--quiet", "--backend", "cpu"];
         all.extend_from_slice(args);
         let (code, err) = c.run(&all);
         assert_eq!(code, 0, "{args:?}: {err}");

@@ -4,6 +4,7 @@
 //! f64 linear algebra (normal equations, Gauss-Jordan), not the library's partition.
 // Oracles index several parallel arrays by voxel, as the formulas do.
 #![allow(clippy::needless_range_loop)]
+use crate::common::all_orderings;
 use nalgebra::DMatrix;
 use rand::{Rng, SeedableRng};
 use rand_chacha::ChaCha8Rng;
@@ -297,30 +298,6 @@ fn exhaustive_two_sample_permutations_match_brute_force() {
 }
 
 // ---------- exchangeability blocks vs brute force ----------
-
-/// Every ordering of 0..n (Heap's algorithm).
-fn all_orderings(n: usize) -> Vec<Vec<usize>> {
-    let mut a: Vec<usize> = (0..n).collect();
-    let mut out = vec![a.clone()];
-    let mut c = vec![0usize; n];
-    let mut i = 0;
-    while i < n {
-        if c[i] < i {
-            if i % 2 == 0 {
-                a.swap(0, i);
-            } else {
-                a.swap(c[i], i);
-            }
-            out.push(a.clone());
-            c[i] += 1;
-            i = 0;
-        } else {
-            c[i] = 0;
-            i += 1;
-        }
-    }
-    out
-}
 
 /// Uncorrected and FWE p-values by brute force: for every transformation (pi, s) of the
 /// group, Y* = s ∘ E[pi] + H_Z Y, refit the full model explicitly. Returns (observed,

@@ -27,6 +27,7 @@ mod gpu_twins;
 mod io_edges;
 mod kill_safety;
 mod multi_adapter;
+mod permutation_options;
 mod randomise_outputs;
 mod report;
 mod shards;

@@ -175,9 +175,9 @@ fn all_adapters_give_the_single_adapter_run() {
 
     // Repeatable whatever the timing, and however the run is split: its shards merged.
     for k in ["1/2", "2/2"] {
-        interaction(d, "shards", &["--backend", "gpu", "--adapter", "all", "--with-cpu", "--shard", k, "-q"]);
+        interaction(d, "shards", &["--backend", "gpu", "--adapter", "all", "--with-cpu", "--shard", k, "--quiet"]);
     }
-    voxflip(d, &["merge", "shards/ia", "-x", "--uncorrp", "--save-null", "-q"]);
+    voxflip(d, &["merge", "shards/ia", "-x", "--uncorrp", "--save-null", "--quiet"]);
     assert_same_files(&cpu, &d.join("shards"));
 }
 
@@ -187,7 +187,7 @@ fn multi_adapter_flags_are_checked() {
     let tmp = voxflip_testkit::tempdir().unwrap();
     let d = tmp.path();
     voxflip(d, &["simulate", "--out", "data", "--grid", "small", "--n-a", "6", "--n-b", "6"]);
-    let base = [&SIMULATED_INTERACTION[..], &["-o", "out/ia", "-n", "20", "-q"]].concat();
+    let base = [&SIMULATED_INTERACTION[..], &["-o", "out/ia", "-n", "20", "--quiet"]].concat();
     std::fs::create_dir(d.join("out")).unwrap();
     let fails = |extra: &[&str], words: &[&str]| {
         let args: Vec<&str> = base.iter().chain(extra).copied().collect();

@@ -201,7 +201,7 @@ fn a_hot_voxel_lands_on_its_pixel_on_a_background_of_another_resolution() {
     let dir = d.path();
     hot_voxel_study(dir);
     fine_background(dir);
-    ok(dir, &["-i", "data.nii.gz", "-1", "-o", "out", "-x", "-n", "0", "--background", "bg.nii.gz", "-q"]);
+    ok(dir, &["-i", "data.nii.gz", "-1", "-o", "out", "-x", "-n", "0", "--background", "bg.nii.gz", "--quiet"]);
     // The corrected map: the hot voxel is the one significant voxel.
     let corrp = voxflip_io::read_image(&dir.join("out_vox_corrp_tstat1.nii.gz")).unwrap();
     let sig: Vec<usize> = (0..corrp.data.len()).filter(|&i| corrp.data[i] >= 0.95).collect();
@@ -308,7 +308,7 @@ fn cluster_labels_are_the_atlas_at_the_peak() {
             "lab.nii.gz",
             "--atlas",
             "atl/P.xml",
-            "-q",
+            "--quiet",
         ],
     );
     let table = std::fs::read_to_string(dir.join("out_clusters_tstat1.tsv")).unwrap();
@@ -339,7 +339,7 @@ fn no_report_then_report_later_and_bad_display_options() {
     let d = voxflip_testkit::tempdir().unwrap();
     let dir = d.path();
     hot_voxel_study(dir);
-    ok(dir, &["-i", "data.nii.gz", "-1", "-o", "out", "-x", "-n", "50", "--no-report", "-q"]);
+    ok(dir, &["-i", "data.nii.gz", "-1", "-o", "out", "-x", "-n", "50", "--no-report", "--quiet"]);
     assert!(!dir.join("out_report.html").exists() && !dir.join("out_mean.nii.gz").exists());
     let said = ok(dir, &["report", "out"]);
     assert!(said.contains("report in out_report.html"), "{said}");

@@ -185,7 +185,7 @@ fn analyses() -> Vec<(&'static str, Vec<&'static str>)> {
 fn shards_merge_into_the_single_run_bit_for_bit() {
     let s = Study::new();
     for (what, args) in analyses() {
-        s.ok(&[&args[..], &["-q"]].concat());
+        s.ok(&[&args[..], &["--quiet"]].concat());
         s.keep_outputs("single");
         // One-sample exhaustive: 4096 sign flips; 7 shards there too.
         for count in [1, 2, 3, 7] {
@@ -194,10 +194,10 @@ fn shards_merge_into_the_single_run_bit_for_bit() {
             }
             for k in 1..=count {
                 let shard = format!("{k}/{count}");
-                s.ok(&[&args[..], &["-q", "--shard", &shard]].concat());
+                s.ok(&[&args[..], &["--quiet", "--shard", &shard]].concat());
             }
             assert!(s.outputs().is_empty(), "{what}: a shard writes no maps");
-            s.ok(&["merge", "out/r", "-q"]);
+            s.ok(&["merge", "out/r", "--quiet"]);
             s.same_as("single", &format!("{what}, {count} shards"));
             s.clear_out();
         }
@@ -213,7 +213,7 @@ fn gpu_shards_merge_into_the_gpu_single_run() {
     let s = Study::new();
     let args = [
         &TWO_GROUPS[..],
-        &["-n", "130", "-T", "-c", "1.5", "-x", "--backend", "gpu", "--spatial-backend", "gpu", "-q"],
+        &["-n", "130", "-T", "-c", "1.5", "-x", "--backend", "gpu", "--spatial-backend", "gpu", "--quiet"],
     ]
     .concat();
     s.ok(&args);
@@ -221,7 +221,7 @@ fn gpu_shards_merge_into_the_gpu_single_run() {
     for k in 1..=3 {
         s.ok(&[&args[..], &["--shard", &format!("{k}/3")]].concat());
     }
-    s.ok(&["merge", "out/r", "-q"]);
+    s.ok(&["merge", "out/r", "--quiet"]);
     s.same_as("single", "GPU engine, 3 shards");
 }
 
@@ -238,7 +238,8 @@ fn merge_fails(s: &Study, args: &[&str], file: &str, words: &str) {
 #[test]
 fn merging_a_missing_duplicated_or_foreign_shard_fails_in_one_line() {
     let s = Study::new();
-    let args = ["-i", "in.nii.gz", "-d", "design.mat", "-t", "design.con", "-n", "60", "-T", "-q", "--backend", "cpu"];
+    let args =
+        ["-i", "in.nii.gz", "-d", "design.mat", "-t", "design.con", "-n", "60", "-T", "--quiet", "--backend", "cpu"];
     for k in 1..=3 {
         s.ok(&[&args[..], &["-o", "out/r", "--shard", &format!("{k}/3")]].concat());
     }
@@ -271,7 +272,7 @@ fn merging_a_missing_duplicated_or_foreign_shard_fails_in_one_line() {
 #[test]
 fn a_kept_null_state_rewrites_the_outputs_with_other_output_options() {
     let s = Study::new();
-    let args = [&TWO_GROUPS[..], &["-n", "80", "-T", "-x", "-q"]].concat();
+    let args = [&TWO_GROUPS[..], &["-n", "80", "-T", "-x", "--quiet"]].concat();
     s.ok(&[&args[..], &["--backend", "cpu", "--logp", "--uncorrp"]].concat());
     s.keep_outputs("logp");
     s.ok(&[&args[..], &["--backend", "cpu", "--keep-null-state"]].concat());
@@ -281,7 +282,7 @@ fn a_kept_null_state_rewrites_the_outputs_with_other_output_options() {
     for n in s.outputs() {
         std::fs::remove_file(s.p("out").join(n)).unwrap();
     }
-    s.ok(&["merge", "out/r", "--logp", "--uncorrp", "-q"]);
+    s.ok(&["merge", "out/r", "--logp", "--uncorrp", "--quiet"]);
     for n in list(&s.p("logp")) {
         // The sidecar and the report record the command line and timings.
         if !n.ends_with(".json") && !n.ends_with("_report.html") {
@@ -325,7 +326,7 @@ fn a_killed_run_resumes_to_the_uninterrupted_outputs() {
             "--uncorrp",
             "--backend",
             "cpu",
-            "-q",
+            "--quiet",
             "--checkpoint-seconds",
             "0",
             "--checkpoint-permutations",
@@ -363,11 +364,11 @@ fn a_killed_run_resumes_to_the_uninterrupted_outputs() {
     let err = s.ok(&[&args[..], &["--shard", "2/2", "--resume"]]
         .concat()
         .iter()
-        .filter(|&&a| a != "-q")
+        .filter(|&&a| a != "--quiet")
         .copied()
         .collect::<Vec<_>>());
     assert!(err.contains("already complete"), "{err}");
-    s.ok(&["merge", "out/r", "-q"]);
+    s.ok(&["merge", "out/r", "--quiet"]);
     s.same_as("single", "a killed and resumed shard, merged");
 }
 
@@ -377,9 +378,9 @@ fn a_checkpoint_of_another_run_is_not_resumed() {
     let args = [&TWO_GROUPS[..], &["-n", "60", "--backend", "cpu"]].concat();
     // Write a (complete-looking) checkpoint by running a shard with another seed and
     // putting its state where the checkpoint goes.
-    s.ok(&[&args[..], &["--seed", "3", "--shard", "1/1", "-q"]].concat());
+    s.ok(&[&args[..], &["--seed", "3", "--shard", "1/1", "--quiet"]].concat());
     std::fs::rename(s.p("out/r_shard-1-of-1"), s.p("out/r_checkpoint")).unwrap();
-    let (code, err) = s.run(&[&args[..], &["--resume", "-q"]].concat());
+    let (code, err) = s.run(&[&args[..], &["--resume", "--quiet"]].concat());
     assert_eq!(code, 2, "{err}");
     assert!(err.contains("out/r_checkpoint") && err.contains("another run"), "{err}");
     assert!(s.outputs().is_empty());

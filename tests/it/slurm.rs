@@ -39,7 +39,7 @@ fn slurm_scripts_run_by_bash_give_the_single_run() {
     let d = tmp.path();
     voxflip(d, &["simulate", "--out", "data", "--grid", "small"]);
     std::fs::create_dir(d.join("out")).unwrap();
-    ok(voxflip(d, &with(&["-o", "out/single", "-q"])), "single run");
+    ok(voxflip(d, &with(&["-o", "out/single", "--quiet"])), "single run");
     // --dry-run prints the scripts with the resources passed through, and writes nothing.
     let dry = voxflip(
         d,
@@ -75,7 +75,7 @@ fn slurm_scripts_run_by_bash_give_the_single_run() {
     }
     assert!(!d.join("out/r_slurm").exists(), "a dry run writes nothing");
     // Written, then run by bash as SLURM would (the #SBATCH lines are comments there).
-    ok(voxflip(d, &[&["slurm", "--shards", "3", "--"][..], &with(&["-o", "out/r", "-q"])].concat()), "scripts");
+    ok(voxflip(d, &[&["slurm", "--shards", "3", "--"][..], &with(&["-o", "out/r", "--quiet"])].concat()), "scripts");
     let bash = |script: &str, task: Option<usize>| {
         let mut c = Command::new("bash");
         c.arg(d.join("out/r_slurm").join(script)).env("XDG_RUNTIME_DIR", "/tmp");
@@ -94,7 +94,10 @@ fn slurm_scripts_run_by_bash_give_the_single_run() {
     assert!(err.contains("out/r_shard-2-of-3") && err.contains("--rerun-missing"), "{err}");
     // --rerun-missing writes an array of just the missing shard.
     ok(
-        voxflip(d, &[&["slurm", "--rerun-missing", "--shards", "3", "--"][..], &with(&["-o", "out/r", "-q"])].concat()),
+        voxflip(
+            d,
+            &[&["slurm", "--rerun-missing", "--shards", "3", "--"][..], &with(&["-o", "out/r", "--quiet"])].concat(),
+        ),
         "rerun",
     );
     let shards = std::fs::read_to_string(d.join("out/r_slurm/shards.sh")).unwrap();
@@ -148,8 +151,9 @@ fn a_real_slurm_array_and_merge_give_the_single_run() {
     let d = tmp.path();
     voxflip(d, &["simulate", "--out", "data", "--grid", "small"]);
     std::fs::create_dir(d.join("out")).unwrap();
-    ok(voxflip(d, &with(&["-o", "out/single", "-q"])), "single run");
-    let sub = voxflip(d, &[&["slurm", "--shards", "4", "--submit", "--"][..], &with(&["-o", "out/r", "-q"])].concat());
+    ok(voxflip(d, &with(&["-o", "out/single", "--quiet"])), "single run");
+    let sub =
+        voxflip(d, &[&["slurm", "--shards", "4", "--submit", "--"][..], &with(&["-o", "out/r", "--quiet"])].concat());
     let ids = String::from_utf8_lossy(&sub.stdout).into_owned();
     ok(sub, "submit");
     // Wait for the merge job (bounded): its sidecar is written last.

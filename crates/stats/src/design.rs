@@ -63,8 +63,13 @@ impl Design {
     }
 
     /// The same design with the t contrasts dropped (randomise --fonly).
-    pub fn f_tests_only(mut self) -> Design {
-        let keep: Vec<bool> = self.contrasts.iter().map(|c| c.kind == StatKind::F).collect();
+    pub fn f_tests_only(self) -> Design {
+        self.keep_contrasts(|c| c.kind == StatKind::F)
+    }
+
+    /// The same design with only the contrasts `keep` accepts (their names unchanged).
+    pub fn keep_contrasts(mut self, keep: impl Fn(&Contrast) -> bool) -> Design {
+        let keep: Vec<bool> = self.contrasts.iter().map(keep).collect();
         let mut k = keep.iter();
         self.contrasts.retain(|_| *k.next().unwrap());
         let mut k = keep.iter();

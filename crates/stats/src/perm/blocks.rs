@@ -56,6 +56,17 @@ impl Blocks {
         Ok(Blocks { members, of_row, whole })
     }
 
+    /// The same blocks with each of `rows` taken out into a block of its own, so that it is
+    /// never exchanged (randomise --detectNull). Only for exchange within blocks.
+    pub fn fixing(&self, rows: &[usize]) -> Blocks {
+        assert!(!self.whole, "rows are fixed only under exchange within blocks");
+        let mut labels: Vec<i64> = self.of_row.iter().map(|&b| b as i64).collect();
+        for &r in rows {
+            labels[r] = -1 - r as i64;
+        }
+        Blocks::from_labels(&labels, false).expect("within-block exchange takes any blocks")
+    }
+
     /// The block of each row (blocks numbered in order of first appearance).
     pub fn of_rows(&self) -> &[u32] {
         &self.of_row
@@ -164,6 +175,33 @@ impl Blocks {
             }
         }
     }
+}
+
+/// The natural logarithm of the number of distinct transformations under exchangeability
+/// blocks: for counts beyond u128, which [`count_distinct_in_blocks`] cannot give.
+pub fn ln_count_distinct_in_blocks(kind: PermKind, labels: &[u32], blocks: &Blocks) -> f64 {
+    let units = if blocks.whole { blocks.len() } else { labels.len() };
+    let flips = if kind.flips() { units as f64 * std::f64::consts::LN_2 } else { 0.0 };
+    let relabelings = match (kind.permutes(), blocks.whole) {
+        (false, _) => 0.0,
+        (true, true) => ln_multinomial(&blocks.block_signatures(labels)),
+        (true, false) => blocks
+            .members
+            .iter()
+            .map(|rows| ln_multinomial(&rows.iter().map(|&r| labels[r as usize]).collect::<Vec<u32>>()))
+            .sum(),
+    };
+    flips + relabelings
+}
+
+/// ln(N! / prod(count_l!)) for the label multiset.
+fn ln_multinomial(labels: &[u32]) -> f64 {
+    let ln_factorial = |k: usize| (2..=k).map(|i| (i as f64).ln()).sum::<f64>();
+    let mut counts: std::collections::BTreeMap<u32, usize> = Default::default();
+    for &l in labels {
+        *counts.entry(l).or_insert(0) += 1;
+    }
+    ln_factorial(labels.len()) - counts.values().map(|&c| ln_factorial(c)).sum::<f64>()
 }
 
 /// Number of distinct transformations, or None if it exceeds u128.

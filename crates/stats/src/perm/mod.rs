@@ -10,11 +10,13 @@
 use rand::seq::SliceRandom;
 use rand::{Rng, SeedableRng};
 use rand_chacha::ChaCha20Rng;
-use std::collections::HashSet;
+use std::hash::{Hash, Hasher};
 
 mod blocks;
+mod plan;
 
-pub use blocks::{count_distinct, count_distinct_in_blocks, Blocks};
+pub use blocks::{count_distinct, count_distinct_in_blocks, ln_count_distinct_in_blocks, Blocks};
+pub use plan::{SetPlan, DEDUP_BYTES, MAX_EXHAUSTIVE};
 
 /// Which transformations of the data are exchangeable under the null.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
@@ -140,27 +142,15 @@ impl PermSet {
         requested: usize,
         seed: u64,
     ) -> Result<PermSet, String> {
-        assert_eq!(labels.len(), n);
-        assert_eq!(blocks.of_row.len(), n);
+        let plan = SetPlan::new(n, kind, labels, blocks, requested)?;
         let words_per_perm = if kind.flips() { n.div_ceil(32) } else { 0 };
-        let distinct = count_distinct_in_blocks(kind, labels, blocks);
-        let exhaustive = match distinct {
-            Some(d) => requested == 0 || d <= requested as u128,
-            None => false,
-        };
-        if requested == 0 && !exhaustive {
-            return Err(format!(
-                "-n 0 asks for every permutation, but there are more than 2^128 (N = {n}); give a number instead"
-            ));
-        }
-        if exhaustive && distinct.unwrap() > 10_000_000 {
-            return Err(format!(
-                "exhaustive enumeration would need {} permutations; ask for fewer with -n",
-                distinct.unwrap()
-            ));
-        }
-        let mut set = PermSet { n, kind, exhaustive, words_per_perm, flip_words: Vec::new(), src: Vec::new() };
-        if exhaustive {
+        let mut set =
+            PermSet { n, kind, exhaustive: plan.exhaustive, words_per_perm, flip_words: Vec::new(), src: Vec::new() };
+        // Reserved up front: the set's size is known, and growing by doubling would
+        // transiently need half as much again.
+        set.flip_words.reserve_exact(plan.len * words_per_perm);
+        set.src.reserve_exact(if kind.permutes() { plan.len * n } else { 0 });
+        if plan.exhaustive {
             set.enumerate_all(labels, blocks);
         } else {
             set.draw_random(labels, blocks, requested, seed);
@@ -198,22 +188,37 @@ impl PermSet {
         }
     }
 
+    /// The hash of a transformation's effective form: its sign words and, for relabelings,
+    /// the label sequence it produces (so that exchanging two identical rows is no new
+    /// permutation).
+    fn key_hash(words: &[u32], src: &[u32], labels: &[u32]) -> u64 {
+        let mut h = std::collections::hash_map::DefaultHasher::new();
+        words.hash(&mut h);
+        for &s in src {
+            labels[s as usize].hash(&mut h);
+        }
+        h.finish()
+    }
+
+    /// Whether stored permutation j has the effective form of (`words`, `src`).
+    fn same_key(&self, j: usize, words: &[u32], src: &[u32], labels: &[u32]) -> bool {
+        self.flip_words(j) == words
+            && self
+                .src(j)
+                .is_none_or(|stored| stored.iter().zip(src).all(|(&a, &b)| labels[a as usize] == labels[b as usize]))
+    }
+
     fn draw_random(&mut self, labels: &[u32], blocks: &Blocks, requested: usize, seed: u64) {
         let n = self.n;
         let wpp = self.words_per_perm;
         let mut rng = ChaCha20Rng::seed_from_u64(seed);
         let identity: Vec<u32> = (0..n as u32).collect();
-        let mut seen: HashSet<(Vec<u32>, Vec<u32>)> = HashSet::new();
-        // Keys compare the *effective* transformation: for relabelings the label sequence,
-        // so that exchanging two identical rows does not count as a new permutation.
-        let key_of = |words: &[u32], src: &[u32]| -> (Vec<u32>, Vec<u32>) {
-            let lab: Vec<u32> =
-                if src.is_empty() { Vec::new() } else { src.iter().map(|&s| labels[s as usize]).collect() };
-            (words.to_vec(), lab)
-        };
+        // The permutations drawn so far, by index into the set (compared through the stored
+        // vectors): DEDUP_BYTES a permutation at most instead of a copy of each.
+        let mut seen: hashbrown::HashTable<u32> = hashbrown::HashTable::with_capacity(requested);
         let id_words = vec![0u32; wpp];
-        let id_src: Vec<u32> = if self.kind.permutes() { identity.clone() } else { Vec::new() };
-        seen.insert(key_of(&id_words, &id_src));
+        let id_src: &[u32] = if self.kind.permutes() { &identity } else { &[] };
+        seen.insert_unique(Self::key_hash(&id_words, id_src, labels), 0, |_| unreachable!("reserved"));
         self.push(&id_words, if self.kind.permutes() { Some(&identity) } else { None });
         // What is shuffled, kept from draw to draw: each block's rows (within blocks), or the
         // order of the blocks (whole blocks).
@@ -222,8 +227,9 @@ impl PermSet {
         let mut src = identity.clone();
         let nb = blocks.len();
         let mut block_words = vec![0u32; nb.div_ceil(32)];
+        let mut words = vec![0u32; wpp];
         while self.len() < requested {
-            let mut words = vec![0u32; wpp];
+            words.fill(0);
             if self.kind.flips() {
                 // One random bit per unit that flips: per row, or per block (spread to its rows).
                 let bits: &mut [u32] = if blocks.whole { &mut block_words } else { &mut words };
@@ -255,8 +261,15 @@ impl PermSet {
             // per m gives the same distribution (for whole blocks: per destination block,
             // whose rows all come from one source block), so no remapping is needed.
             let s: &[u32] = if self.kind.permutes() { &src } else { &[] };
-            if seen.insert(key_of(&words, s)) {
+            let hash = Self::key_hash(&words, s, labels);
+            if seen.find(hash, |&j| self.same_key(j as usize, &words, s, labels)).is_none() {
+                let j = self.len() as u32;
                 self.push(&words, if self.kind.permutes() { Some(&src) } else { None });
+                let set = &*self;
+                seen.insert_unique(hash, j, |&k| {
+                    let k = k as usize;
+                    Self::key_hash(set.flip_words(k), set.src(k).unwrap_or(&[]), labels)
+                });
             }
         }
     }
@@ -266,6 +279,7 @@ impl PermSet {
 mod tests {
     use super::blocks::{multinomial, multiset_permutations};
     use super::*;
+    use std::collections::HashSet;
 
     #[test]
     fn multinomial_counts() {
@@ -273,6 +287,46 @@ mod tests {
         assert_eq!(multinomial(&[0, 1, 2, 3]), Some(24));
         assert_eq!(multiset_permutations(&[0, 0, 1, 1, 1]).len(), 10);
         assert_eq!(multiset_permutations(&[1, 0, 2]).len(), 6);
+    }
+
+    #[test]
+    fn log_counts_agree_with_exact_counts() {
+        let labels = [0, 1, 1, 2, 0, 1, 3, 3];
+        for (block_of, whole) in
+            [(vec![1i64; 8], false), (vec![1i64, 1, 1, 2, 2, 2, 5, 5], false), (vec![7i64, 7, 3, 3, 9, 9, 4, 4], true)]
+        {
+            let blocks = Blocks::from_labels(&block_of, whole).unwrap();
+            for kind in [PermKind::SignFlip, PermKind::Permute, PermKind::Both] {
+                let exact = count_distinct_in_blocks(kind, &labels, &blocks).unwrap() as f64;
+                let ln = ln_count_distinct_in_blocks(kind, &labels, &blocks);
+                // Sums of at most 8 logarithms: a few ulps of error.
+                assert!((ln - exact.ln()).abs() < 1e-12, "{kind:?} {block_of:?}: {ln} vs ln {exact}");
+            }
+        }
+    }
+
+    #[test]
+    fn fixed_rows_are_never_moved() {
+        let labels: Vec<u32> = (0..8).collect();
+        let blocks = Blocks::single(8).fixing(&[2, 5]);
+        // 6 rows free, all distinct: 6! relabelings.
+        assert_eq!(count_distinct_in_blocks(PermKind::Permute, &labels, &blocks), Some(720));
+        let p = PermSet::generate_in_blocks(8, PermKind::Permute, &labels, &blocks, 200, 4).unwrap();
+        for j in 0..p.len() {
+            assert_eq!((p.source(j, 2), p.source(j, 5)), (2, 5));
+        }
+        assert!((0..p.len()).any(|j| p.source(j, 0) != 0));
+    }
+
+    #[test]
+    fn random_relabelings_of_repeated_rows_are_distinct_label_sequences() {
+        // 8! / (3! 3! 2!) = 560 distinct relabelings; 300 drawn must be 300 distinct ones.
+        let labels = [0, 0, 0, 1, 1, 1, 2, 2];
+        let p = PermSet::generate(8, PermKind::Permute, &labels, 300, 11).unwrap();
+        assert!(!p.exhaustive);
+        let keys: HashSet<Vec<u32>> =
+            (0..p.len()).map(|j| p.src(j).unwrap().iter().map(|&s| labels[s as usize]).collect()).collect();
+        assert_eq!((p.len(), keys.len()), (300, 300));
     }
 
     #[test]
