@@ -61,7 +61,7 @@ impl Case {
     }
 }
 
-const RUN: [&str; 8] = ["-1", "-n", "20", "--backend", "cpu", "-o", "out/r", "-q"];
+const RUN: [&str; 8] = ["-1", "-n", "20", "--backend", "cpu", "-o", "out/r", "--quiet"];
 
 fn args<'a>(extra: &[&'a str]) -> Vec<&'a str> {
     extra.iter().copied().chain(RUN).collect()

@@ -21,7 +21,7 @@ const NVOL: usize = 12;
 /// The run: one-sample, TFCE and voxelwise corrected maps (seconds of permutations on a
 /// loaded machine, then about ten files to rename).
 fn run_args(seed: &str, prefix: &str) -> Vec<String> {
-    ["-i", "in.nii.gz", "-1", "-T", "-x", "-n", "3000", "--backend", "cpu", "-q", "--seed", seed, "-o", prefix]
+    ["-i", "in.nii.gz", "-1", "-T", "-x", "-n", "3000", "--backend", "cpu", "--quiet", "--seed", seed, "-o", prefix]
         .iter()
         .map(|s| s.to_string())
         .collect()
@@ -148,7 +148,7 @@ fn kills_at_random_points_never_leave_a_mixed_set_or_temporaries() {
         if sig == 9 {
             // The next run with the prefix cleans up after the dead one.
             let next = Command::new(env!("CARGO_BIN_EXE_voxflip"))
-                .args(["report", "run/r", "-o", "report.html", "-q"])
+                .args(["report", "run/r", "-o", "report.html", "--quiet"])
                 .current_dir(d.path())
                 .output()
                 .unwrap();
