@@ -719,7 +719,7 @@ fn finish_contrast(
             out.p_map(&format!("tfce_p_{name}"), &uncorrected_p(&nulls.spatial.tfce_counts, nperm))?;
         }
         if opts.save_null {
-            out.null(&format!("null_tfce_{name}"), &tnull.values)?;
+            out.null(&format!("tfce_corrp_{name}"), &tnull.values)?;
         }
         spatial.push(SpatialSummary::of("tfce", None, &tnull, tfce_obs, &pc));
         st.tables.push(table_job("tfce", name, observed, pc, None));
@@ -742,7 +742,7 @@ fn finish_contrast(
             out.map(&format!("{what}_{name}"), &crate::permout::raw_cluster_map(&obs_vals))?;
         }
         if opts.save_null {
-            out.null(&format!("null_{what}_{name}"), &cnull.values)?;
+            out.null(&format!("{what}_corrp_{name}"), &cnull.values)?;
         }
         spatial.push(SpatialSummary::of(what, Some(thr), &cnull, &obs_vals, &pc));
         st.tables.push(table_job(what, name, observed, pc, Some(thr)));
@@ -757,7 +757,7 @@ fn finish_contrast(
         out.p_map(&format!("vox_p_{name}"), &uncorrected_p(&nulls.counts, nperm))?;
     }
     if opts.save_null {
-        out.null(&format!("null_{name}"), &null.values)?;
+        out.null(&format!("vox_corrp_{name}"), &null.values)?;
     }
     if opts.perm_vectors {
         out.text(&format!("perm_{name}"), ".txt", &crate::permutations::vectors_text(plan.perms))?;

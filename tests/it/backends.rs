@@ -92,14 +92,14 @@ fn gpu_pipeline_equals_cpu_pipeline() {
         let (tc, tg) = (map(&c, &format!("ia_{con}.nii.gz")), map(&g, &format!("ia_{con}.nii.gz")));
         let bad = tc.iter().zip(&tg).filter(|(a, b)| !close(**a, **b, 1e-4)).count();
         assert_eq!(bad, 0, "{con}: t maps differ beyond 1e-4 at {bad} voxels");
-        let (nc, ng) = (null(&c, &format!("ia_null_{con}.txt")), null(&g, &format!("ia_null_{con}.txt")));
+        let (nc, ng) = (null(&c, &format!("ia_vox_corrp_{con}.txt")), null(&g, &format!("ia_vox_corrp_{con}.txt")));
         assert_eq!(nc.len(), 60);
         assert_eq!(nc.len(), ng.len());
         for (j, (a, b)) in nc.iter().zip(&ng).enumerate() {
             assert!(close(*a, *b, 1e-4), "{con}: max-T null differs at permutation {j}: {a} vs {b}");
         }
         for what in ["tfce", "clustere", "clusterm"] {
-            let file = format!("ia_null_{what}_{con}.txt");
+            let file = format!("ia_{what}_corrp_{con}.txt");
             let (sc, sg) = (null(&c, &file), null(&g, &file));
             assert_eq!(sc.len(), sg.len(), "{file}");
             let agree = sc.iter().zip(&sg).filter(|(a, b)| close(**a, **b, 1e-3)).count();
@@ -163,7 +163,7 @@ fn gpu_glm_with_blocks_equals_cpu() {
     for con in ["tstat1", "tstat2"] {
         let (tc, tg) = (map(&c, &format!("g_{con}.nii.gz")), map(&g, &format!("g_{con}.nii.gz")));
         assert_eq!(tc.iter().zip(&tg).filter(|(a, b)| !close(**a, **b, 1e-4)).count(), 0, "{con} t maps");
-        let (nc, ng) = (null(&c, &format!("g_null_{con}.txt")), null(&g, &format!("g_null_{con}.txt")));
+        let (nc, ng) = (null(&c, &format!("g_vox_corrp_{con}.txt")), null(&g, &format!("g_vox_corrp_{con}.txt")));
         assert_eq!((nc.len(), ng.len()), (80, 80));
         assert!(nc.iter().zip(&ng).all(|(a, b)| close(*a, *b, 1e-4)), "{con} nulls differ");
     }

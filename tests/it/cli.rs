@@ -96,10 +96,10 @@ fn good_run_writes_randomise_outputs_and_provenance() {
             "r_clusters_tstat1.tsv",
             "r_lmax_tstat1.tsv",
             "r_mean.nii.gz",
-            "r_null_tstat1.txt",
             "r_report.html",
             "r_tstat1.nii.gz",
             "r_vox_corrp_tstat1.nii.gz",
+            "r_vox_corrp_tstat1.txt",
             "r_vox_p_tstat1.nii.gz",
             "r_voxflip.json"
         ]
@@ -109,7 +109,7 @@ fn good_run_writes_randomise_outputs_and_provenance() {
     assert_eq!(json["permutations"], 50);
     assert_eq!(json["seed"], 0);
     assert!(json["command_line"].as_array().unwrap().iter().any(|a| a == "design.mat"));
-    let null = std::fs::read_to_string(c.p("out/r_null_tstat1.txt")).unwrap();
+    let null = std::fs::read_to_string(c.p("out/r_vox_corrp_tstat1.txt")).unwrap();
     assert_eq!(null.lines().count(), 50);
     // The map keeps the input's grid and affine.
     let t = voxflip_io::read_image(&c.p("out/r_tstat1.nii.gz")).unwrap();
@@ -417,9 +417,9 @@ fn randomise_flags_fonly_n_r_v_are_understood() {
             "r_fstat1.nii.gz",
             "r_lmax_fstat1.tsv",
             "r_mean.nii.gz",
-            "r_null_fstat1.txt",
             "r_report.html",
             "r_vox_corrp_fstat1.nii.gz",
+            "r_vox_corrp_fstat1.txt",
             "r_voxflip.json"
         ]
     );

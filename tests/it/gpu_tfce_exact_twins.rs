@@ -442,7 +442,7 @@ fn exact_tfce_pipeline_on_the_gpu_equals_cpu() {
             let flips = p_cpu.iter().zip(&pg).filter(|(a, b)| (**a >= 0.95) != (**b >= 0.95)).count();
             assert!(flips <= 2, "{file}: {flips} voxels change significance between the CPU and the GPU");
         }
-        let file = format!("ia_null_tfce_{con}.txt");
+        let file = format!("ia_tfce_corrp_{con}.txt");
         let null = |dir: &std::path::Path| -> Vec<f32> {
             std::fs::read_to_string(dir.join(&file)).unwrap().split_whitespace().map(|s| s.parse().unwrap()).collect()
         };

@@ -146,7 +146,7 @@ fn all_adapters_give_the_single_adapter_run() {
                 "{observed}: the observed map comes from the primary adapter"
             );
         }
-        let file = format!("ia_null_{con}.txt");
+        let file = format!("ia_vox_corrp_{con}.txt");
         let (a, b) = (null(&one, &file), null(&cpu, &file));
         assert_eq!((a.len(), b.len()), (N_PERM, N_PERM), "{file}");
         assert_eq!(a[0], b[0], "{file}: the identity permutation runs on the primary adapter");
@@ -154,7 +154,7 @@ fn all_adapters_give_the_single_adapter_run() {
             assert!(rounding.close(*x, *y), "{file}: permutation {j}: {x} vs {y}");
         }
         for what in ["tfce", "clustere"] {
-            let file = format!("ia_null_{what}_{con}.txt");
+            let file = format!("ia_{what}_corrp_{con}.txt");
             let (a, b) = (null(&one, &file), null(&cpu, &file));
             assert_eq!(a.len(), b.len(), "{file}");
             assert_eq!(a[0], b[0], "{file}: the identity permutation runs on the primary adapter");

@@ -222,7 +222,7 @@ fn dash_p_vectors_reproduce_the_written_null() {
         args[9] = "40";
         let (code, _, err) = run(&c, &args);
         assert_eq!(code, 0, "{err}");
-        let written: Vec<f64> = std::fs::read_to_string(c.p("out/r_null_tstat1.txt"))
+        let written: Vec<f64> = std::fs::read_to_string(c.p("out/r_vox_corrp_tstat1.txt"))
             .unwrap()
             .lines()
             .map(|l| l.parse().unwrap())

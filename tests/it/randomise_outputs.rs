@@ -423,9 +423,9 @@ fn permout_maps_are_the_permutations_statistics() {
         })
         .collect();
     let (null_t, null_tfce, null_ext) = (
-        null_file(&d.join("p_null_tstat1.txt")),
-        null_file(&d.join("p_null_tfce_tstat1.txt")),
-        null_file(&d.join("p_null_clustere_tstat1.txt")),
+        null_file(&d.join("p_vox_corrp_tstat1.txt")),
+        null_file(&d.join("p_tfce_corrp_tstat1.txt")),
+        null_file(&d.join("p_clustere_corrp_tstat1.txt")),
     );
     assert_eq!(null_t.len(), 64);
     let mut matched = [false; 64];

@@ -76,7 +76,7 @@ fn expect_files(files: &[String], k: usize, what: &str) {
         let name = format!("r_{stem}tstat{k}.nii.gz");
         assert!(files.contains(&name), "{what}: {name} in {files:?}");
     }
-    for stem in ["null_", "null_tfce_", "null_clustere_", "null_clusterm_"] {
+    for stem in ["vox_corrp_", "tfce_corrp_", "clustere_corrp_", "clusterm_corrp_"] {
         let name = format!("r_{stem}tstat{k}.txt");
         assert!(files.contains(&name), "{what}: {name} in {files:?}");
     }
@@ -112,7 +112,7 @@ fn interaction_shares_the_mirror_and_writes_the_same_files() {
         expect_files(&files, k, "interaction");
     }
     // Not vacuous: the two contrasts' nulls differ (the maxima of T and of -T).
-    let null = |k: usize| std::fs::read_to_string(d.join(format!("out/r_null_tstat{k}.txt"))).unwrap();
+    let null = |k: usize| std::fs::read_to_string(d.join(format!("out/r_vox_corrp_tstat{k}.txt"))).unwrap();
     assert_ne!(null(1), null(2));
 }
 
