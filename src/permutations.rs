@@ -36,8 +36,8 @@ pub struct PermutationPlan {
 #[derive(Clone, Debug, PartialEq)]
 struct Exchange {
     kind: PermKind,
-    /// Rows with equal labels are interchangeable (identical rows of the design, or of
-    /// --effective_design): exchanging them is no new permutation.
+    /// Rows with equal labels are interchangeable: equal rows of the effective regressor
+    /// (randomise's rule; see [`effective_regressor`]), so exchanging them is no new permutation.
     labels: Vec<u32>,
     blocks: Blocks,
 }
@@ -50,7 +50,6 @@ struct Exchange {
 /// contrast's effective regressor is zero stay in place (see [`null_rows`]).
 fn exchanges(design: &Design, models: &[ContrastModel], opts: &AnalysisOptions, n: usize) -> Vec<Exchange> {
     let blocks = opts.blocks.clone().unwrap_or_else(|| Blocks::single(n));
-    let row_labels = identical_row_labels(opts.effective_design.as_ref().unwrap_or(&design.m));
     design
         .contrasts
         .iter()
@@ -61,7 +60,11 @@ fn exchanges(design: &Design, models: &[ContrastModel], opts: &AnalysisOptions, 
             } else {
                 opts.perm_kind
             };
-            let labels = if kind.permutes() { row_labels.clone() } else { vec![0; n] };
+            let labels = if kind.permutes() {
+                identical_row_labels(&effective_regressor(design, contrast, opts))
+            } else {
+                vec![0; n]
+            };
             let blocks = if opts.detect_null && kind.permutes() {
                 blocks.fixing(&null_rows(design, contrast, opts))
             } else {
@@ -72,11 +75,11 @@ fn exchanges(design: &Design, models: &[ContrastModel], opts: &AnalysisOptions, 
         .collect()
 }
 
-/// randomise's --detectNull: the rows of the effective regressor (--effective_design, or
-/// the demeaned design times the contrast) whose sum is zero (below 1e-10, randomise's
-/// bound) are uninformative for the contrast.
-fn null_rows(design: &Design, contrast: &Contrast, opts: &AnalysisOptions) -> Vec<usize> {
-    let regressor = match &opts.effective_design {
+/// randomise's effective regressor of a contrast: --effective_design, or the demeaned design
+/// times the contrast. Rows where it is equal are alike for the contrast: relabelings that
+/// only exchange them are no new permutation, as randomise counts and enumerates them.
+fn effective_regressor(design: &Design, contrast: &Contrast, opts: &AnalysisOptions) -> DMatrix<f64> {
+    match &opts.effective_design {
         Some(e) => e.clone(),
         None => {
             let mut m = design.m.clone();
@@ -86,7 +89,13 @@ fn null_rows(design: &Design, contrast: &Contrast, opts: &AnalysisOptions) -> Ve
             }
             m * &contrast.c
         }
-    };
+    }
+}
+
+/// randomise's --detectNull: the rows of the effective regressor whose sum is zero (below
+/// 1e-10, randomise's bound) are uninformative for the contrast.
+fn null_rows(design: &Design, contrast: &Contrast, opts: &AnalysisOptions) -> Vec<usize> {
+    let regressor = effective_regressor(design, contrast, opts);
     (0..regressor.nrows()).filter(|&i| regressor.row(i).sum().abs() < 1e-10).collect()
 }
 

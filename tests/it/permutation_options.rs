@@ -101,6 +101,37 @@ fn dash_q_prints_the_brute_force_count_of_relabelings_and_sign_flips() {
 }
 
 #[test]
+fn dash_q_counts_relabelings_of_the_effective_regressor_as_randomise() {
+    // Two groups of 5 and an age covariate. randomise tells permutations apart by the rows of
+    // the demeaned design times the contrast, not by the whole design's rows: for the group
+    // difference only the group sequence counts, for the age effect only the ages.
+    let c = Case::new();
+    let groups = [0u32, 0, 0, 0, 0, 1, 1, 1, 1, 1];
+    let ages = [30.0, 31.0, 30.0, 35.0, 31.0, 30.0, 40.0, 35.0, 31.0, 30.0];
+    let rows: Vec<Vec<f64>> = indicators(&groups)
+        .into_iter()
+        .zip(ages)
+        .map(|(mut r, a)| {
+            r.push(a);
+            r
+        })
+        .collect();
+    c.text("design.mat", &vest(&rows));
+    c.text("design.con", "/NumWaves 3\n/NumContrasts 2\n/Matrix\n1 -1 0\n0 0 1\n");
+    let age_labels: Vec<u32> = ages.iter().map(|&a| a as u32).collect();
+    let (by_group, by_age) = (distinct_relabelings(&groups, |_| true), distinct_relabelings(&age_labels, |_| true));
+    // 10! / (5! 5!) and 10! / (4! 3! 2! 1!).
+    assert_eq!((by_group, by_age), (252, 12600));
+    assert_eq!(
+        count_lines(&c, &[]),
+        [
+            format!("{by_group} permutations required for exhaustive test of t-test 1"),
+            format!("{by_age} permutations required for exhaustive test of t-test 2"),
+        ]
+    );
+}
+
+#[test]
 fn whole_blocks_count_the_distinct_block_orders() {
     let c = Case::new();
     // Two groups of 5, blocks of two rows: whole blocks (a a), (a a), (a b), (b b), (b b)

@@ -14,6 +14,9 @@ pub struct Blocks {
     pub(super) members: Vec<Vec<u32>>,
     /// The block of each row.
     pub(super) of_row: Vec<u32>,
+    /// Each block's id (its label in design.grp; rows fixed by [`Blocks::fixing`] get ids
+    /// below every label), which orders randomise's enumeration.
+    pub(super) ids: Vec<i128>,
     /// Exchange whole blocks rather than rows within blocks.
     pub whole: bool,
 }
@@ -21,13 +24,18 @@ pub struct Blocks {
 impl Blocks {
     /// Every row in one block: no restriction.
     pub fn single(n: usize) -> Blocks {
-        Blocks { members: vec![(0..n as u32).collect()], of_row: vec![0; n], whole: false }
+        Blocks { members: vec![(0..n as u32).collect()], of_row: vec![0; n], ids: vec![0], whole: false }
     }
 
     /// Blocks from one label per row (equal labels = same block, any integers). Whole-block
     /// exchange needs every block to have the same number of rows.
     pub fn from_labels(labels: &[i64], whole: bool) -> Result<Blocks, String> {
-        let mut ids: Vec<i64> = Vec::new();
+        let wide: Vec<i128> = labels.iter().map(|&l| l as i128).collect();
+        Blocks::from_ids(&wide, whole)
+    }
+
+    fn from_ids(labels: &[i128], whole: bool) -> Result<Blocks, String> {
+        let mut ids: Vec<i128> = Vec::new();
         let mut members: Vec<Vec<u32>> = Vec::new();
         let mut of_row = Vec::with_capacity(labels.len());
         for (i, &l) in labels.iter().enumerate() {
@@ -53,18 +61,18 @@ impl Blocks {
                 ));
             }
         }
-        Ok(Blocks { members, of_row, whole })
+        Ok(Blocks { members, of_row, ids, whole })
     }
 
     /// The same blocks with each of `rows` taken out into a block of its own, so that it is
     /// never exchanged (randomise --detectNull). Only for exchange within blocks.
     pub fn fixing(&self, rows: &[usize]) -> Blocks {
         assert!(!self.whole, "rows are fixed only under exchange within blocks");
-        let mut labels: Vec<i64> = self.of_row.iter().map(|&b| b as i64).collect();
+        let mut labels: Vec<i128> = self.of_row.iter().map(|&b| self.ids[b as usize]).collect();
         for &r in rows {
-            labels[r] = -1 - r as i64;
+            labels[r] = i64::MIN as i128 - 1 - r as i128;
         }
-        Blocks::from_labels(&labels, false).expect("within-block exchange takes any blocks")
+        Blocks::from_ids(&labels, false).expect("within-block exchange takes any blocks")
     }
 
     /// The block of each row (blocks numbered in order of first appearance).
@@ -143,37 +151,87 @@ impl Blocks {
             }
             return out;
         }
-        // Within blocks: the product of each block's distinct orderings, odometer style
-        // (all-first = the identity comes first).
-        let per_block: Vec<Vec<Vec<u32>>> = self
-            .members
-            .iter()
-            .map(|rows| {
-                let l: Vec<u32> = rows.iter().map(|&r| labels[r as usize]).collect();
-                multiset_permutations(&l)
-                    .into_iter()
-                    .map(|local| local.iter().map(|&k| rows[k as usize]).collect())
-                    .collect()
-            })
-            .collect();
-        let mut digit = vec![0usize; per_block.len()];
-        loop {
-            let orders: Vec<Vec<u32>> = digit.iter().zip(&per_block).map(|(&d, o)| o[d].clone()).collect();
-            self.fill_src(&orders, &mut src);
-            out.push(src.clone());
-            let mut b = 0;
-            loop {
-                if b == digit.len() {
-                    return out;
-                }
-                digit[b] += 1;
-                if digit[b] < per_block[b].len() {
-                    break;
-                }
-                digit[b] = 0;
-                b += 1;
+        randomise_walk(&self.members, &self.walk_order(), labels)
+    }
+
+    /// Block indices in the order randomise's odometer takes them: by block id, ascending
+    /// (randomise numbers blocks 1, 2, ... from design.grp and advances block 1 first).
+    fn walk_order(&self) -> Vec<usize> {
+        let mut order: Vec<usize> = (0..self.members.len()).collect();
+        order.sort_by_key(|&b| self.ids[b]);
+        order
+    }
+}
+
+/// Every distinct relabeling within blocks, as row sources, in the order and with the
+/// representatives FSL randomise enumerates them (its `Permuter` in exhaustive mode), the
+/// identity first.
+///
+/// A relabeling (which label each row position receives) has many row permutations that
+/// realise it when rows share a label. When labels are identical rows of the whole design
+/// the statistic does not depend on which one is used; when they are randomise's effective
+/// regressor (the demeaned design times the contrast) rows with equal labels can still
+/// differ in their nuisance, and the exhaustive p-values depend on the representative.
+/// randomise takes, per step: each block's labels (numbered by first appearance within the
+/// block, like its design labels) advanced by `std::next_permutation`, block after block
+/// as an odometer (a block that wraps back to its start carries into the next); then it
+/// moves its running row permutation from the old labels to the new by swaps, position by
+/// position (`createTruePermutation`). This is a port of that walk, quirks included: the
+/// inner search keeps swapping after a position is fixed.
+fn randomise_walk(members: &[Vec<u32>], order: &[usize], labels: &[u32]) -> Vec<Vec<u32>> {
+    let n: usize = members.iter().map(Vec::len).sum();
+    // Labels renumbered within each block by first appearance (next_permutation compares
+    // them) and offset by block, so that no two blocks share one: randomise's labels are of
+    // the design's rows with their block (design | group), and its swaps never cross blocks.
+    let mut local = vec![0u64; n];
+    for (b, rows) in members.iter().enumerate() {
+        let offset = (b * n) as u64;
+        let mut seen: Vec<u32> = Vec::new();
+        for &r in rows {
+            let l = labels[r as usize];
+            let k = seen.iter().position(|&x| x == l).unwrap_or_else(|| {
+                seen.push(l);
+                seen.len() - 1
+            });
+            local[r as usize] = offset + k as u64;
+        }
+    }
+    let start: Vec<Vec<u64>> = members.iter().map(|rows| rows.iter().map(|&r| local[r as usize]).collect()).collect();
+    let mut current = start.clone();
+    let mut old = local.clone();
+    let mut permvec: Vec<u32> = (0..n as u32).collect();
+    let mut out = vec![permvec.clone()];
+    loop {
+        // The odometer: advance blocks in order until one does not wrap to its start.
+        let mut carried_out = true;
+        for &b in order {
+            // Like std::next_permutation, a wrap leaves the sequence sorted.
+            next_permutation(&mut current[b]);
+            if current[b] != start[b] {
+                carried_out = false;
+                break;
             }
         }
+        if carried_out {
+            return out;
+        }
+        let mut new = vec![0u64; n];
+        for (rows, seq) in members.iter().zip(&current) {
+            for (&r, &l) in rows.iter().zip(seq) {
+                new[r as usize] = l;
+            }
+        }
+        for k in 0..n {
+            if new[k] != old[k] {
+                for l in 0..n {
+                    if new[l] != old[l] && old[l] == new[k] {
+                        permvec.swap(l, k);
+                        old.swap(l, k);
+                    }
+                }
+            }
+        }
+        out.push(permvec.clone());
     }
 }
 
@@ -274,7 +332,7 @@ pub(super) fn multiset_permutations(labels: &[u32]) -> Vec<Vec<u32>> {
     out
 }
 
-fn next_permutation(v: &mut [u32]) -> bool {
+fn next_permutation<T: Ord>(v: &mut [T]) -> bool {
     let n = v.len();
     if n < 2 {
         return false;
