@@ -150,11 +150,12 @@ def cases():
         Case("option_glm_output", ["-x", "--glm_output"], True, 5000, lambda d, r: two_group(d, r, 4, 5)),
         Case("option_norcmask", ["-x", "--uncorrp", "--norcmask"], True, 5000,
              lambda d, r: one_sample(d, r, 8, np.ones(GRID), ellipsoid())),
-        Case("option_D", ["-x", "--uncorrp", "-D"], False, 2000, lambda d, r: two_group(d, r, 6, 6, covariate)),
+        # With a covariate the 924 relabelings of the groups are exhaustive in both tools.
+        Case("option_D", ["-x", "--uncorrp", "-D"], True, 2000, lambda d, r: two_group(d, r, 6, 6, covariate)),
         Case("option_e", ["-x", "--uncorrp"], True, 5000,
              lambda d, r: two_group(d, r, 4, 4, blocks=lambda n: [1 + (i % 2) for i in range(n)])),
     ] + [
-        Case(f"option_U{u}", ["-x", "--uncorrp", "-U", str(u)], False, 2000,
+        Case(f"option_U{u}", ["-x", "--uncorrp", "-U", str(u)], True, 2000,
              lambda d, r: two_group(d, r, 6, 6, covariate))
         for u in range(4)
     ]
@@ -171,6 +172,10 @@ def cases():
         # Two groups, exhaustive relabelings (9 choose 4 = 126), t and F.
         Case("twogroup_exhaustive", spatial + ["-f", "design.fts", "-F", "2.0"], True, 5000,
              lambda d, r: two_group(d, r, 4, 5)),
+        # Two groups and a continuous covariate, exhaustive over the group relabelings (126):
+        # identical p needs randomise's representative row permutations (and -P shows them).
+        Case("twogroup_covariate_exhaustive", spatial + ["-P"], True, 5000,
+             lambda d, r: two_group(d, r, 4, 5, covariate)),
         # Two groups and a continuous covariate: random permutations, Freedman-Lane.
         Case("twogroup_covariate_random", ["-T", "-x", "--uncorrp"], False, 1000,
              lambda d, r: two_group(d, r, 8, 8, lambda n, rng: rng.standard_normal((n, 1)))),
@@ -222,6 +227,23 @@ def compare_maps(a_path, b_path, name, case):
     scale = max(float(np.max(np.abs(b))), 1e-6)
     rel = float(np.max(np.abs(a - b))) / scale
     return f"max relative difference {rel:.2e}", rel <= 1e-5
+
+
+def compare_text(a_path, b_path, name):
+    """The -P file (permutation vectors) and -N nulls: numbers line by line; -P identical,
+    nulls (maximum statistics in f32) within 1e-5 relative, as the maps."""
+    a = [[float(x) for x in l.split()] for l in open(a_path) if l.strip()]
+    b = [[float(x) for x in l.split()] for l in open(b_path) if l.strip()]
+    if len(a) != len(b) or any(len(x) != len(y) for x, y in zip(a, b)):
+        return f"{len(a)} vs {len(b)} lines", False
+    if name.startswith("perm_"):
+        bad = sum(x != y for x, y in zip(a, b))
+        return f"{bad} of {len(a)} permutation vectors differ", bad == 0
+    fa, fb = np.asarray(sum(a, [])), np.asarray(sum(b, []))
+    # Nulls in the order the permutations ran: only comparable when both ran the same set.
+    fa, fb = np.sort(fa), np.sort(fb)
+    rel = float(np.max(np.abs(fa - fb))) / max(float(np.max(np.abs(fb))), 1e-6)
+    return f"sorted values, max relative difference {rel:.2e}", rel <= 1e-5
 
 
 def run_tool(cmd, cwd, env):
@@ -281,6 +303,10 @@ def main():
             verdict = ""
             if has_r and has_v and r_maps[name].endswith(".nii.gz"):
                 verdict, ok = compare_maps(v_maps[name], r_maps[name], name, case)
+                verdict += "" if ok else "  <-- MISMATCH"
+                all_ok &= ok
+            elif has_r and has_v and r_maps[name].endswith(".txt") and case.exhaustive:
+                verdict, ok = compare_text(v_maps[name], r_maps[name], name)
                 verdict += "" if ok else "  <-- MISMATCH"
                 all_ok &= ok
             print(f"{name:36} {'yes' if has_r else '-':>9} {'yes' if has_v else '-':>8}  {verdict}")

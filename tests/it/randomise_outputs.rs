@@ -151,7 +151,11 @@ fn confound_methods_equal_their_refits_and_counts() {
             let us = u.to_string();
             let args = [
                 &INPUTS[..],
+                // Every row permutation: the design's rows are all distinct (a covariate), and
+                // --effective_design tells permutations apart by them instead of by the
+                // contrast's effective regressor (the group alone, 35 relabelings).
                 &["-o", &prefix, "-n", "6000", "-x", "--uncorrp", "-U", &us, "--backend", backend, "--no-report"],
+                &["--effective_design", "design.mat"],
             ]
             .concat();
             let out = crate::common::voxflip(d, &args);
