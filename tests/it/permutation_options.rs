@@ -361,3 +361,39 @@ fn dash_p_file_is_the_same_from_shards_merged_as_from_one_run() {
     assert_eq!(code, 0, "{err}");
     assert_eq!(std::fs::read_to_string(c.p("out/m_perm_tstat1.txt")).unwrap(), single);
 }
+
+/// The permutation vectors FSL randomise v2.9 itself wrote (-P) for a two-group design with
+/// a covariate, exhaustive over the group relabelings, with and without exchangeability
+/// blocks (tests/data/randomise_walk). With nuisance, which row permutation represents a
+/// relabeling changes the statistic, so exhaustive p-values equal randomise's only when the
+/// representatives do: voxflip's -P file must be randomise's, line for line.
+#[test]
+fn dash_p_file_is_randomise_s_own_for_a_design_with_a_covariate() {
+    let fixtures = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/data/randomise_walk");
+    let c = Case::new();
+    for f in ["design.mat", "design.con", "design.grp"] {
+        std::fs::copy(fixtures.join(f), c.p(f)).unwrap();
+    }
+    let vectors = |text: &str| -> Vec<Vec<i64>> {
+        text.lines()
+            .filter(|l| !l.trim().is_empty())
+            .map(|l| l.split_whitespace().map(|x| x.parse::<f64>().unwrap() as i64).collect())
+            .collect()
+    };
+    for (extra, file, count) in [
+        (&[][..], "randomise_perm_tstat1.txt", 210),
+        (&["-e", "design.grp"][..], "randomise_blocks_perm_tstat1.txt", 100),
+    ] {
+        let glm = ["-i", "in.nii.gz", "-o", "out/r", "-d", "design.mat", "-t", "design.con", "-n", "5000"];
+        let args = [&glm[..], &["-x", "-P", "--backend", "cpu", "--no-report", "--quiet"], extra].concat();
+        let (code, _, err) = run(&c, &args);
+        assert_eq!(code, 0, "{args:?}: {err}");
+        let want = vectors(&std::fs::read_to_string(fixtures.join(file)).unwrap());
+        let got = vectors(&std::fs::read_to_string(c.p("out/r_perm_tstat1.txt")).unwrap());
+        assert_eq!(want.len(), count, "{file}");
+        assert_eq!(got.len(), want.len(), "{extra:?}: number of permutations");
+        if let Some(k) = (0..want.len()).find(|&k| got[k] != want[k]) {
+            panic!("{extra:?}: permutation {} is {:?}, randomise's {:?}", k + 1, got[k], want[k]);
+        }
+    }
+}
