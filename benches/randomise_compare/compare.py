@@ -200,6 +200,8 @@ def outputs_of(prefix_dir, tag):
 
 
 def is_p_map(name):
+    if "_perm0" in name:  # --permout: a permutation's statistic map
+        return False
     return "_p_" in name or name.startswith(("vox_p", "tfce_p", "clustere_p", "clusterm_p")) or "corrp" in name
 
 

@@ -156,7 +156,7 @@ impl Blocks {
 
     /// Block indices in the order randomise's odometer takes them: by block id, ascending
     /// (randomise numbers blocks 1, 2, ... from design.grp and advances block 1 first).
-    fn walk_order(&self) -> Vec<usize> {
+    pub(super) fn walk_order(&self) -> Vec<usize> {
         let mut order: Vec<usize> = (0..self.members.len()).collect();
         order.sort_by_key(|&b| self.ids[b]);
         order

@@ -172,13 +172,25 @@ impl PermSet {
         // Sign patterns over the units that flip together: rows, or whole blocks.
         let units = if blocks.whole { blocks.len() } else { n };
         let nflip: u64 = if self.kind.flips() { 1u64 << units } else { 1 };
+        // randomise's order: its sign vector counts down from all +1 like an odometer whose
+        // last unit turns fastest (rows in order; whole blocks by block id), so unit u is
+        // negated in flip f when bit (units - 1 - position of u) of f is set.
+        let bit_of_unit: Vec<u32> = if blocks.whole {
+            let mut bit = vec![0u32; units];
+            for (pos, b) in blocks.walk_order().into_iter().enumerate() {
+                bit[b] = (units - 1 - pos) as u32;
+            }
+            bit
+        } else {
+            (0..units).map(|u| (units - 1 - u) as u32).collect()
+        };
         let wpp = self.words_per_perm;
         for src in &relabelings {
             for f in 0..nflip {
                 let mut words = vec![0u32; wpp];
                 for m in 0..n {
                     let unit = if blocks.whole { blocks.of_row[m] as usize } else { m };
-                    if (f >> unit) & 1 == 1 {
+                    if (f >> bit_of_unit[unit]) & 1 == 1 {
                         words[m / 32] |= 1 << (m % 32);
                     }
                 }
