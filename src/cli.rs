@@ -188,6 +188,11 @@ pub struct CommonArgs {
     /// Mask image (voxels > 0 are analysed); default: every voxel that varies across images.
     #[arg(short = 'm', value_name = "MASK")]
     pub mask: Option<PathBuf>,
+    /// Keep voxels of -m that are constant across all images (randomise --norcmask); by
+    /// default they are left out of the analysis and hold 0 in every output map. Kept, their
+    /// statistic is 0 in every permutation (randomise: t = 0 where the variance is 0).
+    #[arg(long = "norcmask")]
+    pub keep_constant: bool,
     /// Number of permutations (0 = all); exhaustive when there are at most this many.
     #[arg(short = 'n', default_value_t = 5000)]
     pub n_perm: usize,

@@ -288,7 +288,14 @@ pub fn run(ds: &Dataset, design: &Design, opts: &AnalysisOptions, prefix: &str) 
         input: ds.source.display().to_string(),
         mask: ds.mask_source.as_ref().map(|p| p.display().to_string()),
         grid: Grid { dims: ds.dims, voxel_mm: ds.pixdim.map(f32::abs) },
-        voxels_dropped: Vec::new(),
+        voxels_dropped: if ds.constant_dropped > 0 {
+            vec![crate::summary::DroppedVoxels {
+                count: ds.constant_dropped,
+                reason: "constant across all images (randomise's rule; --norcmask keeps them)".into(),
+            }]
+        } else {
+            Vec::new()
+        },
         design: DesignRecord {
             columns: design.column_names.clone(),
             matrix: (0..design.m.nrows()).map(|r| design.m.row(r).iter().copied().collect()).collect(),
