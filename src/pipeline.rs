@@ -471,7 +471,7 @@ impl Setup<'_> {
 fn ensure_graphs(graphs: &mut Graphs, opts: &AnalysisOptions, contrast: &Contrast) {
     let (extent_thr, mass_thr) = cluster_thresholds(opts, contrast.kind);
     if let Some(o) = opts.spatial.tfce {
-        graphs.ensure(o.params.conn);
+        graphs.ensure_tfce(o.params.conn, opts.spatial.tfce_edge);
     }
     if extent_thr.is_some() || mass_thr.is_some() {
         graphs.ensure(opts.spatial.cluster_conn.unwrap_or(Connectivity::C26));
@@ -504,7 +504,7 @@ fn set_up<'g>(
     if let Some(o) = opts.spatial.tfce {
         // randomise: dh = max(observed) / 100, fixed for every permutation.
         let dh = o.step.unwrap_or(observed.iter().copied().fold(0f32, f32::max) / 100.0);
-        job.tfce = Some((graphs.get(o.params.conn).expect("ensure_graphs built it"), o, dh));
+        job.tfce = Some((graphs.tfce().expect("ensure_graphs built it"), o, dh));
     }
     if wants_clusters {
         job.cluster_graph = graphs.get(opts.spatial.cluster_conn.unwrap_or(Connectivity::C26));
