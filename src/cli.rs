@@ -12,7 +12,7 @@ use std::path::PathBuf;
 use std::process::ExitCode;
 use std::sync::Arc;
 use voxflip_engines::{Backend, EngineOptions, GlmKernel, GpuOptions, Product, SpatialPlacement};
-use voxflip_stats::spatial::{Connectivity, SpatialOptions, TfceOptions, TfceParams};
+use voxflip_stats::spatial::{Connectivity, SpatialOptions, TfceEdge, TfceOptions, TfceParams};
 use voxflip_stats::{PScale, PermKind};
 
 #[derive(Parser, Debug)]
@@ -188,6 +188,11 @@ pub struct CommonArgs {
     /// Mask image (voxels > 0 are analysed); default: every voxel that varies across images.
     #[arg(short = 'm', value_name = "MASK")]
     pub mask: Option<PathBuf>,
+    /// Keep voxels of -m that are constant across all images (randomise --norcmask); by
+    /// default they are left out of the analysis and hold 0 in every output map. Kept, their
+    /// statistic is 0 in every permutation (randomise: t = 0 where the variance is 0).
+    #[arg(long = "norcmask")]
+    pub keep_constant: bool,
     /// Number of permutations (0 = all); exhaustive when there are at most this many.
     #[arg(short = 'n', default_value_t = 5000)]
     pub n_perm: usize,
@@ -354,6 +359,16 @@ impl GpuArgs {
     }
 }
 
+/// `--tfce-edge`.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, clap::ValueEnum)]
+pub enum TfceEdgeArg {
+    /// randomise's rule: the grid's outermost layer gets TFCE 0 and joins no cluster.
+    #[default]
+    Skip,
+    /// Every in-mask voxel is enhanced.
+    Include,
+}
+
 /// `--backend`.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, clap::ValueEnum)]
 pub enum BackendArg {
@@ -441,6 +456,10 @@ pub struct SpatialArgs {
     /// Exact TFCE integral (component tree) instead of randomise's stepwise sum.
     #[arg(long = "tfce-exact")]
     pub tfce_exact: bool,
+    /// TFCE at the grid's outermost voxel layer: skip (randomise: TFCE 0 there, and those
+    /// voxels join no cluster) or include (enhance every in-mask voxel).
+    #[arg(long = "tfce-edge", value_enum, default_value_t = TfceEdgeArg::Skip)]
+    pub tfce_edge: TfceEdgeArg,
     /// Cluster-extent inference for t maps at this cluster-forming threshold (_clustere_corrp_).
     #[arg(short = 'c', value_name = "THR")]
     pub t_extent: Option<f32>,
@@ -489,6 +508,10 @@ impl SpatialArgs {
         };
         Ok(SpatialOptions {
             tfce,
+            tfce_edge: match self.tfce_edge {
+                TfceEdgeArg::Skip => TfceEdge::Skip,
+                TfceEdgeArg::Include => TfceEdge::Include,
+            },
             t_extent: self.t_extent,
             t_mass: self.t_mass,
             f_extent: self.f_extent,

@@ -4,7 +4,7 @@
 use crate::error::{Error, Result};
 use std::path::PathBuf;
 use voxflip_io::{Dataset, OutputSet, OutputType};
-use voxflip_stats::spatial::{cluster_table, local_maxima_table, Connectivity, MaskGraph};
+use voxflip_stats::spatial::{cluster_table, local_maxima_table, Connectivity, MaskGraph, TfceEdge};
 use voxflip_stats::PScale;
 
 /// The outputs of one run with prefix `prefix` on the grid of `ds`.
@@ -143,15 +143,31 @@ impl<'a> Outputs<'a> {
     }
 }
 
-/// The mask graphs of a run, one per connectivity, built on first use.
+/// The mask graphs of a run, one per connectivity (and TFCE's, with its edge rule), built on
+/// first use.
 pub struct Graphs<'a> {
     ds: &'a Dataset,
     graphs: Vec<MaskGraph>,
+    tfce: Option<MaskGraph>,
 }
 
 impl<'a> Graphs<'a> {
     pub fn new(ds: &'a Dataset) -> Self {
-        Graphs { ds, graphs: Vec::new() }
+        Graphs { ds, graphs: Vec::new(), tfce: None }
+    }
+
+    /// Builds TFCE's graph of connectivity `conn` (one per run): with `edge` Skip, the
+    /// grid's outermost layer left out as randomise does.
+    pub fn ensure_tfce(&mut self, conn: Connectivity, edge: TfceEdge) {
+        if self.tfce.as_ref().is_none_or(|g| g.connectivity() != conn) {
+            let g = MaskGraph::new(self.ds.dims, self.ds.voxels.clone(), conn);
+            self.tfce = Some(if edge == TfceEdge::Skip { g.without_grid_border() } else { g });
+        }
+    }
+
+    /// TFCE's graph (after [`Graphs::ensure_tfce`]).
+    pub fn tfce(&self) -> Option<&MaskGraph> {
+        self.tfce.as_ref()
     }
 
     /// Builds the graph of connectivity `conn` if it is not there yet.

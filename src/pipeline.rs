@@ -288,7 +288,14 @@ pub fn run(ds: &Dataset, design: &Design, opts: &AnalysisOptions, prefix: &str) 
         input: ds.source.display().to_string(),
         mask: ds.mask_source.as_ref().map(|p| p.display().to_string()),
         grid: Grid { dims: ds.dims, voxel_mm: ds.pixdim.map(f32::abs) },
-        voxels_dropped: Vec::new(),
+        voxels_dropped: if ds.constant_dropped > 0 {
+            vec![crate::summary::DroppedVoxels {
+                count: ds.constant_dropped,
+                reason: "constant across all images (randomise's rule; --norcmask keeps them)".into(),
+            }]
+        } else {
+            Vec::new()
+        },
         design: DesignRecord {
             columns: design.column_names.clone(),
             matrix: (0..design.m.nrows()).map(|r| design.m.row(r).iter().copied().collect()).collect(),
@@ -464,7 +471,7 @@ impl Setup<'_> {
 fn ensure_graphs(graphs: &mut Graphs, opts: &AnalysisOptions, contrast: &Contrast) {
     let (extent_thr, mass_thr) = cluster_thresholds(opts, contrast.kind);
     if let Some(o) = opts.spatial.tfce {
-        graphs.ensure(o.params.conn);
+        graphs.ensure_tfce(o.params.conn, opts.spatial.tfce_edge);
     }
     if extent_thr.is_some() || mass_thr.is_some() {
         graphs.ensure(opts.spatial.cluster_conn.unwrap_or(Connectivity::C26));
@@ -497,7 +504,7 @@ fn set_up<'g>(
     if let Some(o) = opts.spatial.tfce {
         // randomise: dh = max(observed) / 100, fixed for every permutation.
         let dh = o.step.unwrap_or(observed.iter().copied().fold(0f32, f32::max) / 100.0);
-        job.tfce = Some((graphs.get(o.params.conn).expect("ensure_graphs built it"), o, dh));
+        job.tfce = Some((graphs.tfce().expect("ensure_graphs built it"), o, dh));
     }
     if wants_clusters {
         job.cluster_graph = graphs.get(opts.spatial.cluster_conn.unwrap_or(Connectivity::C26));

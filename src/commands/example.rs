@@ -30,6 +30,7 @@ pub fn run(a: &ExampleArgs, args: &[String]) -> Result<()> {
         common: CommonArgs {
             out: Some(prefix.clone()),
             mask: Some(data_dir.join("mask.nii.gz")),
+            keep_constant: false,
             n_perm: a.n_perm,
             vox_corrp: true,
             uncorrp: false,

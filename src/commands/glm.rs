@@ -38,7 +38,9 @@ pub fn run(g: &GlmArgs, args: &[String]) -> Result<()> {
     let read_start = std::time::Instant::now();
     let img = voxflip_io::read_image(input)?;
     let mask = read_mask(&mask_path)?;
-    let mut ds = Dataset::from_image(&img, input, mask.as_ref().zip(mask_path.as_deref()))?;
+    let mut ds =
+        Dataset::from_image_with(&img, input, mask.as_ref().zip(mask_path.as_deref()), g.common.keep_constant)?;
+    super::report_constant_voxels(&ds);
     ds.read_seconds = read_start.elapsed().as_secs_f64();
     drop(img);
     let mut design = match (&g.design, &g.contrasts) {

@@ -88,7 +88,9 @@ pub fn run(a: &InteractionArgs, args: &[String]) -> Result<()> {
     drop((pre, post));
     let mask_path = a.common.mask.as_deref().map(voxflip_io::resolve_image).transpose()?;
     let mask = read_mask(&mask_path)?;
-    let mut ds = Dataset::from_image(&diff, &post_path, mask.as_ref().zip(mask_path.as_deref()))?;
+    let mut ds =
+        Dataset::from_image_with(&diff, &post_path, mask.as_ref().zip(mask_path.as_deref()), a.common.keep_constant)?;
+    super::report_constant_voxels(&ds);
     ds.read_seconds = read_start.elapsed().as_secs_f64();
     drop(diff);
     let design = Design::group_by_time(&groups, &[names[0].clone(), names[1].clone()]);

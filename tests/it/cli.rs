@@ -172,19 +172,102 @@ fn contrast_not_estimable_and_wrong_columns() {
 }
 
 #[test]
-fn nan_and_constant_voxels_inside_the_mask() {
+fn nan_voxels_inside_the_mask() {
     let c = Case::new();
     let mut d = data(10, 1);
     d[7] = f32::NAN;
     write(&c.p("nan.nii.gz"), DIMS, 10, &d);
     c.fails(&["-i", "nan.nii.gz", "-o", "out/r", "-1", "-m", "mask.nii.gz"], "nan.nii.gz", "NaN");
     let nvox: usize = DIMS.iter().product();
-    let mut d = data(10, 1);
-    for t in 0..10 {
-        d[t * nvox + 3] = 5.0;
-    }
-    write(&c.p("const.nii.gz"), DIMS, 10, &d);
+    write(&c.p("const.nii.gz"), DIMS, 10, &vec![5.0; 10 * nvox]);
     c.fails(&["-i", "const.nii.gz", "-o", "out/r", "-1", "-m", "mask.nii.gz"], "const.nii.gz", "constant");
+}
+
+/// randomise's mask rule: voxels of -m constant across all images (exactly equal, here a
+/// zero edge and two interior voxels, one of them 5.0 everywhere) are left out, counted on
+/// stderr and in the sidecar, and hold 0 in every output map; every other voxel's
+/// statistic and p values are bit for bit those of a run whose mask excludes them (the
+/// oracle: the same analysis on the explicit mask). With --norcmask they are kept, with
+/// statistic 0 (randomise's t where the variance is 0) and the other voxels' t unchanged.
+#[test]
+fn constant_voxels_leave_the_mask_as_in_randomise() {
+    let c = Case::new();
+    let nvox: usize = DIMS.iter().product();
+    let mut d = data(10, 1);
+    let mut constant = vec![false; nvox];
+    for (l, k) in constant.iter_mut().enumerate() {
+        *k = l % DIMS[0] == 0 || l == 15 || l == 52;
+    }
+    for t in 0..10 {
+        for l in 0..nvox {
+            if constant[l] {
+                d[t * nvox + l] = if l == 52 { 5.0 } else { 0.0 };
+            }
+        }
+    }
+    let n_const = constant.iter().filter(|&&k| k).count();
+    write(&c.p("const.nii.gz"), DIMS, 10, &d);
+    let varying: Vec<f32> = constant.iter().map(|&k| if k { 0.0 } else { 1.0 }).collect();
+    write(&c.p("varying.nii.gz"), DIMS, 1, &varying);
+    let flags = ["-d", "design.mat", "-t", "design.con", "-n", "60", "-T", "-x", "--uncorrp", "--backend", "cpu"];
+    let run = |mask: &str, out: &str, extra: &[&str]| {
+        let mut a = vec!["-i", "const.nii.gz", "-m", mask, "-o", out];
+        a.extend_from_slice(&flags);
+        a.extend_from_slice(extra);
+        let (code, err) = c.run(&a);
+        assert_eq!(code, 0, "{err}");
+        err
+    };
+    let err = run("mask.nii.gz", "out/dropped", &[]);
+    let said: Vec<&str> = err.lines().filter(|l| l.contains("constant across all images")).collect();
+    assert_eq!(said.len(), 1, "{err}");
+    assert!(said[0].contains(&format!("{n_const} voxels of mask.nii.gz")), "{err}");
+    run("varying.nii.gz", "out/explicit", &[]);
+    run("mask.nii.gz", "out/kept", &["--norcmask"]);
+    let (quiet_code, quiet_err) = c.run(&[
+        "-i",
+        "const.nii.gz",
+        "-m",
+        "mask.nii.gz",
+        "-o",
+        "out/quiet",
+        "-1",
+        "-n",
+        "10",
+        "--quiet",
+        "--backend",
+        "cpu",
+    ]);
+    assert_eq!(quiet_code, 0, "{quiet_err}");
+    assert!(!quiet_err.contains("constant"), "{quiet_err}");
+    let json: serde_json::Value =
+        serde_json::from_str(&std::fs::read_to_string(c.p("out/dropped_voxflip.json")).unwrap()).unwrap();
+    assert_eq!(json["voxels_dropped"][0]["count"], n_const);
+    assert_eq!(json["n_voxels"], nvox - n_const);
+    let read = |name: &str| voxflip_io::read_image(&c.p(&format!("out/{name}.nii.gz"))).unwrap().data;
+    for map in ["tstat1", "vox_p_tstat1", "vox_corrp_tstat1", "tfce_tstat1", "tfce_p_tstat1", "tfce_corrp_tstat1"] {
+        let (dropped, explicit) = (read(&format!("dropped_{map}")), read(&format!("explicit_{map}")));
+        for l in 0..nvox {
+            assert_eq!(dropped[l].to_bits(), explicit[l].to_bits(), "{map} at voxel {l}");
+            if constant[l] {
+                assert_eq!(dropped[l], 0.0, "{map} at constant voxel {l}");
+            }
+        }
+    }
+    let (kept, dropped) = (read("kept_tstat1"), read("dropped_tstat1"));
+    for l in 0..nvox {
+        assert_eq!(kept[l].to_bits(), dropped[l].to_bits(), "--norcmask tstat1 at voxel {l}");
+    }
+    // A constant voxel's t is 0 in every permutation, so its uncorrected p is 1 (written 1-p = 0)
+    // and it adds no TFCE: the kept run's TFCE map equals the dropped one's.
+    let (kept_p, kept_tfce, dropped_tfce) =
+        (read("kept_vox_p_tstat1"), read("kept_tfce_tstat1"), read("dropped_tfce_tstat1"));
+    for l in 0..nvox {
+        if constant[l] {
+            assert_eq!(kept_p[l], 0.0, "--norcmask vox_p at constant voxel {l}");
+        }
+        assert_eq!(kept_tfce[l].to_bits(), dropped_tfce[l].to_bits(), "--norcmask tfce at voxel {l}");
+    }
 }
 
 #[test]

@@ -26,6 +26,9 @@ pub struct Dataset {
     /// Seconds its reader took to read the files and form the dataset (for the sidecar's
     /// timings; 0 unless the reader sets it).
     pub read_seconds: f64,
+    /// Voxels of the mask (-m) left out because they are constant across all images
+    /// (randomise's rule; 0 without a mask or with `keep_constant`).
+    pub constant_dropped: usize,
 }
 
 fn same_grid(a: &Image, b: &Image) -> bool {
@@ -49,10 +52,24 @@ fn voxel_xyz(dims: [usize; 3], lin: usize) -> (usize, usize, usize) {
 }
 
 impl Dataset {
-    /// Build from a 4D image and an optional mask image. Without a mask, every voxel whose
-    /// values are finite and not all equal is used (as randomise does). With a mask, every
-    /// in-mask voxel must be finite and vary across images: an error says which do not.
+    /// [`Dataset::from_image_with`], constant voxels dropped (randomise's default).
     pub fn from_image(img: &Image, img_path: &Path, mask: Option<(&Image, &Path)>) -> Result<Dataset> {
+        Self::from_image_with(img, img_path, mask, false)
+    }
+
+    /// Build from a 4D image and an optional mask image. "Constant" is randomise's test: every
+    /// image holds exactly the first image's value (no tolerance, no demeaning). Without a
+    /// mask, every finite voxel that is not constant is used (as randomise does); with a
+    /// mask, every in-mask voxel must be finite (an error says which are not), and constant
+    /// ones are left out and counted in [`Dataset::constant_dropped`]. `keep_constant`
+    /// (randomise --norcmask) keeps constant voxels: their statistic is then 0 (see
+    /// `ContrastModel::problem`).
+    pub fn from_image_with(
+        img: &Image,
+        img_path: &Path,
+        mask: Option<(&Image, &Path)>,
+        keep_constant: bool,
+    ) -> Result<Dataset> {
         let n = img.nvol;
         if n < 2 {
             return Err(Error::input(
@@ -72,6 +89,7 @@ impl Dataset {
             }
             (finite, differs)
         };
+        let mut constant_dropped = 0;
         let voxels: Vec<u32> = match mask {
             Some((m, mpath)) => {
                 if m.nvol != 1 {
@@ -106,15 +124,14 @@ impl Dataset {
                     return Err(Error::input(mpath, "the mask is empty (no voxel > 0)"));
                 }
                 let mut nonfinite = (0usize, None);
-                let mut constant = (0usize, None);
-                for &l in &vox {
+                let mut constant = vec![false; vox.len()];
+                for (c, &l) in constant.iter_mut().zip(&vox) {
                     let (finite, differs) = varies(l as usize);
                     if !finite {
                         nonfinite.0 += 1;
                         nonfinite.1.get_or_insert(l);
-                    } else if !differs {
-                        constant.0 += 1;
-                        constant.1.get_or_insert(l);
+                    } else {
+                        *c = !differs && !keep_constant;
                     }
                 }
                 if let (c, Some(l)) = nonfinite {
@@ -124,23 +141,23 @@ impl Dataset {
                         format!("{c} in-mask voxels hold NaN or Inf (first at voxel {x},{y},{z}); fix the data or exclude them from {}", mpath.display()),
                     ));
                 }
-                if let (c, Some(l)) = constant {
-                    let (x, y, z) = voxel_xyz(img.dims, l as usize);
+                constant_dropped = constant.iter().filter(|&&c| c).count();
+                if constant_dropped == vox.len() {
                     return Err(Error::input(
                         img_path,
                         format!(
-                            "{c} in-mask voxels are constant across all {n} volumes (first at voxel {x},{y},{z}); exclude them from {} or omit -m to use every varying voxel",
+                            "every voxel of {} is constant across all {n} volumes: nothing to test",
                             mpath.display()
                         ),
                     ));
                 }
-                vox
+                vox.into_iter().zip(&constant).filter(|(_, &c)| !c).map(|(l, _)| l).collect()
             }
             None => {
                 let vox: Vec<u32> = (0..nvox)
                     .filter(|&l| {
                         let (f, d) = varies(l);
-                        f && d
+                        f && (d || keep_constant)
                     })
                     .map(|l| l as u32)
                     .collect();
@@ -174,6 +191,7 @@ impl Dataset {
             source: img_path.to_path_buf(),
             mask_source: mask.map(|(_, p)| p.to_path_buf()),
             read_seconds: 0.0,
+            constant_dropped,
         })
     }
 

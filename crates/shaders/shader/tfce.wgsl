@@ -9,7 +9,7 @@
 // works in proportion to them. Per level k, top down:
 //
 //   enter (whole batch, a streaming compare): the voxels with h_k < T <= h_{k+1}, T finite,
-//     get parent = self and are appended to the list (the first level also zeroes tfce and
+//     whose neighbour row is not marked EXCLUDED_ROW (the grid's border), get parent = self and are appended to the list (the first level also zeroes tfce and
 //     parents); every voxel above h_k gets its size slot `cur` reset
 //   -> set_args (one invocation: indirect arguments for the new entries and the whole list)
 //   -> hook (the new entries: to their smaller active neighbours and to their larger ones
@@ -62,7 +62,8 @@ fn enter(
     var keep = false;
     if i < p.v * p.nmaps {
         let x = maps[i];
-        keep = is_finite(x) && x > p.thr && !(x > p.next_thr);
+        // A voxel whose row is marked EXCLUDED_ROW (the grid's border) never enters.
+        keep = is_finite(x) && x > p.thr && !(x > p.next_thr) && nbrs[(i % p.v) * p.width] != EXCLUDED_ROW;
         if (p.flags & FLAG_FIRST) != 0u {
             tfce[i] = 0.0;
             atomicStore(&parent[i], NONE);

@@ -261,7 +261,8 @@ fn exact_step(@builtin(workgroup_id) wid: vec3<u32>) {
             }
             let x = maps[base + cur];
             tfce[base + cur] = 0.0;
-            if is_finite(x) && x > 0.0 {
+            // A voxel whose row is marked EXCLUDED_ROW (the grid's border) is not enhanced.
+            if is_finite(x) && x > 0.0 && nbrs[cur * p.width] != EXCLUDED_ROW {
                 work[base + n].x = cur;
                 work[base + n].y = sort_key(x);
                 n += 1u;

@@ -13,6 +13,9 @@ shader_consts! {
         WG = 64;
         /// Parent of a voxel that is not in any component (below threshold).
         NONE = u32::MAX;
+        /// First entry of the neighbour row of a voxel TFCE leaves out (the grid's border,
+        /// as randomise): it never enters a level.
+        EXCLUDED_ROW = u32::MAX;
         /// `mode`: the cluster rule, x >= thr (NaN never).
         MODE_INCLUSIVE = 0;
         /// `mode`: a TFCE level, x > thr and x finite.
@@ -148,11 +151,14 @@ pub fn tfce_exact_wgsl_source() -> String {
             "{}{}{}",
             TfceExactParams::WGSL,
             consts_wgsl(TFCE_EXACT_CONSTS),
-            consts_wgsl(&[("WG", WG), ("NONE", NONE)])
+            consts_wgsl(&[("WG", WG), ("NONE", NONE), ("EXCLUDED_ROW", EXCLUDED_ROW)])
         )),
         _ => None,
     })
 }
+
+// The kernels read the stats crate's marker of an excluded row.
+const _: () = assert!(EXCLUDED_ROW == voxflip_stats::spatial::EXCLUDED_ROW);
 
 /// Workgroup memory of the exact TFCE module: none.
 pub const EXACT_WORKGROUP_STORAGE_BYTES: u32 = 0;

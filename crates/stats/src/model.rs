@@ -204,6 +204,17 @@ impl ContrastModel {
                         ssb[x] += r * r;
                     }
                 }
+                // A voxel constant across images (randomise's test: every image equal to the
+                // first) carries no evidence: E = 0 and ||E||^2 = 0 exactly, so every engine's
+                // statistic is 0 there (randomise: t = 0 where the variance is exactly 0),
+                // instead of the rounding residue of R_Z Y.
+                let first = &y[v0..v0 + w];
+                for x in 0..w {
+                    if (1..n).all(|i| y[i * v + v0 + x] == first[x]) {
+                        ssb[x] = 0.0;
+                        (0..n).for_each(|i| eb[i * w + x] = 0.0);
+                    }
+                }
                 (b, eb, ssb.into_iter().map(|s| s as f32).collect())
             })
             .collect();

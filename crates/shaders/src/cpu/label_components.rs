@@ -6,7 +6,7 @@
 //! in; this sequential version obeys the same invariant and gives the same labels exactly.
 //! Masses use the same 64-bit fixed point and the same conversion back to f32.
 
-pub use crate::spatial::{MODE_INCLUSIVE, MODE_TFCE, NONE};
+pub use crate::spatial::{EXCLUDED_ROW, MODE_INCLUSIVE, MODE_TFCE, NONE};
 
 /// Whether a voxel enters a component: `x >= thr` (NaN never) for clusters, as
 /// [`voxflip_stats::spatial::above_cluster_threshold`]; `x > thr` and finite for a TFCE level.
@@ -35,8 +35,11 @@ fn find(parent: &[u32], base: usize, mut x: u32) -> u32 {
 pub fn label_components(nbrs: &[u32], width: usize, maps: &[f32], v: usize, thr: f32, mode: u32) -> Vec<u32> {
     assert!(v > 0 && maps.len().is_multiple_of(v) && nbrs.len() == v * width);
     // init
+    // A TFCE level never holds a voxel whose row is marked EXCLUDED_ROW (tfce.wgsl's `enter`).
+    let enters =
+        |i: usize, x: f32| active(x, thr, mode) && !(mode == MODE_TFCE && nbrs[(i % v) * width] == EXCLUDED_ROW);
     let mut parent: Vec<u32> =
-        maps.iter().enumerate().map(|(i, &x)| if active(x, thr, mode) { (i % v) as u32 } else { NONE }).collect();
+        maps.iter().enumerate().map(|(i, &x)| if enters(i, x) { (i % v) as u32 } else { NONE }).collect();
     // hook: each edge from its larger end; the root with the larger index goes under the other.
     for base in (0..maps.len()).step_by(v) {
         for vv in 0..v {

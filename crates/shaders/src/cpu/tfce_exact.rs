@@ -74,8 +74,12 @@ pub fn tfce_exact(
     let mut out = vec![0f32; maps.len()];
     for (map, tf) in maps.chunks(v).zip(out.chunks_mut(v)) {
         // sort_map: positive finite voxels, decreasing value, ties by voxel index.
-        let mut order: Vec<u32> =
-            (0..v as u32).filter(|&x| map[x as usize].is_finite() && map[x as usize] > 0.0).collect();
+        let mut order: Vec<u32> = (0..v as u32)
+            .filter(|&x| {
+                let (val, row) = (map[x as usize], nbrs[x as usize * width]);
+                val.is_finite() && val > 0.0 && row != crate::spatial::EXCLUDED_ROW
+            })
+            .collect();
         order.sort_by_key(|&x| 0x7f7f_ffffu32 - map[x as usize].to_bits());
         let n = order.len();
 

@@ -70,6 +70,11 @@ impl Connectivity {
 /// Marks a grid position outside the mask in a dense grid-to-voxel lookup.
 pub(crate) const OUTSIDE: u32 = u32::MAX;
 
+/// First entry of the neighbour row of a voxel that TFCE leaves out (see
+/// [`MaskGraph::without_grid_border`]); the kernels read it there. Larger than any voxel
+/// index and than the padding V, so a scan of the row stops at once.
+pub const EXCLUDED_ROW: u32 = u32::MAX;
+
 /// In-mask voxels of a 3-D grid and which of them touch.
 #[derive(Clone, Debug)]
 pub struct MaskGraph {
@@ -85,6 +90,9 @@ pub struct MaskGraph {
     degree: Vec<u8>,
     width: usize,
     conn: Connectivity,
+    /// Voxels that take no part in TFCE (empty: none); their rows start with
+    /// [`EXCLUDED_ROW`] and no row names them.
+    excluded: Vec<bool>,
 }
 
 impl MaskGraph {
@@ -123,7 +131,48 @@ impl MaskGraph {
             degree.push((nbrs.len() - row_start) as u8);
             nbrs.resize(row_start + width, pad);
         }
-        Self { dims, voxels, nbrs, degree, width, conn }
+        Self { dims, voxels, nbrs, degree, width, conn, excluded: Vec::new() }
+    }
+
+    /// This graph with the outermost voxel layer of the grid (x = 0 and nx - 1, likewise y
+    /// and z) left out, as randomise's TFCE (`tfce()` in FSL's newimagefns.h) visits only
+    /// x = 1..nx-2: those voxels get TFCE 0 and join no component, so they also split the
+    /// components they would have joined. Axes shorter than 3 voxels (where randomise
+    /// refuses TFCE) keep all their layers. Cluster inference keeps the whole grid.
+    pub fn without_grid_border(&self) -> MaskGraph {
+        let on_border = |v: usize| {
+            let c = self.coords(v);
+            (0..3).any(|a| self.dims[a] >= 3 && (c[a] == 0 || c[a] == self.dims[a] - 1))
+        };
+        let excluded: Vec<bool> = (0..self.len()).map(on_border).collect();
+        if !excluded.iter().any(|&e| e) {
+            return self.clone();
+        }
+        let pad = self.len() as u32;
+        let mut nbrs = Vec::with_capacity(self.nbrs.len());
+        let mut degree = Vec::with_capacity(self.len());
+        for (v, &out) in excluded.iter().enumerate() {
+            let start = nbrs.len();
+            if out {
+                nbrs.push(EXCLUDED_ROW);
+            } else {
+                nbrs.extend(self.neighbours(v).iter().copied().filter(|&u| !excluded[u as usize]));
+            }
+            degree.push(if out { 0 } else { (nbrs.len() - start) as u8 });
+            nbrs.resize(start + self.width, pad);
+        }
+        MaskGraph { nbrs, degree, excluded, ..self.clone() }
+    }
+
+    /// Whether TFCE leaves voxel `v` out (see [`MaskGraph::without_grid_border`]).
+    #[inline]
+    pub fn is_excluded(&self, v: usize) -> bool {
+        self.excluded.get(v).copied().unwrap_or(false)
+    }
+
+    /// Whether TFCE leaves any voxel out.
+    pub fn excludes_any(&self) -> bool {
+        !self.excluded.is_empty()
     }
 
     /// Builds the graph from a dense boolean mask of `nx*ny*nz` entries (x fastest).
@@ -153,7 +202,8 @@ impl MaskGraph {
         &self.nbrs[start..start + self.degree[v] as usize]
     }
 
-    /// All neighbour rows (`width` entries per voxel, padded with V) and the width.
+    /// All neighbour rows (`width` entries per voxel, padded with V; the row of an excluded
+    /// voxel starts with [`EXCLUDED_ROW`]) and the width.
     #[inline]
     pub fn padded_rows(&self) -> (&[u32], usize) {
         (&self.nbrs, self.width)

@@ -30,10 +30,10 @@ mod equivalence_tests;
 #[cfg(test)]
 mod oracle_tests;
 
-pub use graph::{Connectivity, MaskGraph};
+pub use graph::{Connectivity, MaskGraph, EXCLUDED_ROW};
 pub use labels::{above_cluster_threshold, cluster_sizes_masses, label_components};
 pub use levels::{tfce_levels, TooManyLevels, MAX_TFCE_LEVELS};
-pub use null::{observed_cluster_values, SpatialJob, SpatialNull, SpatialOptions, TfceOptions};
+pub use null::{observed_cluster_values, SpatialJob, SpatialNull, SpatialOptions, TfceEdge, TfceOptions};
 pub use table::{cluster_table, local_maxima_table};
 pub use tfce::{
     tfce_exact, tfce_exact_into, tfce_exact_max, tfce_step_from_observed, tfce_stepwise, tfce_stepwise_into,

@@ -25,10 +25,24 @@ pub struct TfceOptions {
     pub step: Option<f32>,
 }
 
+/// What TFCE does at the outermost voxel layer of the grid (--tfce-edge).
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub enum TfceEdge {
+    /// randomise's rule: those voxels get TFCE 0 and join no component
+    /// ([`MaskGraph::without_grid_border`]), in stepwise and exact TFCE alike.
+    #[default]
+    Skip,
+    /// Every in-mask voxel is enhanced (voxflip before randomise's rule was matched).
+    Include,
+}
+
 /// Which spatial statistics to compute (randomise -T, -c/-C for t, -F/-S for F).
 #[derive(Clone, Copy, Debug, Default)]
 pub struct SpatialOptions {
     pub tfce: Option<TfceOptions>,
+    /// TFCE at the grid's border (cluster inference always keeps the whole grid, as
+    /// randomise's `connected_components`).
+    pub tfce_edge: TfceEdge,
     pub t_extent: Option<f32>,
     pub t_mass: Option<f32>,
     pub f_extent: Option<f32>,

@@ -13,7 +13,10 @@
 //!     same side as in randomise;
 //!   * level 0 (h = 0) contributes 0^H, i.e. nothing for H > 0.
 //!
-//!   Not reproduced: FSL skips the outermost layer of the grid, which never holds brain.
+//!   * FSL visits only x = 1..nx-2 (likewise y, z): the outermost layer of the grid gets
+//!     TFCE 0 and joins no component. That is the graph's business
+//!     ([`MaskGraph::without_grid_border`]): voxels it excludes are never enhanced, here
+//!     and in the exact version alike.
 //!
 //!   A step too small for a map's maximum (more than [`MAX_TFCE_LEVELS`] levels) is an
 //!   error ([`TooManyLevels`]), for the caller to report: `--tfce_D` is a user's input.
@@ -70,6 +73,13 @@ impl TfceParams {
 #[inline]
 pub(crate) fn enhanced(x: f32) -> bool {
     x > 0.0 && x.is_finite()
+}
+
+/// Whether voxel `v` of `map` takes part in TFCE over `g`: enhanced and not left out by the
+/// graph (the grid's border, [`MaskGraph::without_grid_border`]).
+#[inline]
+pub(crate) fn enhanced_in(g: &MaskGraph, map: &[f32], v: usize) -> bool {
+    enhanced(map[v]) && !g.is_excluded(v)
 }
 
 /// randomise's TFCE step for a contrast: the maximum of the observed map / 100, used for
@@ -176,7 +186,7 @@ fn prepare_stepwise(
     if !(dh > 0.0 && dh.is_finite()) {
         return Ok(false);
     }
-    let max = map.iter().copied().filter(|&x| enhanced(x)).fold(f32::NEG_INFINITY, f32::max);
+    let max = (0..n).filter(|&v| enhanced_in(g, map, v)).map(|v| map[v]).fold(f32::NEG_INFINITY, f32::max);
     if max == f32::NEG_INFINITY {
         return Ok(false);
     }
@@ -205,8 +215,8 @@ fn prepare_stepwise(
     hist.clear();
     hist.resize(top_level + 2, 0);
     let level = &mut ws.level[..n];
-    for (lv, &t) in level.iter_mut().zip(map) {
-        if !enhanced(t) {
+    for (v, (lv, &t)) in level.iter_mut().zip(map).enumerate() {
+        if !enhanced(t) || g.is_excluded(v) {
             *lv = NOT_ENHANCED;
             continue;
         }
@@ -265,7 +275,10 @@ fn prepare_exact(g: &MaskGraph, map: &[f32], p: &TfceParams, ws: &mut Workspace)
     // Positive finite f32 values order like their bit patterns, so the keys sort by value.
     ws.keys.clear();
     ws.keys.extend(
-        map.iter().enumerate().filter(|(_, &x)| enhanced(x)).map(|(v, &x)| ((x.to_bits() as u64) << 32) | v as u64),
+        map.iter()
+            .enumerate()
+            .filter(|&(v, &x)| enhanced(x) && !g.is_excluded(v))
+            .map(|(v, &x)| ((x.to_bits() as u64) << 32) | v as u64),
     );
     radix_sort_high32(&mut ws.keys, &mut ws.keys_tmp, &mut ws.hist);
     let hp1 = p.h as f64 + 1.0;

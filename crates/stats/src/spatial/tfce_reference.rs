@@ -7,7 +7,7 @@
 
 use super::graph::MaskGraph;
 use super::levels::{tfce_levels, TooManyLevels, MAX_TFCE_LEVELS};
-use super::tfce::{enhanced, TfceParams};
+use super::tfce::{enhanced_in, TfceParams};
 use super::workspace::{pow_fast, Node, Workspace};
 
 /// Stepwise TFCE (randomise's discretization) of `map` with level step `dh`.
@@ -109,7 +109,7 @@ fn prepare_stepwise(
     if !(dh > 0.0 && dh.is_finite()) {
         return Ok(false);
     }
-    let max = map.iter().copied().filter(|&x| enhanced(x)).fold(f32::NEG_INFINITY, f32::max);
+    let max = (0..n).filter(|&v| enhanced_in(g, map, v)).map(|v| map[v]).fold(f32::NEG_INFINITY, f32::max);
     if max == f32::NEG_INFINITY {
         return Ok(false);
     }
@@ -138,7 +138,7 @@ fn prepare_stepwise(
     let mut n_active = 0usize;
     for v in 0..n {
         let t = map[v];
-        if !enhanced(t) {
+        if !enhanced_in(g, map, v) {
             continue;
         }
         let mut k = ((t as f64 * inv_dh) as usize).min(top_level);
@@ -161,7 +161,7 @@ fn prepare_stepwise(
     }
     ws.order.resize(n_active, 0);
     for v in 0..n {
-        if enhanced(map[v]) {
+        if enhanced_in(g, map, v) {
             let k = ws.level[v] as usize;
             ws.order[hist[k] as usize] = v as u32;
             hist[k] += 1;
@@ -187,7 +187,10 @@ fn prepare_exact(g: &MaskGraph, map: &[f32], p: &TfceParams, ws: &mut Workspace)
     // Positive finite f32 values order like their bit patterns, so the keys sort by value.
     ws.keys.clear();
     ws.keys.extend(
-        map.iter().enumerate().filter(|(_, &x)| enhanced(x)).map(|(v, &x)| ((x.to_bits() as u64) << 32) | v as u64),
+        map.iter()
+            .enumerate()
+            .filter(|&(v, _)| enhanced_in(g, map, v))
+            .map(|(v, &x)| ((x.to_bits() as u64) << 32) | v as u64),
     );
     radix_sort_high32(&mut ws.keys, &mut ws.keys_tmp, &mut ws.hist);
     ws.order.clear();
