@@ -3,7 +3,10 @@
 //! With M (N x r) and t contrasts c_1..c_k (rows of design.con), as randomise's
 //! `calculateTstat` on the input design: pe = M^+ y (r values), cope_j = c_j pe,
 //! sigmasqr = |y - M pe|^2 / (N - rank M), varcope_j = c_j M^+ (M^+)' c_j' sigmasqr. The
-//! pseudo-inverse keeps a rank-deficient design's estimable contrasts defined.
+//! pseudo-inverse keeps a rank-deficient design's estimable contrasts defined: pe is then
+//! the minimum-norm solution (as randomise's pinv gives it; the pe of redundant columns
+//! depend on that choice), while cope and varcope of an estimable contrast do not. The
+//! pseudo-inverse cuts singular values at the tolerance of [`crate::rank`], so the two agree.
 use nalgebra::DMatrix;
 
 /// The maps of [`glm_maps`], each a list of in-mask maps (one per volume of its output).
@@ -29,7 +32,7 @@ pub fn glm_maps(m: &DMatrix<f64>, contrasts: &[Vec<f64>], y: &[f32], v: usize) -
         return Err(format!("the design has rank {rank} with {n} rows: no degrees of freedom for --glm_output"));
     }
     let dof = (n - rank) as f64;
-    let pinv = m.clone().pseudo_inverse(1e-10 * m.amax().max(1e-300)).map_err(|e| e.to_string())?;
+    let pinv = crate::pseudo_inverse(m);
     // pe[k][x] = sum_i pinv[k, i] y[i, x], rows of y read in order.
     let mut pe = vec![vec![0f64; v]; r];
     for i in 0..n {
