@@ -257,7 +257,13 @@ impl Design {
                     return Err(DesignError::Contrasts(self.not_estimable(c, label, mat)));
                 }
             }
-            ContrastModel::new(&self.m, c).map_err(DesignError::Contrasts)?;
+            if let Err(msg) = ContrastModel::new(&self.m, c) {
+                return Err(if msg.contains("design") {
+                    DesignError::Design(msg)
+                } else {
+                    DesignError::Contrasts(msg)
+                });
+            }
         }
         Ok(())
     }
