@@ -9,8 +9,8 @@ use crate::permutations::{reason_for, PermutationPlan};
 use crate::progress::Bar;
 use crate::state::{checkpoint_file, identity, ContrastState, NullState, Shard};
 use crate::summary::{
-    null_quantiles, utc_now, ContrastSummary, DesignRecord, ExchangeBlocks, Grid, Histogram, RunReport, SpatialSummary,
-    Timings,
+    null_quantiles, utc_now, ContrastSummary, DesignRecord, ExchangeBlocks, Grid, Histogram, RedundantColumn,
+    RunReport, SpatialSummary, Timings,
 };
 use std::ops::Range;
 use std::path::PathBuf;
@@ -300,6 +300,15 @@ pub fn run(ds: &Dataset, design: &Design, opts: &AnalysisOptions, prefix: &str) 
             columns: design.column_names.clone(),
             matrix: (0..design.m.nrows()).map(|r| design.m.row(r).iter().copied().collect()).collect(),
             blocks: opts.blocks.as_ref().map(|b| b.of_rows().to_vec()),
+            rank: Some(voxflip_stats::rank(&design.m)),
+            redundant_columns: design
+                .column_dependencies()
+                .into_iter()
+                .map(|d| RedundantColumn {
+                    column: design.column_names[d.column].clone(),
+                    combination_of: d.of.iter().map(|&k| design.column_names[k].clone()).collect(),
+                })
+                .collect(),
         },
         logp: opts.scale == PScale::NegLog10,
         report: opts.report.clone(),

@@ -115,6 +115,22 @@ pub struct DesignRecord {
     pub matrix: Vec<Vec<f64>>,
     /// The exchangeability block of each image (-e), if any.
     pub blocks: Option<Vec<u32>>,
+    /// The rank of the design (absent in sidecars of earlier versions).
+    #[serde(default)]
+    pub rank: Option<usize>,
+    /// A rank-deficient design's redundant columns, each a linear combination of the
+    /// columns before it (empty when the design has full rank); its contrasts were fitted
+    /// through the pseudo-inverse.
+    #[serde(default)]
+    pub redundant_columns: Vec<RedundantColumn>,
+}
+
+/// A design column that is a linear combination of the columns before it, by column name.
+#[derive(Clone, Debug, Serialize, Deserialize)]
+pub struct RedundantColumn {
+    pub column: String,
+    /// The columns its combination uses (empty: an all-zero column).
+    pub combination_of: Vec<String>,
 }
 
 /// In-mask voxels left out of the analysis, and why.

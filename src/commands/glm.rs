@@ -51,6 +51,12 @@ pub fn run(g: &GlmArgs, args: &[String]) -> Result<()> {
         }
         _ => return Err(Error::usage("-d and -t go together")),
     };
+    if let Some(mat) = &g.design {
+        // Once per run, naming the file as given (-D may reorder columns: before it).
+        if let Some(warning) = design.rank_warning(&mat.display().to_string()) {
+            log::info!("{warning}");
+        }
+    }
     if g.f_only {
         if g.fts.is_none() {
             return Err(Error::usage("--fonly needs F-tests: give -f design.fts"));

@@ -159,7 +159,13 @@ fn rank_deficient_design() {
         "/NumWaves 3\n/NumPoints 10\n/Matrix\n1 1 0\n1 1 0\n1 1 0\n1 1 0\n1 1 0\n1 0 1\n1 0 1\n1 0 1\n1 0 1\n1 0 1\n",
     );
     c.text("c3.con", "/NumWaves 3\n/NumContrasts 1\n/Matrix\n0 1 -1\n");
-    c.fails(&["-i", "in.nii.gz", "-o", "out/r", "-d", "rd.mat", "-t", "c3.con"], "rd.mat", "rank deficient");
+    // Group B's indicator is intercept - group A: [0 1 -1] is estimable and runs (its
+    // numbers against the reduced design: tests/it/rank_deficient.rs); [0 1 0] is not.
+    c.text("c1.con", "/NumWaves 3\n/NumContrasts 1\n/Matrix\n0 1 0\n");
+    c.fails(&["-i", "in.nii.gz", "-o", "out/r1", "-d", "rd.mat", "-t", "c1.con"], "c1.con", "is not estimable");
+    let (code, err) = c.run(&["-i", "in.nii.gz", "-o", "out/r", "-d", "rd.mat", "-t", "c3.con", "-n", "20"]);
+    assert_eq!(code, 0, "{err}");
+    assert!(err.contains("rd.mat: column 3 is a linear combination of columns 1, 2 (rank 2 of 3 columns)"), "{err}");
 }
 
 #[test]

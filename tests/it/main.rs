@@ -29,6 +29,7 @@ mod kill_safety;
 mod multi_adapter;
 mod permutation_options;
 mod randomise_outputs;
+mod rank_deficient;
 mod report;
 mod shards;
 mod shared_contrasts;

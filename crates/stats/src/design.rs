@@ -3,7 +3,7 @@
 //! Three ways to get one: FSL VEST matrices (design.mat / design.con / design.fts, read by
 //! the I/O crate), the one-sample test (`-1` without `-d`), and the group-by-time interaction built from
 //! participants' groups.
-use crate::model::ContrastModel;
+use crate::model::{ColumnDependency, ContrastModel};
 use crate::problem::StatKind;
 use nalgebra::DMatrix;
 
@@ -135,7 +135,7 @@ impl Design {
         }
         let design =
             Design { m, contrasts, column_names: (1..=r).map(|k| format!("EV{k}")).collect(), contrast_labels: labels };
-        design.validate()?;
+        design.validate_against(mat.label)?;
         Ok(design)
     }
 
@@ -233,10 +233,30 @@ impl Design {
         Ok(Design { m, contrasts, column_names: names, contrast_labels: self.contrast_labels.clone() })
     }
 
-    /// Every contrast must partition the design: full rank, estimable, right size. A
-    /// problem with the design itself is the design's; any other is the contrasts'.
+    /// Every contrast must partition the design: estimable, right size, with degrees of
+    /// freedom left. A problem with the design itself is the design's; any other is the
+    /// contrasts'.
     pub fn validate(&self) -> std::result::Result<(), DesignError> {
-        for c in &self.contrasts {
+        self.validate_against("the design")
+    }
+
+    /// [`Design::validate`], naming the design matrix `mat` (its file) in messages.
+    fn validate_against(&self, mat: &str) -> std::result::Result<(), DesignError> {
+        let (n, r) = self.m.shape();
+        let rk = crate::model::rank(&self.m);
+        if n <= rk {
+            return Err(DesignError::Design(format!(
+                "the design has rank {rk} with {n} rows: no degrees of freedom left"
+            )));
+        }
+        for (k, c) in self.contrasts.iter().enumerate() {
+            if rk < r && c.c.nrows() == r {
+                let residuals = crate::model::estimability_residuals(&self.m, &c.c);
+                if residuals.iter().any(|&e| e > crate::model::ESTIMABLE_TOL) {
+                    let label = self.contrast_labels.get(k).map(String::as_str).unwrap_or("");
+                    return Err(DesignError::Contrasts(self.not_estimable(c, label, mat)));
+                }
+            }
             if let Err(msg) = ContrastModel::new(&self.m, c) {
                 return Err(if msg.contains("design") {
                     DesignError::Design(msg)
@@ -246,5 +266,102 @@ impl Design {
             }
         }
         Ok(())
+    }
+
+    /// The refusal of contrast `c` (labelled `label`), not estimable on design `mat`.
+    fn not_estimable(&self, c: &Contrast, label: &str, mat: &str) -> String {
+        let weights = |k: usize| {
+            let w: Vec<String> = c.c.column(k).iter().map(|x| format!("{x}")).collect();
+            format!("[{}]", w.join(" "))
+        };
+        let what = match c.kind {
+            StatKind::T => {
+                let number = c.name.trim_start_matches("tstat");
+                format!("contrast {number} ({label}, {})", weights(0))
+            }
+            StatKind::F => format!("F-test {} ({label})", c.name.trim_start_matches("fstat")),
+        };
+        format!(
+            "{what} is not estimable: {mat} {}, and the weights are not a combination of its rows \
+             (a redundant column's weight must equal what the combination gives it)",
+            self.rank_words()
+        )
+    }
+
+    /// The design's redundant columns (see [`ColumnDependency`]): each a linear combination
+    /// of the columns before it; empty for a full-rank design.
+    pub fn column_dependencies(&self) -> Vec<ColumnDependency> {
+        crate::model::column_dependencies(&self.m)
+    }
+
+    /// "column 3 is a linear combination of columns 1, 2 (rank 2 of 3 columns)": the
+    /// redundant columns numbered from 1, as in design.mat ("has rank r of c columns" when
+    /// the design is full rank).
+    fn rank_words(&self) -> String {
+        let deps = self.column_dependencies();
+        let r = self.m.ncols();
+        let rank = r - deps.len();
+        let cols = |v: &[usize]| v.iter().map(|k| (k + 1).to_string()).collect::<Vec<_>>().join(", ");
+        let one = |d: &ColumnDependency| match d.of.len() {
+            0 => format!("column {} is all zeros", d.column + 1),
+            1 => format!("column {} is a multiple of column {}", d.column + 1, d.of[0] + 1),
+            _ => format!("column {} is a linear combination of columns {}", d.column + 1, cols(&d.of)),
+        };
+        let parts: Vec<String> = deps.iter().map(one).collect();
+        if parts.is_empty() {
+            format!("has rank {rank} of {r} columns")
+        } else {
+            format!("{} (rank {rank} of {r} columns)", parts.join("; "))
+        }
+    }
+
+    /// The one-line warning for a rank-deficient design `mat` (None when full rank), e.g.
+    /// "design.mat: column 3 is a linear combination of columns 1, 2 (rank 2 of 3 columns);
+    /// contrasts are fitted through the pseudo-inverse".
+    pub fn rank_warning(&self, mat: &str) -> Option<String> {
+        if self.column_dependencies().is_empty() {
+            return None;
+        }
+        Some(format!("{mat}: {}; contrasts are fitted through the pseudo-inverse", self.rank_words()))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// design.mat [g1 g2 1] for two groups of two, and design.con with the given rows.
+    fn from_vest(con: &[Vec<f64>], fts: Option<&[Vec<f64>]>) -> std::result::Result<Design, DesignError> {
+        let rows: Vec<Vec<f64>> = (0..4).map(|i| vec![(i < 2) as u8 as f64, (i >= 2) as u8 as f64, 1.0]).collect();
+        let mat = Matrix { label: "design.mat", rows: &rows, ncols: 3, names: &[] };
+        let names = vec!["A>B".to_string()];
+        let con = Matrix { label: "design.con", rows: con, ncols: 3, names: &names };
+        let fts = fts.map(|rows| Matrix { label: "design.fts", rows, ncols: con.rows.len(), names: &[] });
+        Design::from_matrices(4, &mat, &con, fts.as_ref())
+    }
+
+    /// The warning names the redundant column and the columns it combines, from 1.
+    #[test]
+    fn rank_warning_names_the_redundant_columns() {
+        let d = from_vest(&[vec![1.0, -1.0, 0.0]], None).unwrap();
+        assert_eq!(
+            d.rank_warning("design.mat").as_deref(),
+            Some(
+                "design.mat: column 3 is a linear combination of columns 1, 2 (rank 2 of 3 columns); \
+                 contrasts are fitted through the pseudo-inverse"
+            )
+        );
+        assert!(Design::one_sample(4).rank_warning("design.mat").is_none());
+    }
+
+    /// A non-estimable contrast is the contrasts' error, naming its number, label and
+    /// weights and the design's dependency; estimable F-tests pass.
+    #[test]
+    fn non_estimable_contrast_is_refused_naming_it() {
+        let e = from_vest(&[vec![1.0, -1.0, 0.0], vec![0.0, 0.0, 1.0]], None).unwrap_err();
+        let DesignError::Contrasts(msg) = e else { panic!("{e:?}") };
+        assert!(msg.starts_with("contrast 2 (C2, [0 0 1]) is not estimable: design.mat column 3"), "{msg}");
+        let d = from_vest(&[vec![1.0, -1.0, 0.0], vec![0.5, 0.5, 1.0]], Some(&[vec![1.0, 1.0]])).unwrap();
+        assert_eq!(d.contrasts.len(), 3);
     }
 }

@@ -24,6 +24,9 @@ pub use confound::ConfoundMethod;
 pub use design::{Contrast, Design, DesignError};
 pub use glm_maps::{glm_maps, GlmMaps};
 pub use inference::{add_counts, corrected_p, uncorrected_p, with_identity_floor, MaxStatNull, PScale};
-pub use model::{column_basis, identical_row_labels, rank, ContrastModel};
+pub use model::{
+    column_basis, column_dependencies, estimability_residuals, identical_row_labels, pseudo_inverse, rank,
+    ColumnDependency, ContrastModel, ESTIMABLE_TOL,
+};
 pub use perm::{Blocks, PermKind, PermSet};
 pub use problem::{statistic, statistic_of_sums, ContrastProblem, StatKind};

@@ -1,6 +1,6 @@
 //! GLM precomputation for one contrast, in the form the engines use (DESIGN.md).
 //!
-//! The design M (N x r, full column rank) is partitioned by the contrast C (r x s) into
+//! The design M (N x r; a rank-deficient one as in [`ContrastModel::new`]) is partitioned by the contrast C (r x s) into
 //! effects of interest X and nuisance Z as randomise and PALM do (Beckmann partitioning,
 //! Winkler et al. 2014, App. A). Two facts make that partition cheap to build here:
 //! - span(Z) = { M b : C'b = 0 } = M null(C'), and
@@ -27,7 +27,7 @@ pub struct ContrastModel {
     pub dof: f64,
     /// N x q orthonormal; first s columns span the effect of interest.
     pub qbasis: DMatrix<f64>,
-    /// Effects of interest X = M (M'M)^{-1} C (N x s).
+    /// Effects of interest X = M pinv(M'M) C (N x s).
     pub x: DMatrix<f64>,
     /// Orthonormal basis of the nuisance space (N x (q - s)); may have no columns.
     pub z_basis: DMatrix<f64>,
@@ -74,9 +74,123 @@ fn null_of_transpose(c: &DMatrix<f64>) -> DMatrix<f64> {
     out
 }
 
+/// A design column that is a linear combination of the columns before it (0-based
+/// indices): the rule that names a rank-deficient design's redundant columns.
+///
+/// Column j is redundant when adding it to columns 0..j does not raise their rank, all
+/// ranks counted with one absolute tolerance, the whole design's [`rank_tol`]. With a fixed
+/// tolerance the prefix ranks never fall and rise by at most one a column (singular values
+/// interlace), so the columns kept are exactly rank(M) many, independent, and span M.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct ColumnDependency {
+    /// The redundant column.
+    pub column: usize,
+    /// The kept columns before it that its combination uses (none: an all-zero column).
+    pub of: Vec<usize>,
+}
+
+/// Singular values of `a` above the absolute tolerance `tol`.
+fn rank_above(a: &DMatrix<f64>, tol: f64) -> usize {
+    if a.ncols() == 0 || a.nrows() == 0 {
+        return 0;
+    }
+    a.singular_values().iter().filter(|&&s| s > tol).count()
+}
+
+/// The design's redundant columns under the rule of [`ColumnDependency`], in column order;
+/// empty for a full-rank design.
+pub fn column_dependencies(m: &DMatrix<f64>) -> Vec<ColumnDependency> {
+    let (n, r) = m.shape();
+    if n == 0 || r == 0 || rank(m) == r {
+        return Vec::new();
+    }
+    let tol = rank_tol(n, r, m.singular_values().max());
+    let mut kept: Vec<usize> = Vec::new();
+    let mut out = Vec::new();
+    let mut prefix_rank = 0;
+    for j in 0..r {
+        let rk = rank_above(&m.columns(0, j + 1).into_owned(), tol);
+        if rk > prefix_rank {
+            prefix_rank = rk;
+            kept.push(j);
+            continue;
+        }
+        // Its combination of the kept columns (unique: they are independent); a column
+        // whose share of m_j is below 1e-10 of |m_j| is rounding, not part of it.
+        let basis = DMatrix::from_columns(&kept.iter().map(|&k| m.column(k)).collect::<Vec<_>>());
+        let mj = m.column(j).into_owned();
+        let norm = mj.norm();
+        let of = if kept.is_empty() || norm == 0.0 {
+            Vec::new()
+        } else {
+            let coef = pseudo_inverse(&basis) * &mj;
+            kept.iter()
+                .zip(coef.iter())
+                .filter(|&(&k, &a)| (a * m.column(k).norm()).abs() > 1e-10 * norm)
+                .map(|(&k, _)| k)
+                .collect()
+        };
+        out.push(ColumnDependency { column: j, of });
+    }
+    out
+}
+
+/// The pseudo-inverse of `a` through its SVD, singular values at or below [`rank_tol`]
+/// taken as zero: the same cut as [`rank`], so that rank and pseudo-inverse agree.
+pub fn pseudo_inverse(a: &DMatrix<f64>) -> DMatrix<f64> {
+    let (n, r) = a.shape();
+    if n == 0 || r == 0 {
+        return DMatrix::zeros(r, n);
+    }
+    let svd = a.clone().svd(true, true);
+    let (u, vt) = (svd.u.unwrap(), svd.v_t.unwrap());
+    let tol = rank_tol(n, r, svd.singular_values.max());
+    let mut out = DMatrix::zeros(r, n);
+    for (i, &s) in svd.singular_values.iter().enumerate() {
+        if s > tol {
+            out += (vt.row(i).transpose() / s) * u.column(i).transpose();
+        }
+    }
+    out
+}
+
+/// Relative residual below which a contrast counts as estimable: |c - P c| <= this * |c|,
+/// with P = pinv(M) M the projection on the row space of M. Weights typed with 7
+/// significant digits (FSL writes design.con as %e) move an estimable contrast off the row
+/// space by at most about 5e-7 of |c|, and P itself is exact to about 1e-13 for any
+/// design whose rank the tolerance decides; a contrast that is not estimable is off by a
+/// sizeable part of |c| (1/sqrt(3) for [1 0 0] on [1 g1 g2], g1 + g2 = 1).
+pub const ESTIMABLE_TOL: f64 = 1e-5;
+
+/// For each column of `c` (r x s, one column per contrast row), its residual off the row
+/// space of `m` relative to its norm: |c_k - P c_k| / |c_k| (0 for a zero column).
+pub fn estimability_residuals(m: &DMatrix<f64>, c: &DMatrix<f64>) -> Vec<f64> {
+    let p = pseudo_inverse(m) * m;
+    let off = c - &p * c;
+    (0..c.ncols())
+        .map(|k| {
+            let norm = c.column(k).norm();
+            if norm == 0.0 {
+                0.0
+            } else {
+                off.column(k).norm() / norm
+            }
+        })
+        .collect()
+}
+
 impl ContrastModel {
     /// Partition `m` by `contrast`. Errors (as plain messages; the caller names the file):
-    /// rank-deficient design, zero contrast, wrong contrast length.
+    /// a contrast that is not estimable, zero contrast, wrong contrast length, no degrees
+    /// of freedom.
+    ///
+    /// A rank-deficient design is fitted through its independent columns (the redundant
+    /// ones of [`column_dependencies`] left out) with the contrast's weights on them. For
+    /// an estimable contrast that is the pseudo-inverse fit randomise and PALM make: with
+    /// K the kept columns, M = M_K A (A's K columns the identity) and C' = C_K' A, so
+    /// X = M pinv(M'M) C = M_K (M_K'M_K)^-1 C_K and span M null(C') = span M_K null(C_K'),
+    /// with N - rank(M) degrees of freedom. The reduced fit gives a rank-deficient design
+    /// exactly the numbers of the full-rank design without its redundant columns.
     pub fn new(m: &DMatrix<f64>, contrast: &Contrast) -> Result<ContrastModel, String> {
         let (n, r) = m.shape();
         let c = &contrast.c;
@@ -89,13 +203,29 @@ impl ContrastModel {
             ));
         }
         let rk = rank(m);
-        if rk < r {
-            return Err(format!(
-                "the design is rank deficient (rank {rk} with {r} columns): some columns are linear combinations of others"
-            ));
-        }
         if n <= rk {
             return Err(format!("the design has {r} columns but only {n} rows: no degrees of freedom left"));
+        }
+        if rk < r {
+            if let Some(k) = estimability_residuals(m, c).iter().position(|&e| e > ESTIMABLE_TOL) {
+                let which = if c.ncols() > 1 { format!(" (its row {})", k + 1) } else { String::new() };
+                return Err(format!(
+                    "contrast {}{which} is not estimable: the design has rank {rk} with {r} columns, and its \
+                     weights are not a combination of the design's rows",
+                    contrast.name
+                ));
+            }
+            let dropped: Vec<usize> = column_dependencies(m).iter().map(|d| d.column).collect();
+            let kept: Vec<usize> = (0..r).filter(|k| !dropped.contains(k)).collect();
+            let mk = DMatrix::from_columns(&kept.iter().map(|&k| m.column(k)).collect::<Vec<_>>());
+            let ck = DMatrix::from_fn(kept.len(), c.ncols(), |i, j| c[(kept[i], j)]);
+            if rank(&mk) < kept.len() {
+                return Err(format!(
+                    "the design's rank ({rk} of {r} columns) is numerically ambiguous: some columns are nearly \
+                     linear combinations of others"
+                ));
+            }
+            return ContrastModel::new(&mk, &Contrast { name: contrast.name.clone(), kind: contrast.kind, c: ck });
         }
         // Reduce the contrast to a basis of its column space (an F contrast with dependent
         // rows tests the same hypothesis as its independent part, as PALM does).
@@ -277,13 +407,107 @@ mod tests {
         assert!((cm.qbasis.column(0).transpose() * z).amax() < 1e-12);
     }
 
+    fn t_contrast(w: &[f64]) -> Contrast {
+        Contrast { name: "tstat1".into(), kind: StatKind::T, c: DMatrix::from_column_slice(w.len(), 1, w) }
+    }
+
+    /// Two groups (3 and 4 rows), a covariate, and the intercept g1 + g2 as a third column.
+    fn redundant_design() -> DMatrix<f64> {
+        let age = [0.3, -1.2, 0.5, 2.0, 0.1, -0.7, 0.9];
+        DMatrix::from_fn(7, 4, |i, k| {
+            let g = (i >= 3) as u8 as f64;
+            [1.0 - g, g, 1.0, age[i]][k]
+        })
+    }
+
+    /// The rule: a column in the span of the columns before it is the redundant one, with
+    /// the kept columns its combination uses.
     #[test]
-    fn rank_deficient_design_is_rejected() {
-        let m = DMatrix::from_row_slice(4, 3, &[1., 0., 1., 1., 0., 1., 1., 1., 0., 1., 1., 0.]);
-        let c =
-            Contrast { name: "tstat1".into(), kind: StatKind::T, c: DMatrix::from_column_slice(3, 1, &[0., 1., 0.]) };
-        let e = ContrastModel::new(&m, &c).unwrap_err();
-        assert!(e.contains("rank deficient"), "{e}");
+    fn redundant_columns_are_those_spanned_by_the_columns_before_them() {
+        let m = redundant_design();
+        assert_eq!(column_dependencies(&m), vec![ColumnDependency { column: 2, of: vec![0, 1] }]);
+        // The intercept first: then the second group's indicator is the redundant one.
+        let perm = DMatrix::from_columns(&[m.column(2), m.column(0), m.column(1), m.column(3)]);
+        assert_eq!(column_dependencies(&perm), vec![ColumnDependency { column: 2, of: vec![0, 1] }]);
+        // A multiple of one column and an all-zero column, both named.
+        let extra = DMatrix::from_columns(&[
+            m.column(0).into_owned(),
+            m.column(3).into_owned(),
+            m.column(3) * -2.5,
+            m.column(1) * 0.0,
+        ]);
+        assert_eq!(
+            column_dependencies(&extra),
+            vec![ColumnDependency { column: 2, of: vec![1] }, ColumnDependency { column: 3, of: vec![] }]
+        );
+        assert!(column_dependencies(&DMatrix::from_columns(&[m.column(0), m.column(1)])).is_empty());
+    }
+
+    /// An estimable contrast on a rank-deficient design gives the partition of the reduced
+    /// design (redundant column dropped, its weight dropped) bit for bit, and the
+    /// statistic randomise's pseudo-inverse formula gives, t = c pinv(M) y /
+    /// sqrt(c pinv(M) pinv(M)' c' RSS / (N - rank M)), computed here with nalgebra's own
+    /// pseudo-inverse.
+    #[test]
+    fn estimable_contrast_on_a_rank_deficient_design_is_the_reduced_fit() {
+        let m = redundant_design();
+        let reduced = DMatrix::from_columns(&[m.column(0), m.column(1), m.column(3)]);
+        // g1 - g2, the covariate, and g1's mean (weight on the intercept: [1 0 1 0] = g1 + 1).
+        for (full, red) in [
+            (vec![1.0, -1.0, 0.0, 0.0], vec![1.0, -1.0, 0.0]),
+            (vec![0.0, 0.0, 0.0, 1.0], vec![0.0, 0.0, 1.0]),
+            (vec![1.0, 0.0, 1.0, 0.0], vec![1.0, 0.0, 0.0]),
+        ] {
+            let a = ContrastModel::new(&m, &t_contrast(&full)).unwrap();
+            let b = ContrastModel::new(&reduced, &t_contrast(&red)).unwrap();
+            assert_eq!((a.q, a.s, a.dof), (3, 1, 4.0), "{full:?}");
+            assert_eq!((&a.qbasis, &a.z_basis, &a.x), (&b.qbasis, &b.z_basis, &b.x), "{full:?}");
+            let y: Vec<f32> = (0..7).map(|i| ((i * 5 % 7) as f32 - 3.0) * 0.4 + (i >= 3) as u8 as f32).collect();
+            let p = a.problem(&y, 1);
+            let u: Vec<f32> = (0..p.q).map(|k| (0..7).map(|i| p.qbasis[i * p.q + k] * p.e[i]).sum()).collect();
+            let t = crate::statistic(StatKind::T, &u, 1, p.ss[0], p.dof);
+            let pinv = m.clone().pseudo_inverse(1e-10).unwrap();
+            let yv = DVector::from_iterator(7, y.iter().map(|&v| v as f64));
+            let c = DVector::from_column_slice(&full);
+            let beta = &pinv * &yv;
+            let rss = (&yv - &m * &beta).norm_squared();
+            let scale = (c.transpose() * &pinv * pinv.transpose() * &c)[(0, 0)];
+            let oracle = c.dot(&beta) / (scale * rss / 4.0).sqrt();
+            // f32 data and basis against f64: 1e-5 relative.
+            assert!((t as f64 - oracle).abs() < 1e-5 * oracle.abs().max(1.0), "{full:?}: t {t} vs {oracle}");
+        }
+    }
+
+    /// An F contrast on a rank-deficient design: the reduced design's partition, bit for bit.
+    #[test]
+    fn f_contrast_on_a_rank_deficient_design_is_the_reduced_fit() {
+        let m = redundant_design();
+        let reduced = DMatrix::from_columns(&[m.column(0), m.column(1), m.column(3)]);
+        let f = |c: DMatrix<f64>| Contrast { name: "fstat1".into(), kind: StatKind::F, c };
+        let a =
+            ContrastModel::new(&m, &f(DMatrix::from_column_slice(4, 2, &[1., -1., 0., 0., 0., 0., 0., 1.]))).unwrap();
+        let b = ContrastModel::new(&reduced, &f(DMatrix::from_column_slice(3, 2, &[1., -1., 0., 0., 0., 1.]))).unwrap();
+        assert_eq!((a.q, a.s, a.dof), (3, 2, 4.0));
+        assert_eq!((&a.qbasis, &a.z_basis), (&b.qbasis, &b.z_basis));
+    }
+
+    /// A contrast off the design's row space is refused, by name; so is one row of an F.
+    #[test]
+    fn non_estimable_contrasts_are_refused() {
+        let m = redundant_design();
+        // The intercept alone, or g1 alone: their weights do not follow column 3 = 1 + 2.
+        for w in [[0.0, 0.0, 1.0, 0.0], [1.0, 0.0, 0.0, 0.0]] {
+            let e = ContrastModel::new(&m, &t_contrast(&w)).unwrap_err();
+            assert!(e.contains("contrast tstat1 is not estimable") && e.contains("rank 3 with 4 columns"), "{e}");
+            assert!(estimability_residuals(&m, &DMatrix::from_column_slice(4, 1, &w))[0] > 0.1, "{w:?}");
+        }
+        let c = DMatrix::from_column_slice(4, 2, &[1., -1., 0., 0., 1., 0., 0., 0.]);
+        let e = ContrastModel::new(&m, &Contrast { name: "fstat1".into(), kind: StatKind::F, c }).unwrap_err();
+        assert!(e.contains("fstat1 (its row 2) is not estimable"), "{e}");
+        // Weights typed to 7 significant digits, 1/3 and 2/3 as below, are 1e-7 off the
+        // row space (c1 + c2 = c3 is the condition) and stay estimable.
+        let w = [0.3333333, 0.3333333, 0.6666667, 0.0];
+        assert!(ContrastModel::new(&m, &t_contrast(&w)).is_ok());
     }
 
     #[test]
