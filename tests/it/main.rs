@@ -34,3 +34,4 @@ mod shards;
 mod shared_contrasts;
 mod slurm;
 mod spatial_calibration;
+mod variance_smoothing;
