@@ -163,10 +163,10 @@ fn cluster_extents(t: &[f32]) -> Vec<f32> {
         while let Some(a) = stack.pop() {
             members.push(a);
             let p = xyz(a);
-            for b in 0..t.len() {
+            for (b, seen) in seen.iter_mut().enumerate() {
                 let q = xyz(b);
-                if above(b) && !seen[b] && (0..3).all(|k| p[k].abs_diff(q[k]) <= 1) {
-                    seen[b] = true;
+                if above(b) && !*seen && (0..3).all(|k| p[k].abs_diff(q[k]) <= 1) {
+                    *seen = true;
                     stack.push(b);
                 }
             }

@@ -105,12 +105,11 @@ impl VarianceSmoothing {
         }
         let mut b = vec![0f64; a.len()];
         let strides = [1, ex, ex * ey];
-        for axis in 0..3 {
-            let k = &self.kernels[axis];
+        for ((k, &extent), stride) in self.kernels.iter().zip(&self.extent).zip(strides) {
             let r = (k.len() / 2) as isize;
-            let (len, stride) = (self.extent[axis] as isize, strides[axis]);
+            let len = extent as isize;
             for (i, out) in b.iter_mut().enumerate() {
-                let c = ((i / stride) % self.extent[axis]) as isize;
+                let c = ((i / stride) % extent) as isize;
                 let lo = (-r).max(-c);
                 let hi = r.min(len - 1 - c);
                 let mut acc = 0.0;
