@@ -178,8 +178,8 @@ fn cluster_extents(t: &[f32]) -> Vec<f32> {
     extent
 }
 
-fn run(d: &Path, prefix: &str, backend: &str) {
-    let args = [
+fn run(d: &Path, prefix: &str, backend: &str, extra: &[&str]) -> String {
+    let mut args = vec![
         "-i",
         "in",
         "-m",
@@ -209,8 +209,11 @@ fn run(d: &Path, prefix: &str, backend: &str) {
         backend,
         "--no-report",
     ];
+    args.extend(extra);
     let out = crate::common::voxflip(d, &args);
-    assert!(out.status.success(), "{backend}: {}", String::from_utf8_lossy(&out.stderr));
+    let err = String::from_utf8_lossy(&out.stderr).to_string();
+    assert!(out.status.success(), "{backend}: {err}");
+    err
 }
 
 /// f32 maps from the engine against f64 refits of a few terms: 1e-4 relative (f32
@@ -223,7 +226,7 @@ fn pseudo_t_equals_smoothed_variance_refits() {
     let dir = voxflip_testkit::tempdir().unwrap();
     let d = dir.path();
     let (m, y) = inputs(d);
-    run(d, "p", "cpu");
+    run(d, "p", "cpu", &[]);
     let mask: Vec<usize> = (0..nvox()).filter(|&l| in_mask(l)).collect();
     let oracles: Vec<(Vec<f64>, Vec<f64>)> = (0..1u32 << N).map(|bits| oracle(&m, &y, bits)).collect();
     let close = |a: &[f32], b: &[f64]| mask.iter().all(|&l| AGAINST_F64.close(a[l], b[l] as f32));
@@ -292,7 +295,10 @@ fn pseudo_t_equals_smoothed_variance_refits() {
 
 /// The GPU pipeline (its engine's t and F maps, smoothed on the host) equals the CPU's:
 /// maps and nulls within the GPU-vs-CPU tolerance of tests/it/backends.rs (1e-4 of
-/// max(|T|, 1)), p maps equal.
+/// max(|T|, 1)), p maps equal; so does a GPU lost in the middle of a smoothed batch (its
+/// 4th engine call: with the t contrast first, the F maps of its first batch after the
+/// observed map), whose CPU
+/// replacement keeps smoothing.
 #[test]
 fn gpu_pseudo_t_equals_cpu() {
     if !gpu_usable(module_path!()) {
@@ -301,17 +307,23 @@ fn gpu_pseudo_t_equals_cpu() {
     let dir = voxflip_testkit::tempdir().unwrap();
     let d = dir.path();
     inputs(d);
-    run(d, "cpu", "cpu");
-    run(d, "gpu", "gpu");
+    run(d, "cpu", "cpu", &[]);
+    run(d, "gpu", "gpu", &[]);
+    let err = run(d, "lost", "gpu", &["--gpu-fail-at-batch", "4"]);
+    assert!(err.contains("continuing on the CPU"), "{err}");
     let tol = Tolerance::rel(1e-4);
-    for name in ["tstat1", "vox_perm00017_tstat1", "fstat1"] {
-        let (a, b) = (map(&d.join(format!("cpu_{name}.nii.gz"))), map(&d.join(format!("gpu_{name}.nii.gz"))));
-        assert!(a.iter().zip(&b).all(|(x, y)| tol.close(*x, *y)), "{name}");
-    }
-    let (a, b) = (text_numbers(&d.join("cpu_null_tstat1.txt")), text_numbers(&d.join("gpu_null_tstat1.txt")));
-    assert!(a.iter().zip(&b).all(|(x, y)| tol.close(*x, *y)), "null");
-    for name in ["vox_corrp_tstat1", "vox_p_tstat1"] {
-        assert_eq!(map(&d.join(format!("cpu_{name}.nii.gz"))), map(&d.join(format!("gpu_{name}.nii.gz"))), "{name}");
+    for other in ["gpu", "lost"] {
+        for name in ["tstat1", "vox_perm00017_tstat1", "fstat1"] {
+            let (a, b) = (map(&d.join(format!("cpu_{name}.nii.gz"))), map(&d.join(format!("{other}_{name}.nii.gz"))));
+            assert!(a.iter().zip(&b).all(|(x, y)| tol.close(*x, *y)), "{other} {name}");
+        }
+        let (a, b) =
+            (text_numbers(&d.join("cpu_null_tstat1.txt")), text_numbers(&d.join(format!("{other}_null_tstat1.txt"))));
+        assert!(a.iter().zip(&b).all(|(x, y)| tol.close(*x, *y)), "{other} null");
+        for name in ["vox_corrp_tstat1", "vox_p_tstat1"] {
+            let (a, b) = (map(&d.join(format!("cpu_{name}.nii.gz"))), map(&d.join(format!("{other}_{name}.nii.gz"))));
+            assert_eq!(a, b, "{other} {name}");
+        }
     }
 }
 
