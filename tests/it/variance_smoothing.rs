@@ -297,8 +297,7 @@ fn pseudo_t_equals_smoothed_variance_refits() {
 /// maps and nulls within the GPU-vs-CPU tolerance of tests/it/backends.rs (1e-4 of
 /// max(|T|, 1)), p maps equal; so does a GPU lost in the middle of a smoothed batch (its
 /// 4th engine call: with the t contrast first, the F maps of its first batch after the
-/// observed map), whose CPU
-/// replacement keeps smoothing.
+/// observed map), whose CPU replacement keeps smoothing.
 #[test]
 fn gpu_pseudo_t_equals_cpu() {
     if !gpu_usable(module_path!()) {
