@@ -545,8 +545,10 @@ pub struct GlmArgs {
     /// Override what is exchanged: flip (sign flips), permute (rows), both.
     #[arg(long = "perm-kind", value_enum)]
     pub perm_kind: Option<PermKindArg>,
-    /// randomise's variance smoothing: refused with a clear message (not implemented).
-    #[arg(short = 'v', value_name = "STD", hide = true)]
+    /// Variance smoothing of t contrasts, std in mm (randomise -v): each permutation's
+    /// residual variance is smoothed within the mask and t becomes the pseudo-t (written as
+    /// _tstat); F-tests are not smoothed, as in randomise.
+    #[arg(short = 'v', value_name = "STD")]
     pub variance_smoothing: Option<String>,
     /// randomise's voxelwise EVs: refused with a clear message (not implemented).
     #[arg(long = "vxl", value_name = "COLS", hide = true)]
@@ -643,6 +645,9 @@ pub struct InteractionArgs {
     /// Exchange group labels instead of flipping signs.
     #[arg(long)]
     pub permute: bool,
+    /// Variance smoothing of the t contrasts, std in mm (as randomise -v; see `voxflip glm`).
+    #[arg(short = 'v', value_name = "STD")]
+    pub variance_smoothing: Option<String>,
     #[command(flatten)]
     pub common: CommonArgs,
 }
@@ -797,6 +802,7 @@ impl CommonArgs {
             raw_cluster_maps: self.raw_stats,
             glm_output: false,
             permout: false,
+            variance_smoothing: None,
         })
     }
 

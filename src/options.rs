@@ -85,6 +85,8 @@ pub struct AnalysisOptions {
     pub glm_output: bool,
     /// Also write every permutation's maps (randomise --permout; bounded, see `permout`).
     pub permout: bool,
+    /// randomise -v: the std (mm) of the variance smoothing of t contrasts (the pseudo-t).
+    pub variance_smoothing: Option<f64>,
 }
 
 /// The HTML report a run ends with.

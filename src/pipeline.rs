@@ -20,7 +20,7 @@ use voxflip_io::Dataset;
 use voxflip_stats::spatial::{observed_cluster_values, Connectivity, SpatialJob};
 use voxflip_stats::{
     corrected_p, glm_maps, uncorrected_p, with_identity_floor, ConfoundMethod, Contrast, ContrastModel,
-    ContrastProblem, Design, GlmMaps, MaxStatNull, PScale, PermKind, PermSet, StatKind,
+    ContrastProblem, Design, GlmMaps, MaxStatNull, PScale, PermKind, PermSet, StatKind, VarianceSmoothing,
 };
 
 /// One contrast to run: its model, the permutations it uses and why.
@@ -160,7 +160,15 @@ pub fn run(ds: &Dataset, design: &Design, opts: &AnalysisOptions, prefix: &str) 
     }
     let scheduler = match merged {
         Some(_) => None,
-        None => Some(Scheduler::with_engines(make_engines(&opts.engine)?, opts.engine.gpu.spatial)),
+        None => {
+            let mut s = Scheduler::with_engines(make_engines(&opts.engine)?, opts.engine.gpu.spatial);
+            if let Some(sigma) = opts.variance_smoothing {
+                let smoothing = VarianceSmoothing::new(ds.dims, &ds.voxels, ds.pixdim.map(f32::abs), sigma)
+                    .map_err(|e| Error::input(&ds.source, format!("-v {sigma}: {e}")))?;
+                s.set_smoothing(Some(std::sync::Arc::new(smoothing)));
+            }
+            Some(s)
+        }
     };
     let backend = match (&scheduler, merged) {
         (Some(s), _) => s.describe(),
@@ -321,6 +329,7 @@ pub fn run(ds: &Dataset, design: &Design, opts: &AnalysisOptions, prefix: &str) 
         permutation_kind: first.kind,
         permutation_reason: reason_for(first.kind, opts),
         exchangeability_blocks: opts.blocks.as_ref().map(|b| ExchangeBlocks { count: b.len(), whole: b.whole }),
+        variance_smoothing_mm: opts.variance_smoothing,
         backend,
         engine_options: opts.engine.clone(),
         spatial_backend,

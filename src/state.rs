@@ -262,6 +262,10 @@ pub fn identity(ds: &Dataset, design: &Design, opts: &AnalysisOptions) -> String
         opts.confound
     )
     .as_bytes());
+    // Only when set, so that the identity of runs without it is unchanged.
+    if let Some(sigma) = opts.variance_smoothing {
+        put(format!("variance_smoothing {sigma}").as_bytes());
+    }
     h.finalize().iter().map(|b| format!("{b:02x}")).collect()
 }
 

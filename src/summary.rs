@@ -161,6 +161,10 @@ pub struct RunReport {
     pub permutation_reason: String,
     /// Exchangeability blocks (-e), if any.
     pub exchangeability_blocks: Option<ExchangeBlocks>,
+    /// randomise -v: the std (mm) with which t contrasts' variance was smoothed (their maps
+    /// and p-values are of the pseudo-t); absent without it.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub variance_smoothing_mm: Option<f64>,
     pub backend: String,
     /// How the engines were chosen and configured.
     pub engine_options: EngineOptions,

@@ -27,6 +27,7 @@ pub fn run(a: &ExampleArgs, args: &[String]) -> Result<()> {
         group_column: "group".into(),
         groups: None,
         permute: false,
+        variance_smoothing: None,
         common: CommonArgs {
             out: Some(prefix.clone()),
             mask: Some(data_dir.join("mask.nii.gz")),

@@ -11,11 +11,6 @@ use voxflip_stats::design::Matrix;
 use voxflip_stats::{Blocks, ConfoundMethod, Design, DesignError, PermKind, StatKind};
 
 pub fn run(g: &GlmArgs, args: &[String]) -> Result<()> {
-    if g.variance_smoothing.is_some() {
-        return Err(Error::usage(
-            "-v (variance smoothing) is not supported: run without it (t statistics use each voxel's own variance)",
-        ));
-    }
     if g.voxelwise_evs.is_some() || g.voxelwise_ev_files.is_some() {
         return Err(Error::usage(
             "--vxl/--vxf (voxelwise regressors) are not supported: every regressor must be in -d",
@@ -26,6 +21,7 @@ pub fn run(g: &GlmArgs, args: &[String]) -> Result<()> {
             "--film (randomise's FEAT-style names: cope1, pe1, z maps) is not supported: run without it; --glm_output writes pe, cope, varcope and sigmasqr",
         ));
     }
+    let variance_smoothing = g.variance_smoothing.as_deref().map(parse_smoothing).transpose()?;
     let confound = g.confound.map(ConfoundMethod::from_randomise).transpose().map_err(Error::usage)?;
     refuse_unsupported(g)?;
     let input =
@@ -89,6 +85,7 @@ pub fn run(g: &GlmArgs, args: &[String]) -> Result<()> {
     }
     opts.glm_output = g.glm_output;
     opts.permout = g.permout;
+    opts.variance_smoothing = variance_smoothing;
     if let Some(path) = &g.effective_design {
         opts.effective_design = Some(permutations::effective_design(&voxflip_io::read_design(path)?, path, ds.n)?);
     }
@@ -117,6 +114,16 @@ fn check_f_tests(g: &GlmArgs) -> Result<()> {
         return Err(Error::input(fts, "no such file (-f)"));
     }
     Ok(())
+}
+
+/// `-v STD`: a positive, finite number of mm.
+pub(crate) fn parse_smoothing(text: &str) -> Result<f64> {
+    match text.trim().parse::<f64>() {
+        Ok(s) if s.is_finite() && s > 0.0 => Ok(s),
+        _ => Err(Error::usage(format!(
+            "-v {text}: the variance smoothing std must be a positive number of mm (randomise -v)"
+        ))),
+    }
 }
 
 /// randomise options voxflip does not implement, refused before any work in one line.

@@ -37,6 +37,7 @@ fn load_session(spec: &str, ids: &[String]) -> Result<(voxflip_io::Image, PathBu
 
 pub fn run(a: &InteractionArgs, args: &[String]) -> Result<()> {
     let prefix = a.common.out()?;
+    let variance_smoothing = a.variance_smoothing.as_deref().map(super::glm::parse_smoothing).transpose()?;
     let parts = voxflip_io::read_participants(&a.participants, &a.group_column)?;
     let levels = parts.group_levels();
     let names: Vec<String> = match &a.groups {
@@ -104,6 +105,7 @@ pub fn run(a: &InteractionArgs, args: &[String]) -> Result<()> {
     // With --permute, the time effect (tstat3, a mean) is still sign-flipped: exchanging
     // group labels cannot test a mean.
     opts.flip_constant_contrasts = true;
+    opts.variance_smoothing = variance_smoothing;
     if let Some(inquiry) = a.common.inquiry() {
         print!("{}", crate::permutations::answer(inquiry, &design, &opts, ds.n, &prefix)?);
         return Ok(());

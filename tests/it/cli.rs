@@ -517,7 +517,9 @@ fn randomise_flags_fonly_n_r_v_are_understood() {
     }
     c.fails(&glm_with(&["--fonly"]), "--fonly", "-f design.fts");
     // randomise features voxflip lacks are named, not met with a parser error.
-    c.fails(&glm_with(&["-v", "5"]), "-v", "not supported");
+    // -v is randomise's variance smoothing (tests/it/variance_smoothing.rs); a std that is
+    // not a positive number of mm is refused.
+    c.fails(&glm_with(&["-v", "0"]), "-v 0", "positive number of mm");
     c.fails(&glm_with(&["--vxl", "3", "--vxf", "ev.nii.gz"]), "--vxl", "not supported");
 }
 

@@ -36,3 +36,4 @@ mod shared_contrasts;
 mod slurm;
 mod spatial_calibration;
 mod tfce_edge;
+mod variance_smoothing;

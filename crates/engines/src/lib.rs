@@ -19,6 +19,7 @@ mod error;
 pub mod gpu;
 mod options;
 pub mod scheduler;
+mod smoothed;
 
 pub use error::{EngineError, Result};
 pub use options::{Backend, EngineOptions, GpuOptions, GpuTuning, Product, SpatialPlacement};
@@ -26,7 +27,8 @@ pub use scheduler::{ContrastNulls, Progress, Scheduler};
 pub use voxflip_shaders::GlmKernel;
 
 use std::ops::Range;
-use voxflip_stats::{ContrastProblem, PermSet};
+use std::sync::Arc;
+use voxflip_stats::{ContrastProblem, PermSet, StatKind, VarianceSmoothing};
 
 /// What one batch produced.
 #[derive(Clone, Debug, Default)]
@@ -70,9 +72,48 @@ impl Engine {
 
     /// The largest batch this engine prefers (permutations per call).
     pub fn preferred_batch(&self) -> usize {
-        match self {
+        let own = match self {
             Engine::Cpu(e) => e.preferred_batch(),
             Engine::Gpu(e) => e.preferred_batch(),
+        };
+        if self.smoothed().is_some() {
+            own.min(smoothed::SMOOTHED_BATCH)
+        } else {
+            own
+        }
+    }
+
+    /// randomise's variance smoothing (`-v`): with `Some`, every t contrast this engine
+    /// runs from now on is the pseudo-t of [`VarianceSmoothing`] (its maps, maxima and
+    /// counts); F contrasts are not smoothed, as in randomise. Kept across `prepare`.
+    pub fn set_smoothing(&mut self, smoothing: Option<Arc<VarianceSmoothing>>) {
+        match self {
+            Engine::Cpu(e) => e.smoothing = smoothing,
+            Engine::Gpu(e) => e.smoothing = smoothing,
+        }
+    }
+
+    /// The smoothing [`Engine::set_smoothing`] set.
+    pub fn smoothing(&self) -> Option<&Arc<VarianceSmoothing>> {
+        match self {
+            Engine::Cpu(e) => e.smoothing.as_ref(),
+            Engine::Gpu(e) => e.smoothing.as_ref(),
+        }
+    }
+
+    /// The smoothing and the prepared problem's (q, dof, ss) when the prepared contrast is
+    /// a t contrast whose variance is smoothed.
+    fn smoothed(&self) -> Option<(Arc<VarianceSmoothing>, usize, f32, &[f32])> {
+        match self {
+            Engine::Cpu(e) => e.smoothed(),
+            Engine::Gpu(e) => e.smoothed(),
+        }
+    }
+
+    fn set_statistic(&mut self, kind: StatKind, s: usize) {
+        match self {
+            Engine::Cpu(e) => e.set_statistic(kind, s),
+            Engine::Gpu(e) => e.set_statistic(kind, s),
         }
     }
 
@@ -80,6 +121,20 @@ impl Engine {
     /// exceedances per voxel. If `maps` is given (length range.len() * v), write every
     /// statistic map of the batch into it, permutation-major.
     pub fn run_batch(
+        &mut self,
+        perms: &PermSet,
+        range: Range<usize>,
+        observed: Option<&[f32]>,
+        maps: Option<&mut [f32]>,
+    ) -> Result<BatchResult> {
+        if self.smoothed().is_some() {
+            return smoothed::run_batch(self, perms, range, observed, maps);
+        }
+        self.run_raw(perms, range, observed, maps)
+    }
+
+    /// [`Engine::run_batch`] without variance smoothing: the engine's own statistic.
+    fn run_raw(
         &mut self,
         perms: &PermSet,
         range: Range<usize>,
@@ -95,9 +150,10 @@ impl Engine {
 
 impl Engine {
     /// Whether [`Engine::run_batch_mirrored`] computes a contrast and its mirror from one
-    /// product (the CPU engine; the GPU engine's kernels reduce one sign only).
+    /// product (the CPU engine; the GPU engine's kernels reduce one sign only; not with
+    /// variance smoothing, whose maps are formed outside the kernels).
     pub fn mirrors(&self) -> bool {
-        matches!(self, Engine::Cpu(_))
+        matches!(self, Engine::Cpu(_)) && self.smoothing().is_none()
     }
 
     /// [`Engine::run_batch`] for a t contrast and its mirror, the contrast of the negated
@@ -114,6 +170,9 @@ impl Engine {
         mirror_observed: Option<&[f32]>,
         mirror_maps: Option<&mut [f32]>,
     ) -> Result<(BatchResult, BatchResult)> {
+        if self.smoothing().is_some() {
+            return Err(EngineError::Unsupported("a contrast and its mirror with variance smoothing".into()));
+        }
         match self {
             Engine::Cpu(e) => e.run_batch_mirrored(perms, range, observed, maps, mirror_observed, mirror_maps),
             Engine::Gpu(_) => Err(EngineError::Unsupported("the GPU engine reduces one sign of a contrast".into())),

@@ -110,6 +110,14 @@ impl Scheduler {
         }
     }
 
+    /// randomise's variance smoothing on every engine ([`Engine::set_smoothing`]), kept by
+    /// the CPU engine that replaces a failed GPU.
+    pub fn set_smoothing(&mut self, smoothing: Option<std::sync::Arc<voxflip_stats::VarianceSmoothing>>) {
+        for e in std::iter::once(&mut self.engine).chain(self.others.iter_mut()) {
+            e.set_smoothing(smoothing.clone());
+        }
+    }
+
     /// Where the spatial statistics of the next contrasts run.
     pub fn set_placement(&mut self, placement: SpatialPlacement) {
         self.placement = placement;
@@ -789,9 +797,11 @@ fn reduce_maps<'g>(job: &SpatialJob, gpu: Option<&'g mut GpuSpatial>, maps: Vec<
 /// saying so.
 fn switch_to_cpu(engine: &mut Engine, problem: &ContrastProblem, e: &EngineError) -> Result<()> {
     log::warn!("GPU failed ({}); continuing on the CPU engine from this batch", e.message());
-    let mut cpu = CpuEngine::new();
+    let smoothing = engine.smoothing().cloned();
+    let mut cpu = Engine::Cpu(CpuEngine::new());
+    cpu.set_smoothing(smoothing);
     cpu.prepare(problem)?;
-    *engine = Engine::Cpu(cpu);
+    *engine = cpu;
     Ok(())
 }
 

@@ -9,6 +9,7 @@
 //! - [`glm_maps`]: the unpermuted GLM's pe, cope, varcope and sigmasqr maps (--glm_output);
 //! - [`perm`]: seeded permutation sets, exhaustive or random, with exchangeability blocks;
 //! - [`inference`]: max-statistic nulls and p-values;
+//! - [`smoothing`]: randomise's variance smoothing (-v), the pseudo-t;
 //! - [`spatial`]: mask graphs, cluster extent and mass, TFCE, cluster tables, and the
 //!   spatial nulls of permutation maps.
 pub mod confound;
@@ -18,6 +19,7 @@ pub mod inference;
 pub mod model;
 pub mod perm;
 pub mod problem;
+pub mod smoothing;
 pub mod spatial;
 
 pub use confound::ConfoundMethod;
@@ -30,3 +32,4 @@ pub use model::{
 };
 pub use perm::{Blocks, PermKind, PermSet};
 pub use problem::{statistic, statistic_of_sums, ContrastProblem, StatKind};
+pub use smoothing::VarianceSmoothing;

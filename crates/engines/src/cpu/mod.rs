@@ -20,7 +20,8 @@ use crate::{BatchResult, Product};
 use kernels::{Batch, Disjoint, Scratch};
 use rayon::prelude::*;
 use std::ops::Range;
-use voxflip_stats::{ContrastProblem, PermSet, StatKind};
+use std::sync::Arc;
+use voxflip_stats::{ContrastProblem, PermSet, StatKind, VarianceSmoothing};
 
 mod kernels;
 mod table;
@@ -40,6 +41,8 @@ pub struct CpuEngine {
     product: Product,
     /// The table path's rows per block instead of the planned one (tests reach the edges).
     table_bits: Option<usize>,
+    /// randomise's variance smoothing of t contrasts ([`crate::Engine::set_smoothing`]).
+    pub(crate) smoothing: Option<Arc<VarianceSmoothing>>,
 }
 
 impl Default for CpuEngine {
@@ -50,7 +53,7 @@ impl Default for CpuEngine {
 
 impl CpuEngine {
     pub fn new() -> Self {
-        CpuEngine { problem: None, batch: 240, product: Product::Auto, table_bits: None }
+        CpuEngine { problem: None, batch: 240, product: Product::Auto, table_bits: None, smoothing: None }
     }
 
     /// Which product forms the coefficients (the table path where the set allows it, by
@@ -94,6 +97,22 @@ impl CpuEngine {
     /// What the engine is, for stderr and the sidecar.
     pub fn describe(&self) -> String {
         format!("cpu ({} threads, {})", rayon::current_num_threads(), Self::isa())
+    }
+
+    /// The smoothing and the prepared t problem's (q, dof, ss), when this engine smooths
+    /// the variance of the prepared contrast (a t contrast with smoothing set).
+    pub(crate) fn smoothed(&self) -> Option<(Arc<VarianceSmoothing>, usize, f32, &[f32])> {
+        let p = self.problem.as_ref().filter(|p| p.kind == StatKind::T)?;
+        Some((self.smoothing.clone()?, p.q, p.dof, &p.ss[..]))
+    }
+
+    /// Which statistic the next batches compute from the prepared problem (the smoothed
+    /// path's F with s = q, from which the residual variance follows).
+    pub(crate) fn set_statistic(&mut self, kind: StatKind, s: usize) {
+        if let Some(p) = self.problem.as_mut() {
+            p.kind = kind;
+            p.s = s;
+        }
     }
 
     /// Keep `problem` for the batches that follow.

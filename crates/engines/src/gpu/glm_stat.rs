@@ -26,11 +26,11 @@ use crate::error::{EngineError, Result};
 use crate::options::{GpuOptions, GpuTuning, Product};
 use crate::BatchResult;
 use std::ops::Range;
-use std::sync::Mutex;
+use std::sync::{Arc, Mutex};
 use voxflip_shaders::glm_stat::{self, GlmKernel, GlmParams, FLAG_MAPS, FLAG_OBSERVED, FLAG_SRC, KIND_F, KIND_T, TV};
 use voxflip_shaders::glm_stat_table;
 use voxflip_shaders::keys::value_of;
-use voxflip_stats::{ContrastProblem, PermKind, PermSet, StatKind};
+use voxflip_stats::{ContrastProblem, PermKind, PermSet, StatKind, VarianceSmoothing};
 
 /// Largest E chunk we allocate even where the limits allow more: leaves room on a 4 GiB card
 /// for the staging copy wgpu makes on upload and for the maps buffer.
@@ -232,6 +232,8 @@ struct Resident {
     s: usize,
     kind: StatKind,
     dof: f32,
+    /// ||E[:, v]||^2 on the host, for variance smoothing's residual variance.
+    ss: Vec<f32>,
     qbuf: wgpu::Buffer,
     chunks: Vec<Chunk>,
     chunk_v: usize,
@@ -263,6 +265,8 @@ pub struct GpuEngine {
     /// [`GpuOptions::fail_at_batch`], and the batches run so far.
     fail_at_batch: Option<usize>,
     batches: usize,
+    /// randomise's variance smoothing of t contrasts ([`crate::Engine::set_smoothing`]).
+    pub(crate) smoothing: Option<Arc<VarianceSmoothing>>,
 }
 
 /// Timestamp queries around glm_stat passes, resolved and read back with each batch.
@@ -328,6 +332,7 @@ impl GpuEngine {
             tuning: opts.tuning,
             timing,
             fail_at_batch: opts.fail_at_batch,
+            smoothing: None,
             batches: 0,
         };
         engine.ensure_kernel(false)?;
@@ -693,7 +698,8 @@ impl GpuEngine {
         if let Some(b) = self.tuning.batch {
             batch = b.max(1);
         }
-        self.state = Some(Resident { n, v, q, s: pb.s, kind: pb.kind, dof: pb.dof, qbuf, chunks, chunk_v, batch });
+        let ss = pb.ss.clone();
+        self.state = Some(Resident { n, v, q, s: pb.s, kind: pb.kind, dof: pb.dof, ss, qbuf, chunks, chunk_v, batch });
         Ok(())
     }
 
@@ -916,6 +922,10 @@ impl GpuEngine {
     /// Whether a batch of `b` maps can stay on the device ([`GpuEngine::run_batch_on_device`]):
     /// the prepared problem is one chunk (all voxels) and b x V floats fit one binding.
     pub fn can_keep_maps(&self, b: usize) -> bool {
+        // Smoothed maps are formed on the host from two maps per permutation.
+        if self.smoothed().is_some() {
+            return false;
+        }
         let binding = self.device.binding_limit();
         self.state.as_ref().is_some_and(|st| st.chunks.len() == 1 && (4 * b * st.v) as u64 <= binding)
     }
@@ -974,6 +984,22 @@ impl GpuEngine {
             d += &format!(", E chunk {} voxels, batch {}", self.chunk_voxels(), self.preferred_batch());
         }
         d
+    }
+
+    /// The smoothing and the prepared t problem's (q, dof, ss), when this engine smooths
+    /// the variance of the prepared contrast (a t contrast with smoothing set).
+    pub(crate) fn smoothed(&self) -> Option<(Arc<VarianceSmoothing>, usize, f32, &[f32])> {
+        let st = self.state.as_ref().filter(|st| st.kind == StatKind::T)?;
+        Some((self.smoothing.clone()?, st.q, st.dof, &st.ss[..]))
+    }
+
+    /// Which statistic the next batches compute from the prepared problem (the smoothed
+    /// path's F with s = q, from which the residual variance follows).
+    pub(crate) fn set_statistic(&mut self, kind: StatKind, s: usize) {
+        if let Some(st) = self.state.as_mut() {
+            st.kind = kind;
+            st.s = s;
+        }
     }
 
     /// Make `problem` resident (upload E, Q, ss). Called once per contrast.
