@@ -525,10 +525,13 @@ pub struct GlmArgs {
     /// randomise's variance smoothing: refused with a clear message (not implemented).
     #[arg(short = 'v', value_name = "STD", hide = true)]
     pub variance_smoothing: Option<String>,
-    /// randomise's voxelwise EVs: refused with a clear message (not implemented).
-    #[arg(long = "vxl", value_name = "COLS", hide = true)]
+    /// Voxelwise regressors (randomise --vxl): the design columns, numbered from 1 and
+    /// separated by commas, that each voxel replaces with its values from the --vxf images.
+    #[arg(long = "vxl", value_name = "COLS")]
     pub voxelwise_evs: Option<String>,
-    #[arg(long = "vxf", value_name = "FILES", hide = true)]
+    /// The 4D images of the voxelwise regressors (randomise --vxf), one volume per design
+    /// row, separated by commas, in the order of --vxl.
+    #[arg(long = "vxf", value_name = "FILES")]
     pub voxelwise_ev_files: Option<String>,
     /// F-tests only (randomise --fonly): the t contrasts only define the F-tests.
     #[arg(long = "fonly")]
@@ -774,6 +777,8 @@ impl CommonArgs {
             raw_cluster_maps: self.raw_stats,
             glm_output: false,
             permout: false,
+            voxelwise: None,
+            voxelwise_sources: Vec::new(),
         })
     }
 

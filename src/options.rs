@@ -85,6 +85,10 @@ pub struct AnalysisOptions {
     pub glm_output: bool,
     /// Also write every permutation's maps (randomise --permout; bounded, see `permout`).
     pub permout: bool,
+    /// Voxelwise regressors (randomise --vxl/--vxf): design columns replaced at each voxel.
+    pub voxelwise: Option<Arc<voxflip_stats::VoxelwiseEvs>>,
+    /// Their files and 1-based columns as typed, for the sidecar and the run's identity.
+    pub voxelwise_sources: Vec<(usize, std::path::PathBuf)>,
 }
 
 /// The HTML report a run ends with.

@@ -7,6 +7,7 @@
 //!   and the [`problem`] it hands to an engine with the one statistic formula;
 //! - [`confound`]: randomise's confound methods (-U) as choices of that problem;
 //! - [`glm_maps`]: the unpermuted GLM's pe, cope, varcope and sigmasqr maps (--glm_output);
+//! - [`voxelwise`]: voxelwise regressors (--vxl), each voxel's own partition;
 //! - [`perm`]: seeded permutation sets, exhaustive or random, with exchangeability blocks;
 //! - [`inference`]: max-statistic nulls and p-values;
 //! - [`spatial`]: mask graphs, cluster extent and mass, TFCE, cluster tables, and the
@@ -19,6 +20,7 @@ pub mod model;
 pub mod perm;
 pub mod problem;
 pub mod spatial;
+pub mod voxelwise;
 
 pub use confound::ConfoundMethod;
 pub use design::{Contrast, Design, DesignError};
@@ -27,3 +29,4 @@ pub use inference::{add_counts, corrected_p, uncorrected_p, with_identity_floor,
 pub use model::{column_basis, identical_row_labels, rank, ContrastModel};
 pub use perm::{Blocks, PermKind, PermSet};
 pub use problem::{statistic, statistic_of_sums, ContrastProblem, StatKind};
+pub use voxelwise::{voxelwise_problem, VoxelwiseEvs};
