@@ -56,7 +56,7 @@ fn randomise_t(m: &DMatrix<f64>, c: &[f64], y: &DVector<f64>, src: &[usize], sig
 /// One case: the engine's observed map, its null maxima in the set's order and its counts,
 /// against [`randomise_t`] at every voxel of every permutation of the set, and the sorted
 /// null maxima against a brute force over `all` (every ordering or sign vector).
-#[allow(clippy::too_many_arguments)]
+#[allow(clippy::too_many_arguments, clippy::needless_range_loop)]
 fn check_case(
     m: &DMatrix<f64>,
     base: &DMatrix<f64>,
@@ -82,8 +82,8 @@ fn check_case(
     let observed: Vec<f64> = (0..v).map(|x| t_of(x, &ident, &plus)).collect();
     // The engine stores E and Q in f32 and runs the f32 epilogue: 1e-4 relative on t.
     let tol = |t: f64| 1e-4 * t.abs().max(1.0);
-    for x in 0..v {
-        assert!((res.observed[x] as f64 - observed[x]).abs() < tol(observed[x]), "voxel {x}");
+    for (x, (&got, &want)) in res.observed.iter().zip(&observed).enumerate() {
+        assert!((got as f64 - want).abs() < tol(want), "voxel {x}: {got} vs {want}");
     }
     let mut lo = vec![0u32; v];
     let mut hi = vec![0u32; v];

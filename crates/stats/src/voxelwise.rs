@@ -41,6 +41,13 @@ impl VoxelwiseEvs {
     }
 }
 
+/// One voxel's part of the problem: its E column, ||E||^2 and basis Q_v (n x q).
+struct VoxelFit {
+    e: Vec<f32>,
+    ss: f32,
+    basis: Vec<f32>,
+}
+
 /// The engine's problem of `contrast` when design `m` has voxelwise columns `evs`, on data
 /// `y` (N x V, row-major) under `method`, and how many voxels have a rank-deficient design
 /// (statistic 0). `base` is the partition of `m` as given (its basis goes in `qbasis`, its
@@ -59,13 +66,13 @@ pub fn voxelwise_problem(
     let shared = base.problem_for(&vec![0f32; n], 1, method);
     let q = shared.q;
     // Each voxel's E column, ||E||^2 and Q_v (None: rank deficient), in parallel.
-    let per_voxel: Vec<Option<(Vec<f32>, f32, Vec<f32>)>> = (0..v)
+    let per_voxel: Vec<Option<VoxelFit>> = (0..v)
         .into_par_iter()
         .map(|x| {
             let model = ContrastModel::new(&evs.design_at(m, v, x), contrast).ok()?;
             let yv: Vec<f32> = (0..n).map(|i| y[i * v + x]).collect();
             let p = model.problem_for(&yv, 1, method);
-            (p.q == q && p.dof == shared.dof).then_some((p.e, p.ss[0], p.qbasis))
+            (p.q == q && p.dof == shared.dof).then_some(VoxelFit { e: p.e, ss: p.ss[0], basis: p.qbasis })
         })
         .collect();
     let mut e = vec![0f32; n * v];
@@ -74,12 +81,12 @@ pub fn voxelwise_problem(
     let mut rank_deficient = 0;
     for (x, pv) in per_voxel.into_iter().enumerate() {
         match pv {
-            Some((ev, s, qv)) => {
+            Some(fit) => {
                 for i in 0..n {
-                    e[i * v + x] = ev[i];
+                    e[i * v + x] = fit.e[i];
                 }
-                ss[x] = s;
-                vq[x * n * q..(x + 1) * n * q].copy_from_slice(&qv);
+                ss[x] = fit.ss;
+                vq[x * n * q..(x + 1) * n * q].copy_from_slice(&fit.basis);
             }
             None => rank_deficient += 1,
         }
