@@ -550,10 +550,13 @@ pub struct GlmArgs {
     /// _tstat); F-tests are not smoothed, as in randomise.
     #[arg(short = 'v', value_name = "STD")]
     pub variance_smoothing: Option<String>,
-    /// randomise's voxelwise EVs: refused with a clear message (not implemented).
-    #[arg(long = "vxl", value_name = "COLS", hide = true)]
+    /// Voxelwise regressors (randomise --vxl): the design columns, numbered from 1 and
+    /// separated by commas, that each voxel replaces with its values from the --vxf images.
+    #[arg(long = "vxl", value_name = "COLS")]
     pub voxelwise_evs: Option<String>,
-    #[arg(long = "vxf", value_name = "FILES", hide = true)]
+    /// The 4D images of the voxelwise regressors (randomise --vxf), one volume per design
+    /// row, separated by commas, in the order of --vxl.
+    #[arg(long = "vxf", value_name = "FILES")]
     pub voxelwise_ev_files: Option<String>,
     /// F-tests only (randomise --fonly): the t contrasts only define the F-tests.
     #[arg(long = "fonly")]
@@ -803,6 +806,8 @@ impl CommonArgs {
             glm_output: false,
             permout: false,
             variance_smoothing: None,
+            voxelwise: None,
+            voxelwise_sources: Vec::new(),
         })
     }
 

@@ -87,6 +87,10 @@ pub struct AnalysisOptions {
     pub permout: bool,
     /// randomise -v: the std (mm) of the variance smoothing of t contrasts (the pseudo-t).
     pub variance_smoothing: Option<f64>,
+    /// Voxelwise regressors (randomise --vxl/--vxf): design columns replaced at each voxel.
+    pub voxelwise: Option<Arc<voxflip_stats::VoxelwiseEvs>>,
+    /// Their files and 1-based columns as typed, for the sidecar and the run's identity.
+    pub voxelwise_sources: Vec<(usize, std::path::PathBuf)>,
 }
 
 /// The HTML report a run ends with.

@@ -19,8 +19,9 @@ use voxflip_engines::{make_engines, ContrastNulls, Scheduler};
 use voxflip_io::Dataset;
 use voxflip_stats::spatial::{observed_cluster_values, Connectivity, SpatialJob};
 use voxflip_stats::{
-    corrected_p, glm_maps, uncorrected_p, with_identity_floor, ConfoundMethod, Contrast, ContrastModel,
-    ContrastProblem, Design, GlmMaps, MaxStatNull, PScale, PermKind, PermSet, StatKind, VarianceSmoothing,
+    corrected_p, glm_maps, uncorrected_p, voxelwise_problem, with_identity_floor, ConfoundMethod, Contrast,
+    ContrastModel, ContrastProblem, Design, GlmMaps, MaxStatNull, PScale, PermKind, PermSet, StatKind,
+    VarianceSmoothing, VoxelwiseEvs,
 };
 
 /// One contrast to run: its model, the permutations it uses and why.
@@ -31,6 +32,11 @@ struct ContrastPlan<'a> {
     perms: &'a PermSet,
     /// The contrast just before this one when this is its mirror (see [`mirrors`]).
     mirror_of: Option<usize>,
+    /// With voxelwise regressors (--vxl): the design as given, this contrast and the
+    /// regressors, from which each voxel's own partition is built.
+    voxelwise: Option<(&'a nalgebra::DMatrix<f64>, &'a Contrast, &'a VoxelwiseEvs)>,
+    /// Whether the rank-deficient voxels of this contrast were reported.
+    said: std::sync::atomic::AtomicBool,
 }
 
 /// Per contrast, the contrast just before it when it is that one's mirror: both t contrasts,
@@ -58,6 +64,29 @@ fn mirrored(mut p: ContrastProblem) -> ContrastProblem {
     for row in p.qbasis.chunks_exact_mut(p.q) {
         row[0] = -row[0];
     }
+    if let Some(bases) = p.voxel_qbasis.as_mut() {
+        for row in bases.chunks_exact_mut(p.q) {
+            row[0] = -row[0];
+        }
+    }
+    p
+}
+
+/// The problem of plan `plan` under `method`: the shared partition's, or with voxelwise
+/// regressors every voxel's own (a voxel whose design is rank deficient gets 0, said once).
+fn own_problem(plan: &ContrastPlan, ds: &Dataset, method: ConfoundMethod) -> ContrastProblem {
+    let Some((m, contrast, evs)) = plan.voxelwise else {
+        return plan.model.problem_for(&ds.y, ds.v, method);
+    };
+    let (p, rank_deficient) = voxelwise_problem(m, plan.model, contrast, evs, &ds.y, ds.v, method);
+    if rank_deficient > 0 && !plan.said.swap(true, std::sync::atomic::Ordering::Relaxed) {
+        log::warn!(
+            "--vxf: {rank_deficient} of {} voxels have a rank-deficient design for {} (the voxelwise regressor \
+             is a combination of other columns there); their statistic is 0",
+            ds.v,
+            contrast.name
+        );
+    }
     p
 }
 
@@ -65,8 +94,8 @@ fn mirrored(mut p: ContrastProblem) -> ContrastProblem {
 /// negated when it is a mirror.
 fn problem_of(plans: &[ContrastPlan], ci: usize, ds: &Dataset, method: ConfoundMethod) -> ContrastProblem {
     match plans[ci].mirror_of {
-        Some(a) => mirrored(plans[a].model.problem_for(&ds.y, ds.v, method)),
-        None => plans[ci].model.problem_for(&ds.y, ds.v, method),
+        Some(a) => mirrored(own_problem(&plans[a], ds, method)),
+        None => own_problem(&plans[ci], ds, method),
     }
 }
 
@@ -153,6 +182,8 @@ pub fn run(ds: &Dataset, design: &Design, opts: &AnalysisOptions, prefix: &str) 
             kind,
             perms: &sets[set_of[ci]],
             mirror_of: mirror_of[ci],
+            voxelwise: opts.voxelwise.as_deref().map(|evs| (&design.m, &design.contrasts[ci], evs)),
+            said: std::sync::atomic::AtomicBool::new(false),
         })
         .collect();
     if opts.permout {
@@ -350,6 +381,11 @@ pub fn run(ds: &Dataset, design: &Design, opts: &AnalysisOptions, prefix: &str) 
             Distribution::Merge(m) => Some(m.shards.clone()),
             _ => None,
         },
+        voxelwise_evs: opts
+            .voxelwise_sources
+            .iter()
+            .map(|(column, file)| crate::summary::VoxelwiseRecord { column: *column, file: file.display().to_string() })
+            .collect(),
         outputs: Vec::new(),
     };
     let json_path = outputs.path("voxflip", ".json");
@@ -654,7 +690,7 @@ fn compute_pair(
         contrasts[0].name,
         contrasts[1].name
     );
-    let problem = plans[ci].model.problem_for(&ds.y, ds.v, opts.confound);
+    let problem = own_problem(&plans[ci], ds, opts.confound);
     let mirror = mirrored(problem.clone());
     for c in contrasts {
         ensure_graphs(&mut st.graphs, opts, c);

@@ -243,6 +243,13 @@ pub fn identity(ds: &Dataset, design: &Design, opts: &AnalysisOptions) -> String
     for chunk in ds.y.chunks(1 << 16) {
         put(&chunk.iter().flat_map(|x| x.to_le_bytes()).collect::<Vec<u8>>());
     }
+    if let Some(evs) = &opts.voxelwise {
+        // Only with --vxl, so that the identity of every other run stays what it was.
+        put(format!("vxl {:?}", evs.columns).as_bytes());
+        for chunk in evs.values.iter().flat_map(|vals| vals.chunks(1 << 16)) {
+            put(&chunk.iter().flat_map(|x| x.to_le_bytes()).collect::<Vec<u8>>());
+        }
+    }
     put(format!("{} {}", design.m.nrows(), design.m.ncols()).as_bytes());
     put(&design.m.iter().flat_map(|x| x.to_le_bytes()).collect::<Vec<u8>>());
     for c in &design.contrasts {

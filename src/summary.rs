@@ -185,7 +185,18 @@ pub struct RunReport {
     /// The shards merged into these outputs (`voxflip merge`); absent for a single run.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub shards: Option<Vec<crate::state::ShardRecord>>,
+    /// The voxelwise regressors (--vxl/--vxf): design column (from 1) and image; absent
+    /// without them.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub voxelwise_evs: Vec<VoxelwiseRecord>,
     pub outputs: Vec<PathBuf>,
+}
+
+/// One voxelwise regressor of the sidecar.
+#[derive(Clone, Debug, Serialize, Deserialize)]
+pub struct VoxelwiseRecord {
+    pub column: usize,
+    pub file: String,
 }
 
 /// How a run ended, on stderr (nothing with --quiet).

@@ -518,7 +518,7 @@ fn random_problem(n: usize, v: usize) -> ContrastProblem {
     let e: Vec<f32> = (0..n * v).map(|_| uniform()).collect();
     let qbasis: Vec<f32> = (0..n * q).map(|_| uniform()).collect();
     let ss: Vec<f32> = (0..v).map(|x| (0..n).map(|i| e[i * v + x] * e[i * v + x]).sum::<f32>() * 2.0).collect();
-    ContrastProblem { n, v, q, s: 1, kind: StatKind::T, dof: (n - q) as f32, qbasis, e, ss }
+    ContrastProblem { n, v, q, s: 1, kind: StatKind::T, dof: (n - q) as f32, qbasis, e, ss, voxel_qbasis: None }
 }
 
 /// Seconds per 1,000 sign flips against N (58, 500, 5,000) and V (the 4 mm and 2 mm brains'

@@ -11,11 +11,12 @@ use voxflip_stats::design::Matrix;
 use voxflip_stats::{Blocks, ConfoundMethod, Design, DesignError, PermKind, StatKind};
 
 pub fn run(g: &GlmArgs, args: &[String]) -> Result<()> {
-    if g.voxelwise_evs.is_some() || g.voxelwise_ev_files.is_some() {
+    if g.variance_smoothing.is_some() && (g.voxelwise_evs.is_some() || g.voxelwise_ev_files.is_some()) {
         return Err(Error::usage(
-            "--vxl/--vxf (voxelwise regressors) are not supported: every regressor must be in -d",
+            "-v (variance smoothing) with --vxl/--vxf (voxelwise regressors) is not supported: use one of them",
         ));
     }
+    let voxelwise = voxelwise_flags(g)?;
     if g.film {
         return Err(Error::usage(
             "--film (randomise's FEAT-style names: cope1, pe1, z maps) is not supported: run without it; --glm_output writes pe, cope, varcope and sigmasqr",
@@ -62,6 +63,9 @@ pub fn run(g: &GlmArgs, args: &[String]) -> Result<()> {
     if g.skip_to > 0 {
         design = only_contrast(design, g.skip_to)?;
     }
+    if let Some((cols, _)) = &voxelwise {
+        check_voxelwise_columns(g, cols, design.m.ncols())?;
+    }
     if g.demean {
         let mat = g.design.as_deref().unwrap_or(Path::new("design"));
         design = design.demeaned().map_err(|e| design_error(e, mat, mat, mat))?;
@@ -90,6 +94,9 @@ pub fn run(g: &GlmArgs, args: &[String]) -> Result<()> {
         opts.effective_design = Some(permutations::effective_design(&voxflip_io::read_design(path)?, path, ds.n)?);
     }
     opts.detect_null = g.detect_null;
+    if let Some((cols, files)) = voxelwise {
+        set_voxelwise(&mut opts, &ds, cols, files)?;
+    }
     if let Some(inquiry) = g.common.inquiry() {
         print!("{}", permutations::answer(inquiry, &design, &opts, ds.n, &prefix)?);
         return Ok(());
@@ -200,4 +207,102 @@ fn read_blocks(g: &GlmArgs, n: usize) -> Result<Option<Blocks>> {
         ));
     }
     Blocks::from_labels(&labels, g.permute_blocks).map(Some).map_err(|e| Error::input(path, e))
+}
+
+/// --vxl and --vxf as typed: randomise's comma-separated lists (`--vxl=3,4 --vxf=a,b` or
+/// `--vxl 3 --vxf a`), the columns numbered from 1, one file per column; checked before any
+/// image is read.
+fn voxelwise_flags(g: &GlmArgs) -> Result<Option<(Vec<usize>, Vec<String>)>> {
+    let (cols, files) = match (&g.voxelwise_evs, &g.voxelwise_ev_files) {
+        (None, None) => return Ok(None),
+        (Some(c), Some(f)) => (c, f),
+        (Some(_), None) => return Err(Error::usage("--vxl needs --vxf: the 4D images of the voxelwise regressors")),
+        (None, Some(_)) => return Err(Error::usage("--vxf needs --vxl: the design columns the images replace")),
+    };
+    let cols: Vec<usize> = cols
+        .split(',')
+        .map(|c| match c.trim().parse::<usize>() {
+            Ok(k) if k >= 1 => Ok(k),
+            _ => Err(Error::usage(format!(
+                "--vxl {cols}: '{c}' is not a design column number (columns are numbered from 1)"
+            ))),
+        })
+        .collect::<Result<_>>()?;
+    let files: Vec<String> = files.split(',').map(|f| f.trim().to_string()).collect();
+    if files.iter().any(String::is_empty) {
+        return Err(Error::usage(format!("--vxf {}: an empty file name in the list", files.join(","))));
+    }
+    if cols.len() != files.len() {
+        return Err(Error::usage(format!(
+            "--vxl names {} column(s) but --vxf {} image(s): one image per column, in the same order",
+            cols.len(),
+            files.len()
+        )));
+    }
+    if let Some(k) = cols.iter().enumerate().find_map(|(i, k)| cols[..i].contains(k).then_some(k)) {
+        return Err(Error::usage(format!("--vxl: column {k} is named twice")));
+    }
+    if g.demean {
+        return Err(Error::usage(
+            "--vxl with -D is not supported: -D changes the design's columns (and so their numbers); \
+             demean the data and the design.mat columns yourself",
+        ));
+    }
+    if g.glm_output {
+        return Err(Error::usage("--glm_output with --vxl is not supported: the GLM maps would differ per voxel"));
+    }
+    Ok(Some((cols, files)))
+}
+
+/// The --vxl columns against the design's.
+fn check_voxelwise_columns(g: &GlmArgs, cols: &[usize], ncols: usize) -> Result<()> {
+    match cols.iter().find(|&&k| k > ncols) {
+        Some(k) => {
+            let mat = g.design.as_deref().unwrap_or(Path::new("the design"));
+            Err(Error::usage(format!(
+                "--vxl {k}: {} has {ncols} column(s); a voxelwise regressor replaces one of them",
+                mat.display()
+            )))
+        }
+        None => Ok(()),
+    }
+}
+
+/// Reads the --vxf images (FSL names allowed) on the data's grid and mask, and runs the
+/// permutations on the CPU engine, the only one with the per-voxel path.
+fn set_voxelwise(
+    opts: &mut crate::options::AnalysisOptions,
+    ds: &Dataset,
+    cols: Vec<usize>,
+    files: Vec<String>,
+) -> Result<()> {
+    use voxflip_engines::Backend;
+    match opts.engine.backend {
+        Backend::Gpu => {
+            return Err(Error::usage(
+                "--vxl with --backend gpu: the GPU engine shares one design across voxels; give --backend cpu or auto",
+            ))
+        }
+        Backend::Auto | Backend::Cpu => {}
+    }
+    let mut values = Vec::with_capacity(files.len());
+    let mut sources = Vec::with_capacity(files.len());
+    for (&k, f) in cols.iter().zip(&files) {
+        let path = voxflip_io::resolve_image(Path::new(f))?;
+        let img = voxflip_io::read_image(&path)?;
+        values.push(ds.values_of(&img, &path)?);
+        sources.push((k, path));
+    }
+    let columns = cols.iter().map(|k| k - 1).collect();
+    opts.voxelwise = Some(std::sync::Arc::new(voxflip_stats::VoxelwiseEvs { columns, values }));
+    opts.voxelwise_sources = sources;
+    if opts.engine.backend == Backend::Auto {
+        log::info!(
+            "--vxl: voxelwise regressors run on the CPU engine (the GPU engine shares one design across voxels)"
+        );
+        opts.engine.backend = Backend::Cpu;
+        opts.engine.with_cpu = false;
+        opts.engine.gpu.adapter = None;
+    }
+    Ok(())
 }

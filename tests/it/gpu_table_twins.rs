@@ -77,6 +77,7 @@ fn problem(rng: &mut ChaCha8Rng, n: usize, v: usize, q: usize, s: usize, kind: S
         qbasis: qb.iter().map(|&x| x as f32).collect(),
         e,
         ss,
+        voxel_qbasis: None,
     }
 }
 

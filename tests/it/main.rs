@@ -1,6 +1,7 @@
 //! voxflip's integration tests, one binary (one link) with shared helpers in `common`:
 //! - oracles: `glm_oracles` (closed forms, brute-force enumeration, explicit refits),
-//!   `spatial_calibration` (FWE rates of cluster and TFCE inference under the null);
+//!   `spatial_calibration` (FWE rates of cluster and TFCE inference under the null),
+//!   `voxelwise` (--vxl against per-voxel refits and brute force);
 //! - the command line: `cli` (errors and runs), `backends` (the GPU pipeline equals the CPU
 //!   pipeline), `fallback` (a GPU lost mid-run changes nothing), `shards` (shards merged
 //!   and killed runs resumed give the single run's files), `slurm` (the job scripts, and a
@@ -37,3 +38,4 @@ mod slurm;
 mod spatial_calibration;
 mod tfce_edge;
 mod variance_smoothing;
+mod voxelwise;

@@ -28,7 +28,8 @@ fn main() {
     let e: Vec<f32> = (0..n * v).map(|_| rng.random::<f32>() - 0.5).collect();
     let qbasis: Vec<f32> = (0..n * q).map(|_| rng.random::<f32>() - 0.5).collect();
     let ss: Vec<f32> = (0..v).map(|x| (0..n).map(|i| e[i * v + x] * e[i * v + x]).sum::<f32>() * 2.0).collect();
-    let p = ContrastProblem { n, v, q, s: 1, kind: StatKind::T, dof: (n - q) as f32, qbasis, e, ss };
+    let p =
+        ContrastProblem { n, v, q, s: 1, kind: StatKind::T, dof: (n - q) as f32, qbasis, e, ss, voxel_qbasis: None };
     let perms = PermSet::generate(n, PermKind::SignFlip, &vec![0; n], 2400, 1).unwrap();
     let obs = vec![1.0f32; v];
     let pool = rayon::ThreadPoolBuilder::new().num_threads(1).build().unwrap();

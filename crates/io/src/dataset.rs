@@ -195,6 +195,53 @@ impl Dataset {
         })
     }
 
+    /// The in-mask values of `img`, another 4D image of the data's rows (a voxelwise
+    /// regressor, randomise --vxf), N x V row-major like `y`: it must have one volume per
+    /// data image, the data's grid and orientation, and finite values in the mask.
+    pub fn values_of(&self, img: &Image, img_path: &Path) -> Result<Vec<f32>> {
+        if img.nvol != self.n {
+            return Err(Error::input(
+                img_path,
+                format!(
+                    "has {} volume(s) but the data {} has {} (one per design row)",
+                    img.nvol,
+                    self.source.display(),
+                    self.n
+                ),
+            ));
+        }
+        if img.dims != self.dims || !(0..3).all(|r| (0..4).all(|c| (img.affine[r][c] - self.affine[r][c]).abs() < 1e-3))
+        {
+            return Err(Error::input(
+                img_path,
+                format!(
+                    "grid {} affine {} does not match the data {} ({} affine {})",
+                    dims_text(img.dims),
+                    affine_text(&img.affine),
+                    self.source.display(),
+                    dims_text(self.dims),
+                    affine_text(&self.affine)
+                ),
+            ));
+        }
+        let v = self.v;
+        let mut out = vec![0f32; self.n * v];
+        for i in 0..self.n {
+            let vol = img.volume(i);
+            for (o, &l) in out[i * v..(i + 1) * v].iter_mut().zip(&self.voxels) {
+                *o = vol[l as usize];
+            }
+        }
+        if let Some(k) = out.iter().position(|x| !x.is_finite()) {
+            let (x, y, z) = voxel_xyz(self.dims, self.voxels[k % v] as usize);
+            return Err(Error::input(
+                img_path,
+                format!("holds NaN or Inf in the mask (volume {}, voxel {x},{y},{z})", k / v),
+            ));
+        }
+        Ok(out)
+    }
+
     /// The mean of the images at each in-mask voxel, on the full grid (0 outside the mask).
     pub fn mean_image(&self) -> Vec<f32> {
         let mut sum = vec![0f64; self.v];

@@ -7,6 +7,7 @@
 //!   and the [`problem`] it hands to an engine with the one statistic formula;
 //! - [`confound`]: randomise's confound methods (-U) as choices of that problem;
 //! - [`glm_maps`]: the unpermuted GLM's pe, cope, varcope and sigmasqr maps (--glm_output);
+//! - [`voxelwise`]: voxelwise regressors (--vxl), each voxel's own partition;
 //! - [`perm`]: seeded permutation sets, exhaustive or random, with exchangeability blocks;
 //! - [`inference`]: max-statistic nulls and p-values;
 //! - [`smoothing`]: randomise's variance smoothing (-v), the pseudo-t;
@@ -21,6 +22,7 @@ pub mod perm;
 pub mod problem;
 pub mod smoothing;
 pub mod spatial;
+pub mod voxelwise;
 
 pub use confound::ConfoundMethod;
 pub use design::{Contrast, Design, DesignError};
@@ -33,3 +35,4 @@ pub use model::{
 pub use perm::{Blocks, PermKind, PermSet};
 pub use problem::{statistic, statistic_of_sums, ContrastProblem, StatKind};
 pub use smoothing::VarianceSmoothing;
+pub use voxelwise::{voxelwise_problem, VoxelwiseEvs};

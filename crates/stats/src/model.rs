@@ -358,7 +358,18 @@ impl ContrastModel {
         }
         let qbasis: Vec<f32> =
             (0..n).flat_map(|i| (0..self.q).map(move |k| (i, k))).map(|(i, k)| self.qbasis[(i, k)] as f32).collect();
-        ContrastProblem { n, v, q: self.q, s: self.s, kind: self.kind, dof: self.dof as f32, qbasis, e, ss }
+        ContrastProblem {
+            n,
+            v,
+            q: self.q,
+            s: self.s,
+            kind: self.kind,
+            dof: self.dof as f32,
+            qbasis,
+            e,
+            ss,
+            voxel_qbasis: None,
+        }
     }
 }
 

@@ -35,9 +35,18 @@ pub struct ContrastProblem {
     pub e: Vec<f32>,
     /// ||E[:, v]||^2 per voxel (computed in f64, stored as f32).
     pub ss: Vec<f32>,
+    /// Voxelwise regressors (randomise --vxl): each voxel's own basis Q_v, v blocks of n x q
+    /// row-major (`voxel_qbasis[(vox * n + i) * q + k]`), which replace `qbasis` (built by
+    /// [`crate::voxelwise_problem`]). None: every voxel shares `qbasis`.
+    pub voxel_qbasis: Option<Vec<f32>>,
 }
 
 impl ContrastProblem {
+    /// Whether each voxel has its own basis (voxelwise regressors).
+    pub fn is_voxelwise(&self) -> bool {
+        self.voxel_qbasis.is_some()
+    }
+
     /// Flops of the product for one permutation: 2 q n v (q n v multiply-adds).
     pub fn flops_per_perm(&self) -> f64 {
         2.0 * self.q as f64 * self.n as f64 * self.v as f64

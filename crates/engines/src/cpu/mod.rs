@@ -25,6 +25,7 @@ use voxflip_stats::{ContrastProblem, PermSet, StatKind, VarianceSmoothing};
 
 mod kernels;
 mod table;
+mod voxelwise;
 
 pub(crate) use table::TablePlan;
 
@@ -70,6 +71,8 @@ impl CpuEngine {
     fn table_plan(&self, perms: &PermSet) -> Option<TablePlan> {
         match (self.product, &self.problem) {
             (Product::Gemm, _) | (_, None) => None,
+            // Each voxel's own basis: no table serves them all.
+            (_, Some(p)) if p.is_voxelwise() => None,
             (product, Some(p)) => TablePlan::for_set(p, perms)
                 .filter(|plan| product == Product::Table || plan.pays_off(p.q))
                 .map(|plan| match self.table_bits {
@@ -117,6 +120,10 @@ impl CpuEngine {
 
     /// Keep `problem` for the batches that follow.
     pub fn prepare(&mut self, problem: &ContrastProblem) -> Result<()> {
+        let p = problem;
+        if p.voxel_qbasis.as_ref().is_some_and(|b| b.len() != p.v * p.n * p.q) {
+            return Err(EngineError::Invalid("per-voxel bases of the wrong size".into()));
+        }
         self.problem = Some(problem.clone());
         Ok(())
     }
@@ -206,6 +213,13 @@ impl CpuEngine {
         // The mirror's maxima follow the batch's.
         let slots = if mirrored { 2 * nperm } else { nperm };
         let max_stat = match self.table_plan(perms) {
+            _ if p.is_voxelwise() => {
+                let rows = voxelwise::PermRows::new(perms, range.clone());
+                let batch = Batch { p, a: &[], nperm, observed, maps, counts, mirror };
+                over_tiles(v, slots, |v0, scratch: &mut voxelwise::VoxelwiseScratch, maxes| {
+                    voxelwise::tile(&batch, &rows, v0, scratch, maxes)
+                })
+            }
             Some(plan) => {
                 let codes = plan.row_offsets(&plan.codes(perms, range.clone()));
                 let batch = Batch { p, a: &[], nperm, observed, maps, counts, mirror };
@@ -277,7 +291,7 @@ mod tests {
         let e: Vec<f32> = (0..n * v).map(|_| rng.random::<f32>() - 0.5).collect();
         let qbasis: Vec<f32> = (0..n * q).map(|_| rng.random::<f32>() - 0.5).collect();
         let ss: Vec<f32> = (0..v).map(|x| (0..n).map(|i| e[i * v + x] * e[i * v + x]).sum::<f32>() * 2.0).collect();
-        ContrastProblem { n, v, q, s, kind, dof: (n - q) as f32, qbasis, e, ss }
+        ContrastProblem { n, v, q, s, kind, dof: (n - q) as f32, qbasis, e, ss, voxel_qbasis: None }
     }
 
     /// The engine equals a naive loop (coefficient rows, dot products, `statistic`), for odd

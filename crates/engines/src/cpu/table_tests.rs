@@ -24,7 +24,7 @@ fn problem(
         None => (0..n * q).map(|_| rng.random::<f32>() - 0.5).collect(),
     };
     let ss: Vec<f32> = (0..v).map(|x| (0..n).map(|i| e[i * v + x] * e[i * v + x]).sum::<f32>() * 2.0).collect();
-    ContrastProblem { n, v, q, s, kind, dof: (n - q) as f32, qbasis, e, ss }
+    ContrastProblem { n, v, q, s, kind, dof: (n - q) as f32, qbasis, e, ss, voxel_qbasis: None }
 }
 
 /// Every map of the set, with the maxima and counts, on `eng`.

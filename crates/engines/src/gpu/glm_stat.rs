@@ -1005,6 +1005,10 @@ impl GpuEngine {
     /// Make `problem` resident (upload E, Q, ss). Called once per contrast.
     pub fn prepare(&mut self, problem: &ContrastProblem) -> Result<()> {
         self.check_usable()?;
+        if problem.is_voxelwise() {
+            // glm_stat shares one basis across voxels; the CPU engine has the per-voxel path.
+            return Err(EngineError::Unsupported("voxelwise regressors (--vxl) run on the CPU engine only".into()));
+        }
         self.prepare_inner(problem).map_err(|e| self.fail(e))
     }
 
