@@ -99,8 +99,10 @@ def ellipsoid():
 
 
 class Case:
-    def __init__(self, name, flags, exhaustive, n_perm, build, show_stdout=False):
+    def __init__(self, name, flags, exhaustive, n_perm, build, show_stdout=False, differs=None):
         self.name, self.flags, self.exhaustive, self.n_perm, self.build = name, flags, exhaustive, n_perm, build
+        # A difference the README documents: its maps are shown but do not fail the run.
+        self.differs = differs
         # Options that print and exit (-q, -Q): show what each tool printed.
         self.show_stdout = show_stdout
 
@@ -156,7 +158,9 @@ def cases():
              lambda d, r: two_group(d, r, 4, 4, blocks=lambda n: [1 + (i % 2) for i in range(n)])),
     ] + [
         Case(f"option_U{u}", ["-x", "--uncorrp", "-U", str(u)], True, 2000,
-             lambda d, r: two_group(d, r, 6, 6, covariate))
+             lambda d, r: two_group(d, r, 6, 6, covariate),
+             differs="randomise's -U 3 observed map comes from the residuals, so it is 0; voxflip's from the data"
+             if u == 3 else None)
         for u in range(4)
     ]
     return options + [
@@ -305,8 +309,11 @@ def main():
             verdict = ""
             if has_r and has_v and r_maps[name].endswith(".nii.gz"):
                 verdict, ok = compare_maps(v_maps[name], r_maps[name], name, case)
-                verdict += "" if ok else "  <-- MISMATCH"
-                all_ok &= ok
+                if not ok and case.differs:
+                    verdict += f"  (documented difference: {case.differs})"
+                else:
+                    verdict += "" if ok else "  <-- MISMATCH"
+                    all_ok &= ok
             elif has_r and has_v and r_maps[name].endswith(".txt") and case.exhaustive:
                 verdict, ok = compare_text(v_maps[name], r_maps[name], name)
                 verdict += "" if ok else "  <-- MISMATCH"

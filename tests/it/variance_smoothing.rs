@@ -201,6 +201,10 @@ fn run(d: &Path, prefix: &str, backend: &str, extra: &[&str]) -> String {
         "-x",
         "--uncorrp",
         "-T",
+        // The TFCE oracle below runs over every mask voxel; the border rule has its own
+        // tests (tfce_edge.rs).
+        "--tfce-edge",
+        "include",
         "-c",
         "1.0",
         "-N",
@@ -239,8 +243,8 @@ fn pseudo_t_equals_smoothed_variance_refits() {
     let f = map(&d.join("p_fstat1.nii.gz"));
     assert!(mask.iter().all(|&l| AGAINST_F64.close(f[l], (plain[l] * plain[l]) as f32)), "F is not smoothed");
     // Every permutation's map is one sign flip's pseudo-t, each flip once.
-    let null = text_numbers(&d.join("p_null_tstat1.txt"));
-    let null_tfce = text_numbers(&d.join("p_null_tfce_tstat1.txt"));
+    let null = text_numbers(&d.join("p_vox_corrp_tstat1.txt"));
+    let null_tfce = text_numbers(&d.join("p_tfce_corrp_tstat1.txt"));
     assert_eq!(null.len(), 64);
     let graph = MaskGraph::new(DIMS, mask.iter().map(|&l| l as u32).collect(), Connectivity::C6);
     let dh = mask.iter().map(|&l| t[l]).fold(0f32, f32::max) / 100.0;
@@ -317,7 +321,7 @@ fn gpu_pseudo_t_equals_cpu() {
             assert!(a.iter().zip(&b).all(|(x, y)| tol.close(*x, *y)), "{other} {name}");
         }
         let (a, b) =
-            (text_numbers(&d.join("cpu_null_tstat1.txt")), text_numbers(&d.join(format!("{other}_null_tstat1.txt"))));
+            (text_numbers(&d.join("cpu_vox_corrp_tstat1.txt")), text_numbers(&d.join(format!("{other}_vox_corrp_tstat1.txt"))));
         assert!(a.iter().zip(&b).all(|(x, y)| tol.close(*x, *y)), "{other} null");
         for name in ["vox_corrp_tstat1", "vox_p_tstat1"] {
             let (a, b) = (map(&d.join(format!("cpu_{name}.nii.gz"))), map(&d.join(format!("{other}_{name}.nii.gz"))));
