@@ -320,8 +320,10 @@ fn gpu_pseudo_t_equals_cpu() {
             let (a, b) = (map(&d.join(format!("cpu_{name}.nii.gz"))), map(&d.join(format!("{other}_{name}.nii.gz"))));
             assert!(a.iter().zip(&b).all(|(x, y)| tol.close(*x, *y)), "{other} {name}");
         }
-        let (a, b) =
-            (text_numbers(&d.join("cpu_vox_corrp_tstat1.txt")), text_numbers(&d.join(format!("{other}_vox_corrp_tstat1.txt"))));
+        let (a, b) = (
+            text_numbers(&d.join("cpu_vox_corrp_tstat1.txt")),
+            text_numbers(&d.join(format!("{other}_vox_corrp_tstat1.txt"))),
+        );
         assert!(a.iter().zip(&b).all(|(x, y)| tol.close(*x, *y)), "{other} null");
         for name in ["vox_corrp_tstat1", "vox_p_tstat1"] {
             let (a, b) = (map(&d.join(format!("cpu_{name}.nii.gz"))), map(&d.join(format!("{other}_{name}.nii.gz"))));
