@@ -44,8 +44,9 @@ pub fn maps_per_permutation(job: (bool, Option<f32>, Option<f32>)) -> usize {
 }
 
 /// Writes the permuted maps of contrast `name` from `problem` (prepared on the scheduler's
-/// engine), permutation 0 being `observed` (the identity of the unpermuted data, which
-/// under ter Braak is not the identity of `problem`). `job`: its TFCE step and cluster
+/// engine), permutation 0 being `observed` (the observed map, computed in f64 on the host:
+/// the engine's f32 map of the identity may differ from it in the last bits, and under ter
+/// Braak is not the unpermuted data's). `job`: its TFCE step and cluster
 /// thresholds, as its nulls used them.
 pub fn write_permuted_maps(
     scheduler: &mut Scheduler,
@@ -63,7 +64,7 @@ pub fn write_permuted_maps(
     for start in (0..perms.len()).step_by(BATCH) {
         let end = (start + BATCH).min(perms.len());
         let batch = &mut maps[..(end - start) * v];
-        scheduler.engine_mut().run_batch(perms, start..end, None, Some(batch))?;
+        scheduler.permutation_maps(problem, perms, start..end, batch)?;
         if start == 0 {
             batch[..v].copy_from_slice(observed);
         }

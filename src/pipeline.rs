@@ -72,31 +72,60 @@ fn mirrored(mut p: ContrastProblem) -> ContrastProblem {
     p
 }
 
-/// The problem of plan `plan` under `method`: the shared partition's, or with voxelwise
-/// regressors every voxel's own (a voxel whose design is rank deficient gets 0, said once).
-fn own_problem(plan: &ContrastPlan, ds: &Dataset, method: ConfoundMethod) -> ContrastProblem {
+/// A contrast's engine problem and its observed map.
+struct ContrastInput {
+    problem: ContrastProblem,
+    /// The observed statistic (pseudo-t under `-v`), computed in f64 from the data and
+    /// rounded to f32 (`voxflip_stats::observed`), as randomise computes it.
+    observed: Vec<f32>,
+}
+
+/// The problem and observed map of plan `plan` under `method`: the shared partition's, or
+/// with voxelwise regressors every voxel's own (a voxel whose design is rank deficient gets
+/// 0, said once).
+fn own_input(
+    plan: &ContrastPlan,
+    ds: &Dataset,
+    method: ConfoundMethod,
+    smoothing: Option<&VarianceSmoothing>,
+) -> ContrastInput {
+    let kind = plan.model.kind;
     let Some((m, contrast, evs)) = plan.voxelwise else {
-        return plan.model.problem_for(&ds.y, ds.v, method);
+        let observed = plan.model.observed_fit(&ds.y, ds.v, method).map(kind, smoothing);
+        return ContrastInput { problem: plan.model.problem_for(&ds.y, ds.v, method), observed };
     };
-    let (p, rank_deficient) = voxelwise_problem(m, plan.model, contrast, evs, &ds.y, ds.v, method);
-    if rank_deficient > 0 && !plan.said.swap(true, std::sync::atomic::Ordering::Relaxed) {
+    let vp = voxelwise_problem(m, plan.model, contrast, evs, &ds.y, ds.v, method);
+    if vp.rank_deficient > 0 && !plan.said.swap(true, std::sync::atomic::Ordering::Relaxed) {
         log::warn!(
-            "--vxf: {rank_deficient} of {} voxels have a rank-deficient design for {} (the voxelwise regressor \
+            "--vxf: {} of {} voxels have a rank-deficient design for {} (the voxelwise regressor \
              is a combination of other columns there); their statistic is 0",
+            vp.rank_deficient,
             ds.v,
             contrast.name
         );
     }
-    p
+    ContrastInput { observed: vp.observed.map(kind, smoothing), problem: vp.problem }
 }
 
-/// The problem of contrast `ci` under confound `method` (-U): its own, or its partner's
-/// negated when it is a mirror.
-fn problem_of(plans: &[ContrastPlan], ci: usize, ds: &Dataset, method: ConfoundMethod) -> ContrastProblem {
+/// The problem and observed map of contrast `ci` under confound `method` (-U): its own, or
+/// its partner's negated when it is a mirror.
+fn input_of(
+    plans: &[ContrastPlan],
+    ci: usize,
+    ds: &Dataset,
+    method: ConfoundMethod,
+    smoothing: Option<&VarianceSmoothing>,
+) -> ContrastInput {
     match plans[ci].mirror_of {
-        Some(a) => mirrored(own_problem(&plans[a], ds, method)),
-        None => own_problem(&plans[ci], ds, method),
+        Some(a) => mirror_input(own_input(&plans[a], ds, method, smoothing)),
+        None => own_input(&plans[ci], ds, method, smoothing),
     }
+}
+
+/// The mirror's input: the problem [`mirrored`], the observed map negated (0 stays 0).
+fn mirror_input(i: ContrastInput) -> ContrastInput {
+    let observed = i.observed.iter().map(|&x| if x == 0.0 { 0.0 } else { -x }).collect();
+    ContrastInput { problem: mirrored(i.problem), observed }
 }
 
 /// What all the contrasts of a run share: where their outputs go and the engines.
@@ -268,9 +297,7 @@ pub fn run(ds: &Dataset, design: &Design, opts: &AnalysisOptions, prefix: &str) 
                 let from = resumed_of(ci);
                 // With its mirror next, one product serves both, unless a checkpoint of a
                 // run without sharing left the two at different points.
-                // Under ter Braak the identity runs on another problem than the rest.
                 let share = opts.share_contrasts
-                    && !opts.confound.observed_from_freedman_lane()
                     && !opts.permout
                     && plans.get(ci + 1).is_some_and(|p| p.mirror_of == Some(ci))
                     && state.scheduler.as_ref().is_some_and(Scheduler::mirrors)
@@ -532,10 +559,9 @@ fn ensure_graphs(graphs: &mut Graphs, opts: &AnalysisOptions, contrast: &Contras
     }
 }
 
-/// Prepare `problem` and set up its contrast: the observed map (the checkpoint's when
-/// resumed), the spatial job and where it runs (recorded in `spatial_backend`), the observed
-/// TFCE map. `kind`: what the permutations exchange, so that the observed map comes from
-/// the product they run on.
+/// Prepare `problem` and set up its contrast: the observed map (`observed`, or the
+/// checkpoint's when resumed), the spatial job and where it runs (recorded in
+/// `spatial_backend`), the observed TFCE map.
 #[allow(clippy::too_many_arguments)]
 fn set_up<'g>(
     scheduler: &mut Scheduler,
@@ -544,13 +570,13 @@ fn set_up<'g>(
     opts: &AnalysisOptions,
     contrast: &Contrast,
     problem: &ContrastProblem,
-    kind: PermKind,
+    observed: Vec<f32>,
     resumed: Option<&ContrastState>,
 ) -> Result<Setup<'g>> {
     scheduler.prepare(problem)?;
     let observed = match resumed {
         Some(r) => r.observed.clone(),
-        None => scheduler.observed_map(problem, kind)?,
+        None => observed,
     };
     let (extent_thr, mass_thr) = cluster_thresholds(opts, contrast.kind);
     let wants_clusters = extent_thr.is_some() || mass_thr.is_some();
@@ -596,38 +622,16 @@ fn compute_contrast(
     }
     let t0 = Instant::now();
     let (ds, opts) = (st.ds, st.opts);
-    let problem = problem_of(plans, ci, ds, opts.confound);
-    // The unpermuted data's problem, where the permutations' one has another identity.
-    let unpermuted =
-        opts.confound.observed_from_freedman_lane().then(|| problem_of(plans, ci, ds, ConfoundMethod::FreedmanLane));
+    let smoothing = st.scheduler.as_ref().and_then(|s| s.engine().smoothing().cloned());
+    let ContrastInput { problem, observed } = input_of(plans, ci, ds, opts.confound, smoothing.as_deref());
     ensure_graphs(&mut st.graphs, opts, contrast);
     let scheduler = st.scheduler.as_mut().expect("a scheduler unless merging");
-    let observed_problem = unpermuted.as_ref().unwrap_or(&problem);
-    let setup = set_up(
-        scheduler,
-        &st.graphs,
-        &mut st.spatial_backend,
-        opts,
-        contrast,
-        observed_problem,
-        plans[ci].kind,
-        resumed,
-    )?;
+    let setup = set_up(scheduler, &st.graphs, &mut st.spatial_backend, opts, contrast, &problem, observed, resumed)?;
     let job = setup.job();
     let mut cs = match resumed {
         Some(r) => r.clone(),
         None => setup.fresh_state(contrast, &range, ds.v),
     };
-    if let Some(unpermuted) = &unpermuted {
-        // The identity's member of every null is the observed data's, as for the other
-        // methods; the other permutations permute R_M Y.
-        if cs.range.end == 0 && range.end > 0 {
-            let part = scheduler.permute(unpermuted, plans[ci].perms, 0..1, &setup.observed, job.as_ref(), progress)?;
-            cs.nulls.append(part);
-            cs.range.end = 1;
-        }
-        scheduler.prepare(&problem)?;
-    }
     let stretch = st.checkpoints.stretch(scheduler.engine().preferred_batch());
     while cs.range.end < range.end {
         let t = Instant::now();
@@ -690,8 +694,9 @@ fn compute_pair(
         contrasts[0].name,
         contrasts[1].name
     );
-    let problem = own_problem(&plans[ci], ds, opts.confound);
-    let mirror = mirrored(problem.clone());
+    let smoothing = st.scheduler.as_ref().and_then(|s| s.engine().smoothing().cloned());
+    let ContrastInput { problem, observed } = own_input(&plans[ci], ds, opts.confound, smoothing.as_deref());
+    let mirror = mirror_input(ContrastInput { problem: problem.clone(), observed: observed.clone() });
     for c in contrasts {
         ensure_graphs(&mut st.graphs, opts, c);
     }
@@ -699,9 +704,8 @@ fn compute_pair(
     let backend = &mut st.spatial_backend;
     let [ra, rb] = [resumed.map(|r| r.0), resumed.map(|r| r.1)];
     // The mirror first, so that the partner's problem stays prepared for the product.
-    let sb = set_up(scheduler, &st.graphs, backend, opts, contrasts[1], &mirror, plans[ci].kind, rb)?;
-    drop(mirror);
-    let sa = set_up(scheduler, &st.graphs, backend, opts, contrasts[0], &problem, plans[ci].kind, ra)?;
+    let sb = set_up(scheduler, &st.graphs, backend, opts, contrasts[1], &mirror.problem, mirror.observed, rb)?;
+    let sa = set_up(scheduler, &st.graphs, backend, opts, contrasts[0], &problem, observed, ra)?;
     let jobs = [sa.job(), sb.job()];
     let mut cs = match resumed {
         Some((a, b)) => [a.clone(), b.clone()],

@@ -74,8 +74,10 @@ struct Expected {
 }
 
 /// What a run that fails at call `fail_at` (the observed map is call 1) must give: the
-/// observed map from the engine that computed it, the GPU's batches before the failure and
-/// the CPU's from the failed batch on.
+/// observed map from the engine that computed it; the identity's member of the nulls from
+/// the observed map itself (its maximum, an exceedance at every voxel: the scheduler forms
+/// it on the host); the GPU's batches of the other permutations before the failure and the
+/// CPU's from the failed batch on.
 fn expected(pb: &ContrastProblem, perms: &PermSet, fail_at: usize) -> Option<Expected> {
     let mut gpu = flaky("fallback reference", usize::MAX)?;
     let mut cpu = Engine::Cpu(CpuEngine::new());
@@ -84,13 +86,17 @@ fn expected(pb: &ContrastProblem, perms: &PermSet, fail_at: usize) -> Option<Exp
     let obs =
         if fail_at == 1 { observed_map(&mut cpu, pb, perms.kind) } else { observed_map(&mut gpu, pb, perms.kind) }
             .unwrap();
-    let split = BATCH.saturating_mul(fail_at.saturating_sub(2)).min(perms.len());
-    let (mut null, mut counts, mut maps) = run_range(&mut gpu, perms, 0..split, &obs);
-    let (n2, c2, m2) = run_range(&mut cpu, perms, split..perms.len(), &obs);
-    null.extend(n2);
-    maps.extend(m2);
-    for (a, b) in counts.iter_mut().zip(c2) {
-        *a += b;
+    let split = BATCH.saturating_mul(fail_at.saturating_sub(2)).saturating_add(1).min(perms.len());
+    let mut null = vec![obs.iter().copied().fold(f32::NEG_INFINITY, f32::max)];
+    let mut counts = vec![1u32; obs.len()];
+    let mut maps = obs.clone();
+    for (engine, range) in [(&mut gpu, 1..split), (&mut cpu, split..perms.len())] {
+        let (n, c, m) = run_range(engine, perms, range, &obs);
+        null.extend(n);
+        maps.extend(m);
+        for (a, b) in counts.iter_mut().zip(c) {
+            *a += b;
+        }
     }
     Some(Expected { obs, null, counts, maps })
 }

@@ -68,24 +68,6 @@ fn t_refit(a: &DMatrix<f64>, d: &DMatrix<f64>, c: &DVector<f64>, dof: f64) -> Ve
         .collect()
 }
 
-/// Every permutation of 0..n (Heap's algorithm).
-fn all_permutations(n: usize) -> Vec<Vec<usize>> {
-    fn heap(k: usize, a: &mut Vec<usize>, out: &mut Vec<Vec<usize>>) {
-        if k <= 1 {
-            out.push(a.clone());
-            return;
-        }
-        for i in 0..k {
-            heap(k - 1, a, out);
-            let j = if k.is_multiple_of(2) { i } else { 0 };
-            a.swap(j, k - 1);
-        }
-    }
-    let mut out = Vec::new();
-    heap(n, &mut (0..n).collect(), &mut out);
-    out
-}
-
 fn permuted_rows(a: &DMatrix<f64>, p: &[usize]) -> DMatrix<f64> {
     DMatrix::from_fn(a.nrows(), a.ncols(), |i, k| a[(p[i], k)])
 }
@@ -139,7 +121,7 @@ fn confound_methods_equal_their_refits_and_counts() {
     let dir = voxflip_testkit::tempdir().unwrap();
     let d = dir.path();
     let (m, y) = design_and_data(d);
-    let perms = all_permutations(N);
+    let perms = voxflip_testkit::all_orderings(N);
     let np = perms.len();
     let mut backends = vec!["cpu"];
     if gpu_usable("confound methods on the GPU engine") {

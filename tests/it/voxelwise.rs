@@ -70,8 +70,9 @@ fn check_case(
     let n = m.nrows();
     let c = Contrast { name: "tstat1".into(), kind: StatKind::T, c: DMatrix::from_column_slice(w.len(), 1, w) };
     let base_model = ContrastModel::new(base, &c).unwrap();
-    let (problem, bad) = voxelwise_problem(m, &base_model, &c, evs, y, v, ConfoundMethod::FreedmanLane);
-    assert_eq!(bad, 0);
+    let vp = voxelwise_problem(m, &base_model, &c, evs, y, v, ConfoundMethod::FreedmanLane);
+    let problem = vp.problem;
+    assert_eq!(vp.rank_deficient, 0);
     let res = permutation_test(&problem, perms).unwrap();
     assert!(perms.exhaustive && perms.len() == all.len(), "{} of {}", perms.len(), all.len());
     let designs: Vec<DMatrix<f64>> = (0..v).map(|x| evs.design_at(m, v, x)).collect();

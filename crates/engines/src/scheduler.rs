@@ -262,6 +262,21 @@ impl Scheduler {
         permute_contrast(&mut self.engine, problem, perms, range, observed, spatial, reducer, progress)
     }
 
+    /// The statistic maps of permutations `range` of `perms` for `problem` (prepared), into
+    /// `maps` (permutation-major, V values each); a GPU that fails continues on the CPU, as
+    /// in [`Scheduler::permute`].
+    pub fn permutation_maps(
+        &mut self,
+        problem: &ContrastProblem,
+        perms: &PermSet,
+        range: Range<usize>,
+        maps: &mut [f32],
+    ) -> Result<()> {
+        check_range(perms, &range)?;
+        run_with_fallback(&mut self.engine, problem, |e| e.run_batch(perms, range.clone(), None, Some(&mut *maps)))
+            .map(|_| ())
+    }
+
     /// Whether [`Scheduler::permute_mirrored`] can run a t contrast and its mirror from one
     /// product: one engine that [mirrors](Engine::mirrors), with spatial statistics (if any)
     /// on the CPU.
@@ -293,6 +308,11 @@ impl Scheduler {
         let empty =
             || ContrastNulls { max_stat: Vec::with_capacity(range.len()), counts: vec![0u32; v], ..Default::default() };
         let mut out = [empty(), empty()];
+        let range = {
+            let [a, b] = &mut out;
+            take_identity(a, range.clone(), observed[0], spatial.map(|j| j[0]), progress)?;
+            take_identity(b, range, observed[1], spatial.map(|j| j[1]), progress)?
+        };
         let Some(jobs) = spatial else {
             let mut done = range.start;
             while done < end {
@@ -611,6 +631,7 @@ pub fn permute_contrast(
     check_range(perms, &range)?;
     let mut out =
         ContrastNulls { max_stat: Vec::with_capacity(range.len()), counts: vec![0u32; v], ..Default::default() };
+    let range = take_identity(&mut out, range, observed, spatial, progress)?;
     let Some(job) = spatial else {
         let mut done = range.start;
         while done < end {
@@ -694,6 +715,59 @@ impl ContrastNulls {
             *c += x;
         }
     }
+}
+
+/// Where `range` starts at the identity (permutation 0), its member of every null goes
+/// into `out` from the observed maps, on the host; returns the rest of the range, for the
+/// engine. The observed map is computed in f64 (`voxflip_stats::observed`) and the engines'
+/// permutation maps in f32, so the engine's own identity map could fall a rounding below
+/// the observed one and fail to count itself; the identity's member is the observed map's
+/// by definition: its maximum, an exceedance at every voxel, its TFCE and cluster maxima.
+fn take_identity(
+    out: &mut ContrastNulls,
+    range: Range<usize>,
+    observed: &[f32],
+    spatial: Option<&SpatialJob>,
+    progress: &dyn Progress,
+) -> Result<Range<usize>> {
+    if range.start != 0 || range.is_empty() {
+        return Ok(range);
+    }
+    // As the kernels' maxima and comparisons: NaN never wins and never counts.
+    out.max_stat.push(observed.iter().fold(f32::NEG_INFINITY, |a, &x| if x > a { x } else { a }));
+    for (c, &o) in out.counts.iter_mut().zip(observed) {
+        *c += (o >= o) as u32;
+    }
+    if let Some(job) = spatial {
+        let mut part = SpatialNull::default();
+        if job.tfce.is_some() {
+            let own;
+            let tfce = match job.tfce_observed {
+                Some(t) => t,
+                None => {
+                    let mut t = vec![0f32; observed.len()];
+                    job.tfce_map(observed, &mut Workspace::new(), &mut t)
+                        .map_err(|e| EngineError::Invalid(e.to_string()))?;
+                    own = t;
+                    &own[..]
+                }
+            };
+            part.tfce_max.push(tfce.iter().copied().fold(0f32, f32::max));
+            if job.tfce_observed.is_some() {
+                part.tfce_counts = tfce.iter().map(|&t| (t >= t) as u32).collect();
+            }
+        }
+        let clusters = SpatialJob { tfce: None, tfce_observed: None, ..*job };
+        let mut cl = SpatialNull::default();
+        if !observed.is_empty() {
+            clusters.reduce(observed, observed.len(), &mut cl).map_err(|e| EngineError::Invalid(e.to_string()))?;
+        }
+        part.extent_max = cl.extent_max;
+        part.mass_max = cl.mass_max;
+        out.spatial.append(part);
+    }
+    progress.advance(1);
+    Ok(1..range.end)
 }
 
 /// A caller's range of `perms` that is not one is invalid.

@@ -15,7 +15,7 @@
 //! same test. Under ter Braak the identity applied to R_M Y gives a statistic of 0
 //! everywhere (randomise writes that as its observed map, which its help calls a BETA
 //! option); voxflip takes the observed map, and the identity's member of every null, from
-//! the unpermuted data, as for every other method.
+//! the unpermuted data, as for every other method ([`crate::observed`]).
 use crate::model::ContrastModel;
 use crate::problem::ContrastProblem;
 use nalgebra::DMatrix;
@@ -56,13 +56,6 @@ impl ConfoundMethod {
             ConfoundMethod::Manly => "Manly (-U 2: Y on X|Z)",
             ConfoundMethod::TerBraak => "ter Braak (-U 3: R_M Y on X|Z)",
         }
-    }
-
-    /// Whether the permutations' problem cannot give the observed map (its identity is
-    /// not the unpermuted data): the observed map and the identity's null member then come
-    /// from the Freedman–Lane problem.
-    pub fn observed_from_freedman_lane(self) -> bool {
-        self == ConfoundMethod::TerBraak
     }
 
     /// The residual degrees of freedom of the method's regression.

@@ -8,6 +8,7 @@
 //! - [`confound`]: randomise's confound methods (-U) as choices of that problem;
 //! - [`glm_maps`]: the unpermuted GLM's pe, cope, varcope and sigmasqr maps (--glm_output);
 //! - [`voxelwise`]: voxelwise regressors (--vxl), each voxel's own partition;
+//! - [`observed`]: the observed statistic map in f64, as randomise computes it;
 //! - [`perm`]: seeded permutation sets, exhaustive or random, with exchangeability blocks;
 //! - [`inference`]: max-statistic nulls and p-values;
 //! - [`smoothing`]: randomise's variance smoothing (-v), the pseudo-t;
@@ -18,6 +19,7 @@ pub mod design;
 pub mod glm_maps;
 pub mod inference;
 pub mod model;
+pub mod observed;
 pub mod perm;
 pub mod problem;
 pub mod smoothing;
@@ -32,7 +34,8 @@ pub use model::{
     column_basis, column_dependencies, estimability_residuals, identical_row_labels, pseudo_inverse, rank,
     ColumnDependency, ContrastModel, ESTIMABLE_TOL,
 };
+pub use observed::ObservedFit;
 pub use perm::{Blocks, PermKind, PermSet};
 pub use problem::{statistic, statistic_of_sums, ContrastProblem, StatKind};
 pub use smoothing::VarianceSmoothing;
-pub use voxelwise::{voxelwise_problem, VoxelwiseEvs};
+pub use voxelwise::{voxelwise_problem, VoxelwiseEvs, VoxelwiseProblem};

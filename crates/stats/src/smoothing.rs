@@ -144,9 +144,26 @@ impl VarianceSmoothing {
         t.par_chunks_mut(v).zip(sigma2.par_chunks(v)).for_each(|(t, s2)| {
             let sm = self.smooth(s2);
             for ((t, &own), &smoothed) in t.iter_mut().zip(s2).zip(&sm) {
-                *t = if own > 0.0 && smoothed > 0.0 { (*t as f64 * (own / smoothed).sqrt()) as f32 } else { 0.0 };
+                *t = pseudo_t_of(*t as f64, own, smoothed) as f32;
             }
         });
+    }
+
+    /// The pseudo-t map of one f64 t map and its sigma^2 (the observed map's, before it is
+    /// rounded to f32), as [`VarianceSmoothing::pseudo_t`] forms each permutation's.
+    pub fn pseudo_t_f64(&self, t: &[f64], sigma2: &[f64]) -> Vec<f64> {
+        assert_eq!(t.len(), sigma2.len());
+        let sm = self.smooth(sigma2);
+        t.iter().zip(sigma2).zip(&sm).map(|((&t, &own), &smoothed)| pseudo_t_of(t, own, smoothed)).collect()
+    }
+}
+
+/// t sqrt(sigma^2 / smoothed sigma^2), 0 where either variance is 0.
+fn pseudo_t_of(t: f64, own: f64, smoothed: f64) -> f64 {
+    if own > 0.0 && smoothed > 0.0 {
+        t * (own / smoothed).sqrt()
+    } else {
+        0.0
     }
 }
 

@@ -16,6 +16,7 @@
 use crate::confound::ConfoundMethod;
 use crate::design::Contrast;
 use crate::model::ContrastModel;
+use crate::observed::ObservedFit;
 use crate::problem::ContrastProblem;
 use nalgebra::DMatrix;
 use rayon::prelude::*;
@@ -41,16 +42,26 @@ impl VoxelwiseEvs {
     }
 }
 
-/// One voxel's part of the problem: its E column, ||E||^2 and basis Q_v (n x q).
+/// One voxel's part of the problem: its E column, ||E||^2 and basis Q_v (n x q), and its
+/// unpermuted fit in f64 (statistic, sigma^2).
 struct VoxelFit {
     e: Vec<f32>,
     ss: f32,
     basis: Vec<f32>,
+    observed: (f64, f64),
+}
+
+/// The engine's problem of a contrast with voxelwise regressors, its observed fit (each
+/// voxel's own, in f64: [`crate::observed`]) and how many voxels have a rank-deficient
+/// design (statistic 0).
+pub struct VoxelwiseProblem {
+    pub problem: ContrastProblem,
+    pub observed: ObservedFit,
+    pub rank_deficient: usize,
 }
 
 /// The engine's problem of `contrast` when design `m` has voxelwise columns `evs`, on data
-/// `y` (N x V, row-major) under `method`, and how many voxels have a rank-deficient design
-/// (statistic 0). `base` is the partition of `m` as given (its basis goes in `qbasis`, its
+/// `y` (N x V, row-major) under `method`, with the observed fit. `base` is the partition of `m` as given (its basis goes in `qbasis`, its
 /// degrees of freedom are every full-rank voxel's).
 pub fn voxelwise_problem(
     m: &DMatrix<f64>,
@@ -60,7 +71,7 @@ pub fn voxelwise_problem(
     y: &[f32],
     v: usize,
     method: ConfoundMethod,
-) -> (ContrastProblem, usize) {
+) -> VoxelwiseProblem {
     let n = m.nrows();
     // The shared fields (kind, s, q, dof, the base basis) from a problem of one zero voxel.
     let shared = base.problem_for(&vec![0f32; n], 1, method);
@@ -72,12 +83,19 @@ pub fn voxelwise_problem(
             let model = ContrastModel::new(&evs.design_at(m, v, x), contrast).ok()?;
             let yv: Vec<f32> = (0..n).map(|i| y[i * v + x]).collect();
             let p = model.problem_for(&yv, 1, method);
-            (p.q == q && p.dof == shared.dof).then_some(VoxelFit { e: p.e, ss: p.ss[0], basis: p.qbasis })
+            let o = model.observed_fit(&yv, 1, method);
+            (p.q == q && p.dof == shared.dof).then(|| VoxelFit {
+                e: p.e,
+                ss: p.ss[0],
+                basis: p.qbasis,
+                observed: (o.stat[0], o.sigma2[0]),
+            })
         })
         .collect();
     let mut e = vec![0f32; n * v];
     let mut ss = vec![0f32; v];
     let mut vq = vec![0f32; v * n * q];
+    let mut observed = ObservedFit { stat: vec![0.0; v], sigma2: vec![0.0; v] };
     let mut rank_deficient = 0;
     for (x, pv) in per_voxel.into_iter().enumerate() {
         match pv {
@@ -87,12 +105,13 @@ pub fn voxelwise_problem(
                 }
                 ss[x] = fit.ss;
                 vq[x * n * q..(x + 1) * n * q].copy_from_slice(&fit.basis);
+                (observed.stat[x], observed.sigma2[x]) = fit.observed;
             }
             None => rank_deficient += 1,
         }
     }
     let problem = ContrastProblem { v, e, ss, voxel_qbasis: Some(vq), ..shared };
-    (problem, rank_deficient)
+    VoxelwiseProblem { problem, observed, rank_deficient }
 }
 
 #[cfg(test)]
@@ -120,8 +139,9 @@ mod tests {
             let mut m0 = m.clone();
             m0.set_column(2, &DMatrix::from_fn(n, 1, |i, _| i as f64).column(0));
             let base = ContrastModel::new(&m0, &c).unwrap();
-            let (p, bad) = voxelwise_problem(&m, &base, &c, &evs, &y, v, ConfoundMethod::FreedmanLane);
-            assert_eq!(bad, 1, "voxel 4's regressor is the intercept");
+            let vp = voxelwise_problem(&m, &base, &c, &evs, &y, v, ConfoundMethod::FreedmanLane);
+            let p = &vp.problem;
+            assert_eq!(vp.rank_deficient, 1, "voxel 4's regressor is the intercept");
             let vq = p.voxel_qbasis.as_ref().unwrap();
             for x in 0..v {
                 let ex: Vec<f32> = (0..n).map(|i| p.e[i * v + x]).collect();
@@ -144,6 +164,12 @@ mod tests {
                 };
                 // f32 storage of E, Q and the epilogue: 1e-4 relative on t of order 1.
                 assert!((t as f64 - expect).abs() < 1e-4 * expect.abs().max(1.0), "{w:?} voxel {x}: {t} vs {expect}");
+                // The observed fit is f64 throughout: 1e-10 relative leaves only rounding.
+                let o = vp.observed.stat[x];
+                assert!(
+                    (o - expect).abs() < 1e-10 * expect.abs().max(1.0),
+                    "{w:?} voxel {x}: observed {o} vs {expect}"
+                );
             }
         }
     }

@@ -1,5 +1,7 @@
 //! Helpers voxflip's tests share.
 //!
+//! Every ordering of 0..n, the brute-force enumeration the permutation tests compare with.
+//!
 //! A temporary directory, removed with everything in it when dropped. (The `tempfile`
 //! crate would do; it pulls `rustix` with features that no release dependency needs, which
 //! made a test build recompile the whole wgpu stack after a release build.)
@@ -39,8 +41,50 @@ pub fn tempdir() -> std::io::Result<TempDir> {
     }
 }
 
+/// Every ordering of 0..n (Heap's algorithm), the identity first, as row sources:
+/// position m gets row o[m].
+pub fn all_orderings(n: usize) -> Vec<Vec<usize>> {
+    let mut a: Vec<usize> = (0..n).collect();
+    let mut out = vec![a.clone()];
+    let mut c = vec![0usize; n];
+    let mut i = 0;
+    while i < n {
+        if c[i] < i {
+            if i % 2 == 0 {
+                a.swap(0, i);
+            } else {
+                a.swap(c[i], i);
+            }
+            out.push(a.clone());
+            c[i] += 1;
+            i = 0;
+        } else {
+            c[i] = 0;
+            i += 1;
+        }
+    }
+    out
+}
+
 #[cfg(test)]
 mod tests {
+    /// n! distinct orderings, each a permutation of 0..n, the identity first.
+    #[test]
+    fn orderings_are_every_permutation_once() {
+        for n in 0..=6usize {
+            let all = super::all_orderings(n);
+            assert_eq!(all.len(), (1..=n).product::<usize>(), "n = {n}");
+            assert_eq!(all[0], (0..n).collect::<Vec<_>>());
+            let distinct: std::collections::HashSet<_> = all.iter().cloned().collect();
+            assert_eq!(distinct.len(), all.len());
+            for o in &all {
+                let mut sorted = o.clone();
+                sorted.sort_unstable();
+                assert_eq!(sorted, (0..n).collect::<Vec<_>>());
+            }
+        }
+    }
+
     #[test]
     fn directories_are_fresh_and_removed() {
         let (a, b) = (super::tempdir().unwrap(), super::tempdir().unwrap());

@@ -124,26 +124,4 @@ pub fn voxflip(dir: &Path, args: &[&str]) -> Output {
         .expect("the voxflip binary runs")
 }
 
-/// Every ordering of 0..n (Heap's algorithm), as row sources: position m gets row o[m].
-pub fn all_orderings(n: usize) -> Vec<Vec<usize>> {
-    let mut a: Vec<usize> = (0..n).collect();
-    let mut out = vec![a.clone()];
-    let mut c = vec![0usize; n];
-    let mut i = 0;
-    while i < n {
-        if c[i] < i {
-            if i % 2 == 0 {
-                a.swap(0, i);
-            } else {
-                a.swap(c[i], i);
-            }
-            out.push(a.clone());
-            c[i] += 1;
-            i = 0;
-        } else {
-            c[i] = 0;
-            i += 1;
-        }
-    }
-    out
-}
+pub use voxflip_testkit::all_orderings;

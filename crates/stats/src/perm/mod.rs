@@ -374,28 +374,9 @@ mod tests {
         assert_eq!(p.src(0).unwrap(), &[0, 1, 2, 3, 4, 5]);
     }
 
-    /// Every permutation of 0..n (Heap's algorithm), as row sources.
+    /// Every permutation of 0..n, as row sources.
     fn all_orderings(n: usize) -> Vec<Vec<u32>> {
-        let mut a: Vec<u32> = (0..n as u32).collect();
-        let mut out = vec![a.clone()];
-        let mut c = vec![0usize; n];
-        let mut i = 0;
-        while i < n {
-            if c[i] < i {
-                if i % 2 == 0 {
-                    a.swap(0, i)
-                } else {
-                    a.swap(c[i], i)
-                }
-                out.push(a.clone());
-                c[i] += 1;
-                i = 0;
-            } else {
-                c[i] = 0;
-                i += 1;
-            }
-        }
-        out
+        voxflip_testkit::all_orderings(n).into_iter().map(|o| o.into_iter().map(|r| r as u32).collect()).collect()
     }
 
     /// The brute-force oracle: of all n! orderings, those that respect the blocks, as the
