@@ -25,6 +25,7 @@ mod gpu_spatial_twins;
 mod gpu_table_twins;
 mod gpu_tfce_exact_twins;
 mod gpu_twins;
+mod gpu_voxelwise;
 mod io_edges;
 mod kill_safety;
 mod multi_adapter;

@@ -14,7 +14,15 @@ use voxflip_stats::{statistic_of_sums, StatKind};
 
 /// The coefficient A_p[k][m][v] = sign_p(m) * Q_v[src_p(m)][k] of permutation `gp` of the
 /// batch at voxel `v` of the chunk.
-pub fn coefficient(params: &GlmParams, perm_words: &[u32], bases: &[f32], gp: usize, m: usize, k: usize, v: usize) -> f32 {
+pub fn coefficient(
+    params: &GlmParams,
+    perm_words: &[u32],
+    bases: &[f32],
+    gp: usize,
+    m: usize,
+    k: usize,
+    v: usize,
+) -> f32 {
     let (n, q, vc, wpp) = (params.n as usize, params.q as usize, params.vc as usize, params.wpp as usize);
     let row = if params.flags & FLAG_SRC != 0 { perm_words[params.src_base as usize + gp * n + m] as usize } else { m };
     let val = bases[(row * q + k) * vc + v];
@@ -165,8 +173,7 @@ mod tests {
                 orders.push(order);
             }
             // Problem layout (voxel blocks of n x q), converted to the shader's as the engine does.
-            let problem_bases: Vec<f32> =
-                (0..vc).flat_map(|_| orthonormal(&mut g, n, q)).map(|x| x as f32).collect();
+            let problem_bases: Vec<f32> = (0..vc).flat_map(|_| orthonormal(&mut g, n, q)).map(|x| x as f32).collect();
             let bases = chunk_bases(&problem_bases, n, q, 0, vc);
             let e: Vec<f32> = (0..n * vc).map(|_| (g.unit() * 3.0 + 0.2) as f32).collect();
             let ss: Vec<f32> =
@@ -224,7 +231,10 @@ mod tests {
                     // u within gamma_n sqrt(ss) (|Q_k| = 1, Cauchy-Schwarz), which for the RSS
                     // of random data (far from 0) moves t or F by well under 1e-4 of
                     // max(|T|, 1); the f32 epilogue adds a few ULP.
-                    assert!((got - want).abs() <= 1e-4 * want.abs().max(1.0), "n {n} perm {gp} voxel {v}: {got} vs {want}");
+                    assert!(
+                        (got - want).abs() <= 1e-4 * want.abs().max(1.0),
+                        "n {n} perm {gp} voxel {v}: {got} vs {want}"
+                    );
                     want_max = want_max.max(got);
                     want_counts[v] += (got >= obs[v] as f64) as u32;
                 }
