@@ -275,3 +275,38 @@ fn voxelwise_maps_reduced_on_the_device_equal_the_host_reduction() {
     }
     assert!(want.extent_max.iter().any(|&e| e > 1.0), "clusters formed: {:?}", want.extent_max);
 }
+
+/// Timing (not a pass/fail check): ms per 100 permutations of a --vxl problem of 20,000
+/// voxels, N = 58, q = 3 (intercept, group, voxelwise covariate), on the adapter found and on
+/// the CPU engine, for sign flips and relabelings, after one warm-up batch each.
+/// `cargo test --release --test it -- --ignored --nocapture time_voxelwise`
+/// VOXFLIP_TIME_PERMS overrides the count (default 500).
+#[test]
+#[ignore]
+fn time_voxelwise_n58_v20k() {
+    let Some(mut g) = gpu() else { return };
+    let (n, v) = (58usize, 20_000usize);
+    let pb = problem(n, v, &[&[0.0, 0.0, 1.0]], 3);
+    let count: usize = std::env::var("VOXFLIP_TIME_PERMS").ok().and_then(|s| s.parse().ok()).unwrap_or(500);
+    g.prepare(&pb).unwrap();
+    println!("{}", g.describe());
+    let mut engines = [Engine::Gpu(Box::new(g)), Engine::Cpu(CpuEngine::new())];
+    for kind in [PermKind::SignFlip, PermKind::Permute] {
+        let ps = perm_set(n, kind, count, 6);
+        let mut nulls = Vec::new();
+        for e in engines.iter_mut() {
+            e.prepare(&pb).unwrap();
+            let obs = observed_map(e, &pb, ps.kind).unwrap();
+            let batch = e.preferred_batch().min(ps.len());
+            e.run_batch(&ps, 0..batch.min(50), Some(&obs), None).unwrap();
+            let t0 = std::time::Instant::now();
+            let got = permute_contrast(e, &pb, &ps, 0..ps.len(), &obs, None, None, &()).unwrap();
+            let secs = t0.elapsed().as_secs_f64();
+            let name = if matches!(e, Engine::Gpu(_)) { "gpu" } else { "cpu" };
+            println!("{kind:?}, {name}: {count} perms in {secs:.3} s, {:.1} ms per 100", secs * 1e5 / count as f64);
+            nulls.push(got.max_stat);
+        }
+        let agree = nulls[0].iter().zip(&nulls[1]).all(|(a, b)| TOL.close(*a, *b));
+        println!("{kind:?}: maxima agree within {:e}: {agree}", TOL.rel);
+    }
+}
