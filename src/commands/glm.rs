@@ -268,23 +268,14 @@ fn check_voxelwise_columns(g: &GlmArgs, cols: &[usize], ncols: usize) -> Result<
     }
 }
 
-/// Reads the --vxf images (FSL names allowed) on the data's grid and mask, and runs the
-/// permutations on the CPU engine, the only one with the per-voxel path.
+/// Reads the --vxf images (FSL names allowed) on the data's grid and mask. Both engines have
+/// the per-voxel path (the GPU's glm_stat_voxelwise shader, the CPU engine's voxelwise tiles).
 fn set_voxelwise(
     opts: &mut crate::options::AnalysisOptions,
     ds: &Dataset,
     cols: Vec<usize>,
     files: Vec<String>,
 ) -> Result<()> {
-    use voxflip_engines::Backend;
-    match opts.engine.backend {
-        Backend::Gpu => {
-            return Err(Error::usage(
-                "--vxl with --backend gpu: the GPU engine shares one design across voxels; give --backend cpu or auto",
-            ))
-        }
-        Backend::Auto | Backend::Cpu => {}
-    }
     let mut values = Vec::with_capacity(files.len());
     let mut sources = Vec::with_capacity(files.len());
     for (&k, f) in cols.iter().zip(&files) {
@@ -296,13 +287,5 @@ fn set_voxelwise(
     let columns = cols.iter().map(|k| k - 1).collect();
     opts.voxelwise = Some(std::sync::Arc::new(voxflip_stats::VoxelwiseEvs { columns, values }));
     opts.voxelwise_sources = sources;
-    if opts.engine.backend == Backend::Auto {
-        log::info!(
-            "--vxl: voxelwise regressors run on the CPU engine (the GPU engine shares one design across voxels)"
-        );
-        opts.engine.backend = Backend::Cpu;
-        opts.engine.with_cpu = false;
-        opts.engine.gpu.adapter = None;
-    }
     Ok(())
 }

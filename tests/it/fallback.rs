@@ -103,18 +103,25 @@ fn expected(pb: &ContrastProblem, perms: &PermSet, fail_at: usize) -> Option<Exp
 
 #[test]
 fn lost_device_continues_on_cpu_with_identical_results() {
-    let pb = problem();
+    // The shared basis, and voxelwise regressors (glm_stat_voxelwise; the CPU engine's
+    // per-voxel path after the failure).
+    for pb in [problem(), crate::gpu_voxelwise::problem(12, 300, &[&[0.0, 0.0, 1.0]], 5)] {
+        lost_device_case(&pb);
+    }
+}
+
+fn lost_device_case(pb: &ContrastProblem) {
     let perms = PermSet::generate(pb.n, PermKind::SignFlip, &vec![0; pb.n], 100, 3).unwrap();
     for fail_at in [1, 2, 5, 15] {
-        let Some(Expected { obs: obs_ref, null: null_ref, counts: counts_ref, .. }) = expected(&pb, &perms, fail_at)
+        let Some(Expected { obs: obs_ref, null: null_ref, counts: counts_ref, .. }) = expected(pb, &perms, fail_at)
         else {
             return;
         };
         let mut engine = flaky(module_path!(), fail_at).unwrap();
-        engine.prepare(&pb).unwrap();
-        let obs = observed_map(&mut engine, &pb, perms.kind).unwrap();
+        engine.prepare(pb).unwrap();
+        let obs = observed_map(&mut engine, pb, perms.kind).unwrap();
         assert_eq!(obs, obs_ref, "fail at batch {fail_at}");
-        let got = permute_contrast(&mut engine, &pb, &perms, 0..perms.len(), &obs, None, None, &()).unwrap();
+        let got = permute_contrast(&mut engine, pb, &perms, 0..perms.len(), &obs, None, None, &()).unwrap();
         assert_eq!(got.max_stat, null_ref, "fail at batch {fail_at}");
         assert_eq!(got.counts, counts_ref, "fail at batch {fail_at}");
         assert!(engine.describe().starts_with("cpu"), "the run must have switched engines");

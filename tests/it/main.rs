@@ -7,7 +7,7 @@
 //!   and killed runs resumed give the single run's files), `slurm` (the job scripts, and a
 //!   real SLURM when one answers: CI starts one), `report` (the HTML report, in a real
 //!   browser when one is installed: CI installs Chromium);
-//! - the shaders against their CPU ports on a real adapter: `gpu_twins`, `gpu_spatial_twins`,
+//! - the shaders against their CPU ports on a real adapter: `gpu_twins`, `gpu_voxelwise`, `gpu_spatial_twins`,
 //!   `gpu_tfce_exact_twins`;
 //! - files users and machines make: `io_edges` (FSL names, FSLOUTPUTTYPE, garbled headers,
 //!   refusals) and `kill_safety` (SIGKILL/SIGINT/SIGTERM never leave a mixed set).
@@ -25,6 +25,7 @@ mod gpu_spatial_twins;
 mod gpu_table_twins;
 mod gpu_tfce_exact_twins;
 mod gpu_twins;
+mod gpu_voxelwise;
 mod io_edges;
 mod kill_safety;
 mod multi_adapter;

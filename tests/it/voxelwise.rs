@@ -17,7 +17,7 @@ use voxflip_stats::{
 
 /// A pseudo-random value in [-0.5, 0.5) from an index and a seed (splitmix64: no linear
 /// relation between voxels, which would give two voxels the same design space).
-fn noise(k: usize, seed: u32) -> f32 {
+pub(crate) fn noise(k: usize, seed: u32) -> f32 {
     let mut z = (k as u64).wrapping_add((seed as u64) << 32).wrapping_add(0x9E3779B97F4A7C15);
     z = (z ^ (z >> 30)).wrapping_mul(0xBF58476D1CE4E5B9);
     z = (z ^ (z >> 27)).wrapping_mul(0x94D049BB133111EB);
@@ -291,7 +291,6 @@ fn bad_voxelwise_input_is_refused_in_one_line() {
     c.fails(&with(&["--vxl=3,3", "--vxf=age,age"]), "--vxl", "named twice");
     c.fails(&with(&["--vxl=4", "--vxf=age"]), "design3.mat", "has 3 column(s)");
     c.fails(&with(&["--vxl=3", "--vxf=nothere"]), "nothere", "");
-    c.fails(&with(&["--vxl=3", "--vxf=age", "--backend", "gpu"]), "--backend gpu", "--backend cpu or auto");
     c.fails(&with(&["--vxl=3", "--vxf=age", "-D"]), "-D", "not supported");
     // Wrong number of volumes, another grid, another orientation, NaN in the mask.
     write(&c.p("short.nii.gz"), DIMS, 9, &vec![1.0; 9 * nvox()]);
@@ -310,4 +309,77 @@ fn bad_voxelwise_input_is_refused_in_one_line() {
     nan[5] = f32::NAN;
     write(&c.p("nan.nii.gz"), DIMS, 10, &nan);
     c.fails(&with(&["--vxl=3", "--vxf=nan.nii.gz"]), "nan.nii.gz", "NaN");
+}
+
+#[test]
+fn voxelwise_regressors_on_the_gpu_give_the_cpu_engines_p_values() {
+    if !crate::common::gpu_usable(module_path!()) {
+        return;
+    }
+    let c = Case::new();
+    // The mean with a voxelwise nuisance covariate (sign flips: 2^10 = 1024, exhaustive under
+    // -n 5000), and its mirror.
+    let cov: Vec<f32> = (0..10 * nvox()).map(|k| 2.0 * noise(k, 17) + 0.1 * (k % 7) as f32 - 0.3).collect();
+    write(&c.p("cov.nii.gz"), DIMS, 10, &cov);
+    // The case's data shifted so that the mean is significant at some voxels.
+    let y: Vec<f32> = crate::cli::data(10, 1).iter().zip(&cov).map(|(y, c)| y + 0.25 + 0.3 * c).collect();
+    write(&c.p("shifted.nii.gz"), DIMS, 10, &y);
+    let mean: Vec<Vec<f64>> = (0..10)
+        .map(|i| vec![1.0, (0..nvox()).map(|x| cov[i * nvox() + x] as f64).sum::<f64>() / nvox() as f64])
+        .collect();
+    c.text("design2.mat", &vest(&mean));
+    c.text("design2.con", "/NumWaves 2\n/NumContrasts 2\n/Matrix\n1 0\n-1 0\n");
+    let common = [
+        "-i",
+        "shifted.nii.gz",
+        "-m",
+        "mask.nii.gz",
+        "-d",
+        "design2.mat",
+        "-t",
+        "design2.con",
+        "--vxl=2",
+        "--vxf=cov",
+        "-n",
+        "5000",
+        "-x",
+        "--uncorrp",
+        "-T",
+        "--spatial-backend",
+        "gpu",
+        "--no-report",
+    ];
+    let (code, cpu_err) = c.run(&[&common[..], &["-o", "out/cpu", "--backend", "cpu"]].concat());
+    assert_eq!(code, 0, "{cpu_err}");
+    let (code, err) = c.run(&[&common[..], &["-o", "out/gpu", "--backend", "gpu"]].concat());
+    assert_eq!(code, 0, "{err}");
+    assert!(err.contains("exhaustive"), "{err}");
+    let json: serde_json::Value =
+        serde_json::from_str(&std::fs::read_to_string(c.p("out/gpu_voxflip.json")).unwrap()).unwrap();
+    assert!(json["backend"].as_str().is_some_and(|b| b.starts_with("gpu: ")), "the GPU engine must have run: {json}");
+    let spatial = json["spatial_backend"].as_str().unwrap_or_default();
+    assert!(spatial.starts_with("gpu: "), "TFCE on the GPU (maps kept on the device): {spatial}");
+    for con in ["tstat1", "tstat2"] {
+        for map in ["", "vox_p_", "vox_corrp_", "tfce_", "tfce_p_", "tfce_corrp_"] {
+            let name = format!("{map}{con}.nii.gz");
+            let (a, b) = (image(&c, &format!("out/cpu_{name}")), image(&c, &format!("out/gpu_{name}")));
+            assert_eq!(a.len(), b.len());
+            for (k, (x, y)) in a.iter().zip(&b).enumerate() {
+                // Exhaustive: every flip and its negation on both engines (the GPU's sums of
+                // negated terms are exactly negated), so p-values are identical unless some
+                // permutation's statistic lies within rounding of the observed one, which these
+                // data do not have. Statistics: the f32 product against the CPU's f64 one, 1e-4
+                // relative (gpu_voxelwise's tolerance); TFCE sums 100 levels of them, 1e-3.
+                let tol = match map {
+                    "" => 1e-4 * x.abs().max(1.0),
+                    "tfce_" => 1e-3 * x.abs().max(1.0),
+                    _ => 0.0,
+                };
+                assert!((x - y).abs() <= tol, "{name} voxel {k}: cpu {x} vs gpu {y}");
+            }
+        }
+    }
+    let t = image(&c, "out/gpu_vox_corrp_tstat1.nii.gz");
+    let best = t.iter().copied().fold(0.0f32, f32::max);
+    assert!(best > 0.9, "some voxels are significant, so the p-values say something: 1 - p at most {best}");
 }

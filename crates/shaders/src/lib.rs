@@ -9,18 +9,20 @@
 //! | `glm_stat.wgsl` | the permutation GLM product, statistic and reductions (Direct, Tiles) | [`glm_stat`] | [`cpu::glm_stat`] |
 //! | `glm_stat_wide.wgsl` | the same with wide register blocks (Wide, Wide128) | [`glm_stat`] | [`cpu::glm_stat_wide`] |
 //! | `glm_stat_table.wgsl` | the same for sign flips by the table-driven product | [`glm_stat_table`] | [`cpu::glm_stat_table`] |
+//! | `glm_stat_voxelwise.wgsl` | the same with a basis per voxel (voxelwise regressors, `--vxl`) | [`glm_stat_voxelwise`] | [`cpu::glm_stat_voxelwise`] |
 //! | `label_components.wgsl` | connected components, cluster extent and mass | [`spatial`] | [`cpu::label_components`] |
 //! | `tfce.wgsl` | randomise's stepwise TFCE over the components | [`spatial`] | [`cpu::tfce`] |
 //! | `tfce_exact.wgsl` | the exact TFCE integral, one component tree per map | [`spatial`] | [`cpu::tfce_exact`] |
 //! | `shared/statistic.wgsl` | the t / F formula ([`voxflip_stats::statistic_of_sums`]) | | |
 //! | `shared/keys.wgsl` | order-preserving float keys | [`keys`] | |
-//! | `shared/glm_bindings.wgsl` | the bindings both glm_stat shaders share | [`glm_stat`] | |
+//! | `shared/glm_bindings.wgsl` | the bindings every glm_stat shader shares | [`glm_stat`] | |
 //!
 //! Every variant (kernel x pipeline constants) is parsed and validated with naga by this
 //! crate's tests, so a broken shader fails `cargo test` on a machine without any GPU.
 pub mod cpu;
 pub mod glm_stat;
 pub mod glm_stat_table;
+pub mod glm_stat_voxelwise;
 pub mod keys;
 pub mod spatial;
 pub mod wgsl;
@@ -63,6 +65,14 @@ pub fn variants() -> Vec<ShaderVariant> {
             source: glm_stat_table::wgsl_source(),
             overrides: glm_stat_table::overrides(bits),
             workgroup_bytes: glm_stat_table::WORKGROUP_STORAGE_BYTES,
+        });
+    }
+    for has_src in [false, true] {
+        out.push(ShaderVariant {
+            label: format!("glm_stat_voxelwise HAS_SRC={}", has_src as u8),
+            source: glm_stat_voxelwise::wgsl_source(),
+            overrides: glm_stat_voxelwise::overrides(has_src),
+            workgroup_bytes: glm_stat_voxelwise::WORKGROUP_STORAGE_BYTES,
         });
     }
     out.push(ShaderVariant {

@@ -73,5 +73,8 @@ fn generated_declarations_are_in_the_sources() {
     assert!(sp.contains("struct SpatialParams {") && sp.contains("fn enter(") && sp.contains("fn init("));
     let ex = crate::spatial::tfce_exact_wgsl_source();
     assert!(ex.contains("struct TfceExactParams {") && ex.contains("const EXACT_HIST_BINS: u32 = 2048u;"));
+    let vw = crate::glm_stat_voxelwise::wgsl_source();
+    assert!(vw.contains("struct GlmParams {") && vw.contains("const TV: u32 = 256u;"));
+    assert!(vw.contains("override HAS_SRC: bool") && vw.matches("fn statistic4(").count() == 1);
     assert!(ex.contains("const NONE: u32 = 4294967295u;") && ex.contains("fn exact_step("));
 }

@@ -20,6 +20,12 @@
 //! makes workgroup memory slow. [`GpuOptions::kernel`] or [`GpuEngine::set_kernel`] overrides
 //! the choice. All give the same sums in the same order; the CPU ports in the shaders crate
 //! are the oracle for each (the GPU twin tests).
+//!
+//! Voxelwise regressors (randomise `--vxl`; [`ContrastProblem::voxel_qbasis`]) run
+//! `glm_stat_voxelwise.wgsl` instead: every chunk also holds its voxels' bases (n x q floats
+//! a voxel, so the chunks are planned for that buffer: 228,000 voxels of N = 58, q = 3 are
+//! 159 MB, two chunks under lavapipe's 128 MiB bindings), and the dispatches, reductions and
+//! read-back are those of the other kernels.
 use super::adapters::{select_adapter, AdapterChoice};
 use super::device::Device;
 use crate::error::{EngineError, Result};
@@ -29,6 +35,7 @@ use std::ops::Range;
 use std::sync::{Arc, Mutex};
 use voxflip_shaders::glm_stat::{self, GlmKernel, GlmParams, FLAG_MAPS, FLAG_OBSERVED, FLAG_SRC, KIND_F, KIND_T, TV};
 use voxflip_shaders::glm_stat_table;
+use voxflip_shaders::glm_stat_voxelwise;
 use voxflip_shaders::keys::value_of;
 use voxflip_stats::{ContrastProblem, PermKind, PermSet, StatKind, VarianceSmoothing};
 
@@ -112,8 +119,9 @@ fn preferred_tiled(l: &wgpu::Limits) -> GlmKernel {
     TILED_PREFERENCE.into_iter().find(|&k| kernel_unsupported(l, k).is_none()).unwrap_or(GlmKernel::Tiles)
 }
 
-/// Voxels per chunk of E for `n` rows and `q` columns of Q under `limits`: the chunk (n x
-/// chunk floats) and its [ss | observed] pair must each fit one storage binding (and at most
+/// Voxels per chunk of E for `n` rows and `q` columns of Q under `limits`: the chunk's largest
+/// buffer (`floats_per_voxel` floats a voxel: n for E, n q for the bases of voxelwise
+/// regressors) and its [ss | observed] pair must each fit one storage binding (and at most
 /// 1 GiB, leaving room for wgpu's upload staging on a 4 GiB card), the grid must stay within
 /// the workgroups-per-dimension limit, and one row of permutation tiles (`tile_perms` each)
 /// over the chunk must fit the per-dispatch work bound. A multiple of the voxel tile where
@@ -122,13 +130,14 @@ pub(crate) fn plan_chunk_voxels(
     limits: &wgpu::Limits,
     n: usize,
     q: usize,
+    floats_per_voxel: usize,
     max_macs_per_dispatch: u64,
     tile_perms: u32,
 ) -> usize {
     let binding = limits.max_storage_buffer_binding_size.min(limits.max_buffer_size);
     let cap = binding.min(E_CHUNK_CAP_BYTES);
-    // n.max(2): the [ss | observed] buffer (2 chunk floats) must fit the binding too.
-    let mut chunk_v = (cap / (4 * n.max(2) as u64)) as usize;
+    // max(2): the [ss | observed] buffer (2 chunk floats) must fit the binding too.
+    let mut chunk_v = (cap / (4 * floats_per_voxel.max(n).max(2) as u64)) as usize;
     chunk_v = chunk_v.min(limits.max_compute_workgroups_per_dimension as usize * TV as usize);
     let tile_row = (max_macs_per_dispatch / (n.max(1) as u64 * q.max(1) as u64 * tile_perms as u64)) as usize;
     chunk_v = chunk_v.min(tile_row.max(TV as usize));
@@ -204,6 +213,25 @@ fn table_unsupported(l: &wgpu::Limits) -> Option<String> {
     workgroup_unsupported(l, "glm_stat_table", glm_stat_table::WORKGROUP_STORAGE_BYTES, size)
 }
 
+/// Host-side marker in [`GlmParams::flags`]: the dispatch runs glm_stat_voxelwise (each
+/// voxel's own basis, read from the chunk's bases buffer). The shaders never read this bit.
+const FLAG_VOXELWISE: u32 = 1 << 30;
+
+/// The glm_stat_voxelwise pipeline with its row-source handling fixed (`HAS_SRC`).
+fn build_voxelwise_pipeline(device: &wgpu::Device, has_src: bool) -> Kernel {
+    let module = device.create_shader_module(wgpu::ShaderModuleDescriptor {
+        label: Some("glm_stat_voxelwise"),
+        source: wgpu::ShaderSource::Wgsl(glm_stat_voxelwise::wgsl_source().into()),
+    });
+    pipeline_of(device, "glm_stat_voxelwise", &module, &glm_stat_voxelwise::overrides(has_src))
+}
+
+/// Why the adapter's limits refuse `glm_stat_voxelwise.wgsl`, or None.
+fn voxelwise_unsupported(l: &wgpu::Limits) -> Option<String> {
+    let size = (glm_stat_voxelwise::WG_SIZE, 1);
+    workgroup_unsupported(l, "glm_stat_voxelwise", glm_stat_voxelwise::WORKGROUP_STORAGE_BYTES, size)
+}
+
 /// The glm_stat_table pipeline for blocks of `bits` rows.
 fn build_table_pipeline(device: &wgpu::Device, bits: u32) -> Kernel {
     let module = device.create_shader_module(wgpu::ShaderModuleDescriptor {
@@ -223,6 +251,8 @@ struct Chunk {
     vox: wgpu::Buffer,
     /// Exceedance counts, vc u32.
     counts: wgpu::Buffer,
+    /// Voxelwise regressors: the chunk's bases, (n x q) x vc (glm_stat_voxelwise's layout).
+    bases: Option<wgpu::Buffer>,
 }
 
 struct Resident {
@@ -232,6 +262,8 @@ struct Resident {
     s: usize,
     kind: StatKind,
     dof: f32,
+    /// Each voxel has its own basis (voxelwise regressors): glm_stat_voxelwise runs.
+    voxelwise: bool,
     /// ||E[:, v]||^2 on the host, for variance smoothing's residual variance.
     ss: Vec<f32>,
     qbuf: wgpu::Buffer,
@@ -245,6 +277,8 @@ pub struct GpuEngine {
     device: Device,
     /// glm_stat variants by `has_src` (without / with row sources), built on first use.
     kernels: [Option<Kernel>; 2],
+    /// glm_stat_voxelwise variants by `has_src`, built on first use.
+    voxelwise_kernels: [Option<Kernel>; 2],
     /// Which glm_stat kernel runs.
     glm_kernel: GlmKernel,
     /// Table-driven or matrix product ([`GpuEngine::set_product`]).
@@ -323,6 +357,7 @@ impl GpuEngine {
             device,
             // Sign flips need no row sources; the variant with them is built on first use.
             kernels: [None, None],
+            voxelwise_kernels: [None, None],
             glm_kernel,
             product: Product::default(),
             table_kernel: None,
@@ -397,6 +432,18 @@ impl GpuEngine {
         Ok(())
     }
 
+    /// Build the glm_stat_voxelwise variant for `has_src` if it is not there yet.
+    fn ensure_voxelwise_kernel(&mut self, has_src: bool) -> Result<()> {
+        if let Some(why) = voxelwise_unsupported(self.device.limits()) {
+            return Err(EngineError::Unsupported(format!("{}: {why}", self.device.info().name)));
+        }
+        if self.voxelwise_kernels[has_src as usize].is_none() {
+            self.voxelwise_kernels[has_src as usize] = Some(build_voxelwise_pipeline(self.device.wgpu(), has_src));
+            self.device.poll("compiling glm_stat_voxelwise").map_err(|e| self.fail(e))?;
+        }
+        Ok(())
+    }
+
     /// Which product forms the coefficients of the batches that follow: with `Table`, and
     /// with `Auto` on a hardware adapter, a sign-flip set (no row exchanges) runs
     /// `glm_stat_table.wgsl`, every other set the glm_stat kernel. `Auto` keeps the matrix
@@ -421,7 +468,9 @@ impl GpuEngine {
             Product::Table => true,
             Product::Auto => !self.is_software(),
         };
+        // The table's sums share one basis across voxels.
         let table = wanted
+            && !st.voxelwise
             && perms.kind == PermKind::SignFlip
             && perms.all_src().is_empty()
             && perms.words_per_perm > 0
@@ -445,6 +494,8 @@ impl GpuEngine {
     fn workgroups_of(&self, params: &GlmParams) -> (u32, u32) {
         if params.flags & FLAG_TABLE != 0 {
             glm_stat_table::workgroups(params)
+        } else if params.flags & FLAG_VOXELWISE != 0 {
+            glm_stat_voxelwise::workgroups(params)
         } else {
             glm_stat::workgroups(params, self.glm_kernel)
         }
@@ -453,6 +504,10 @@ impl GpuEngine {
     fn pipeline(&self, params: &GlmParams) -> &Kernel {
         if params.flags & FLAG_TABLE != 0 {
             return &self.table_kernel.as_ref().expect("ensure_table_kernel first").1;
+        }
+        if params.flags & FLAG_VOXELWISE != 0 {
+            let built = &self.voxelwise_kernels[(params.flags & FLAG_SRC != 0) as usize];
+            return built.as_ref().expect("ensure_voxelwise_kernel first");
         }
         self.kernels[(params.flags & FLAG_SRC != 0) as usize].as_ref().expect("ensure_kernel first")
     }
@@ -571,6 +626,27 @@ impl GpuEngine {
         self.run_glm_stat(&params, perm_words, qbasis, e, vox, max_bits, counts, maps)
     }
 
+    /// Run glm_stat_voxelwise once on the device with exactly its twin's buffers
+    /// ([`voxflip_shaders::cpu::glm_stat_voxelwise::glm_stat_voxelwise`]; `bases` is the chunk's
+    /// per-voxel bases, (n x q) x vc), as [`GpuEngine::run_glm_stat`] runs glm_stat: the test
+    /// hook for the voxelwise shader.
+    #[allow(clippy::too_many_arguments)]
+    pub fn run_glm_stat_voxelwise(
+        &mut self,
+        params: &GlmParams,
+        perm_words: &[u32],
+        bases: &[f32],
+        e: &[f32],
+        vox: &[f32],
+        max_bits: &mut [u32],
+        counts: &mut [u32],
+        maps: &mut [f32],
+    ) -> Result<()> {
+        self.ensure_voxelwise_kernel(params.flags & FLAG_SRC != 0)?;
+        let params = GlmParams { flags: params.flags | FLAG_VOXELWISE, ..*params };
+        self.run_glm_stat(&params, perm_words, bases, e, vox, max_bits, counts, maps)
+    }
+
     /// Run glm_stat once on the device with exactly the twin's buffers
     /// ([`voxflip_shaders::cpu::glm_stat::glm_stat`]): the test hook that holds the shader against its twin.
     /// `max_bits` and `counts` are read as initial values and overwritten with the results;
@@ -587,7 +663,7 @@ impl GpuEngine {
         counts: &mut [u32],
         maps: &mut [f32],
     ) -> Result<()> {
-        if params.flags & FLAG_TABLE == 0 {
+        if params.flags & (FLAG_TABLE | FLAG_VOXELWISE) == 0 {
             self.ensure_kernel(params.flags & FLAG_SRC != 0)?;
         }
         // The buffers must hold what the parameters address (the kernels clamp indices into
@@ -601,8 +677,9 @@ impl GpuEngine {
         }
         let maps_needed =
             if p.flags & FLAG_MAPS != 0 { perms_end.saturating_sub(p.maps_base as usize) * vc } else { 0 };
+        let basis_needed = if p.flags & FLAG_VOXELWISE != 0 { glm_stat_voxelwise::bases_len(n, q, vc) } else { n * q };
         if perm_words.len() < words_needed
-            || qbasis.len() < n * q
+            || qbasis.len() < basis_needed
             || e.len() < n * vc
             || vox.len() < 2 * vc
             || max_bits.len() < perms_end
@@ -650,10 +727,20 @@ impl GpuEngine {
         if pb.e.len() != n * v || pb.qbasis.len() != n * q || pb.ss.len() != v {
             return Err(EngineError::Invalid("problem buffers do not match n, v, q".into()));
         }
+        let voxel_bases = pb.voxel_qbasis.as_deref();
+        if voxel_bases.is_some_and(|b| b.len() != v * n * q) {
+            return Err(EngineError::Invalid("voxelwise bases do not match n, v, q".into()));
+        }
+        if voxel_bases.is_some() {
+            self.ensure_voxelwise_kernel(false)?;
+        }
         let binding = self.device.binding_limit();
         // At least the Tiles kernel's 32 (as before for Direct, whose tiles hold 4).
         let tp = self.glm_kernel.tile_perms().max(glm_stat::TP);
-        let mut chunk_v = plan_chunk_voxels(self.device.limits(), n, q, self.max_macs_per_dispatch(), tp);
+        // With voxelwise regressors the chunk's bases (n q floats a voxel) are its largest buffer.
+        let floats_per_voxel = if voxel_bases.is_some() { n * q } else { n };
+        let mut chunk_v =
+            plan_chunk_voxels(self.device.limits(), n, q, floats_per_voxel, self.max_macs_per_dispatch(), tp);
         if let Some(c) = self.tuning.chunk_voxels {
             chunk_v = chunk_v.min(c.max(1));
         }
@@ -678,12 +765,17 @@ impl GpuEngine {
             let mut vox = vec![0.0f32; 2 * vc];
             vox[..vc].copy_from_slice(&pb.ss[v0..v0 + vc]);
             let copy = wgpu::BufferUsages::COPY_DST | wgpu::BufferUsages::COPY_SRC;
+            let bases = voxel_bases.map(|all| {
+                let chunk = glm_stat_voxelwise::chunk_bases(all, n, q, v0, vc);
+                self.device.storage_init("bases chunk", bytemuck::cast_slice(&chunk), wgpu::BufferUsages::empty())
+            });
             chunks.push(Chunk {
                 v0,
                 vc,
                 e: self.device.storage_init("E chunk", bytemuck::cast_slice(&e), wgpu::BufferUsages::empty()),
                 vox: self.device.storage_init("vox", bytemuck::cast_slice(&vox), wgpu::BufferUsages::COPY_DST),
                 counts: self.device.storage_empty("counts", 4 * vc as u64, copy),
+                bases,
             });
             drop(e);
             // Upload chunk by chunk so that the staging copies do not pile up.
@@ -699,7 +791,21 @@ impl GpuEngine {
             batch = b.max(1);
         }
         let ss = pb.ss.clone();
-        self.state = Some(Resident { n, v, q, s: pb.s, kind: pb.kind, dof: pb.dof, ss, qbuf, chunks, chunk_v, batch });
+        let voxelwise = voxel_bases.is_some();
+        self.state = Some(Resident {
+            n,
+            v,
+            q,
+            s: pb.s,
+            kind: pb.kind,
+            dof: pb.dof,
+            voxelwise,
+            ss,
+            qbuf,
+            chunks,
+            chunk_v,
+            batch,
+        });
         Ok(())
     }
 
@@ -724,9 +830,12 @@ impl GpuEngine {
         keep: bool,
     ) -> Result<(BatchResult, Option<wgpu::Buffer>)> {
         let table_bits = self.table_bits(perms);
+        let voxelwise = self.state.as_ref().is_some_and(|st| st.voxelwise);
+        let has_src = !perms.all_src().is_empty();
         match table_bits {
             Some(bits) => self.ensure_table_kernel(bits)?,
-            None => self.ensure_kernel(!perms.all_src().is_empty())?,
+            None if voxelwise => self.ensure_voxelwise_kernel(has_src)?,
+            None => self.ensure_kernel(has_src)?,
         }
         let st = self.state.as_ref().ok_or_else(|| EngineError::Invalid("run_batch before prepare".into()))?;
         let (n, v, q) = (st.n, st.v, st.q);
@@ -781,6 +890,9 @@ impl GpuEngine {
         if table_bits.is_some() {
             flags |= FLAG_TABLE;
         }
+        if voxelwise {
+            flags |= FLAG_VOXELWISE;
+        }
         if observed.is_some() {
             flags |= FLAG_OBSERVED;
         }
@@ -819,8 +931,13 @@ impl GpuEngine {
             let g1 = (g0 + group).min(b);
             for c in &st.chunks {
                 let per_perm = (c.vc * n * q) as u64;
-                let tile_perms =
-                    if table_bits.is_some() { glm_stat_table::TP } else { self.glm_kernel.tile_perms() } as usize;
+                let tile_perms = if table_bits.is_some() {
+                    glm_stat_table::TP
+                } else if voxelwise {
+                    glm_stat_voxelwise::TP
+                } else {
+                    self.glm_kernel.tile_perms()
+                } as usize;
                 let round = tile_perms.max(glm_stat::TP as usize);
                 let mut pd = ((max_macs / per_perm.max(1)) as usize).max(1);
                 if pd >= round {
@@ -849,7 +966,7 @@ impl GpuEngine {
                     let bg = self.bind_group(
                         &params,
                         &perm_buf,
-                        &st.qbuf,
+                        c.bases.as_ref().unwrap_or(&st.qbuf),
                         &c.e,
                         &c.vox,
                         &max_buf,
@@ -980,7 +1097,10 @@ impl GpuEngine {
         if table && table_unsupported(self.device.limits()).is_none() {
             d += ", table-driven product for sign flips";
         }
-        if self.state.is_some() {
+        if let Some(st) = &self.state {
+            if st.voxelwise {
+                d += ", glm_stat_voxelwise (a basis per voxel)";
+            }
             d += &format!(", E chunk {} voxels, batch {}", self.chunk_voxels(), self.preferred_batch());
         }
         d
@@ -1002,13 +1122,10 @@ impl GpuEngine {
         }
     }
 
-    /// Make `problem` resident (upload E, Q, ss). Called once per contrast.
+    /// Make `problem` resident (upload E, Q, ss, and with voxelwise regressors every voxel's
+    /// basis, chunk by chunk). Called once per contrast.
     pub fn prepare(&mut self, problem: &ContrastProblem) -> Result<()> {
         self.check_usable()?;
-        if problem.is_voxelwise() {
-            // glm_stat shares one basis across voxels; the CPU engine has the per-voxel path.
-            return Err(EngineError::Unsupported("voxelwise regressors (--vxl) run on the CPU engine only".into()));
-        }
         self.prepare_inner(problem).map_err(|e| self.fail(e))
     }
 
@@ -1063,17 +1180,29 @@ mod tests {
     fn a_2mm_brain_with_500_images_is_chunked_to_fit() {
         let (n, q, v) = (500usize, 2usize, 228_000usize);
         // lavapipe: 128 MiB per binding.
-        let c = plan_chunk_voxels(&limits(128 << 20), n, q, MAX_MACS_PER_DISPATCH, glm_stat::TP);
+        let c = plan_chunk_voxels(&limits(128 << 20), n, q, n, MAX_MACS_PER_DISPATCH, glm_stat::TP);
         assert!(c > 0 && (4 * n * c) as u64 <= 128 << 20 && c.is_multiple_of(TV as usize));
         assert!(v.div_ceil(c) >= 4, "several chunks on lavapipe: {c}");
         // A 4 GiB card (2 GiB bindings): chunks within the 1 GiB cap and the dispatch bound.
-        let c = plan_chunk_voxels(&limits(2 << 30), n, q, MAX_MACS_PER_DISPATCH, glm_stat::TP);
+        let c = plan_chunk_voxels(&limits(2 << 30), n, q, n, MAX_MACS_PER_DISPATCH, glm_stat::TP);
         assert!((4 * n * c) as u64 <= E_CHUNK_CAP_BYTES);
         assert!((n * q * c * glm_stat::TP as usize) as u64 <= MAX_MACS_PER_DISPATCH);
         // N = 58: one chunk of the whole brain fits both.
-        assert!(plan_chunk_voxels(&limits(128 << 20), 58, 2, MAX_MACS_PER_DISPATCH, glm_stat::TP) >= v);
+        assert!(plan_chunk_voxels(&limits(128 << 20), 58, 2, 58, MAX_MACS_PER_DISPATCH, glm_stat::TP) >= v);
         // The Wide kernel's 128-permutation tiles on a discrete GPU: still one chunk.
         let tp = glm_stat::wide::TP;
-        assert!(plan_chunk_voxels(&limits(2 << 30), 58, 2, MAX_MACS_PER_DISPATCH_DISCRETE, tp) >= v);
+        assert!(plan_chunk_voxels(&limits(2 << 30), 58, 2, 58, MAX_MACS_PER_DISPATCH_DISCRETE, tp) >= v);
+    }
+
+    #[test]
+    fn voxelwise_bases_of_the_driving_study_are_chunked_on_lavapipe() {
+        // 228,000 voxels x 58 rows x 3 columns of f32: 159 MB of bases, over lavapipe's 128 MiB.
+        let (n, q, v) = (58usize, 3usize, 228_000usize);
+        let c = plan_chunk_voxels(&limits(128 << 20), n, q, n * q, MAX_MACS_PER_DISPATCH, glm_stat::TP);
+        assert!(c > 0 && (4 * n * q * c) as u64 <= 128 << 20, "{c}");
+        assert_eq!(v.div_ceil(c), 2, "two chunks of bases: {c}");
+        // Bindings of 2 GiB: one chunk (159 MB, inside the 1 GiB cap).
+        let c = plan_chunk_voxels(&limits(2 << 30), n, q, n * q, MAX_MACS_PER_DISPATCH_DISCRETE, glm_stat::TP);
+        assert!(c >= v, "{c}");
     }
 }

@@ -1,11 +1,11 @@
-// The bindings of both glm_stat shaders (glm_stat.wgsl, glm_stat_wide.wgsl): one layout, so
-// the host builds one bind group for either.
+// The bindings of the glm_stat shaders (glm_stat.wgsl, glm_stat_wide.wgsl, glm_stat_table.wgsl,
+// glm_stat_voxelwise.wgsl): one layout, so the host builds one bind group for any of them.
 #import glm_params
 
 @group(0) @binding(0) var<uniform> P: GlmParams;
 // [sign words: perms x wpp | row sources: perms x n] for the whole batch.
 @group(0) @binding(1) var<storage, read> perm_words: array<u32>;
-// Q: n x q, row-major.
+// Q: n x q, row-major (glm_stat_voxelwise: the chunk's bases, (n x q) x vc, voxels fastest).
 @group(0) @binding(2) var<storage, read> qbasis: array<f32>;
 // E restricted to the chunk: n x vc, row-major.
 @group(0) @binding(3) var<storage, read> e_chunk: array<f32>;

@@ -3,6 +3,7 @@
 //! tested against, written for clarity rather than speed.
 pub mod glm_stat;
 pub mod glm_stat_table;
+pub mod glm_stat_voxelwise;
 pub mod glm_stat_wide;
 pub mod label_components;
 pub mod tfce;
