@@ -63,9 +63,9 @@ pub(crate) fn problem(n: usize, v: usize, w: &[&[f64]], seed: u32) -> ContrastPr
     let c = Contrast { name: "c".into(), kind, c: DMatrix::from_fn(3, w.len(), |k, r| w[r][k]) };
     let model = ContrastModel::new(&base, &c).unwrap();
     let evs = VoxelwiseEvs { columns: vec![2], values: vec![ev] };
-    let (p, bad) = voxelwise_problem(&m, &model, &c, &evs, &y, v, ConfoundMethod::FreedmanLane);
-    assert_eq!(bad, 0);
-    p
+    let vp = voxelwise_problem(&m, &model, &c, &evs, &y, v, ConfoundMethod::FreedmanLane);
+    assert_eq!(vp.rank_deficient, 0);
+    vp.problem
 }
 
 fn perm_set(n: usize, kind: PermKind, count: usize, seed: u64) -> PermSet {
