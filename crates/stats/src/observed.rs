@@ -125,7 +125,7 @@ impl VoxelFitter<'_> {
             let fit: f64 = (0..self.q).map(|k| self.basis[i * self.q + k] * u[k]).sum();
             rss += (ei - fit) * (ei - fit);
         }
-        if !(ss > 0.0) {
+        if ss.is_nan() || ss <= 0.0 {
             return (0.0, 0.0);
         }
         let rss = rss.max(RSS_FLOOR * ss);
