@@ -736,7 +736,7 @@ fn take_identity(
     // As the kernels' maxima and comparisons: NaN never wins and never counts.
     out.max_stat.push(observed.iter().fold(f32::NEG_INFINITY, |a, &x| if x > a { x } else { a }));
     for (c, &o) in out.counts.iter_mut().zip(observed) {
-        *c += (o >= o) as u32;
+        *c += !o.is_nan() as u32;
     }
     if let Some(job) = spatial {
         let mut part = SpatialNull::default();
@@ -754,7 +754,7 @@ fn take_identity(
             };
             part.tfce_max.push(tfce.iter().copied().fold(0f32, f32::max));
             if job.tfce_observed.is_some() {
-                part.tfce_counts = tfce.iter().map(|&t| (t >= t) as u32).collect();
+                part.tfce_counts = tfce.iter().map(|t| !t.is_nan() as u32).collect();
             }
         }
         let clusters = SpatialJob { tfce: None, tfce_observed: None, ..*job };
